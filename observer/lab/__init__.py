@@ -1,0 +1,1 @@
+"""The lab: emulated cluster components that let the real agent run on one machine."""

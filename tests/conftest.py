@@ -1,0 +1,92 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from observer.lab.apiserver.server import ApiServer
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ManualClock:
+    """A clock the test moves by hand: ``advance`` moves both clocks, ``step_wall`` only the
+    wall clock (as NTP or an operator would)."""
+
+    mono: float = 1000.0
+    wall_time: float = 1_800_000_000.25
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def wall(self) -> float:
+        return self.wall_time
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall_time += seconds
+
+    def step_wall(self, seconds: float) -> None:
+        self.wall_time += seconds
+
+
+def require_tool(name: str) -> str:
+    """Path of a binary the test needs. Missing: skip on a developer machine, fail in CI
+    (where .ci/run installs everything, so a missing tool is a broken set-up)."""
+    local = REPO / ".tools" / "bin" / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        message = f"{name} is not installed (scripts/setup.sh installs it)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("CI runs as root; this test needs it")
+        pytest.skip("needs root")
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def apiserver(clock: ManualClock) -> AsyncIterator[ApiServer]:
+    server = ApiServer(clock=clock, bookmark_interval=0.2)
+    await server.start("127.0.0.1", 0)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def kubeconfig(apiserver: ApiServer, tmp_path: Path) -> Path:
+    path = tmp_path / "kubeconfig"
+    apiserver.write_kubeconfig(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Every test leaves no asyncio task behind (checked after all its other fixtures end)."""
+    yield
+    current = asyncio.current_task()
+    for _ in range(3):  # let tasks that were cancelled a moment ago finish unwinding
+        await asyncio.sleep(0)
+    leaked = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    assert not leaked, f"leaked asyncio tasks: {leaked}"
