@@ -10,6 +10,7 @@ Behaviour follows the upstream registry code named at each piece:
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,15 +25,20 @@ _DNS1123_SUBDOMAIN = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
+def _quote(value: object) -> str:
+    """Values in validation messages are quoted as Go's %q does."""
+    return json.dumps(value)
+
+
 def name_causes(name: str, *, subdomain: bool = True) -> list[Cause]:
     limit = 253 if subdomain else 63
     pattern = _DNS1123_SUBDOMAIN if subdomain else _DNS1123_LABEL
     if len(name) > limit:
-        return [Cause("FieldValueInvalid", f"Invalid value: {name!r}: must be no more than "
+        return [Cause("FieldValueInvalid", f"Invalid value: {_quote(name)}: must be no more than "
                       f"{limit} characters", "metadata.name")]
     if not pattern.match(name):
         return [Cause("FieldValueInvalid",
-                      f"Invalid value: {name!r}: a lowercase RFC 1123 "
+                      f"Invalid value: {_quote(name)}: a lowercase RFC 1123 "
                       f"{'subdomain' if subdomain else 'label'} must consist of lower case "
                       "alphanumeric characters, '-' or '.', and must start and end with an "
                       "alphanumeric character", "metadata.name")]
@@ -177,11 +183,12 @@ def _pod_validate(pod: Obj) -> list[Cause]:
             if not name:
                 causes.append(Cause("FieldValueRequired", "Required value", f"{where}.name"))
             elif not _DNS1123_LABEL.match(name):
-                causes.append(Cause("FieldValueInvalid", f"Invalid value: {name!r}: a lowercase "
-                                    "RFC 1123 label must consist of lower case alphanumeric "
+                causes.append(Cause("FieldValueInvalid",
+                                    f"Invalid value: {_quote(name)}: a lowercase RFC 1123 "
+                                    "label must consist of lower case alphanumeric "
                                     "characters or '-'", f"{where}.name"))
             elif name in seen:
-                causes.append(Cause("FieldValueDuplicate", f"Duplicate value: {name!r}",
+                causes.append(Cause("FieldValueDuplicate", f"Duplicate value: {_quote(name)}",
                                     f"{where}.name"))
             seen.add(name)
             if not container.get("image"):
@@ -317,7 +324,7 @@ def _slice_validate(eps: Obj) -> list[Cause]:
     if not address_type:
         causes.append(Cause("FieldValueRequired", "Required value", "addressType"))
     elif address_type not in _ADDRESS_TYPES:
-        causes.append(Cause("FieldValueNotSupported", f"Unsupported value: {address_type!r}: "
+        causes.append(Cause("FieldValueNotSupported", f"Unsupported value: {_quote(address_type)}: "
                             'supported values: "FQDN", "IPv4", "IPv6"', "addressType"))
     endpoints = eps.get("endpoints") or []
     if len(endpoints) > 1000:
@@ -333,8 +340,9 @@ def _slice_validate(eps: Obj) -> list[Cause]:
                                 "most 100 items", f"endpoints[{i}].addresses"))
         for j, address in enumerate(addresses):
             if address_type in _ADDRESS_TYPES and not _address_ok(address, address_type):
-                causes.append(Cause("FieldValueInvalid", f"Invalid value: {address!r}: must be "
-                                    f"a valid {address_type} address",
+                causes.append(Cause("FieldValueInvalid",
+                                    f"Invalid value: {_quote(address)}: must be a valid "
+                                    f"{address_type} address",
                                     f"endpoints[{i}].addresses[{j}]"))
     ports = eps.get("ports") or []
     if len(ports) > 100:
@@ -347,8 +355,8 @@ def _slice_validate(eps: Obj) -> list[Cause]:
                                 "0 and 65535, inclusive", f"ports[{i}].port"))
         if port.get("protocol") not in ("TCP", "UDP", "SCTP"):
             causes.append(Cause("FieldValueNotSupported",
-                                f"Unsupported value: {port.get('protocol')!r}: supported values: "
-                                '"SCTP", "TCP", "UDP"', f"ports[{i}].protocol"))
+                                f"Unsupported value: {_quote(port.get('protocol'))}: "
+                                'supported values: "SCTP", "TCP", "UDP"', f"ports[{i}].protocol"))
     return causes
 
 

@@ -14,7 +14,7 @@ import binascii
 import contextlib
 import json
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -395,7 +395,7 @@ class ApiServer:
         query = request.query
         labels, fields = self._selectors(request, reg)
         negotiated = _Negotiated(request.headers.get("Accept", ""), query.get("includeObject", ""))
-        if query.get("watch") in ("true", "1"):
+        if _query_bool(query, "watch"):
             return await self._watch(request, reg, namespace, labels, fields, negotiated)
         return self._list(request, reg, namespace, labels, fields, negotiated)
 
@@ -464,8 +464,8 @@ class ApiServer:
         since = None if rv_text in ("", "0") else self._revision(rv_text)
         timeout = (float(self._revision(query["timeoutSeconds"], "timeoutSeconds"))
                    if query.get("timeoutSeconds") else DEFAULT_WATCH_TIMEOUT)
-        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
-        if query.get("sendInitialEvents") == "true":
+        bookmarks = _query_bool(query, "allowWatchBookmarks")
+        if _query_bool(query, "sendInitialEvents"):
             raise errors.bad_request("sendInitialEvents (streaming lists, KEP-3157) is not "
                                      "supported by this server; list, then watch")
         response = web.StreamResponse(headers={"Content-Type": "application/json",
@@ -625,6 +625,16 @@ class ApiServer:
         return DeleteOptions(grace_period_seconds=grace, uid=preconditions.get("uid"),
                              resource_version=preconditions.get("resourceVersion"),
                              dry_run=bool(dry_run))
+
+
+def _query_bool(query: Mapping[str, str], name: str) -> bool:
+    """A boolean query parameter as Go's strconv.ParseBool reads it."""
+    value = query.get(name, "")
+    if value in ("", "0", "f", "F", "false", "FALSE", "False"):
+        return False
+    if value in ("1", "t", "T", "true", "TRUE", "True"):
+        return True
+    raise errors.bad_request(f'Invalid value: "{value}": {name} must be a boolean')
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
