@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import prometheus_client
 import structlog
 
 from observer import __version__, logs
@@ -35,6 +38,90 @@ def positive_float(text: str) -> float:
     return value
 
 
+def _env(name: str, default: str | None = None) -> str | None:
+    """A flag's default from its ``OBSERVER_*`` environment variable."""
+    return os.environ.get(f"OBSERVER_{name}", default)
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser(
+        "run", help="the node agent (the DaemonSet's entry point)",
+        description="Watch EndpointSlices and this node's pods, time every endpoint removal, "
+                    "export Prometheus metrics. Every flag can also be set with the "
+                    "OBSERVER_<FLAG> environment variable (e.g. OBSERVER_NODE_NAME).")
+    run.add_argument("--kubeconfig", default=_env("KUBECONFIG"),
+                     help="kubeconfig file (default: in-cluster config, then $KUBECONFIG or "
+                          "~/.kube/config)")
+    run.add_argument("--node-name", default=_env("NODE_NAME", os.environ.get("NODE_NAME")),
+                     help="this node's name (default: $NODE_NAME, set from the downward API)")
+    run.add_argument("--dataplane", choices=("none",), default=_env("DATAPLANE", "none"),
+                     help="which kube-proxy dataplane to read; 'none' measures the controller "
+                          "stage only")
+    run.add_argument("--listen", type=host_port, default=_env("LISTEN", "127.0.0.1:9809"),
+                     help="HOST:PORT for /metrics, /healthz, /readyz, /debug/episodes "
+                          "(default 127.0.0.1:9809)")
+    run.add_argument("--episode-ttl", type=positive_float,
+                     default=float(_env("EPISODE_TTL", "600") or 600),
+                     help="seconds after which an unfinished episode is abandoned (reason ttl)")
+    run.add_argument("--max-in-flight", type=int, default=int(_env("MAX_IN_FLIGHT", "10000")
+                                                                or 10000),
+                     help="episodes tracked at once; more are abandoned (reason in_flight_cap)")
+    run.add_argument("--watch-inactivity-timeout", type=positive_float,
+                     default=float(_env("WATCH_INACTIVITY_TIMEOUT", "90") or 90),
+                     help="seconds without any watch line (bookmarks included) before a "
+                          "stream is treated as stalled and resumed")
+    run.add_argument("--debug-endpoints", action=argparse.BooleanOptionalAction,
+                     default=_env("DEBUG_ENDPOINTS", "true") == "true",
+                     help="serve /debug/episodes (default: yes)")
+
+
+async def _load_api_config(kubeconfig: str | None) -> Any:
+    from kubernetes_asyncio import client, config
+
+    configuration = client.Configuration()
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration)
+            return configuration
+        except config.ConfigException:
+            pass
+    await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    return configuration
+
+
+async def _run_agent(args: argparse.Namespace) -> int:
+    from kubernetes_asyncio import client, config
+
+    from observer.agent import Agent, AgentConfig
+    from observer.kube.watch import WatchSettings
+
+    if not args.node_name:
+        log.error("no node name: pass --node-name or set NODE_NAME")
+        return 2
+    try:
+        configuration = await _load_api_config(args.kubeconfig)
+    except (config.ConfigException, OSError) as error:
+        log.error("cannot load Kubernetes client configuration", error=str(error))
+        return 2
+    settings = AgentConfig(
+        node_name=args.node_name, listen=args.listen, episode_ttl=args.episode_ttl,
+        max_in_flight=args.max_in_flight, debug_endpoints=args.debug_endpoints,
+        watch=WatchSettings(inactivity_timeout=args.watch_inactivity_timeout))
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    async with client.ApiClient(configuration) as api:
+        agent = Agent(config=settings, api=api, clock=SystemClock(), dataplane=None)
+        await agent.run(stop)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="observer",
@@ -43,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
                         help="log line format (default: console on a terminal, JSON otherwise)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(commands)
 
     lab = commands.add_parser("lab", help="run the tool on one machine with emulated cluster parts")
     lab_commands = lab.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND")
@@ -69,9 +157,7 @@ async def _serve_apiserver(args: argparse.Namespace) -> int:
     log.info("apiserver serving", url=url, kubeconfig=str(args.kubeconfig_out))
     print(args.kubeconfig_out, flush=True)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    _stop_on_signals(stop)
     try:
         await stop.wait()
     finally:
@@ -85,6 +171,10 @@ async def _serve_apiserver(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.configure(args.log_format)
+    # *_created series double the series count and carry nothing the agent's users need.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    if args.command == "run":
+        return asyncio.run(_run_agent(args))
     if args.command == "lab" and args.lab_command == "apiserver":
         return asyncio.run(_serve_apiserver(args))
     raise AssertionError(f"unhandled command {args.command}")

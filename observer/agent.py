@@ -1,0 +1,130 @@
+"""The composition root of ``observer run``: watches, tracker, dataplane, metrics, HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from kubernetes_asyncio import client
+from prometheus_client import CollectorRegistry
+
+from observer.clock import Clock
+from observer.dataplane.model import DataplaneSource, ProxyMode
+from observer.episodes.feeds import PodFeed, SliceFeed
+from observer.episodes.tracker import EpisodeTracker
+from observer.export.metrics import AgentMetrics, StateCollector
+from observer.export.server import AgentHttp
+from observer.kube.watch import ResourceWatch, WatchSettings
+
+log = structlog.get_logger("observer.agent")
+
+# kube-proxy ignores these slices (cmd/kube-proxy/app/server.go builds the same selector), so
+# the agent does too: no dataplane would ever drop their endpoints.
+PROXYABLE_SLICES = "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node_name: str
+    listen: tuple[str, int] = ("127.0.0.1", 9809)
+    episode_ttl: float = 600.0
+    max_in_flight: int = 10_000
+    keep_finished: int = 500
+    debug_endpoints: bool = True
+    housekeeping_interval: float = 1.0
+    shutdown_timeout: float = 5.0
+    watch: WatchSettings = field(default_factory=WatchSettings)
+
+
+class Agent:
+    def __init__(self, *, config: AgentConfig, api: client.ApiClient, clock: Clock,
+                 dataplane: DataplaneSource | None,
+                 registry: CollectorRegistry | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.config = config
+        self.clock = clock
+        self.dataplane = dataplane
+        self.proxy_mode: ProxyMode = dataplane.mode if dataplane is not None else "none"
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = AgentMetrics(self.registry, proxy_mode=self.proxy_mode)
+        self.tracker = EpisodeTracker(
+            node_name=config.node_name, clock=clock, sink=self.metrics,
+            measure_dataplane=dataplane is not None,
+            dataplane_selected=dataplane.selected if dataplane is not None else None,
+            ttl=config.episode_ttl, max_in_flight=config.max_in_flight,
+            keep_finished=config.keep_finished)
+        self.slices = ResourceWatch(
+            resource="endpointslices",
+            request=functools.partial(
+                client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces),
+            sink=SliceFeed(self.tracker, self.metrics), metrics=self.metrics, clock=clock,
+            settings=config.watch, label_selector=PROXYABLE_SLICES, sleep=sleep)
+        self.pods = ResourceWatch(
+            resource="pods",
+            request=functools.partial(client.CoreV1Api(api).list_pod_for_all_namespaces),
+            sink=PodFeed(self.tracker, self.metrics), metrics=self.metrics, clock=clock,
+            settings=config.watch, field_selector=f"spec.nodeName={config.node_name}",
+            sleep=sleep)
+        self.registry.register(StateCollector(
+            in_flight=lambda: len(self.tracker.episodes),
+            last_events=lambda: ((w.resource, w.last_event_wall) for w in (self.pods,
+                                                                             self.slices)),
+            proxy_mode=self.proxy_mode))
+        self.http = AgentHttp(registry=self.registry, ready=self.ready,
+                              episodes=self.episodes_view, debug=config.debug_endpoints,
+                              shutdown_timeout=config.shutdown_timeout)
+        self._stopping = False
+
+    def ready(self) -> bool:
+        return (not self._stopping and self.slices.synced.is_set()
+                and self.pods.synced.is_set())
+
+    def episodes_view(self) -> dict[str, Any]:
+        return {
+            "node": self.config.node_name, "proxy_mode": self.proxy_mode,
+            "clock": "timestamps: 'wall' is this agent's wall clock at the monotonic reading "
+                     "the stages are computed from; api_delete_requested is the API server's "
+                     "clock, whole seconds",
+            "in_flight": [e.to_dict() for e in self.tracker.episodes.values()],
+            "finished": [e.to_dict() for e in reversed(self.tracker.finished)],
+        }
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.housekeeping_interval)
+            self.tracker.expire()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set (or a background task fails), then shut down in order:
+        /readyz fails first, background work stops, in-progress HTTP requests finish."""
+        url = await self.http.start(*self.config.listen)
+        log.info("agent started", node=self.config.node_name, proxy_mode=self.proxy_mode,
+                 url=url)
+        jobs = [self.slices.run(), self.pods.run(), self._housekeeping()]
+        if self.dataplane is not None:
+            jobs.append(self.dataplane.run(self.tracker.dataplane_changed))
+        tasks = [asyncio.create_task(job) for job in jobs]
+        stopper = asyncio.create_task(stop.wait())
+        failed: BaseException | None = None
+        try:
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and not task.cancelled():
+                    failed = task.exception() or RuntimeError(f"{task!r} ended")
+        finally:
+            self._stopping = True
+            for task in [*tasks, stopper]:
+                task.cancel()
+            for task in [*tasks, stopper]:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.http.stop()
+        if failed is not None:
+            log.error("agent stopping: a background task failed", error=repr(failed))
+            raise failed
+        log.info("agent stopped")

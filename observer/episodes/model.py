@@ -1,0 +1,107 @@
+"""The records the tracker produces: timestamps that know their clock, and episodes.
+
+Clocks (``observer.clock``): every ``Timestamp`` carries a reading of this process's monotonic
+clock (``mono``), used for every duration, and the wall clock read at the same instant
+(``wall``), used only for display and export. API timestamps (``metav1.Time``) are wall-clock
+times from the API server with whole-second precision; they are kept apart (``api_*`` fields)
+and never subtracted from monotonic readings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Cause = Literal["deletion", "not_ready"]
+Stage = Literal["controller", "dataplane", "total"]
+# Why an episode ended without an answer. A small closed set: it is a metric label.
+AbandonReason = Literal["ready_again", "watch_gap", "ttl", "in_flight_cap"]
+ABANDON_REASONS: tuple[AbandonReason, ...] = ("ready_again", "watch_gap", "ttl", "in_flight_cap")
+
+# Where a timestamp came from. Watch receipts are when this process read the event off the
+# stream; dataplane times are when a reader noticed the change (precision: its poll interval,
+# or the netlink notification latency).
+Source = Literal["pod_watch", "slice_watch", "dataplane", "api"]
+
+
+@dataclass(frozen=True, slots=True)
+class Timestamp:
+    mono: float  # this process's monotonic clock, seconds
+    wall: float  # wall clock at the same instant, seconds since the epoch (display only)
+    source: Source
+    precision: float  # seconds: how far the reading may be from when the change really happened
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"wall": round(self.wall, 6), "source": self.source,
+                "precision_seconds": self.precision}
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    """One port of one service: what kube-proxy programs as a unit."""
+
+    namespace: str
+    service: str
+    port_name: str  # "" for an unnamed port
+    protocol: str  # upper case: TCP, UDP, SCTP
+
+    def __str__(self) -> str:
+        """``ns/name:port``, or ``ns/name`` for an unnamed port (kube-proxy's ServicePortName)."""
+        base = f"{self.namespace}/{self.service}"
+        return f"{base}:{self.port_name}" if self.port_name else base
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointKey:
+    service_port: ServicePort
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"{self.service_port} -> {host}:{self.port}"
+
+
+@dataclass(slots=True)
+class Episode:
+    key: EndpointKey
+    cause: Cause
+    local: bool  # the pod runs on this node
+    pod: str  # "namespace/name", "" when the endpoint names no pod
+    pod_uid: str
+    not_ready: Timestamp
+    deleted: Timestamp | None = None
+    dataplane: Timestamp | None = None
+    stopped: Timestamp | None = None
+    # When the API server received the DELETE: deletionTimestamp - grace, whole seconds, wall
+    # clock of the API server. Informational; never mixed with monotonic readings.
+    api_delete_requested: float | None = None
+    fallback: bool = False  # kube-proxy kept it because no Ready endpoint was left
+    dataplane_untracked: bool = False  # this node's dataplane never programmed its service
+    gap: bool = False  # a watch gap hid part of its history; it will be abandoned
+    abandoned: AbandonReason | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+    unsafe_window: float | None = None
+    headroom: float | None = None
+
+    @property
+    def unsafe(self) -> bool:
+        return self.unsafe_window is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        stamps = {name: getattr(self, name) for name in ("deleted", "not_ready", "dataplane",
+                                                          "stopped")}
+        return {
+            "service": str(self.key.service_port), "protocol": self.key.service_port.protocol,
+            "endpoint": {"ip": self.key.ip, "port": self.key.port},
+            "pod": self.pod, "local": self.local, "cause": self.cause,
+            "timestamps": {k: v.to_dict() for k, v in stamps.items() if v is not None},
+            "api_delete_requested": self.api_delete_requested,
+            "fallback": self.fallback,
+            "outcome": f"abandoned:{self.abandoned}" if self.abandoned else (
+                "measured" if self.stages or self.unsafe_window is not None else "in_flight"),
+            "stages_seconds": {k: round(v, 6) for k, v in self.stages.items()},
+            "unsafe": self.unsafe,
+            "unsafe_window_seconds": self.unsafe_window,
+            "headroom_seconds": self.headroom,
+        }

@@ -1,0 +1,405 @@
+"""The episode state machine: slice, pod and dataplane changes in, timed episodes out.
+
+Model (../shared/BRIEF.md §4): an episode starts when an endpoint of a service port that was
+Ready stops being Ready (or leaves every slice). Then, each from this process's monotonic clock:
+
+* ``deleted``   — this node's pod watch first saw the pod with a deletionTimestamp (pod's node);
+* ``not_ready`` — the slice update that took the endpoint out of Ready arrived (every node);
+* ``dataplane`` — this node's dataplane stopped selecting the endpoint (every node);
+* ``stopped``   — first evidence the pod stopped serving: all its containers terminated (pod's
+  node), ``serving=false`` in the slice, or the endpoint left the slices.
+
+Stages: ``controller = not_ready - deleted``, ``dataplane = dataplane - not_ready``,
+``total = dataplane - deleted``. A stage whose two readings come from different watches can
+come out negative when one stream lags the other; it is recorded as 0 (the true value cannot be
+negative). Unsafe: ``stopped`` before ``dataplane``; headroom: ``stopped - dataplane``.
+
+kube-proxy falls back to serving-and-terminating endpoints when a service port has no Ready
+endpoint left (``pkg/proxy/topology.go`` CategorizeEndpoints, KEP-1669). Such an endpoint
+legitimately stays in the dataplane until the pod stops; the episode is marked ``fallback``
+and its dataplane stage is not reported as slowness.
+
+Several slices may list the same endpoint (while the controller moves it between slices); the
+merged view prefers a Ready copy, as kube-proxy's EndpointSliceCache does.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from observer.clock import Clock
+from observer.dataplane.model import DataplaneChange
+from observer.episodes.model import (
+    AbandonReason,
+    EndpointKey,
+    Episode,
+    ServicePort,
+    Source,
+    Timestamp,
+)
+from observer.kube.objects import Endpoint, EndpointSlice, Pod
+
+ServiceId = tuple[str, str]  # (namespace, service name)
+SliceId = tuple[str, str]  # (namespace, slice name)
+
+_RECENT_DROP_SECONDS = 30.0  # how long a dataplane removal waits for its slice update
+
+
+class EpisodeSink(Protocol):
+    """Where the tracker's results go (the exporter, a log line, a test)."""
+
+    def finished(self, episode: Episode) -> None: ...
+
+    def abandoned(self, reason: AbandonReason, episode: Episode | None) -> None: ...
+
+    def fallback(self, episode: Episode) -> None: ...
+
+    def pod_shutdown(self, seconds: float, killed: int) -> None: ...
+
+    def invalid_input(self, resource: str, reason: str) -> None: ...
+
+
+@dataclass(slots=True)
+class _PodRecord:
+    deleted: Timestamp | None = None
+    api_delete_requested: float | None = None
+    stopped: Timestamp | None = None
+    gap: bool = False  # its deletion or stop happened while the pod watch was re-listing
+    gone_at: float | None = None  # monotonic time the object left the watch
+
+
+class EpisodeTracker:
+    def __init__(self, *, node_name: str, clock: Clock, sink: EpisodeSink,
+                 measure_dataplane: bool,
+                 dataplane_selected: Callable[[EndpointKey], bool | None] | None = None,
+                 ttl: float = 600.0, max_in_flight: int = 10_000, keep_finished: int = 500,
+                 dataplane_precision: float = 0.0) -> None:
+        self.node_name = node_name
+        self.clock = clock
+        self.sink = sink
+        self.measure_dataplane = measure_dataplane
+        self.dataplane_selected = dataplane_selected
+        self.ttl = ttl
+        self.max_in_flight = max_in_flight
+        self.dataplane_precision = dataplane_precision
+        self.episodes: dict[EndpointKey, Episode] = {}
+        self.finished: deque[Episode] = deque(maxlen=keep_finished)
+        self._slices: dict[SliceId, EndpointSlice] = {}
+        self._service_slices: dict[ServiceId, set[str]] = {}
+        self._merged: dict[ServiceId, dict[EndpointKey, Endpoint]] = {}
+        self._pods: dict[str, Pod] = {}  # local pods by uid
+        self._pod_by_ip: dict[str, str] = {}
+        self._pod_records: dict[str, _PodRecord] = {}
+        self._episodes_by_pod: dict[str, set[EndpointKey]] = {}
+        self._recent_drops: dict[EndpointKey, Timestamp] = {}
+
+    # timestamps ----------------------------------------------------------------------------
+
+    def now(self, source: Source, precision: float = 0.0) -> Timestamp:
+        return Timestamp(self.clock.monotonic(), self.clock.wall(), source, precision)
+
+    # slices --------------------------------------------------------------------------------
+
+    def slices_listed(self, slices: Iterable[EndpointSlice], at: Timestamp, *,
+                      relist: bool) -> None:
+        """A complete list. After a watch gap (``relist``) changes that happened unseen cannot
+        be timed: episodes they would start or touch are abandoned as ``watch_gap``."""
+        new = {(s.namespace, s.name): s for s in slices}
+        touched = {self._service_of(s) for s in self._slices.values()}
+        self._slices = {}
+        self._service_slices = {}
+        for slice_id, eps in new.items():
+            self._add_slice(slice_id, eps)
+        touched |= {self._service_of(s) for s in new.values()}
+        for service in touched:
+            self._recompute(service, at, relist=relist)
+
+    def slice_changed(self, eps: EndpointSlice, at: Timestamp) -> None:
+        slice_id = (eps.namespace, eps.name)
+        old = self._slices.pop(slice_id, None)
+        if old is not None:
+            self._drop_slice(slice_id, old)
+        self._add_slice(slice_id, eps)
+        services = {self._service_of(eps)}
+        if old is not None:
+            services.add(self._service_of(old))
+        for service in services:
+            self._recompute(service, at, relist=False)
+
+    def slice_deleted(self, namespace: str, name: str, at: Timestamp) -> None:
+        old = self._slices.pop((namespace, name), None)
+        if old is not None:
+            self._drop_slice((namespace, name), old)
+            self._recompute(self._service_of(old), at, relist=False)
+
+    @staticmethod
+    def _service_of(eps: EndpointSlice) -> ServiceId:
+        return (eps.namespace, eps.service)
+
+    def _add_slice(self, slice_id: SliceId, eps: EndpointSlice) -> None:
+        if not eps.service:
+            self.sink.invalid_input("endpointslices", "no_service_label")
+            return
+        if eps.address_type not in ("IPv4", "IPv6"):
+            self.sink.invalid_input("endpointslices", "unsupported_address_type")
+            return
+        self._slices[slice_id] = eps
+        self._service_slices.setdefault(self._service_of(eps), set()).add(eps.name)
+
+    def _drop_slice(self, slice_id: SliceId, eps: EndpointSlice) -> None:
+        names = self._service_slices.get(self._service_of(eps))
+        if names is not None:
+            names.discard(slice_id[1])
+            if not names:
+                del self._service_slices[self._service_of(eps)]
+
+    def _merge(self, service: ServiceId) -> dict[EndpointKey, Endpoint]:
+        merged: dict[EndpointKey, Endpoint] = {}
+        duplicates = False
+        for name in sorted(self._service_slices.get(service, ())):
+            eps = self._slices[(service[0], name)]
+            for port in eps.ports:
+                service_port = ServicePort(service[0], service[1], port.name,
+                                           port.protocol.upper())
+                for endpoint in eps.endpoints:
+                    # Consumers use the first address (EndpointSlice API: addresses).
+                    key = EndpointKey(service_port, endpoint.addresses[0], port.port)
+                    seen = merged.get(key)
+                    if seen is not None:
+                        duplicates = True
+                    if seen is None or (endpoint.ready and not seen.ready):
+                        merged[key] = endpoint
+        if duplicates:
+            self.sink.invalid_input("endpointslices", "duplicate_endpoint")
+        return merged
+
+    def _recompute(self, service: ServiceId, at: Timestamp, *, relist: bool) -> None:
+        old = self._merged.get(service, {})
+        new = self._merge(service)
+        if new:
+            self._merged[service] = new
+        else:
+            self._merged.pop(service, None)
+        for key in old.keys() | new.keys():
+            before, after = old.get(key), new.get(key)
+            if before != after:
+                self._transition(key, before, after, at, relist=relist)
+        self._check_fallback(service, new)
+
+    def _transition(self, key: EndpointKey, before: Endpoint | None, after: Endpoint | None,
+                    at: Timestamp, *, relist: bool) -> None:
+        episode = self.episodes.get(key)
+        if episode is None:
+            if before is not None and before.ready and (after is None or not after.ready):
+                if relist:
+                    self.sink.abandoned("watch_gap", None)
+                else:
+                    self._start(key, before, after, at)
+            return
+        if relist:
+            episode.gap = True
+        if after is None:
+            self._stop(episode, at)
+        elif after.ready:
+            self._abandon(episode, "ready_again")
+        elif not after.serving:
+            self._stop(episode, at)
+
+    def _check_fallback(self, service: ServiceId, merged: dict[EndpointKey, Endpoint]) -> None:
+        ready_ports = {key.service_port for key, ep in merged.items() if ep.ready}
+        for key, endpoint in merged.items():
+            episode = self.episodes.get(key)
+            if (episode is not None and not episode.fallback and episode.dataplane is None
+                    and key.service_port not in ready_ports
+                    and endpoint.serving and endpoint.terminating):
+                episode.fallback = True
+                self.sink.fallback(episode)
+                self._maybe_finish(episode)
+
+    # episodes --------------------------------------------------------------------------------
+
+    def _start(self, key: EndpointKey, before: Endpoint, after: Endpoint | None,
+               at: Timestamp) -> None:
+        ref = after or before
+        uid = ref.pod_uid or self._pod_by_ip.get(key.ip, "")
+        local = ref.node_name == self.node_name or uid in self._pods
+        record = self._pod_records.get(uid) if uid else None
+        deleting = after is None or after.terminating or (record is not None
+                                                          and record.deleted is not None)
+        if not self.measure_dataplane and not (local and deleting):
+            return  # nothing this node can time for it
+        if len(self.episodes) >= self.max_in_flight:
+            self.sink.abandoned("in_flight_cap", None)
+            return
+        pod = f"{ref.pod_namespace}/{ref.pod_name}" if ref.pod_name else ""
+        episode = Episode(key=key, cause="deletion" if deleting else "not_ready", local=local,
+                          pod=pod, pod_uid=uid, not_ready=at)
+        self.episodes[key] = episode
+        if uid:
+            self._episodes_by_pod.setdefault(uid, set()).add(key)
+        if record is not None:
+            self._apply_record(episode, record)
+        if after is None or not after.serving:
+            self._stop(episode, at)
+        dropped = self._recent_drops.pop(key, None)
+        if dropped is not None:
+            episode.dataplane = dropped
+        elif self.dataplane_selected is not None and self.dataplane_selected(key) is None:
+            # This node's dataplane does not program the service port at all (not synced
+            # yet, or a service kube-proxy ignores): there is no removal to wait for.
+            episode.dataplane_untracked = True
+        self._maybe_finish(episode)
+
+    def _needs_dataplane(self, episode: Episode) -> bool:
+        return (self.measure_dataplane and not episode.fallback
+                and not episode.dataplane_untracked)
+
+    def _apply_record(self, episode: Episode, record: _PodRecord) -> None:
+        if record.deleted is not None and episode.deleted is None:
+            episode.deleted = record.deleted
+            episode.api_delete_requested = record.api_delete_requested
+            episode.cause = "deletion"
+        if record.stopped is not None:
+            self._stop(episode, record.stopped)
+        if record.gap:
+            episode.gap = True
+
+    def _stop(self, episode: Episode, at: Timestamp) -> None:
+        if episode.stopped is None:
+            episode.stopped = at
+            self._maybe_finish(episode)
+
+    def _maybe_finish(self, episode: Episode) -> None:
+        if self.episodes.get(episode.key) is not episode:
+            return
+        if self._needs_dataplane(episode) and episode.dataplane is None:
+            return
+        if episode.cause == "deletion" and episode.stopped is None:
+            return
+        self._finish(episode)
+
+    def _finish(self, episode: Episode) -> None:
+        if episode.gap:
+            self._abandon(episode, "watch_gap")
+            return
+        if episode.deleted is not None:
+            episode.stages["controller"] = max(0.0, episode.not_ready.mono - episode.deleted.mono)
+        if self._needs_dataplane(episode) and episode.dataplane is not None:
+            dataplane = episode.dataplane.mono
+            episode.stages["dataplane"] = max(0.0, dataplane - episode.not_ready.mono)
+            if episode.deleted is not None:
+                episode.stages["total"] = max(0.0, dataplane - episode.deleted.mono)
+            if episode.cause == "deletion" and episode.stopped is not None:
+                # Termination safety: a pod that merely failed readiness was not terminated.
+                gap = episode.stopped.mono - dataplane
+                if gap < 0:
+                    episode.unsafe_window = -gap
+                else:
+                    episode.headroom = gap
+        self._forget(episode)
+        self.finished.append(episode)
+        self.sink.finished(episode)
+
+    def _abandon(self, episode: Episode, reason: AbandonReason) -> None:
+        episode.abandoned = reason
+        self._forget(episode)
+        self.finished.append(episode)
+        self.sink.abandoned(reason, episode)
+
+    def _forget(self, episode: Episode) -> None:
+        self.episodes.pop(episode.key, None)
+        keys = self._episodes_by_pod.get(episode.pod_uid)
+        if keys is not None:
+            keys.discard(episode.key)
+            if not keys:
+                del self._episodes_by_pod[episode.pod_uid]
+
+    # pods (this node's only) ---------------------------------------------------------------
+
+    def pods_listed(self, pods: Iterable[Pod], at: Timestamp, *, relist: bool) -> None:
+        listed = {pod.uid: pod for pod in pods}
+        for uid in list(self._pods):
+            if uid not in listed:
+                self.pod_deleted(self._pods[uid], at, gap=relist)
+        for pod in listed.values():
+            self.pod_changed(pod, at, gap=relist)
+
+    def pod_changed(self, pod: Pod, at: Timestamp, *, gap: bool = False) -> None:
+        previous = self._pods.get(pod.uid)
+        if previous is not None:
+            for ip in previous.ips:
+                self._pod_by_ip.pop(ip, None)
+        self._pods[pod.uid] = pod
+        for ip in pod.ips:
+            self._pod_by_ip[ip] = pod.uid
+        if pod.deletion_timestamp is not None:
+            self._mark_deleted(pod, at, gap=gap)
+        if pod.all_terminated:
+            self._mark_stopped(pod, at, gap=gap)
+
+    def _mark_deleted(self, pod: Pod, at: Timestamp, *, gap: bool) -> None:
+        record = self._pod_records.setdefault(pod.uid, _PodRecord())
+        if record.deleted is None:
+            record.deleted = at
+            record.api_delete_requested = pod.deletion_requested_at
+            record.gap = record.gap or gap
+            self._update_pod_episodes(pod.uid, record)
+
+    def _mark_stopped(self, pod: Pod, at: Timestamp, *, gap: bool) -> None:
+        record = self._pod_records.setdefault(pod.uid, _PodRecord())
+        if record.stopped is None:
+            record.stopped = at
+            record.gap = record.gap or gap
+            if record.deleted is not None and not record.gap:
+                killed = sum(1 for c in pod.containers if c.killed)
+                self.sink.pod_shutdown(max(0.0, at.mono - record.deleted.mono), killed)
+            self._update_pod_episodes(pod.uid, record)
+
+    def pod_deleted(self, pod: Pod, at: Timestamp, *, gap: bool = False) -> None:
+        """The object is gone: whatever its last status said, it no longer serves. Gone without
+        a deletionTimestamp ever seen (a force deletion, grace 0) means deleted now too."""
+        known = self._pods.get(pod.uid, pod)
+        self._mark_deleted(known, at, gap=gap)
+        self._mark_stopped(known, at, gap=gap)
+        self._pods.pop(pod.uid, None)
+        for ip in known.ips:
+            if self._pod_by_ip.get(ip) == pod.uid:
+                del self._pod_by_ip[ip]
+        self._pod_records.setdefault(pod.uid, _PodRecord()).gone_at = at.mono
+
+    def _update_pod_episodes(self, uid: str, record: _PodRecord) -> None:
+        for key in list(self._episodes_by_pod.get(uid, ())):
+            episode = self.episodes.get(key)
+            if episode is not None:
+                self._apply_record(episode, record)
+                self._maybe_finish(episode)
+
+    # dataplane -----------------------------------------------------------------------------
+
+    def dataplane_changed(self, change: DataplaneChange) -> None:
+        if change.selected:
+            self._recent_drops.pop(change.key, None)
+            return
+        episode = self.episodes.get(change.key)
+        if episode is None:
+            self._recent_drops[change.key] = change.at
+            return
+        if episode.dataplane is None:
+            episode.dataplane = change.at
+            self._maybe_finish(episode)
+
+    # housekeeping ----------------------------------------------------------------------------
+
+    def expire(self) -> None:
+        """Abandon episodes past their TTL and forget old records; bounded memory."""
+        now = self.clock.monotonic()
+        for episode in [e for e in self.episodes.values() if now - e.not_ready.mono > self.ttl]:
+            self._abandon(episode, "ttl")
+        self._recent_drops = {k: t for k, t in self._recent_drops.items()
+                              if now - t.mono <= _RECENT_DROP_SECONDS}
+        for uid in [u for u, r in self._pod_records.items()
+                    if r.gone_at is not None and now - r.gone_at > self.ttl]:
+            del self._pod_records[uid]

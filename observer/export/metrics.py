@@ -1,0 +1,176 @@
+"""The agent's Prometheus metrics. Names are an API: docs/metrics.md lists every one, and a
+test compares that list with a live ``/metrics``.
+
+Conventions: base units (seconds), ``_total`` only on counters, bounded label values (no pod
+names, IPs, UIDs or free text). Node identity is not a label: Prometheus adds it from service
+discovery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from observer import __version__
+from observer.episodes.model import ABANDON_REASONS, AbandonReason, Episode
+
+log = structlog.get_logger("observer.episodes")
+
+# Dense below 2 s, where preStop delays are decided; up to 300 s for pathological cases.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6,
+                    0.75, 0.9, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0,
+                    20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0)
+SHUTDOWN_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
+                    90.0, 120.0, 180.0, 300.0, 600.0)
+RESOURCES = ("pods", "endpointslices")
+INVALID_INPUT_REASONS = ("malformed", "malformed_event", "no_service_label",
+                         "unsupported_address_type", "duplicate_endpoint", "no_target_ref")
+
+
+class AgentMetrics:
+    """Counters and histograms the agent updates as things happen."""
+
+    def __init__(self, registry: CollectorRegistry, *, proxy_mode: str) -> None:
+        self.proxy_mode = proxy_mode
+        p = "endpoint_propagation_"
+        self.duration = Histogram(
+            f"{p}duration_seconds",
+            "Time an endpoint removal took to propagate, by stage: controller (pod deletion "
+            "seen to not-ready slice update received), dataplane (not-ready update received to "
+            "this node's dataplane no longer selecting the endpoint) and total.",
+            ["stage", "cause", "proxy_mode"], buckets=DURATION_BUCKETS, registry=registry)
+        self.unsafe_total = Counter(
+            f"{p}unsafe_terminations",
+            "Endpoint removals in which the pod stopped serving before this node's dataplane "
+            "stopped selecting it.", registry=registry)
+        self.unsafe_window = Histogram(
+            f"{p}unsafe_window_seconds",
+            "How long this node's dataplane kept selecting an endpoint whose pod had already "
+            "stopped serving.", buckets=DURATION_BUCKETS, registry=registry)
+        self.headroom = Histogram(
+            f"{p}headroom_seconds",
+            "How long a pod kept serving after this node's dataplane stopped selecting it: "
+            "preStop delay that was not needed.", buckets=DURATION_BUCKETS, registry=registry)
+        self.abandoned_total = Counter(
+            f"{p}abandoned",
+            "Episodes that ended without a measurement, by reason (ready_again, watch_gap, ttl, "
+            "in_flight_cap).", ["reason"], registry=registry)
+        self.fallback_total = Counter(
+            f"{p}fallback",
+            "Episodes in which kube-proxy kept a terminating endpoint because its service port "
+            "had no Ready endpoint left; their dataplane stage is not reported.",
+            registry=registry)
+        self.pod_shutdown_seconds = Histogram(
+            f"{p}pod_shutdown_seconds",
+            "On the pod's node: pod deletion seen to all of its containers terminated.",
+            buckets=SHUTDOWN_BUCKETS, registry=registry)
+        self.pod_killed_total = Counter(
+            f"{p}pod_killed",
+            "On the pod's node: containers of deleted pods that ended by SIGKILL, i.e. were "
+            "still running at the end of the grace period.", registry=registry)
+        self.watch_events = Counter(
+            f"{p}watch_events", "Watch events received, by resource.", ["resource"],
+            registry=registry)
+        self.watch_restarts = Counter(
+            f"{p}watch_restarts",
+            "Watch streams that ended and were restarted, by resource and reason (expired, "
+            "stalled, closed, connection, http_error).", ["resource", "reason"],
+            registry=registry)
+        self.invalid_input_total = Counter(
+            f"{p}invalid_input",
+            "Objects or parts of objects the agent could not use, by resource and reason.",
+            ["resource", "reason"], registry=registry)
+        for reason in ABANDON_REASONS:
+            self.abandoned_total.labels(reason)
+        for resource in RESOURCES:
+            self.watch_events.labels(resource)
+
+    # EpisodeSink -----------------------------------------------------------------------------
+
+    def finished(self, episode: Episode) -> None:
+        for stage, seconds in episode.stages.items():
+            self.duration.labels(stage, episode.cause, self.proxy_mode).observe(seconds)
+        if episode.unsafe_window is not None:
+            self.unsafe_total.inc()
+            self.unsafe_window.observe(episode.unsafe_window)
+        if episode.headroom is not None:
+            self.headroom.observe(episode.headroom)
+        log.info("episode finished", **_log_fields(episode))
+
+    def abandoned(self, reason: AbandonReason, episode: Episode | None) -> None:
+        self.abandoned_total.labels(reason).inc()
+        if episode is not None:
+            log.info("episode abandoned", reason=reason, **_log_fields(episode))
+        else:
+            log.info("episode abandoned before it started", reason=reason)
+
+    def fallback(self, episode: Episode) -> None:
+        self.fallback_total.inc()
+        log.info("endpoint kept by kube-proxy fallback", endpoint=str(episode.key))
+
+    def pod_shutdown(self, seconds: float, killed: int) -> None:
+        self.pod_shutdown_seconds.observe(seconds)
+        if killed:
+            self.pod_killed_total.inc(killed)
+
+    def invalid_input(self, resource: str, reason: str) -> None:
+        self.invalid_input_total.labels(resource, reason).inc()
+
+    # WatchMetrics ----------------------------------------------------------------------------
+
+    def event(self, resource: str) -> None:
+        self.watch_events.labels(resource).inc()
+
+    def restart(self, resource: str, reason: str) -> None:
+        self.watch_restarts.labels(resource, reason).inc()
+
+    def malformed(self, resource: str) -> None:
+        self.invalid_input_total.labels(resource, "malformed_event").inc()
+
+
+def _log_fields(episode: Episode) -> dict[str, object]:
+    """The canonical line for one episode: everything about it, flat."""
+    fields: dict[str, object] = {
+        "service": str(episode.key.service_port), "endpoint": f"{episode.key.ip}:"
+                                                              f"{episode.key.port}",
+        "pod": episode.pod, "local": episode.local, "cause": episode.cause,
+        "fallback": episode.fallback, "unsafe": episode.unsafe,
+    }
+    fields.update({f"{stage}_seconds": round(v, 6) for stage, v in episode.stages.items()})
+    if episode.unsafe_window is not None:
+        fields["unsafe_window_seconds"] = round(episode.unsafe_window, 6)
+    if episode.headroom is not None:
+        fields["headroom_seconds"] = round(episode.headroom, 6)
+    return fields
+
+
+class StateCollector(Collector):
+    """Gauges read from the agent's state at scrape time (memory only, no I/O)."""
+
+    def __init__(self, *, in_flight: Callable[[], int],
+                 last_events: Callable[[], Iterable[tuple[str, float | None]]],
+                 proxy_mode: str) -> None:
+        self._in_flight = in_flight
+        self._last_events = last_events
+        self._proxy_mode = proxy_mode
+
+    def collect(self) -> Iterable[GaugeMetricFamily | InfoMetricFamily]:
+        p = "endpoint_propagation_"
+        yield GaugeMetricFamily(f"{p}in_flight",
+                                "Episodes started and not yet finished or abandoned.",
+                                value=self._in_flight())
+        last = GaugeMetricFamily(f"{p}last_event_timestamp_seconds",
+                                 "Wall-clock time (Unix seconds) the last watch event, bookmark "
+                                 "or list was received, by resource.", labels=["resource"])
+        for resource, when in self._last_events():
+            if when is not None:
+                last.add_metric([resource], when)
+        yield last
+        info = InfoMetricFamily(f"{p}build", "The agent's version and the kube-proxy mode it "
+                                             "reads.", labels=["version", "proxy_mode"])
+        info.add_metric([__version__, self._proxy_mode], {})
+        yield info

@@ -1,0 +1,286 @@
+"""The list+watch loop, in three layers (after kopf's ``_cogs/clients/watching.py``):
+
+1. ``ResourceWatch.run``: forever, with backoff — list, then watch; back to listing after a 410
+   (only a new list can make up for a gap in the history);
+2. ``_watch_from``: one watch request after another, resuming from the last resourceVersion
+   seen (events and bookmarks both advance it), without re-listing — also after a dropped
+   connection or an HTTP error, with backoff, as client-go's reflector does;
+3. ``_stream``: one HTTP response, read line by line; an inactivity timeout, reset by every
+   line (bookmarks included), notices a stream that went silent while its connection stayed up.
+
+Requests go through kubernetes_asyncio's generated API functions (its configuration, auth and
+TLS) with ``_preload_content=False``: the agent parses the JSON itself into plain dicts, which
+is several times faster than building the generated model objects and keeps unknown fields.
+Protocol: https://kubernetes.io/docs/reference/using-api/api-concepts/ ("Efficient detection
+of changes", "Watch bookmarks", 410 Gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+import structlog
+
+from observer.clock import Clock
+
+log = structlog.get_logger("observer.watch")
+
+# restart reasons: a closed set, they are metric label values.
+RESTART_REASONS = ("expired", "stalled", "closed", "connection", "http_error")
+MAX_LINE_BYTES = 64 * 1024 * 1024  # one event; the API server's own limit is far lower
+
+
+class Expired(Exception):
+    """The resourceVersion is too old (HTTP 410 or an ERROR event with code 410)."""
+
+
+class Stalled(Exception):
+    """Nothing arrived on the stream for the inactivity timeout."""
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, retry_after: float | None, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+_RETRYABLE = (HttpError, aiohttp.ClientError, OSError, TimeoutError, ValueError)
+
+
+class Response(Protocol):
+    """The part of aiohttp's ClientResponse the loop uses."""
+
+    status: int
+    headers: Any
+    content: aiohttp.StreamReader
+
+    async def read(self) -> bytes: ...
+
+    def release(self) -> Any: ...
+
+
+# A kubernetes_asyncio list function; called with _preload_content=False it returns the raw
+# aiohttp response (its annotations name the model type it returns otherwise).
+Requester = Callable[..., Awaitable[Any]]
+
+
+class WatchSink(Protocol):
+    def listed(self, items: list[dict[str, Any]], *, relist: bool) -> None:
+        """A complete, consistent list; ``relist`` after a gap in the watch."""
+
+    def event(self, event_type: str, obj: dict[str, Any]) -> None:
+        """One ADDED, MODIFIED or DELETED event."""
+
+
+class WatchMetrics(Protocol):
+    def event(self, resource: str) -> None: ...
+
+    def restart(self, resource: str, reason: str) -> None: ...
+
+    def malformed(self, resource: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    inactivity_timeout: float = 90.0  # no line (event or bookmark) for this long: reconnect
+    server_timeout: int = 300  # timeoutSeconds asked of the server for each watch request
+    request_timeout: float = 60.0  # connecting, and a whole list response
+    page_size: int = 500  # list in chunks of this many items (limit/continue)
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After") if headers is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class ResourceWatch:
+    def __init__(self, *, resource: str, request: Requester, sink: WatchSink,
+                 metrics: WatchMetrics, clock: Clock, settings: WatchSettings,
+                 field_selector: str = "", label_selector: str = "",
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 jitter: Callable[[], float] = random.random) -> None:
+        self.resource = resource
+        self.request = request
+        self.sink = sink
+        self.metrics = metrics
+        self.clock = clock
+        self.settings = settings
+        self.selectors: dict[str, str] = {}
+        if field_selector:
+            self.selectors["field_selector"] = field_selector
+        if label_selector:
+            self.selectors["label_selector"] = label_selector
+        self.sleep = sleep
+        self.jitter = jitter
+        self.synced = asyncio.Event()
+        self.last_event_wall: float | None = None
+        self._listed_once = False
+        self._version = ""
+
+    @property
+    def version(self) -> str:
+        """The last resourceVersion this watch has caught up with."""
+        return self._version
+
+    # layer 1 ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """List and watch until cancelled."""
+        delay = self.settings.backoff_initial
+        while True:
+            try:
+                await self._list()
+            except Expired:  # a continue token outlived the history: list again at once
+                self._restart("expired")
+                continue
+            except _RETRYABLE as error:
+                await self._backoff(error, delay)
+                delay = min(delay * 2, self.settings.backoff_max)
+                continue
+            delay = self.settings.backoff_initial
+            try:
+                await self._watch_from()
+            except Expired:
+                self._restart("expired")  # re-list at once: the only way forward
+
+    async def _backoff(self, error: Exception, delay: float) -> None:
+        """Count the restart and wait: the backoff with jitter (which spreads a fleet of
+        agents' reconnects after an API server outage), never less than a Retry-After."""
+        if isinstance(error, HttpError):
+            self._restart("http_error", status=error.status, error=str(error))
+            floor = error.retry_after or 0.0
+        else:
+            self._restart("connection", error=repr(error))
+            floor = 0.0
+        await self.sleep(max(floor, delay * (0.5 + self.jitter() / 2)))
+
+    def _restart(self, reason: str, **details: Any) -> None:
+        self.metrics.restart(self.resource, reason)
+        log.warning("watch restarting", resource=self.resource, reason=reason, **details)
+
+    async def _get(self, **params: Any) -> Response:
+        response: Response = await self.request(**self.selectors, **params,
+                                                _preload_content=False)
+        if response.status == 410:
+            response.release()
+            raise Expired()
+        if response.status >= 400:
+            body = (await response.read())[:500].decode(errors="replace")
+            response.release()
+            raise HttpError(response.status, _retry_after(response.headers), body)
+        return response
+
+    async def _list(self) -> None:
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            params: dict[str, Any] = {"limit": self.settings.page_size,
+                                      "_request_timeout": self.settings.request_timeout}
+            if token:
+                params["_continue"] = token
+            response = await self._get(**params)
+            try:
+                body = json.loads(await response.read())
+            finally:
+                response.release()
+            if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+                raise ValueError(f"{self.resource} list response is not a list")
+            meta = body.get("metadata") or {}
+            items.extend(body["items"])
+            token = meta.get("continue") or ""
+            if not token:
+                version = str(meta.get("resourceVersion", ""))
+                break
+        self._version = version
+        self.sink.listed(items, relist=self._listed_once)
+        self._listed_once = True
+        self.synced.set()
+        self.last_event_wall = self.clock.wall()
+
+    # layer 2 ---------------------------------------------------------------------------------
+
+    async def _watch_from(self) -> None:
+        """Watch from the listed version for ever; only ``Expired`` gets out."""
+        delay = self.settings.backoff_initial
+        while True:
+            try:
+                await self._stream()
+                self._restart("closed")  # the server ended the request (timeoutSeconds)
+                delay = self.settings.backoff_initial
+            except Stalled:
+                self._restart("stalled")
+            except _RETRYABLE as error:
+                await self._backoff(error, delay)
+                delay = min(delay * 2, self.settings.backoff_max)
+
+    # layer 3 ---------------------------------------------------------------------------------
+
+    async def _stream(self) -> None:
+        """Read one watch response to its end; ``self._version`` follows every event."""
+        response = await self._get(
+            watch=True, resource_version=self._version, allow_watch_bookmarks=True,
+            timeout_seconds=self.settings.server_timeout,
+            _request_timeout=aiohttp.ClientTimeout(connect=self.settings.request_timeout,
+                                                   sock_connect=self.settings.request_timeout))
+        try:
+            buffer = b""
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(response.content.readany(),
+                                                   self.settings.inactivity_timeout)
+                except TimeoutError:
+                    raise Stalled() from None
+                if not chunk:
+                    if buffer.strip():
+                        self._malformed(buffer, "truncated event at end of stream")
+                    return
+                buffer += chunk
+                if len(buffer) > MAX_LINE_BYTES:
+                    raise ValueError("watch event larger than the line limit")
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        self._handle(line)
+        finally:
+            response.release()
+
+    def _handle(self, line: bytes) -> None:
+        try:
+            event = json.loads(line)
+            event_type, obj = event["type"], event["object"]
+            if not isinstance(obj, dict):
+                raise TypeError("object is not a JSON object")
+        except (ValueError, KeyError, TypeError) as error:
+            self._malformed(line, str(error))
+            return
+        self.last_event_wall = self.clock.wall()
+        if event_type == "ERROR":
+            if obj.get("code") == 410:
+                raise Expired()
+            raise HttpError(int(obj.get("code") or 500), None, str(obj.get("message")))
+        if event_type not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
+            self._malformed(line, f"unknown event type {event_type!r}")
+            return
+        if event_type != "BOOKMARK":
+            self.metrics.event(self.resource)
+            self.sink.event(event_type, obj)
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if version:
+            self._version = str(version)
+
+    def _malformed(self, line: bytes, why: str) -> None:
+        self.metrics.malformed(self.resource)
+        log.warning("malformed watch event skipped", resource=self.resource, error=why,
+                    line=line[:200].decode(errors="replace"))

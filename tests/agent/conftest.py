@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from kubernetes_asyncio import client, config
+from prometheus_client import CollectorRegistry
+
+from observer.agent import Agent, AgentConfig
+from observer.dataplane.memory import MemoryDataplane
+from observer.kube.watch import WatchSettings
+from observer.lab.apiserver.server import ApiServer
+from tests.agent.harness import AgentEnv, Cluster, until
+from tests.conftest import ManualClock
+
+
+@pytest.fixture
+def agent_config() -> AgentConfig:
+    return AgentConfig(node_name="node-a", listen=("127.0.0.1", 0), housekeeping_interval=0.01,
+                       watch=WatchSettings(inactivity_timeout=5.0, backoff_initial=0.01,
+                                           backoff_max=0.05))
+
+
+@pytest.fixture
+async def env(apiserver: ApiServer, kubeconfig: Path, clock: ManualClock,
+              agent_config: AgentConfig) -> AsyncIterator[AgentEnv]:
+    configuration = client.Configuration()
+    await config.load_kube_config(config_file=str(kubeconfig),
+                                  client_configuration=configuration)
+    dataplane = MemoryDataplane(clock=clock, mode="nftables")
+    async with client.ApiClient(configuration) as api:
+        agent = Agent(config=agent_config, api=api, clock=clock, dataplane=dataplane,
+                      registry=CollectorRegistry())
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        try:
+            await until(agent.ready, "agent ready")
+            yield AgentEnv(agent, dataplane, Cluster(apiserver), api)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)

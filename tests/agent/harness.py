@@ -1,0 +1,156 @@
+"""Drive a cluster through the lab API server and run the real agent against it."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes_asyncio import client
+
+from observer.agent import Agent
+from observer.dataplane.memory import MemoryDataplane
+from observer.episodes.model import EndpointKey, ServicePort
+from observer.lab.apiserver.registry import DeleteOptions, WriteOptions
+from observer.lab.apiserver.server import ApiServer
+
+NS = "default"
+
+
+async def until(predicate: Callable[[], bool], what: str, within: float = 10.0) -> None:
+    """Wait (polling) until ``predicate()`` holds; the agent works on real sockets."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.005)
+
+
+@dataclass
+class Endpoint:
+    ip: str
+    node: str
+    pod: str = ""
+    uid: str = ""
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+
+    def to_api(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"addresses": [self.ip], "nodeName": self.node,
+                               "conditions": {"ready": self.ready, "serving": self.serving,
+                                              "terminating": self.terminating}}
+        if self.pod:
+            out["targetRef"] = {"kind": "Pod", "namespace": NS, "name": self.pod,
+                                "uid": self.uid}
+        return out
+
+
+@dataclass
+class Cluster:
+    """Writes to the API server in-process (exact ordering); the agent reads over HTTP."""
+
+    server: ApiServer
+    slices: dict[str, dict[str, Endpoint]] = field(default_factory=dict)
+    slice_services: dict[str, str] = field(default_factory=dict)
+    address_types: dict[str, str] = field(default_factory=dict)
+
+    def create_pod(self, name: str, node: str, ip: str) -> str:
+        pods = self.server.registries["pods"]
+        created = pods.create(NS, {"metadata": {"name": name}, "spec": {
+            "nodeName": node, "containers": [{"name": "app", "image": "app:1"}]}},
+                              WriteOptions())
+        pods.patch(NS, name, {**created, "status": {
+            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [{"name": "app", "ready": True, "restartCount": 0,
+                                   "image": "app:1", "imageID": "", "state": {
+                                       "running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}},
+                   WriteOptions(), status=True)
+        return str(created["metadata"]["uid"])
+
+    def delete_pod(self, name: str, grace: int | None = 30) -> None:
+        self.server.registries["pods"].delete(NS, name, DeleteOptions(grace_period_seconds=grace))
+
+    def pod_terminated(self, name: str, *, killed: bool = False) -> None:
+        pods = self.server.registries["pods"]
+        current = pods.get(NS, name)
+        status = copy.deepcopy(current["status"])
+        status["conditions"] = [{"type": "Ready", "status": "False"}]
+        status["containerStatuses"][0]["ready"] = False
+        status["containerStatuses"][0]["state"] = {"terminated": {
+            "exitCode": 137 if killed else 0, "reason": "Error" if killed else "Completed"}}
+        pods.patch(NS, name, {**current, "status": status}, WriteOptions(), status=True)
+
+    def remove_pod(self, name: str) -> None:
+        self.server.registries["pods"].delete(NS, name, DeleteOptions(grace_period_seconds=0))
+
+    def put_slice(self, name: str, service: str, *endpoints: Endpoint,
+                  address_type: str = "IPv4", port_name: str = "http") -> None:
+        self.slices[name] = {e.ip: e for e in endpoints}
+        self.slice_services[name] = service
+        self.address_types[name] = address_type
+        registry = self.server.registries["endpointslices"]
+        body = {"metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
+                "addressType": address_type,
+                "ports": [{"name": port_name, "port": 8080, "protocol": "TCP"}],
+                "endpoints": [e.to_api() for e in endpoints]}
+        if self.server.store.get("endpointslices", (NS, name)) is None:
+            registry.create(NS, body, WriteOptions())
+        else:
+            registry.update(NS, name, body, WriteOptions())
+
+    def set_endpoint(self, slice_name: str, ip: str, **changes: bool) -> None:
+        endpoints = self.slices[slice_name]
+        for key, value in changes.items():
+            setattr(endpoints[ip], key, value)
+        self.put_slice(slice_name, self.slice_services[slice_name], *endpoints.values(),
+                       address_type=self.address_types[slice_name])
+
+    def drop_endpoint(self, slice_name: str, ip: str) -> None:
+        endpoints = self.slices[slice_name]
+        del endpoints[ip]
+        self.put_slice(slice_name, self.slice_services[slice_name], *endpoints.values(),
+                       address_type=self.address_types[slice_name])
+
+
+def key(service: str, ip: str, port: int = 8080, port_name: str = "http") -> EndpointKey:
+    return EndpointKey(ServicePort(NS, service, port_name, "TCP"), ip, port)
+
+
+@dataclass
+class AgentEnv:
+    agent: Agent
+    dataplane: MemoryDataplane
+    cluster: Cluster
+    api: client.ApiClient
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.agent.registry.get_sample_value(name, labels)
+
+    def stage_sum(self, stage: str, cause: str = "deletion") -> float | None:
+        return self.sample("endpoint_propagation_duration_seconds_sum", stage=stage, cause=cause,
+                           proxy_mode=self.dataplane.mode)
+
+    def stage_count(self, stage: str, cause: str = "deletion") -> float | None:
+        return self.sample("endpoint_propagation_duration_seconds_count", stage=stage,
+                           cause=cause, proxy_mode=self.dataplane.mode)
+
+    def abandoned(self, reason: str) -> float:
+        return self.sample("endpoint_propagation_abandoned_total", reason=reason) or 0.0
+
+    async def seen(self, resource: str) -> None:
+        """Wait until the agent's watch of ``resource`` has caught up with the last write."""
+        watch = self.agent.pods if resource == "pods" else self.agent.slices
+        revision = str(self.cluster.server.store.revision)
+        await until(lambda: watch.version == revision, f"{resource} watch at {revision}")
+
+    async def settle_finished(self, count: int) -> None:
+        await until(lambda: len(self.agent.tracker.finished) >= count,
+                    f"{count} finished episodes")
+
+    async def settle_episode(self, k: EndpointKey) -> None:
+        await until(lambda: k in self.agent.tracker.episodes, f"episode for {k}")
