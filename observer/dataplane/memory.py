@@ -7,7 +7,7 @@ import asyncio
 
 from observer.clock import Clock
 from observer.dataplane.model import ChangeSink, DataplaneChange, ProxyMode
-from observer.episodes.model import EndpointKey, Timestamp
+from observer.episodes.model import EndpointKey, ServicePort, Timestamp
 
 
 class MemoryDataplane:
@@ -16,15 +16,21 @@ class MemoryDataplane:
         self.clock = clock
         self._selected: dict[EndpointKey, bool] = {}
         self._sink: ChangeSink | None = None
+        self._service_ports: set[ServicePort] = set()
 
     def selected(self, key: EndpointKey) -> bool | None:
-        return self._selected.get(key)
+        if key in self._selected:
+            return self._selected[key]
+        if key.service_port in self._service_ports:
+            return False
+        return None
 
     def set(self, key: EndpointKey, selected: bool) -> None:
         """Program (or unprogram) an endpoint; the change is noticed at once."""
         if self._selected.get(key) == selected:
             return
         self._selected[key] = selected
+        self._service_ports.add(key.service_port)
         if self._sink is not None:
             at = Timestamp(self.clock.monotonic(), self.clock.wall(), "dataplane", 0.0)
             self._sink(DataplaneChange(key, selected, at))

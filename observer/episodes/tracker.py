@@ -209,11 +209,13 @@ class EpisodeTracker:
             self._stop(episode, at)
 
     def _check_fallback(self, service: ServiceId, merged: dict[EndpointKey, Endpoint]) -> None:
-        ready_ports = {key.service_port for key, ep in merged.items() if ep.ready}
+        # Per IP family: kube-proxy runs one proxier for IPv4 and one for IPv6.
+        ready_ports = {(key.service_port, ":" in key.ip) for key, ep in merged.items()
+                       if ep.ready}
         for key, endpoint in merged.items():
             episode = self.episodes.get(key)
             if (episode is not None and not episode.fallback and episode.dataplane is None
-                    and key.service_port not in ready_ports
+                    and (key.service_port, ":" in key.ip) not in ready_ports
                     and endpoint.serving and endpoint.terminating):
                 episode.fallback = True
                 self.sink.fallback(episode)

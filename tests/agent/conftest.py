@@ -30,14 +30,21 @@ async def env(apiserver: ApiServer, kubeconfig: Path, clock: ManualClock,
     await config.load_kube_config(config_file=str(kubeconfig),
                                   client_configuration=configuration)
     dataplane = MemoryDataplane(clock=clock, mode="nftables")
+    sleeps: list[float] = []
+
+    async def fast_sleep(seconds: float) -> None:
+        # Backoff waits are recorded, not waited out: the test checks what was asked for.
+        sleeps.append(seconds)
+        await asyncio.sleep(0.01)
+
     async with client.ApiClient(configuration) as api:
         agent = Agent(config=agent_config, api=api, clock=clock, dataplane=dataplane,
-                      registry=CollectorRegistry())
+                      registry=CollectorRegistry(), sleep=fast_sleep)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         try:
             await until(agent.ready, "agent ready")
-            yield AgentEnv(agent, dataplane, Cluster(apiserver), api)
+            yield AgentEnv(agent, dataplane, Cluster(apiserver), api, sleeps)
         finally:
             stop.set()
             await asyncio.wait_for(task, 10)

@@ -57,6 +57,7 @@ class Cluster:
     slices: dict[str, dict[str, Endpoint]] = field(default_factory=dict)
     slice_services: dict[str, str] = field(default_factory=dict)
     address_types: dict[str, str] = field(default_factory=dict)
+    port_names: dict[str, str] = field(default_factory=dict)
 
     def create_pod(self, name: str, node: str, ip: str) -> str:
         pods = self.server.registries["pods"]
@@ -93,6 +94,7 @@ class Cluster:
         self.slices[name] = {e.ip: e for e in endpoints}
         self.slice_services[name] = service
         self.address_types[name] = address_type
+        self.port_names[name] = port_name
         registry = self.server.registries["endpointslices"]
         body = {"metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
                 "addressType": address_type,
@@ -108,13 +110,15 @@ class Cluster:
         for key, value in changes.items():
             setattr(endpoints[ip], key, value)
         self.put_slice(slice_name, self.slice_services[slice_name], *endpoints.values(),
-                       address_type=self.address_types[slice_name])
+                       address_type=self.address_types[slice_name],
+                       port_name=self.port_names[slice_name])
 
     def drop_endpoint(self, slice_name: str, ip: str) -> None:
         endpoints = self.slices[slice_name]
         del endpoints[ip]
         self.put_slice(slice_name, self.slice_services[slice_name], *endpoints.values(),
-                       address_type=self.address_types[slice_name])
+                       address_type=self.address_types[slice_name],
+                       port_name=self.port_names[slice_name])
 
 
 def key(service: str, ip: str, port: int = 8080, port_name: str = "http") -> EndpointKey:
@@ -127,6 +131,7 @@ class AgentEnv:
     dataplane: MemoryDataplane
     cluster: Cluster
     api: client.ApiClient
+    sleeps: list[float]
 
     def sample(self, name: str, **labels: str) -> float | None:
         return self.agent.registry.get_sample_value(name, labels)
@@ -139,6 +144,14 @@ class AgentEnv:
         return self.sample("endpoint_propagation_duration_seconds_count", stage=stage,
                            cause=cause, proxy_mode=self.dataplane.mode)
 
+    def restarts(self, resource: str, reason: str) -> float:
+        return self.sample("endpoint_propagation_watch_restarts_total", resource=resource,
+                           reason=reason) or 0.0
+
+    def invalid(self, resource: str, reason: str) -> float:
+        return self.sample("endpoint_propagation_invalid_input_total", resource=resource,
+                           reason=reason) or 0.0
+
     def abandoned(self, reason: str) -> float:
         return self.sample("endpoint_propagation_abandoned_total", reason=reason) or 0.0
 
@@ -147,6 +160,13 @@ class AgentEnv:
         watch = self.agent.pods if resource == "pods" else self.agent.slices
         revision = str(self.cluster.server.store.revision)
         await until(lambda: watch.version == revision, f"{resource} watch at {revision}")
+
+    async def watching(self, resource: str) -> None:
+        """Wait until the agent has a watch stream open on ``resource`` (faults act on open
+        streams only)."""
+        streams = self.cluster.server.faults.streams
+        await until(lambda: any(s.resource == resource for s in streams),
+                    f"{resource} watch open")
 
     async def settle_finished(self, count: int) -> None:
         await until(lambda: len(self.agent.tracker.finished) >= count,
