@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import prometheus_client
 import structlog
 
 from observer import __version__, logs
@@ -171,8 +170,6 @@ async def _serve_apiserver(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.configure(args.log_format)
-    # *_created series double the series count and carry nothing the agent's users need.
-    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     if args.command == "run":
         return asyncio.run(_run_agent(args))
     if args.command == "lab" and args.lab_command == "apiserver":

@@ -1,0 +1,160 @@
+"""Readiness, shutdown, stalled streams, clock steps and the real ``observer run`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from kubernetes_asyncio import client, config
+from prometheus_client import CollectorRegistry
+
+from observer.agent import Agent, AgentConfig
+from observer.kube.watch import WatchSettings
+from observer.lab.apiserver.server import ApiServer
+from tests.agent.harness import AgentEnv, key, until
+from tests.agent.test_episodes import ready_service
+from tests.conftest import ManualClock
+
+
+@pytest.fixture
+async def api(kubeconfig: Path) -> AsyncIterator[client.ApiClient]:
+    configuration = client.Configuration()
+    await config.load_kube_config(config_file=str(kubeconfig),
+                                  client_configuration=configuration)
+    async with client.ApiClient(configuration) as api_client:
+        yield api_client
+
+
+async def get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.text()
+
+
+async def test_ready_only_after_both_lists_then_clean_stop(
+        apiserver: ApiServer, api: client.ApiClient, clock: ManualClock) -> None:
+    apiserver.faults.fail_next(10_000, code=503, method="GET", path="/pods")
+    agent = Agent(config=AgentConfig(node_name="node-a", listen=("127.0.0.1", 0),
+                                     watch=WatchSettings(backoff_initial=0.01,
+                                                         backoff_max=0.02)),
+                  api=api, clock=clock, dataplane=None, registry=CollectorRegistry())
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await until(lambda: bool(agent.http.url) and agent.slices.synced.is_set(), "slices synced")
+    assert await get(f"{agent.http.url}/healthz") == (200, "ok\n")
+    assert (await get(f"{agent.http.url}/readyz"))[0] == 503
+    apiserver.faults.clear()
+    await until(agent.ready, "ready")
+    assert (await get(f"{agent.http.url}/readyz"))[0] == 200
+    url = agent.http.url
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert not agent.ready()
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await get(f"{url}/healthz")
+
+
+@pytest.fixture
+def agent_config() -> AgentConfig:
+    return AgentConfig(node_name="node-a", listen=("127.0.0.1", 0), housekeeping_interval=0.01,
+                       watch=WatchSettings(inactivity_timeout=0.3, backoff_initial=0.01,
+                                           backoff_max=0.05))
+
+
+async def test_stalled_stream_is_noticed_and_resumed(env: AgentEnv) -> None:
+    await ready_service(env, node="node-b")
+    await env.watching("endpointslices")
+    env.cluster.server.faults.stall_streams("endpointslices")
+    env.cluster.set_endpoint("web-abc", "10.0.0.1", ready=False, terminating=True)
+    # Nothing arrives on the stalled stream (bookmarks neither); after 0.3 s of silence the
+    # agent resumes from its last version and gets the change from the replayed history.
+    await env.settle_episode(key("web", "10.0.0.1"))
+    assert env.restarts("endpointslices", "stalled") >= 1
+    assert env.abandoned("watch_gap") == 0
+
+
+async def test_wall_clock_steps_do_not_change_durations(env: AgentEnv,
+                                                        clock: ManualClock) -> None:
+    await ready_service(env)
+    env.cluster.delete_pod("web-0")
+    await env.seen("pods")
+    clock.advance(0.25)
+    clock.step_wall(-3600)  # NTP or an operator steps the wall clock back an hour
+    env.cluster.set_endpoint("web-abc", "10.0.0.1", ready=False, terminating=True)
+    await env.settle_episode(key("web", "10.0.0.1"))
+    clock.advance(0.5)
+    clock.step_wall(7200)
+    env.dataplane.set(key("web", "10.0.0.1"), False)
+    clock.advance(1)
+    env.cluster.pod_terminated("web-0")
+    await env.settle_finished(1)
+    assert env.stage_sum("controller") == 0.25
+    assert env.stage_sum("dataplane") == 0.5
+    assert env.stage_sum("total") == 0.75
+
+
+async def read_json_line(stream: asyncio.StreamReader, event: str) -> dict[str, object]:
+    while True:
+        line = await asyncio.wait_for(stream.readline(), 30)
+        assert line, f"process ended before logging {event!r}"
+        record = json.loads(line)
+        if record.get("event") == event:
+            return record  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("debug", [True, False])
+async def test_observer_run_command(apiserver: ApiServer, kubeconfig: Path,
+                                    debug: bool) -> None:
+    env = {**os.environ, "OBSERVER_NODE_NAME": "node-a"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "observer.cli", "--log-format", "json", "run",
+        "--kubeconfig", str(kubeconfig), "--listen", "127.0.0.1:0",
+        "--debug-endpoints" if debug else "--no-debug-endpoints",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        started = await read_json_line(proc.stdout, "agent started")
+        url = str(started["url"])
+        assert started["node"] == "node-a"
+        await until_ready(url)
+        status, body = await get(f"{url}/debug/episodes")
+        if debug:
+            assert status == 200
+            assert json.loads(body)["node"] == "node-a"
+        else:
+            assert status == 404
+        status, body = await get(f"{url}/metrics")
+        assert 'endpoint_propagation_build_info{proxy_mode="none"' in body
+        proc.send_signal(signal.SIGTERM)
+        await read_json_line(proc.stdout, "agent stopped")
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def until_ready(url: str) -> None:
+    for _ in range(500):
+        if (await get(f"{url}/readyz"))[0] == 200:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("agent never became ready")
+
+
+async def test_observer_run_without_node_name_fails_clearly(kubeconfig: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("NODE_NAME", "OBSERVER_NODE_NAME")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "observer.cli", "--log-format", "json", "run",
+        "--kubeconfig", str(kubeconfig), env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert b"no node name" in out
+    assert b"Traceback" not in out

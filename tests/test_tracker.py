@@ -1,0 +1,120 @@
+"""The tracker on its own: orderings the end-to-end tests cannot force."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from observer.dataplane.model import DataplaneChange
+from observer.episodes.model import AbandonReason, EndpointKey, Episode, ServicePort
+from observer.episodes.tracker import EpisodeTracker
+from observer.kube.objects import ContainerState, Endpoint, EndpointSlice, Pod, PortRef
+from tests.conftest import ManualClock
+
+SP = ServicePort("ns", "web", "http", "TCP")
+KEY = EndpointKey(SP, "10.0.0.1", 80)
+
+
+@dataclass
+class Recorder:
+    finished_episodes: list[Episode] = field(default_factory=list)
+    abandoned_reasons: list[AbandonReason] = field(default_factory=list)
+    shutdowns: list[tuple[float, int]] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
+    fallbacks: int = 0
+
+    def finished(self, episode: Episode) -> None:
+        self.finished_episodes.append(episode)
+
+    def abandoned(self, reason: AbandonReason, episode: Episode | None) -> None:
+        self.abandoned_reasons.append(reason)
+
+    def fallback(self, episode: Episode) -> None:
+        self.fallbacks += 1
+
+    def pod_shutdown(self, seconds: float, killed: int) -> None:
+        self.shutdowns.append((seconds, killed))
+
+    def invalid_input(self, resource: str, reason: str) -> None:
+        self.invalid.append(reason)
+
+
+def eps(*, ready: bool = True, serving: bool = True, terminating: bool = False,
+        node: str = "node-a", others: int = 1) -> EndpointSlice:
+    endpoints = [Endpoint(("10.0.0.1",), ready, serving, terminating, node, "ns", "p", "uid-1")]
+    endpoints += [Endpoint((f"10.0.1.{i}",), True, True, False, "node-b", "ns", f"o{i}", f"u{i}")
+                  for i in range(others)]
+    return EndpointSlice("ns", "web-1", "web", "IPv4", (PortRef("http", 80, "TCP"),),
+                         tuple(endpoints), "1")
+
+
+def pod(*, deleting: bool = False, terminated: bool = False) -> Pod:
+    return Pod("ns", "p", "uid-1", "node-a", ("10.0.0.1",), "Running", not deleting,
+               1_800_000_030.0 if deleting else None, 30 if deleting else None,
+               (ContainerState("app", not terminated, terminated, False),), "1")
+
+
+def tracker(clock: ManualClock, recorder: Recorder, *, dataplane: bool = True) -> EpisodeTracker:
+    return EpisodeTracker(node_name="node-a", clock=clock, sink=recorder,
+                          measure_dataplane=dataplane)
+
+
+def test_slice_update_before_pod_event_clamps_controller_to_zero(clock: ManualClock) -> None:
+    rec = Recorder()
+    t = tracker(clock, rec, dataplane=False)
+    t.slices_listed([eps()], t.now("slice_watch"), relist=False)
+    t.pods_listed([pod()], t.now("pod_watch"), relist=False)
+    clock.advance(1)
+    t.slice_changed(eps(ready=False, terminating=True), t.now("slice_watch"))
+    clock.advance(0.5)  # our pod watch lags the slice watch
+    t.pod_changed(pod(deleting=True), t.now("pod_watch"))
+    clock.advance(2)
+    t.pod_changed(pod(deleting=True, terminated=True), t.now("pod_watch"))
+    (episode,) = rec.finished_episodes
+    assert episode.stages == {"controller": 0.0}
+    assert episode.api_delete_requested == 1_800_000_000.0
+    assert rec.shutdowns == [(2.0, 0)]
+
+
+def test_pod_relist_that_missed_a_deletion_is_a_gap(clock: ManualClock) -> None:
+    rec = Recorder()
+    t = tracker(clock, rec)
+    t.slices_listed([eps()], t.now("slice_watch"), relist=False)
+    t.pods_listed([pod()], t.now("pod_watch"), relist=False)
+    t.pods_listed([pod(deleting=True)], t.now("pod_watch"), relist=True)  # seen only on re-list
+    t.slice_changed(eps(ready=False, terminating=True, serving=False), t.now("slice_watch"))
+    t.dataplane_changed(DataplaneChange(KEY, False, t.now("dataplane")))
+    assert rec.abandoned_reasons == ["watch_gap"]
+    assert rec.finished_episodes == []
+
+
+def test_nothing_to_time_without_dataplane_off_the_pods_node(clock: ManualClock) -> None:
+    rec = Recorder()
+    t = tracker(clock, rec, dataplane=False)
+    t.slices_listed([eps(node="node-b")], t.now("slice_watch"), relist=False)
+    t.slice_changed(eps(node="node-b", ready=False, terminating=True), t.now("slice_watch"))
+    assert t.episodes == {}
+    assert rec.abandoned_reasons == []
+
+
+def test_service_becoming_empty_turns_on_fallback(clock: ManualClock) -> None:
+    rec = Recorder()
+    t = tracker(clock, rec)
+    t.slices_listed([eps(others=0)], t.now("slice_watch"), relist=False)
+    t.slice_changed(eps(others=0, ready=False, terminating=True), t.now("slice_watch"))
+    assert t.episodes[KEY].fallback
+    assert rec.fallbacks == 1
+    t.slice_changed(eps(others=0, ready=False, terminating=True, serving=False),
+                    t.now("slice_watch"))
+    (episode,) = rec.finished_episodes
+    assert "dataplane" not in episode.stages
+    assert not episode.unsafe
+
+
+def test_old_records_are_forgotten(clock: ManualClock) -> None:
+    rec = Recorder()
+    t = tracker(clock, rec)
+    t.pods_listed([pod()], t.now("pod_watch"), relist=False)
+    t.pod_deleted(pod(), t.now("pod_watch"))
+    clock.advance(t.ttl + 1)
+    t.expire()
+    assert t._pod_records == {}
