@@ -40,8 +40,8 @@ class Recorder:
 
 def eps(*, ready: bool = True, serving: bool = True, terminating: bool = False,
         node: str = "node-a", others: int = 1) -> EndpointSlice:
-    endpoints = [Endpoint(("10.0.0.1",), ready, serving, terminating, node, "ns", "p", "uid-1")]
-    endpoints += [Endpoint((f"10.0.1.{i}",), True, True, False, "node-b", "ns", f"o{i}", f"u{i}")
+    endpoints = [Endpoint("10.0.0.1", ready, serving, terminating, node, "ns", "p", "uid-1")]
+    endpoints += [Endpoint(f"10.0.1.{i}", True, True, False, "node-b", "ns", f"o{i}", f"u{i}")
                   for i in range(others)]
     return EndpointSlice("ns", "web-1", "web", "IPv4", (PortRef("http", 80, "TCP"),),
                          tuple(endpoints), "1")

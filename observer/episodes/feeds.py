@@ -39,6 +39,7 @@ class SliceFeed:
     def __init__(self, tracker: EpisodeTracker, metrics: InputMetrics) -> None:
         self.tracker = tracker
         self.metrics = metrics
+        self._pending: list[EndpointSlice] = []
 
     def _parse(self, obj: dict[str, Any]) -> EndpointSlice | None:
         try:
@@ -52,10 +53,14 @@ class SliceFeed:
             self.metrics.invalid_input(self.resource, "no_target_ref")
         return eps
 
-    def listed(self, items: list[dict[str, Any]], *, relist: bool) -> None:
-        at = self.tracker.now("slice_watch")
-        parsed = [eps for eps in map(self._parse, items) if eps is not None]
-        self.tracker.slices_listed(parsed, at, relist=relist)
+    def list_page(self, items: list[dict[str, Any]], *, first: bool) -> None:
+        if first:
+            self._pending = []
+        self._pending.extend(eps for eps in map(self._parse, items) if eps is not None)
+
+    def listed(self, *, relist: bool) -> None:
+        pending, self._pending = self._pending, []
+        self.tracker.slices_listed(pending, self.tracker.now("slice_watch"), relist=relist)
 
     def event(self, event_type: str, obj: dict[str, Any]) -> None:
         at = self.tracker.now("slice_watch")
@@ -76,6 +81,7 @@ class PodFeed:
     def __init__(self, tracker: EpisodeTracker, metrics: InputMetrics) -> None:
         self.tracker = tracker
         self.metrics = metrics
+        self._pending: list[Pod] = []
 
     def _parse(self, obj: dict[str, Any]) -> Pod | None:
         try:
@@ -85,10 +91,14 @@ class PodFeed:
             log.warning("pod skipped", pod=_name(obj), error=str(error))
             return None
 
-    def listed(self, items: list[dict[str, Any]], *, relist: bool) -> None:
-        at = self.tracker.now("pod_watch")
-        parsed = [pod for pod in map(self._parse, items) if pod is not None]
-        self.tracker.pods_listed(parsed, at, relist=relist)
+    def list_page(self, items: list[dict[str, Any]], *, first: bool) -> None:
+        if first:
+            self._pending = []
+        self._pending.extend(pod for pod in map(self._parse, items) if pod is not None)
+
+    def listed(self, *, relist: bool) -> None:
+        pending, self._pending = self._pending, []
+        self.tracker.pods_listed(pending, self.tracker.now("pod_watch"), relist=relist)
 
     def event(self, event_type: str, obj: dict[str, Any]) -> None:
         at = self.tracker.now("pod_watch")

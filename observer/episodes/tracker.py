@@ -165,8 +165,7 @@ class EpisodeTracker:
                 service_port = ServicePort(service[0], service[1], port.name,
                                            port.protocol.upper())
                 for endpoint in eps.endpoints:
-                    # Consumers use the first address (EndpointSlice API: addresses).
-                    key = EndpointKey(service_port, endpoint.addresses[0], port.port)
+                    key = EndpointKey(service_port, endpoint.address, port.port)
                     seen = merged.get(key)
                     if seen is not None:
                         duplicates = True

@@ -13,6 +13,7 @@ documents it: ``ready``/``serving`` nil mean true (unknown state is treated as r
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +64,9 @@ class PortRef:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    addresses: tuple[str, ...]
+    # The first address only: consumers use the first (EndpointSlice API, ``addresses``).
+    # Kept compact, with repeated strings interned: a large cluster has 100,000s of these.
+    address: str
     ready: bool
     serving: bool
     terminating: bool
@@ -98,8 +101,9 @@ def parse_endpoint_slice(raw: Any) -> EndpointSlice:
             continue  # a nil port means "all ports" (FQDN/headless use); kube-proxy skips it too
         if not isinstance(number, int) or isinstance(number, bool) or not 0 < number < 65536:
             raise MalformedObject("malformed", f"ports[{i}].port is not a port number")
-        ports.append(PortRef(_str(port.get("name"), f"ports[{i}].name", required=False),
-                             number, _str(port.get("protocol") or "TCP", f"ports[{i}].protocol")))
+        ports.append(PortRef(
+            sys.intern(_str(port.get("name"), f"ports[{i}].name", required=False)), number,
+            sys.intern(_str(port.get("protocol") or "TCP", f"ports[{i}].protocol"))))
     endpoints = []
     for i, item in enumerate(obj.get("endpoints") or []):
         ep = _mapping(item, f"endpoints[{i}]")
@@ -117,18 +121,19 @@ def parse_endpoint_slice(raw: Any) -> EndpointSlice:
         ref = _mapping(ref, f"endpoints[{i}].targetRef")
         is_pod = ref.get("kind") == "Pod"
         endpoints.append(Endpoint(
-            addresses=tuple(addresses), ready=ready, serving=serving, terminating=terminating,
-            node_name=_str(ep.get("nodeName"), "nodeName", required=False),
-            pod_namespace=_str(ref.get("namespace"), "targetRef.namespace", required=False)
-            if is_pod else "",
+            address=addresses[0], ready=ready, serving=serving, terminating=terminating,
+            node_name=sys.intern(_str(ep.get("nodeName"), "nodeName", required=False)),
+            pod_namespace=sys.intern(_str(ref.get("namespace"), "targetRef.namespace",
+                                          required=False)) if is_pod else "",
             pod_name=_str(ref.get("name"), "targetRef.name", required=False) if is_pod else "",
             pod_uid=_str(ref.get("uid"), "targetRef.uid", required=False) if is_pod else "",
         ))
     return EndpointSlice(
-        namespace=_str(meta.get("namespace"), "metadata.namespace"),
+        namespace=sys.intern(_str(meta.get("namespace"), "metadata.namespace")),
         name=_str(meta.get("name"), "metadata.name"),
-        service=_str(labels.get(SERVICE_NAME_LABEL), "service-name label", required=False),
-        address_type=_str(obj.get("addressType"), "addressType"),
+        service=sys.intern(_str(labels.get(SERVICE_NAME_LABEL), "service-name label",
+                                required=False)),
+        address_type=sys.intern(_str(obj.get("addressType"), "addressType")),
         ports=tuple(ports), endpoints=tuple(endpoints),
         resource_version=_str(meta.get("resourceVersion"), "metadata.resourceVersion",
                               required=False),

@@ -72,8 +72,15 @@ Requester = Callable[..., Awaitable[Any]]
 
 
 class WatchSink(Protocol):
-    def listed(self, items: list[dict[str, Any]], *, relist: bool) -> None:
-        """A complete, consistent list; ``relist`` after a gap in the watch."""
+    """Receives what the watch reads. A list arrives page by page (so the raw JSON of a large
+    cluster never has to be in memory at once) and is complete only at ``listed``."""
+
+    def list_page(self, items: list[dict[str, Any]], *, first: bool) -> None:
+        """One page of a list; ``first`` starts a new list (dropping any unfinished one)."""
+
+    def listed(self, *, relist: bool) -> None:
+        """The pages since the first one are a complete, consistent list; ``relist`` after a
+        gap in the watch."""
 
     def event(self, event_type: str, obj: dict[str, Any]) -> None:
         """One ADDED, MODIFIED or DELETED event."""
@@ -183,8 +190,8 @@ class ResourceWatch:
         return response
 
     async def _list(self) -> None:
-        items: list[dict[str, Any]] = []
         token = ""
+        first = True
         while True:
             params: dict[str, Any] = {"limit": self.settings.page_size,
                                       "_request_timeout": self.settings.request_timeout}
@@ -198,13 +205,15 @@ class ResourceWatch:
             if not isinstance(body, dict) or not isinstance(body.get("items"), list):
                 raise ValueError(f"{self.resource} list response is not a list")
             meta = body.get("metadata") or {}
-            items.extend(body["items"])
+            self.sink.list_page(body["items"], first=first)
+            del body
+            first = False
             token = meta.get("continue") or ""
             if not token:
                 version = str(meta.get("resourceVersion", ""))
                 break
         self._version = version
-        self.sink.listed(items, relist=self._listed_once)
+        self.sink.listed(relist=self._listed_once)
         self._listed_once = True
         self.synced.set()
         self.last_event_wall = self.clock.wall()

@@ -1,0 +1,123 @@
+"""Benchmark (issue 3): the agent's initial list of a large cluster, then EndpointSlice churn.
+
+The lab API server and the load generator run in a child process; this process runs the real
+agent (watches over HTTP, parsing, tracker, metrics, one log line per episode, to /dev/null).
+Reported: list time, RSS after the list and after the churn, and churn throughput as slice
+events per second of *agent CPU time* (``time.process_time``, so a busy machine or a slow
+load generator does not change it) and per wall second.
+
+    .venv/bin/python -m bench.agent_churn [--services 10000] [--per-service 10] [--churn 20000]
+
+Each churn event rewrites one slice, flipping one endpoint between Ready and terminating:
+half the events start an episode, half abandon one (ready_again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from prometheus_client import CollectorRegistry
+
+from observer import logs
+from observer.agent import Agent, AgentConfig
+from observer.clock import SystemClock
+from observer.dataplane.memory import MemoryDataplane
+
+
+def serve_in_child(*args: Any) -> None:
+    from bench.churn_server import serve  # imported in the child only
+
+    serve(*args)
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        kubeconfig = Path(tmp) / "kubeconfig"
+        # spawn, not fork: the agent process must not carry the lab server's imports.
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        proc = context.Process(target=serve_in_child, args=(child, args.services,
+                                                           args.per_service, args.churn,
+                                                           str(kubeconfig)))
+        proc.start()
+        try:
+            assert parent.recv() == "ready"
+            configuration = client.Configuration()
+            await config.load_kube_config(config_file=str(kubeconfig),
+                                          client_configuration=configuration)
+            clock = SystemClock()
+            async with client.ApiClient(configuration) as api:
+                agent = Agent(config=AgentConfig(node_name="node-0", listen=("127.0.0.1", 0)),
+                              api=api, clock=clock,
+                              dataplane=MemoryDataplane(clock=clock, mode="nftables"),
+                              registry=CollectorRegistry())
+                rss_before = rss_mib()
+                stop = asyncio.Event()
+                wall, cpu = time.monotonic(), time.process_time()
+                task = asyncio.create_task(agent.run(stop))
+                await agent.slices.synced.wait()
+                list_wall, list_cpu = time.monotonic() - wall, time.process_time() - cpu
+                rss_listed = rss_mib()
+                loop = asyncio.get_running_loop()
+                wall, cpu = time.monotonic(), time.process_time()
+                parent.send("churn")
+                revision, generated = await loop.run_in_executor(None, parent.recv)
+                while agent.slices.version != str(revision):  # noqa: ASYNC110 - polled
+                    await asyncio.sleep(0.005)
+                churn_wall, churn_cpu = time.monotonic() - wall, time.process_time() - cpu
+                rss_churned = rss_mib()
+                finished = len(agent.tracker.finished)
+                in_flight = len(agent.tracker.episodes)
+                stop.set()
+                await task
+            parent.send("stop")
+        finally:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    return {
+        "machine": {"cpu": platform.processor() or platform.machine(),
+                    "cores": os.cpu_count(), "python": platform.python_version()},
+        "services": args.services, "endpoints": args.services * args.per_service,
+        "list": {"wall_seconds": round(list_wall, 2), "agent_cpu_seconds": round(list_cpu, 2)},
+        "churn": {"events": args.churn, "wall_seconds": round(churn_wall, 2),
+                  "agent_cpu_seconds": round(churn_cpu, 2),
+                  "events_per_agent_cpu_second": round(args.churn / churn_cpu),
+                  "events_per_wall_second": round(args.churn / churn_wall),
+                  "generator_seconds": round(generated, 2),
+                  "in_flight_after": in_flight, "episodes_kept": finished},
+        "rss_mib": {"before_start": round(rss_before, 1), "after_list": round(rss_listed, 1),
+                    "after_churn": round(rss_churned, 1)},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=10_000)
+    parser.add_argument("--per-service", type=int, default=10)
+    parser.add_argument("--churn", type=int, default=20_000)
+    args = parser.parse_args()
+    with open(os.devnull, "w") as devnull:
+        logs.configure("json", stream=devnull)
+        print(json.dumps(asyncio.run(run(args)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
