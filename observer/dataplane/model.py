@@ -7,11 +7,12 @@ The tracker consumes those and knows nothing of iptables, nftables or IPVS.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from observer.episodes.model import EndpointKey, Timestamp
+from observer.episodes.model import EndpointKey, ServicePort, Timestamp
 
 ProxyMode = Literal["iptables", "nftables", "ipvs", "none"]
 
@@ -37,3 +38,78 @@ class DataplaneSource(Protocol):
 
     async def run(self, sink: ChangeSink) -> None:
         """Report changes to ``sink`` until cancelled."""
+
+
+# --- snapshots: what a reader found in one full read ---------------------------------------
+
+Backend = Literal["legacy", "nft"]
+PathName = Literal["cluster", "local"]
+
+
+class DataplaneParseError(ValueError):
+    """Dump output the parser cannot read (garbage, truncated, inconsistent). The only
+    exception a parser raises on bad input."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProgrammedEndpoint:
+    ip: str
+    port: int
+    selected: bool  # chosen for new connections (a jump/vmap entry to it, or IPVS weight > 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgrammedService:
+    # "ns/name:port" ("ns/name" for an unnamed port), as kube-proxy's ServicePortName prints
+    # it; the chain name when no rule names the service and no candidate name matches its hash.
+    service: str
+    protocol: str  # lower case, as kube-proxy writes it: tcp, udp, sctp
+    cluster_ip: str | None
+    cluster: tuple[ProgrammedEndpoint, ...]  # endpoints of the Cluster traffic-policy path
+    local: tuple[ProgrammedEndpoint, ...]  # endpoints of the Local traffic-policy path
+
+    def service_port(self) -> ServicePort | None:
+        namespace, slash, rest = self.service.partition("/")
+        if not slash or not namespace:
+            return None
+        name, _, port = rest.partition(":")
+        return ServicePort(namespace, name, port, self.protocol.upper())
+
+
+def _endpoint_order(e: ProgrammedEndpoint) -> tuple[int, bytes, int]:
+    try:
+        packed = ipaddress.ip_address(e.ip).packed
+    except ValueError:
+        packed = e.ip.encode()
+    return (len(packed), packed, e.port)
+
+
+@dataclass(frozen=True, slots=True)
+class DataplaneSnapshot:
+    mode: Literal["iptables", "nftables", "ipvs"]
+    backend: Backend | None
+    services: tuple[ProgrammedService, ...]
+
+    def to_json(self) -> dict[str, object]:
+        """The documented ``observer dataplane --json`` shape: services sorted by name,
+        endpoints by IP then port."""
+        def endpoints(items: tuple[ProgrammedEndpoint, ...]) -> list[dict[str, object]]:
+            return [{"ip": e.ip, "port": e.port, "selected": e.selected}
+                    for e in sorted(items, key=_endpoint_order)]
+
+        return {"mode": self.mode, "backend": self.backend, "services": [
+            {"service": s.service, "protocol": s.protocol, "cluster_ip": s.cluster_ip,
+             "paths": {"cluster": endpoints(s.cluster), "local": endpoints(s.local)}}
+            for s in sorted(self.services, key=lambda s: (s.service, s.protocol))]}
+
+    def selection(self) -> dict[EndpointKey, bool]:
+        """Per endpoint: selected on any path. Services whose name is unknown are left out."""
+        out: dict[EndpointKey, bool] = {}
+        for service in self.services:
+            port = service.service_port()
+            if port is None:
+                continue
+            for endpoint in (*service.cluster, *service.local):
+                key = EndpointKey(port, endpoint.ip, endpoint.port)
+                out[key] = out.get(key, False) or endpoint.selected
+        return out

@@ -1,0 +1,208 @@
+"""kube-proxy's iptables mode, as ``iptables-save -t nat`` prints it (either backend).
+
+Layout (``pkg/proxy/iptables/proxier.go``; real rule sets in ``TestOverallIPTablesRules``):
+``KUBE-SERVICES`` jumps to ``KUBE-SVC-<h>`` (Cluster policy) or ``KUBE-SVL-<h>`` (Local policy)
+for a cluster IP, to ``KUBE-EXT-<h>``/``KUBE-FW-<h>`` for external IPs; SVC/SVL chains jump
+(with ``-m statistic`` probabilities, and ``-m recent`` rules for session affinity) to
+``KUBE-SEP-<e>`` chains that DNAT to ``ip:port``. An endpoint is selected while an SVC/SVL
+chain jumps to its SEP chain.
+
+Names: ``<h> = base32(sha256(svcPortName + protocol))[:16]`` and
+``<e> = base32(sha256(svcPortName + protocol + "ip:port"))[:16]``. In "large cluster mode"
+(> 1000 endpoints) kube-proxy drops the comments on SVC and SEP rules; the service's name is
+still in the ``KUBE-SERVICES`` comment, and an unreferenced SEP chain is matched to its service
+by recomputing the hash over candidate names (the agent's EndpointSlices supply them).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from observer.dataplane.model import (
+    Backend,
+    DataplaneParseError,
+    DataplaneSnapshot,
+    ProgrammedEndpoint,
+    ProgrammedService,
+)
+
+_JUMP = re.compile(r" (?:-j|--jump) (\S+)")
+_COMMENT = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
+_DEST = re.compile(r" -d (\S+)")
+_PROTO = re.compile(r" -p (\w+)")
+_TO = re.compile(r"--to-destination (\S+)")
+_PROTOCOLS = ("tcp", "udp", "sctp")
+
+
+def chain_hash(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+
+
+def service_hash(service: str, protocol: str) -> str:
+    return chain_hash(service + protocol)
+
+
+def endpoint_hash(service: str, protocol: str, ip: str, port: int) -> str:
+    host = f"[{ip}]" if ":" in ip else ip
+    return chain_hash(f"{service}{protocol}{host}:{port}")
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise DataplaneParseError(f"DNAT target {text!r} is not ip:port")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class _Sep:
+    ip: str
+    port: int
+    protocol: str
+    service: str | None
+
+
+@dataclass
+class _Parsed:
+    names: dict[str, str] = field(default_factory=dict)  # service hash -> name
+    protocols: dict[str, str] = field(default_factory=dict)
+    cluster_ips: dict[str, str] = field(default_factory=dict)
+    targets: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (path, h) -> SEPs
+    seps: dict[str, _Sep] = field(default_factory=dict)
+
+
+def _comment(rule: str) -> str | None:
+    m = _COMMENT.search(rule)
+    if m is None:
+        return None
+    return m.group(1).replace('\\"', '"') if m.group(1) is not None else m.group(2)
+
+
+def _read(text: str) -> _Parsed:
+    parsed = _Parsed()
+    in_nat = committed = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("*"):
+            in_nat, committed = line == "*nat", False
+            continue
+        if not in_nat:
+            continue
+        if line == "COMMIT":
+            committed = True
+            in_nat = False
+            continue
+        if not line.startswith("-A "):
+            if line and not line.startswith((":", "#")):
+                raise DataplaneParseError(f"line {number}: unexpected {line[:80]!r}")
+            continue
+        parts = line.split(" ", 2)
+        if len(parts) < 3:
+            raise DataplaneParseError(f"line {number}: rule without a body")
+        chain, rule = parts[1], " " + parts[2]
+        if chain == "KUBE-SERVICES":
+            _service_rule(parsed, rule)
+        elif chain.startswith(("KUBE-SVC-", "KUBE-SVL-")):
+            jump = _JUMP.search(rule)
+            if jump and jump.group(1).startswith("KUBE-SEP-"):
+                path = "cluster" if chain.startswith("KUBE-SVC-") else "local"
+                seps = parsed.targets.setdefault((path, chain[9:]), [])
+                if jump.group(1) not in seps:
+                    seps.append(jump.group(1))
+                comment = _comment(rule)
+                if comment and " -> " in comment:
+                    parsed.names.setdefault(chain[9:], comment.split(" -> ", 1)[0])
+            else:
+                parsed.targets.setdefault(("cluster" if chain.startswith("KUBE-SVC-")
+                                           else "local", chain[9:]), [])
+        elif chain.startswith("KUBE-SEP-"):
+            to = _TO.search(rule)
+            if to is not None:
+                ip, port = _split_host_port(to.group(1))
+                proto = _PROTO.search(rule)
+                parsed.seps[chain] = _Sep(ip, port, proto.group(1) if proto else "tcp",
+                                          _comment(rule))
+    if in_nat and not committed:
+        raise DataplaneParseError("the nat table has no COMMIT: the output is truncated")
+    return parsed
+
+
+def _service_rule(parsed: _Parsed, rule: str) -> None:
+    jump = _JUMP.search(rule)
+    if jump is None:
+        return
+    target = jump.group(1)
+    if not target.startswith(("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-")):
+        return
+    h = target.split("-", 2)[2]
+    comment = _comment(rule)
+    if comment:
+        for suffix in (" cluster IP", " external IP", " loadbalancer IP"):
+            if comment.endswith(suffix):
+                parsed.names.setdefault(h, comment[: -len(suffix)])
+    proto = _PROTO.search(rule)
+    if proto:
+        parsed.protocols.setdefault(h, proto.group(1))
+    dest = _DEST.search(rule)
+    if dest and target.startswith(("KUBE-SVC-", "KUBE-SVL-")):
+        parsed.cluster_ips.setdefault(h, dest.group(1).split("/")[0])
+
+
+def parse_iptables_save(text: str, *, backend: Backend,
+                        known_services: Iterable[str] = ()) -> DataplaneSnapshot:
+    """Parse ``iptables-save -t nat`` output into the common model."""
+    parsed = _read(text)
+    hashes = {h for _, h in parsed.targets} | set(parsed.names)
+    unresolved = hashes - set(parsed.names)
+    candidates = set(known_services)
+    if unresolved and candidates:
+        for name in candidates:
+            for proto in _PROTOCOLS:
+                h = service_hash(name, proto)
+                if h in unresolved:
+                    parsed.names[h] = name
+                    parsed.protocols.setdefault(h, proto)
+    referenced = {sep for seps in parsed.targets.values() for sep in seps}
+    stale: dict[str, list[ProgrammedEndpoint]] = {}
+    for sep_name, sep in parsed.seps.items():
+        if sep_name in referenced:
+            continue
+        owner = _stale_owner(sep_name, sep, parsed, candidates)
+        if owner is not None:
+            stale.setdefault(owner, []).append(ProgrammedEndpoint(sep.ip, sep.port, False))
+            hashes.add(owner)
+    services = []
+    for h in sorted(hashes):
+        paths: dict[str, list[ProgrammedEndpoint]] = {"cluster": [], "local": []}
+        protocol = parsed.protocols.get(h)
+        for path in ("cluster", "local"):
+            for sep_name in parsed.targets.get((path, h), []):
+                target = parsed.seps.get(sep_name)
+                if target is None:
+                    raise DataplaneParseError(f"{sep_name} is jumped to but has no DNAT rule")
+                paths[path].append(ProgrammedEndpoint(target.ip, target.port, True))
+                protocol = protocol or target.protocol
+        paths["cluster"].extend(stale.get(h, []))
+        if not paths["cluster"] and not paths["local"] and (("cluster", h) not in parsed.targets
+                                                             and ("local", h) not in
+                                                             parsed.targets):
+            continue  # named only by an external rule, with no chain of its own
+        services.append(ProgrammedService(
+            service=parsed.names.get(h, f"KUBE-SVC-{h}"), protocol=protocol or "tcp",
+            cluster_ip=parsed.cluster_ips.get(h),
+            cluster=tuple(paths["cluster"]), local=tuple(paths["local"])))
+    return DataplaneSnapshot("iptables", backend, tuple(services))
+
+
+def _stale_owner(sep_name: str, sep: _Sep, parsed: _Parsed, candidates: set[str]) -> str | None:
+    """The service hash an unreferenced SEP chain belongs to, from its comment or its name."""
+    if sep.service:
+        return service_hash(sep.service, sep.protocol)
+    for name in set(parsed.names.values()) | candidates:
+        if f"KUBE-SEP-{endpoint_hash(name, sep.protocol, sep.ip, sep.port)}" == sep_name:
+            parsed.names.setdefault(service_hash(name, sep.protocol), name)
+            return service_hash(name, sep.protocol)
+    return None
