@@ -17,7 +17,7 @@ from observer.clock import Clock
 from observer.dataplane.model import DataplaneSource, ProxyMode
 from observer.episodes.feeds import PodFeed, SliceFeed
 from observer.episodes.tracker import EpisodeTracker
-from observer.export.metrics import AgentMetrics, StateCollector
+from observer.export.metrics import AgentMetrics, DataplaneHealth, StateCollector
 from observer.export.server import AgentHttp
 from observer.kube.watch import ResourceWatch, WatchSettings
 
@@ -45,6 +45,7 @@ class Agent:
     def __init__(self, *, config: AgentConfig, api: client.ApiClient, clock: Clock,
                  dataplane: DataplaneSource | None,
                  registry: CollectorRegistry | None = None,
+                 dataplane_health: DataplaneHealth | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.config = config
         self.clock = clock
@@ -52,6 +53,8 @@ class Agent:
         self.proxy_mode: ProxyMode = dataplane.mode if dataplane is not None else "none"
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = AgentMetrics(self.registry, proxy_mode=self.proxy_mode)
+        # Exported whatever the mode, so dashboards see zeros rather than no series.
+        self.dataplane_health = dataplane_health or DataplaneHealth(self.registry)
         self.tracker = EpisodeTracker(
             node_name=config.node_name, clock=clock, sink=self.metrics,
             measure_dataplane=dataplane is not None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -59,9 +60,17 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                           "~/.kube/config)")
     run.add_argument("--node-name", default=_env("NODE_NAME", os.environ.get("NODE_NAME")),
                      help="this node's name (default: $NODE_NAME, set from the downward API)")
-    run.add_argument("--dataplane", choices=("none",), default=_env("DATAPLANE", "none"),
-                     help="which kube-proxy dataplane to read; 'none' measures the controller "
-                          "stage only")
+    run.add_argument("--dataplane", choices=("auto", "iptables", "nftables", "ipvs", "none"),
+                     default=_env("DATAPLANE", "auto"),
+                     help="which kube-proxy dataplane to read (default: detect what kube-proxy "
+                          "programs here); 'none' measures the controller stage only")
+    run.add_argument("--netns", default=_env("NETNS"),
+                     help="read this named network namespace's dataplane instead of the "
+                          "agent's own (ip netns exec)")
+    run.add_argument("--dataplane-poll-interval", type=positive_float,
+                     default=float(_env("DATAPLANE_POLL_INTERVAL", "0.1") or 0.1),
+                     help="seconds between reads where the kernel announces no changes "
+                          "(iptables-legacy, IPVS)")
     run.add_argument("--listen", type=host_port, default=_env("LISTEN", "127.0.0.1:9809"),
                      help="HOST:PORT for /metrics, /healthz, /readyz, /debug/episodes "
                           "(default 127.0.0.1:9809)")
@@ -97,8 +106,12 @@ async def _load_api_config(kubeconfig: str | None) -> Any:
 
 async def _run_agent(args: argparse.Namespace) -> int:
     from kubernetes_asyncio import client, config
+    from prometheus_client import CollectorRegistry
 
     from observer.agent import Agent, AgentConfig
+    from observer.dataplane.commands import CommandError, CommandRunner
+    from observer.dataplane.detect import open_source
+    from observer.export.metrics import DataplaneHealth
     from observer.kube.watch import WatchSettings
 
     if not args.node_name:
@@ -113,11 +126,71 @@ async def _run_agent(args: argparse.Namespace) -> int:
         node_name=args.node_name, listen=args.listen, episode_ttl=args.episode_ttl,
         max_in_flight=args.max_in_flight, debug_endpoints=args.debug_endpoints,
         watch=WatchSettings(inactivity_timeout=args.watch_inactivity_timeout))
+    clock = SystemClock()
+    registry = CollectorRegistry()
+    health = DataplaneHealth(registry)
+    dataplane = None
+    if args.dataplane != "none":
+        runner = CommandRunner(netns=args.netns)
+        try:
+            dataplane = await open_source(
+                args.dataplane, runner=runner, clock=clock, metrics=health,
+                poll_interval=args.dataplane_poll_interval,
+                # Late-bound: first called from agent.run(), once `agent` below exists.
+                known_services=lambda: agent.tracker.service_port_names())
+        except CommandError as error:
+            log.error("cannot read the dataplane; pass --dataplane none to measure the "
+                      "controller stage only", mode=args.dataplane, error=str(error))
+            return 2
     stop = asyncio.Event()
     _stop_on_signals(stop)
     async with client.ApiClient(configuration) as api:
-        agent = Agent(config=settings, api=api, clock=SystemClock(), dataplane=None)
+        agent = Agent(config=settings, api=api, clock=clock, dataplane=dataplane,
+                      registry=registry, dataplane_health=health)
         await agent.run(stop)
+    return 0
+
+
+def _add_dataplane(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dump = commands.add_parser(
+        "dataplane", help="print what this node's kube-proxy dataplane selects, once")
+    dump.add_argument("--mode", choices=("auto", "iptables", "nftables", "ipvs"),
+                      default="auto", help="kube-proxy mode to read (default: detect)")
+    dump.add_argument("--netns", help="read this named network namespace instead")
+    dump.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+async def _dump_dataplane(args: argparse.Namespace) -> int:
+    from observer.dataplane.commands import CommandError, CommandRunner
+    from observer.dataplane.detect import reader_for, resolve
+    from observer.dataplane.model import DataplaneParseError
+
+    runner = CommandRunner(netns=args.netns)
+    try:
+        mode, backend = await resolve(args.mode, runner)
+        snapshot = await reader_for(mode, backend, runner).read()
+    except (CommandError, DataplaneParseError) as error:
+        print(f"observer dataplane: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(snapshot.to_json(), indent=2))
+        return 0
+    document = snapshot.to_json()
+    rows = [("SERVICE", "PROTO", "CLUSTER-IP", "PATH", "ENDPOINT", "SELECTED")]
+    for service in document["services"]:  # type: ignore[attr-defined]
+        for path in ("cluster", "local"):
+            for endpoint in service["paths"][path]:
+                host = endpoint["ip"]
+                host = f"[{host}]" if ":" in host else host
+                rows.append((service["service"], service["protocol"],
+                             service["cluster_ip"] or "-", path, f"{host}:{endpoint['port']}",
+                             "yes" if endpoint["selected"] else "no"))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    header = f"mode: {snapshot.mode}" + (f" ({snapshot.backend})" if snapshot.backend else "")
+    print(header)
+    for row in rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths,
+                                                                      strict=True)).rstrip())
     return 0
 
 
@@ -130,6 +203,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="log line format (default: console on a terminal, JSON otherwise)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(commands)
+    _add_dataplane(commands)
 
     lab = commands.add_parser("lab", help="run the tool on one machine with emulated cluster parts")
     lab_commands = lab.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND")
@@ -172,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.log_format)
     if args.command == "run":
         return asyncio.run(_run_agent(args))
+    if args.command == "dataplane":
+        return asyncio.run(_dump_dataplane(args))
     if args.command == "lab" and args.lab_command == "apiserver":
         return asyncio.run(_serve_apiserver(args))
     raise AssertionError(f"unhandled command {args.command}")

@@ -30,7 +30,8 @@ ChangeSink = Callable[[DataplaneChange], None]
 class DataplaneSource(Protocol):
     """A running reader of one node's dataplane."""
 
-    mode: ProxyMode
+    @property
+    def mode(self) -> ProxyMode: ...
 
     def selected(self, key: EndpointKey) -> bool | None:
         """Whether the endpoint is selected now; None when the dataplane does not know the

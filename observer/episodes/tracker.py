@@ -96,6 +96,11 @@ class EpisodeTracker:
         self._episodes_by_pod: dict[str, set[EndpointKey]] = {}
         self._recent_drops: dict[EndpointKey, Timestamp] = {}
 
+    def service_port_names(self) -> set[str]:
+        """``ns/name:port`` of every service port the slices name (for resolving the chain
+        hashes of kube-proxy's large-cluster mode)."""
+        return {str(key.service_port) for merged in self._merged.values() for key in merged}
+
     # timestamps ----------------------------------------------------------------------------
 
     def now(self, source: Source, precision: float = 0.0) -> Timestamp:

@@ -135,6 +135,35 @@ class AgentMetrics:
         self.invalid_input_total.labels(resource, "malformed_event").inc()
 
 
+class DataplaneHealth:
+    """How the dataplane reads go; made before the reader, which it is handed to."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        p = "endpoint_propagation_"
+        self.dataplane_scan = Histogram(
+            f"{p}dataplane_scan_duration_seconds",
+            "How long one full read of this node's dataplane took (dump command and parse).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                     10.0, 30.0), registry=registry)
+        self.dataplane_errors_total = Counter(
+            f"{p}dataplane_errors",
+            "Failed dataplane reads, by reason (missing_tool, permission, timeout, failed, "
+            "too_large, garbage).", ["reason"], registry=registry)
+        self.dataplane_drift_total = Counter(
+            f"{p}dataplane_resync_drift",
+            "Endpoints whose selection a periodic full read found different from the state "
+            "kept up to date from change events.", registry=registry)
+
+    def scan(self, seconds: float) -> None:
+        self.dataplane_scan.observe(seconds)
+
+    def error(self, reason: str) -> None:
+        self.dataplane_errors_total.labels(reason).inc()
+
+    def drift(self, count: int) -> None:
+        self.dataplane_drift_total.inc(count)
+
+
 def _log_fields(episode: Episode) -> dict[str, object]:
     """The canonical line for one episode: everything about it, flat."""
     fields: dict[str, object] = {

@@ -1,0 +1,95 @@
+"""Running the dataplane tools: never through a shell, always with a timeout and a bound on
+how much output is read, optionally inside a named network namespace (``ip netns exec``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+# Bounded label values for endpoint_propagation_dataplane_errors_total{reason}.
+ERROR_REASONS = ("missing_tool", "permission", "timeout", "failed", "too_large", "garbage")
+
+
+class CommandError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class CommandRunner:
+    netns: str | None = None
+    timeout: float = 10.0
+    max_output: int = 512 * 1024 * 1024
+
+    def argv(self, command: Sequence[str]) -> list[str]:
+        if self.netns is None:
+            return list(command)
+        return ["ip", "netns", "exec", self.netns, *command]
+
+    async def _spawn(self, command: Sequence[str]) -> asyncio.subprocess.Process:
+        argv = self.argv(command)
+        try:
+            return await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, limit=1024 * 1024)
+        except FileNotFoundError:
+            raise CommandError("missing_tool", f"{argv[0]} is not installed") from None
+        except PermissionError:
+            raise CommandError("permission", f"not allowed to run {argv[0]}") from None
+
+    async def run(self, command: Sequence[str]) -> bytes:
+        """Run to completion; the whole stdout, or ``CommandError``."""
+        proc = await self._spawn(command)
+        try:
+            stdout, stderr = await asyncio.wait_for(self._collect(proc), self.timeout)
+        except TimeoutError:
+            raise CommandError("timeout", f"{command[0]} did not finish in {self.timeout} s"
+                               ) from None
+        finally:
+            await _reap(proc)
+        if proc.returncode != 0:
+            text = stderr.decode(errors="replace").strip()[:500]
+            reason = ("permission" if "ermission denied" in text or "not permitted" in text
+                      else "failed")
+            raise CommandError(reason, f"{command[0]} exited {proc.returncode}: {text}")
+        return stdout
+
+    async def _collect(self, proc: asyncio.subprocess.Process) -> tuple[bytes, bytes]:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        chunks: list[bytes] = []
+        size = 0
+        stderr_task = asyncio.ensure_future(proc.stderr.read(64 * 1024))
+        try:
+            while chunk := await proc.stdout.read(1024 * 1024):
+                size += len(chunk)
+                if size > self.max_output:
+                    raise CommandError("too_large",
+                                       f"output of more than {self.max_output} bytes")
+                chunks.append(chunk)
+            await proc.wait()
+            return b"".join(chunks), await stderr_task
+        finally:
+            stderr_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stderr_task
+
+    @contextlib.asynccontextmanager
+    async def stream(self, command: Sequence[str]) -> AsyncIterator[asyncio.StreamReader]:
+        """A long-running command's stdout (``nft monitor``); the process ends with the block."""
+        proc = await self._spawn(command)
+        try:
+            assert proc.stdout is not None
+            yield proc.stdout
+        finally:
+            await _reap(proc)
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    await proc.wait()

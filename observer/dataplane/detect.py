@@ -1,0 +1,86 @@
+"""Which mode kube-proxy programs on this node, and the reader and change source for it."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from observer.clock import Clock
+from observer.dataplane.commands import CommandError, CommandRunner
+from observer.dataplane.model import Backend
+from observer.dataplane.readers import (
+    IptablesReader,
+    IpvsReader,
+    KnownServices,
+    Mode,
+    NftablesReader,
+    Reader,
+    decode_output,
+    nft_table,
+)
+from observer.dataplane.sources import DataplaneMetrics, MonitorSource, PollingSource
+
+Requested = Literal["auto", "iptables", "nftables", "ipvs"]
+
+
+async def _iptables_kube_rules(runner: CommandRunner, backend: Backend) -> tuple[int, bool]:
+    """How many KUBE- lines a backend's nat table holds, and whether they are IPVS mode's."""
+    try:
+        text = decode_output(await runner.run([f"iptables-{backend}-save", "-t", "nat"]))
+    except CommandError:
+        return 0, False
+    lines = [line for line in text.splitlines() if "KUBE-" in line]
+    return len(lines), any("KUBE-CLUSTER-IP" in line for line in lines)
+
+
+async def detect(runner: CommandRunner) -> tuple[Mode, Backend | None]:
+    """Which mode kube-proxy programs here: its nftables table if it exists; otherwise the
+    iptables backend holding more KUBE- rules (as kube-proxy's iptables-wrapper decides);
+    IPVS mode's iptables rules match the KUBE-CLUSTER-IP ipset."""
+    for family in ("ip", "ip6"):
+        try:
+            text = await nft_table(runner, family, "kube-proxy")
+        except CommandError:
+            text = None
+        if text is not None and json.loads(text).get("nftables"):
+            return "nftables", None
+    counts = {backend: await _iptables_kube_rules(runner, backend)
+              for backend in ("nft", "legacy")}
+    backend: Backend = max(counts, key=lambda b: counts[b][0])  # type: ignore[arg-type]
+    rules, ipvs = counts[backend]
+    if rules == 0:
+        raise CommandError("failed", "no kube-proxy rules found (nftables table kube-proxy, "
+                                     "or KUBE-SERVICES in either iptables backend)")
+    return ("ipvs", None) if ipvs else ("iptables", backend)
+
+
+def reader_for(mode: Mode, backend: Backend | None, runner: CommandRunner,
+               known_services: KnownServices = lambda: ()) -> Reader:
+    if mode == "nftables":
+        return NftablesReader(runner)
+    if mode == "ipvs":
+        return IpvsReader(runner)
+    return IptablesReader(runner, backend or "nft", known_services)
+
+
+async def resolve(requested: Requested, runner: CommandRunner) -> tuple[Mode, Backend | None]:
+    """The mode to read, and for iptables the backend holding kube-proxy's rules."""
+    if requested == "auto":
+        return await detect(runner)
+    if requested == "iptables":
+        counts = {b: (await _iptables_kube_rules(runner, b))[0] for b in ("nft", "legacy")}
+        return "iptables", ("legacy" if counts["legacy"] > counts["nft"] else "nft")
+    return requested, None
+
+
+async def open_source(requested: Requested, *, runner: CommandRunner, clock: Clock,
+                      metrics: DataplaneMetrics, poll_interval: float,
+                      known_services: KnownServices = lambda: ()
+                      ) -> MonitorSource | PollingSource:
+    """The change source for the mode asked for (or detected): event-driven where nf_tables
+    announces changes (nftables, iptables-nft), polling elsewhere (iptables-legacy, IPVS)."""
+    mode, backend = await resolve(requested, runner)
+    reader = reader_for(mode, backend, runner, known_services)
+    if mode == "nftables" or (mode == "iptables" and backend == "nft"):
+        return MonitorSource(reader=reader, runner=runner, clock=clock, metrics=metrics)
+    return PollingSource(reader=reader, clock=clock, metrics=metrics, interval=poll_interval)

@@ -1,0 +1,258 @@
+"""Change detection: turning dataplane reads into ``DataplaneChange`` records for the tracker.
+
+* ``PollingSource`` re-reads every ``interval`` seconds (iptables-legacy has no change
+  notification; IPVS here neither). A change is stamped when the read that shows it completes;
+  it happened at most one interval plus one read earlier, which is its stated precision.
+* ``MonitorSource`` follows ``nft -j monitor`` — the kernel announces every nf_tables change
+  over netlink, including those iptables-nft makes — and re-derives selection right after each
+  burst of events (one kube-proxy transaction arrives as one burst; a 2 ms quiet gap ends it,
+  so a flushed-and-refilled chain is never seen half-way). For kube-proxy's nftables table the
+  events are applied incrementally (rules by handle); for iptables-nft, whose rules nft prints
+  only partly, a burst triggers one re-read. Either way a periodic full read checks the state
+  and counts any drift it finds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+import structlog
+
+from observer.clock import Clock
+from observer.dataplane.commands import CommandError, CommandRunner
+from observer.dataplane.model import (
+    ChangeSink,
+    DataplaneChange,
+    DataplaneParseError,
+    DataplaneSnapshot,
+    ProxyMode,
+)
+from observer.dataplane.nftables import ChainState, apply_objects, load_json
+from observer.dataplane.readers import Reader
+from observer.episodes.model import EndpointKey, ServicePort, Timestamp
+
+log = structlog.get_logger("observer.dataplane")
+BURST_QUIET_SECONDS = 0.002
+
+
+class DataplaneMetrics(Protocol):
+    def scan(self, seconds: float) -> None: ...
+
+    def error(self, reason: str) -> None: ...
+
+    def drift(self, count: int) -> None: ...
+
+
+class _Selection:
+    """The last known selection, and the diffs against a new one."""
+
+    def __init__(self) -> None:
+        self.current: dict[EndpointKey, bool] = {}
+        self.ports: set[ServicePort] = set()
+        self.primed = False
+
+    def selected(self, key: EndpointKey) -> bool | None:
+        if key in self.current:
+            return self.current[key]
+        return False if key.service_port in self.ports else None
+
+    def replace(self, new: dict[EndpointKey, bool], at: Timestamp,
+                sink: ChangeSink | None) -> int:
+        """Install ``new``; report what changed (not on the first read, a baseline)."""
+        changed = [k for k in self.current.keys() | new.keys()
+                   if self.current.get(k, False) != new.get(k, False)]
+        if self.primed and sink is not None:
+            for key in changed:
+                sink(DataplaneChange(key, new.get(key, False), at))
+        self.current = new
+        self.ports = {k.service_port for k in new}
+        self.primed = True
+        return len(changed)
+
+
+class _ReadingSource:
+    def __init__(self, *, reader: Reader, clock: Clock, metrics: DataplaneMetrics) -> None:
+        self.reader = reader
+        self.clock = clock
+        self.metrics = metrics
+        self._selection = _Selection()
+
+    @property
+    def mode(self) -> ProxyMode:
+        return self.reader.mode
+
+    def selected(self, key: EndpointKey) -> bool | None:
+        return self._selection.selected(key)
+
+    async def _read(self) -> DataplaneSnapshot | None:
+        started = self.clock.monotonic()
+        try:
+            snapshot = await self.reader.read()
+        except CommandError as error:
+            self.metrics.error(error.reason)
+            log.warning("dataplane read failed", reason=error.reason, error=str(error))
+            return None
+        except DataplaneParseError as error:
+            self.metrics.error("garbage")
+            log.warning("dataplane output unreadable", error=str(error))
+            return None
+        self.metrics.scan(self.clock.monotonic() - started)
+        return snapshot
+
+    def _now(self, precision: float) -> Timestamp:
+        return Timestamp(self.clock.monotonic(), self.clock.wall(), "dataplane", precision)
+
+
+class PollingSource(_ReadingSource):
+    def __init__(self, *, reader: Reader, clock: Clock, metrics: DataplaneMetrics,
+                 interval: float,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        super().__init__(reader=reader, clock=clock, metrics=metrics)
+        self.interval = interval
+        self.sleep = sleep
+
+    async def run(self, sink: ChangeSink) -> None:
+        previous = self.clock.monotonic()
+        while True:
+            snapshot = await self._read()
+            if snapshot is not None:
+                now = self.clock.monotonic()
+                self._selection.replace(snapshot.selection(), self._now(now - previous), sink)
+                previous = now
+            await self.sleep(self.interval)
+
+
+class MonitorSource(_ReadingSource):
+    """Event-driven, for the nf_tables-based modes (``nftables``, and ``iptables`` with the
+    nft backend)."""
+
+    def __init__(self, *, reader: Reader, runner: CommandRunner, clock: Clock,
+                 metrics: DataplaneMetrics, resync_interval: float = 60.0) -> None:
+        super().__init__(reader=reader, clock=clock, metrics=metrics)
+        self.runner = runner
+        self.resync_interval = resync_interval
+        self.incremental = reader.mode == "nftables"
+        self._tables = ("kube-proxy",) if self.incremental else ("nat",)
+        self._states: dict[str, ChainState] = {}
+        self.monitor_latency = 0.001  # netlink to our process, the bound stated on changes
+
+    async def run(self, sink: ChangeSink) -> None:
+        async with self.runner.stream(["nft", "-j", "monitor"]) as events:
+            await self._full_read(sink, resync=False)  # after the monitor is listening
+            loop = asyncio.get_running_loop()
+            next_resync = loop.time() + self.resync_interval
+            while True:
+                timeout = max(0.0, next_resync - loop.time())
+                try:
+                    line = await asyncio.wait_for(events.readline(), timeout)
+                except TimeoutError:
+                    await self._full_read(sink, resync=True)
+                    next_resync = loop.time() + self.resync_interval
+                    continue
+                if not line:
+                    raise CommandError("failed", "nft monitor ended")
+                burst = [line, *await self._rest_of_burst(events)]
+                if self._apply_burst(burst):
+                    await self._update(sink)
+
+    async def _rest_of_burst(self, events: asyncio.StreamReader) -> list[bytes]:
+        lines: list[bytes] = []
+        while True:
+            try:
+                line = await asyncio.wait_for(events.readline(), BURST_QUIET_SECONDS)
+            except TimeoutError:
+                return lines
+            if not line:
+                return lines
+            lines.append(line)
+
+    def _apply_burst(self, burst: list[bytes]) -> bool:
+        """Fold a burst of events in; whether any concerned kube-proxy's tables."""
+        relevant = False
+        for line in burst:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # nft prints the odd non-JSON warning line
+            relevant |= self._apply_event(event)
+        return relevant
+
+    async def _update(self, sink: ChangeSink) -> None:
+        at = self._now(self.monitor_latency)
+        if self.incremental:
+            self._selection.replace(_union(self._states.values()), at, sink)
+            return
+        snapshot = await self._read()  # iptables-nft: the burst says when, a read says what
+        if snapshot is not None:
+            self._selection.replace(snapshot.selection(), at, sink)
+
+    def _apply_event(self, event: Any) -> bool:
+        if not isinstance(event, dict) or len(event) != 1:
+            return False
+        (verb, body), = event.items()
+        if verb not in ("add", "delete") or not isinstance(body, dict) or len(body) != 1:
+            return False
+        (kind, obj), = body.items()
+        if not isinstance(obj, dict) or obj.get("table") not in self._tables:
+            return False
+        if not self.incremental:
+            return True
+        state = self._states.setdefault(str(obj.get("family")), ChainState())
+        if kind == "rule" and isinstance(obj.get("chain"), str) and isinstance(
+                obj.get("handle"), int):
+            if verb == "add":
+                state.add_rule(obj["chain"], obj["handle"], obj.get("expr"))
+            else:
+                state.delete_rule(obj["chain"], obj["handle"])
+        elif kind == "chain" and isinstance(obj.get("name"), str):
+            if verb == "add":
+                state.add_chain(obj["name"])
+            else:
+                state.delete_chain(obj["name"])
+        return True
+
+    async def _full_read(self, sink: ChangeSink, *, resync: bool) -> None:
+        if self.incremental:
+            states: dict[str, ChainState] = {}
+            for family in ("ip", "ip6"):
+                state = ChainState()
+                try:
+                    raw = await self.runner.run(["nft", "-j", "list", "table", family,
+                                                 "kube-proxy"])
+                except CommandError as error:
+                    if "No such file or directory" not in str(error):
+                        self.metrics.error(error.reason)
+                        return
+                    raw = b'{"nftables": []}'
+                try:
+                    apply_objects(state, load_json(raw.decode(errors="replace")))
+                except DataplaneParseError:
+                    self.metrics.error("garbage")
+                    return
+                states[family] = state
+            fresh = _union(states.values())
+        else:
+            snapshot = await self._read()
+            if snapshot is None:
+                return
+            fresh = snapshot.selection()
+        if resync:
+            drift = sum(1 for k in self._selection.current.keys() | fresh.keys()
+                        if self._selection.current.get(k, False) != fresh.get(k, False))
+            if drift:
+                self.metrics.drift(drift)
+                log.warning("dataplane resync found drift", endpoints=drift)
+        if self.incremental:
+            self._states = states
+        self._selection.replace(fresh, self._now(self.resync_interval), sink)
+
+
+def _union(states: Iterable[ChainState]) -> dict[EndpointKey, bool]:
+    out: dict[EndpointKey, bool] = {}
+    for state in states:
+        for key, selected in state.snapshot().selection().items():
+            out[key] = out.get(key, False) or selected
+    return out
