@@ -62,7 +62,7 @@ class CommandRunner:
         assert proc.stderr is not None
         chunks: list[bytes] = []
         size = 0
-        stderr_task = asyncio.ensure_future(proc.stderr.read(64 * 1024))
+        stderr_task = asyncio.ensure_future(_head(proc.stderr, 64 * 1024))
         try:
             while chunk := await proc.stdout.read(1024 * 1024):
                 size += len(chunk)
@@ -86,6 +86,14 @@ class CommandRunner:
             yield proc.stdout
         finally:
             await _reap(proc)
+
+
+async def _head(stream: asyncio.StreamReader, limit: int) -> bytes:
+    """The first ``limit`` bytes of a stream, read to its end (the rest is discarded)."""
+    kept = b""
+    while chunk := await stream.read(64 * 1024):
+        kept = (kept + chunk)[:limit]
+    return kept
 
 
 async def _reap(proc: asyncio.subprocess.Process) -> None:

@@ -1,0 +1,153 @@
+"""Real rules in real network namespaces: kube-proxy's own test rule sets loaded with the
+real iptables-restore (legacy and nf_tables) and nft, read back by the readers, edited the way
+kube-proxy edits them, and the change seen by the change sources."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from observer.clock import SystemClock
+from observer.dataplane.commands import CommandRunner
+from observer.dataplane.detect import open_source, reader_for, resolve
+from observer.dataplane.model import DataplaneChange
+from observer.episodes.model import EndpointKey, ServicePort
+from tests.dataplane.conftest import Netns
+from tests.dataplane.edits import (
+    IPTABLES_DROP_SVC4_EP4,
+    IPTABLES_DROP_SVC5,
+    IPTABLES_SVC2_LOCAL,
+    NFT_DROP_SVC4_EP4,
+    NFT_DROP_SVC5,
+    NFT_SVC2_LOCAL,
+    apply,
+    load,
+)
+
+MODES = ["iptables-legacy", "iptables-nft", "nftables"]
+
+
+def ep(ip: str, port: int = 80, selected: bool = True) -> dict[str, Any]:
+    return {"ip": ip, "port": port, "selected": selected}
+
+
+def svc(n: int, ip: str, *cluster: dict[str, Any], local: tuple[dict[str, Any], ...] = ()
+        ) -> dict[str, Any]:
+    return {"service": f"ns{n}/svc{n}:p80", "protocol": "tcp", "cluster_ip": ip,
+            "paths": {"cluster": list(cluster), "local": list(local)}}
+
+
+EXPECTED = [
+    svc(1, "172.30.0.41", ep("10.180.0.1")),
+    svc(2, "172.30.0.42", ep("10.180.0.2")),
+    svc(3, "172.30.0.43", ep("10.180.0.3")),
+    svc(4, "172.30.0.44", ep("10.180.0.4"), ep("10.180.0.5")),
+    svc(5, "172.30.0.45", ep("10.180.0.3")),
+]
+
+
+def key(n: int, ip: str) -> EndpointKey:
+    return EndpointKey(ServicePort(f"ns{n}", f"svc{n}", "p80", "TCP"), ip, 80)
+
+
+async def dump(netns: Netns, mode: str = "auto") -> dict[str, Any]:
+    runner = CommandRunner(netns=netns.name)
+    resolved, backend = await resolve(mode, runner)  # type: ignore[arg-type]
+    return (await reader_for(resolved, backend, runner).read()).to_json()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_detect_and_dump_kube_proxys_rule_sets(netns: Netns, mode: str) -> None:
+    load(netns, mode)
+    document = await dump(netns)
+    assert document["mode"] == mode.split("-")[0]
+    assert document["backend"] == (mode.split("-")[1] if "-" in mode else None)
+    assert document["services"] == EXPECTED
+
+
+@pytest.mark.parametrize("mode", ["iptables-legacy", "iptables-nft"])
+async def test_large_cluster_mode_without_comments(netns: Netns, mode: str) -> None:
+    load(netns, mode, large_cluster=True)
+    assert (await dump(netns))["services"] == EXPECTED
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_endpoint_removal_and_affinity(netns: Netns, mode: str) -> None:
+    load(netns, mode)
+    apply(netns, mode, IPTABLES_DROP_SVC4_EP4, NFT_DROP_SVC4_EP4)
+    apply(netns, mode, IPTABLES_DROP_SVC5, NFT_DROP_SVC5)
+    services = {s["service"]: s for s in (await dump(netns))["services"]}
+    if mode == "nftables":
+        # The endpoint chain outlives the vmap entry: present, not selected.
+        assert services["ns4/svc4:p80"]["paths"]["cluster"] == [ep("10.180.0.4", selected=False),
+                                                               ep("10.180.0.5")]
+    else:  # its SEP chain went in the same restore
+        assert services["ns4/svc4:p80"]["paths"]["cluster"] == [ep("10.180.0.5")]
+    # svc5's endpoint chain is still there (in both modes), jumped to by nothing.
+    assert services["ns5/svc5:p80"]["paths"]["cluster"] == [ep("10.180.0.3", selected=False)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_local_traffic_policy_path(netns: Netns, mode: str) -> None:
+    load(netns, mode)
+    apply(netns, mode, IPTABLES_SVC2_LOCAL, NFT_SVC2_LOCAL)
+    services = {s["service"]: s for s in (await dump(netns))["services"]}
+    assert services["ns2/svc2:p80"]["paths"] == {"cluster": [ep("10.180.0.2")],
+                                                 "local": [ep("10.180.0.9")]}
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.changes: list[DataplaneChange] = []
+        self.arrived = asyncio.Event()
+
+    def __call__(self, change: DataplaneChange) -> None:
+        self.changes.append(change)
+        self.arrived.set()
+
+
+class Health:
+    def __init__(self) -> None:
+        self.scans: list[float] = []
+        self.errors: list[str] = []
+        self.drifts: list[int] = []
+
+    def scan(self, seconds: float) -> None:
+        self.scans.append(seconds)
+
+    def error(self, reason: str) -> None:
+        self.errors.append(reason)
+
+    def drift(self, count: int) -> None:
+        self.drifts.append(count)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_change_events(netns: Netns, mode: str) -> None:
+    load(netns, mode)
+    health, changes = Health(), Recorder()
+    source = await open_source("auto", runner=CommandRunner(netns=netns.name),
+                               clock=SystemClock(), metrics=health, poll_interval=0.05)
+    task = asyncio.create_task(source.run(changes))
+    try:
+        for _ in range(400):  # until the first full read is in
+            if source.selected(key(4, "10.180.0.4")):
+                break
+            await asyncio.sleep(0.01)
+        assert source.selected(key(4, "10.180.0.4")) is True
+        assert source.selected(EndpointKey(ServicePort("x", "y", "", "TCP"), "1.2.3.4", 1)
+                               ) is None
+        apply(netns, mode, IPTABLES_DROP_SVC4_EP4, NFT_DROP_SVC4_EP4)
+        await asyncio.wait_for(changes.arrived.wait(), 10)
+        await asyncio.sleep(0.2)  # anything else it might (wrongly) report
+        assert [(c.key, c.selected) for c in changes.changes] == [(key(4, "10.180.0.4"), False)]
+        assert changes.changes[0].at.source == "dataplane"
+        assert source.selected(key(4, "10.180.0.4")) is False
+        assert source.selected(key(4, "10.180.0.5")) is True
+        assert health.errors == []
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

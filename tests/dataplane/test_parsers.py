@@ -1,0 +1,104 @@
+"""The parsers on their own: shapes, garbage and truncation."""
+
+from __future__ import annotations
+
+import pytest
+
+from observer.dataplane.iptables import endpoint_hash, parse_iptables_save, service_hash
+from observer.dataplane.ipvs import parse_ipvsadm
+from observer.dataplane.model import DataplaneParseError
+from observer.dataplane.nftables import endpoint_from_chain, parse_nft_json, service_from_chain
+from tests.dataplane.conftest import FIXTURES
+from tests.dataplane.edits import IPTABLES_RULES, without_endpoint_comments
+
+
+def test_chain_hashes_match_kube_proxys() -> None:
+    # Expected names from TestOverallIPTablesRules.
+    assert service_hash("ns1/svc1:p80", "tcp") == "XPGD46QRK7WJZT7O"
+    assert endpoint_hash("ns1/svc1:p80", "tcp", "10.180.0.1", 80) == "SXIVWICOYRO3J4NJ"
+
+
+def test_kube_proxy_restore_input_parses_too() -> None:
+    snapshot = parse_iptables_save(IPTABLES_RULES, backend="legacy")
+    assert [s.service for s in snapshot.services] == [
+        "ns4/svc4:p80", "ns2/svc2:p80", "ns5/svc5:p80", "ns3/svc3:p80", "ns1/svc1:p80"]
+    selection = snapshot.selection()
+    assert len(selection) == 6
+    assert all(selection.values())
+
+
+def test_unreferenced_sep_without_comment_is_found_by_hash() -> None:
+    rules = without_endpoint_comments(IPTABLES_RULES).replace(
+        '-A KUBE-SVC-4SW47YFZTEDKD3PK -m statistic --mode random --probability 0.5000000000 '
+        '-j KUBE-SEP-UKSFD7AGPMPPLUHC\n', '')
+    snapshot = parse_iptables_save(rules, backend="nft")
+    svc4 = next(s for s in snapshot.services if s.service == "ns4/svc4:p80")
+    assert {(e.ip, e.selected) for e in svc4.cluster} == {("10.180.0.4", False),
+                                                          ("10.180.0.5", True)}
+
+
+def test_unnamed_services_resolve_from_candidates() -> None:
+    rules = "\n".join(line for line in without_endpoint_comments(IPTABLES_RULES).splitlines()
+                      if not line.startswith("-A KUBE-SERVICES"))
+    anonymous = parse_iptables_save(rules + "\n", backend="legacy")
+    assert any(s.service.startswith("KUBE-SVC-") for s in anonymous.services)
+    assert anonymous.selection() == {} or all(
+        k.service_port.namespace.startswith("ns") for k in anonymous.selection())
+    named = parse_iptables_save(rules + "\n", backend="legacy",
+                                known_services=[f"ns{i}/svc{i}:p80" for i in range(1, 7)])
+    assert sorted(s.service for s in named.services) == [f"ns{i}/svc{i}:p80" for i in range(1, 6)]
+
+
+@pytest.mark.parametrize("text", [
+    "*nat\n-A KUBE-SVC-X -j KUBE-SEP-Y\n",  # truncated: no COMMIT
+    "*nat\n-A\nCOMMIT\n",
+    "*nat\n-A KUBE-SEP-Y -j DNAT --to-destination nonsense\nCOMMIT\n",
+    "*nat\n-A KUBE-SVC-X -j KUBE-SEP-MISSING\nCOMMIT\n",
+    "*nat\ngarbage here\nCOMMIT\n",
+])
+def test_iptables_garbage(text: str) -> None:
+    with pytest.raises(DataplaneParseError):
+        parse_iptables_save(text, backend="legacy")
+
+
+def test_no_kube_proxy_rules_is_empty_not_an_error() -> None:
+    assert parse_iptables_save("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n",
+                               backend="nft").services == ()
+
+
+def test_nft_chain_names() -> None:
+    assert service_from_chain("service-ULMVA6XW-ns1/svc1/tcp/p80") == ("ns1/svc1:p80", "tcp")
+    assert service_from_chain("local-ULMVA6XW-ns1/svc1/udp/") == ("ns1/svc1", "udp")
+    assert endpoint_from_chain("endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80") == (
+        "10.180.0.1", 80)
+    # IPv6 colons are written as dots in chain names (servicePortEndpointChainNameBase).
+    assert endpoint_from_chain("endpoint-ABCDEFGH-ns1/svc1/tcp/p80__fd00.10.180..1/8080") == (
+        "fd00:10:180::1", 8080)
+    assert endpoint_from_chain("endpoint-ABCDEFGH-ns1/svc1/tcp/p80__truncat...") is None
+
+
+@pytest.mark.parametrize("text", ["", "not json", "[]", '{"nftables": {}}',
+                                  '{"nftables": [{"rule": {"chain": "service-x"}}]}',
+                                  '{"nftables": [{"a": 1, "b": 2}]}'])
+def test_nft_garbage(text: str) -> None:
+    with pytest.raises(DataplaneParseError):
+        parse_nft_json(text)
+
+
+def test_ipvs_weight_zero_is_not_selected() -> None:
+    snapshot = parse_ipvsadm((FIXTURES / "ipvsadm-Ln.txt").read_text())
+    services = {(s.service, s.protocol): s for s in snapshot.services}
+    dns = services[("10.96.0.10:53", "tcp")]
+    assert [(e.ip, e.port, e.selected) for e in dns.cluster] == [
+        ("10.244.0.2", 53, True), ("10.244.0.3", 53, False)]
+    assert services[("[fd00:10:96::a]:53", "tcp")].cluster[0].ip == "fd00:10:244::2"
+    assert snapshot.to_json()["mode"] == "ipvs"
+
+
+@pytest.mark.parametrize("text", ["", "TCP 1.2.3.4:80 rr\n",
+                                  "IP Virtual Server version 1.2.1\n  -> 10.0.0.1:80 Masq 1 0 0\n",
+                                  "IP Virtual Server version 1.2.1\nTCP nonsense rr\n",
+                                  "IP Virtual Server version 1.2.1\n???\n"])
+def test_ipvs_garbage(text: str) -> None:
+    with pytest.raises(DataplaneParseError):
+        parse_ipvsadm(text)
