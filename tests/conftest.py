@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from observer.lab.apiserver.server import ApiServer
+from tests.netns import Netns
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parent.parent
@@ -90,3 +93,16 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
         await asyncio.sleep(0)
     leaked = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
     assert not leaked, f"leaked asyncio tasks: {leaked}"
+
+
+@pytest.fixture
+def netns() -> Iterator[Netns]:
+    require_root()
+    for tool in ("ip", "nft", "iptables-legacy-restore", "iptables-nft-restore"):
+        require_tool(tool)
+    name = f"obs-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
+    try:
+        yield Netns(name)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, timeout=30)

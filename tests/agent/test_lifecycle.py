@@ -21,6 +21,8 @@ from observer.lab.apiserver.server import ApiServer
 from tests.agent.harness import AgentEnv, key, until
 from tests.agent.test_episodes import ready_service
 from tests.conftest import ManualClock
+from tests.dataplane.edits import load
+from tests.netns import Netns
 
 
 @pytest.fixture
@@ -108,15 +110,19 @@ async def read_json_line(stream: asyncio.StreamReader, event: str) -> dict[str, 
             return record  # type: ignore[no-any-return]
 
 
+async def start_agent(kubeconfig: Path, *args: str) -> asyncio.subprocess.Process:
+    env = {**os.environ, "OBSERVER_NODE_NAME": "node-a"}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "observer.cli", "--log-format", "json", "run",
+        "--kubeconfig", str(kubeconfig), "--listen", "127.0.0.1:0", *args,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+
+
 @pytest.mark.parametrize("debug", [True, False])
 async def test_observer_run_command(apiserver: ApiServer, kubeconfig: Path,
                                     debug: bool) -> None:
-    env = {**os.environ, "OBSERVER_NODE_NAME": "node-a"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "observer.cli", "--log-format", "json", "run",
-        "--kubeconfig", str(kubeconfig), "--listen", "127.0.0.1:0",
-        "--debug-endpoints" if debug else "--no-debug-endpoints",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    proc = await start_agent(kubeconfig, "--dataplane", "none",
+                             "--debug-endpoints" if debug else "--no-debug-endpoints")
     try:
         assert proc.stdout is not None
         started = await read_json_line(proc.stdout, "agent started")
@@ -146,6 +152,36 @@ async def until_ready(url: str) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("agent never became ready")
+
+
+async def test_observer_run_reads_a_namespaces_dataplane(apiserver: ApiServer,
+                                                         kubeconfig: Path,
+                                                         netns: Netns) -> None:
+    load(netns, "nftables")
+    proc = await start_agent(kubeconfig, "--dataplane", "auto", "--netns", netns.name)
+    try:
+        assert proc.stdout is not None
+        started = await read_json_line(proc.stdout, "agent started")
+        assert started["proxy_mode"] == "nftables"
+        _, body = await get(f"{started['url']}/metrics")
+        assert 'endpoint_propagation_build_info{proxy_mode="nftables"' in body
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_observer_run_without_kube_proxy_rules_says_so(apiserver: ApiServer,
+                                                             kubeconfig: Path,
+                                                             netns: Netns) -> None:
+    proc = await start_agent(kubeconfig, "--dataplane", "auto", "--netns", netns.name)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert b"no kube-proxy rules found" in out
+    assert b"--dataplane none" in out
+    assert b"Traceback" not in out
 
 
 async def test_observer_run_without_node_name_fails_clearly(kubeconfig: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.dataplane.conftest import FIXTURES, Netns
+from tests.netns import FIXTURES, Netns
 
 _COMMENT = re.compile(r' -m comment --comment (?:"[^"]*"|\S+)')
 

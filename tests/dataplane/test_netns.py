@@ -14,7 +14,6 @@ from observer.dataplane.commands import CommandRunner
 from observer.dataplane.detect import open_source, reader_for, resolve
 from observer.dataplane.model import DataplaneChange
 from observer.episodes.model import EndpointKey, ServicePort
-from tests.dataplane.conftest import Netns
 from tests.dataplane.edits import (
     IPTABLES_DROP_SVC4_EP4,
     IPTABLES_DROP_SVC5,
@@ -25,6 +24,7 @@ from tests.dataplane.edits import (
     apply,
     load,
 )
+from tests.netns import Netns
 
 MODES = ["iptables-legacy", "iptables-nft", "nftables"]
 

@@ -8,8 +8,8 @@ from observer.dataplane.iptables import endpoint_hash, parse_iptables_save, serv
 from observer.dataplane.ipvs import parse_ipvsadm
 from observer.dataplane.model import DataplaneParseError
 from observer.dataplane.nftables import endpoint_from_chain, parse_nft_json, service_from_chain
-from tests.dataplane.conftest import FIXTURES
 from tests.dataplane.edits import IPTABLES_RULES, without_endpoint_comments
+from tests.netns import FIXTURES
 
 
 def test_chain_hashes_match_kube_proxys() -> None:

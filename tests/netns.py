@@ -1,18 +1,12 @@
-"""Network namespaces for dataplane tests: made per test, always removed."""
+"""Network namespaces for tests: made per test, always removed (see the ``netns`` fixture)."""
 
 from __future__ import annotations
 
 import subprocess
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import require_root, require_tool
-
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "dataplane"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "dataplane"
 
 
 @dataclass(frozen=True)
@@ -32,16 +26,3 @@ class Netns:
 
     def nft(self, script: str) -> None:
         self.run("nft", "-f", "-", stdin=script)
-
-
-@pytest.fixture
-def netns() -> Iterator[Netns]:
-    require_root()
-    for tool in ("ip", "nft", "iptables-legacy-restore", "iptables-nft-restore"):
-        require_tool(tool)
-    name = f"obs-test-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
-    try:
-        yield Netns(name)
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, timeout=30)
