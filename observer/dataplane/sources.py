@@ -216,6 +216,7 @@ class MonitorSource(_ReadingSource):
 
     async def _full_read(self, sink: ChangeSink, *, resync: bool) -> None:
         if self.incremental:
+            started = self.clock.monotonic()
             states: dict[str, ChainState] = {}
             for family in ("ip", "ip6"):
                 state = ChainState()
@@ -234,6 +235,7 @@ class MonitorSource(_ReadingSource):
                     return
                 states[family] = state
             fresh = _union(states.values())
+            self.metrics.scan(self.clock.monotonic() - started)
         else:
             snapshot = await self._read()
             if snapshot is None:

@@ -100,11 +100,16 @@ class Registry:
 
     # reads ---------------------------------------------------------------------------------
 
-    def get(self, namespace: str, name: str) -> Obj:
+    def _current(self, namespace: str, name: str) -> Obj:
+        """The stored object itself: never to be mutated."""
         obj = self.store.get(self.rt.resource, (namespace, name))
         if obj is None:
             raise self._not_found(name)
         return obj
+
+    def get(self, namespace: str, name: str) -> Obj:
+        """A copy the caller may change (the lab's components edit and write back)."""
+        return copy.deepcopy(self._current(namespace, name))
 
     # create --------------------------------------------------------------------------------
 
@@ -143,7 +148,7 @@ class Registry:
 
     def update(self, namespace: str, name: str, body: Any, options: WriteOptions, *,
                status: bool = False) -> Obj:
-        old = self.get(namespace, name)
+        old = self._current(namespace, name)
         new = self._decode(body, options)
         meta = new["metadata"]
         if meta.get("name", name) != name:
@@ -196,7 +201,7 @@ class Registry:
     def patch(self, namespace: str, name: str, patched: Any, options: WriteOptions, *,
               status: bool = False) -> Obj:
         """Finish a PATCH: ``patched`` is the current object with the patch applied."""
-        old = self.get(namespace, name)
+        old = self._current(namespace, name)
         if isinstance(patched, dict) and isinstance(patched.get("metadata"), dict):
             wanted = patched["metadata"].get("resourceVersion")
             if wanted and wanted != old["metadata"]["resourceVersion"]:
@@ -207,7 +212,7 @@ class Registry:
     # delete --------------------------------------------------------------------------------
 
     def delete(self, namespace: str, name: str, options: DeleteOptions) -> DeleteResult:
-        old = self.get(namespace, name)
+        old = self._current(namespace, name)
         meta = old["metadata"]
         if options.uid is not None and options.uid != meta["uid"]:
             raise errors.conflict(group=self.rt.group, resource=self.rt.resource, name=name,
