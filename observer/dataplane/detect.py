@@ -18,7 +18,13 @@ from observer.dataplane.readers import (
     decode_output,
     nft_table,
 )
-from observer.dataplane.sources import DataplaneMetrics, MonitorSource, PollingSource
+from observer.dataplane.sources import (
+    DataplaneMetrics,
+    IptablesNftTables,
+    KubeProxyTables,
+    MonitorSource,
+    PollingSource,
+)
 
 Requested = Literal["auto", "iptables", "nftables", "ipvs"]
 
@@ -81,6 +87,10 @@ async def open_source(requested: Requested, *, runner: CommandRunner, clock: Clo
     announces changes (nftables, iptables-nft), polling elsewhere (iptables-legacy, IPVS)."""
     mode, backend = await resolve(requested, runner)
     reader = reader_for(mode, backend, runner, known_services)
-    if mode == "nftables" or (mode == "iptables" and backend == "nft"):
-        return MonitorSource(reader=reader, runner=runner, clock=clock, metrics=metrics)
+    if mode == "nftables":
+        return MonitorSource(reader=reader, runner=runner, clock=clock, metrics=metrics,
+                             tables=KubeProxyTables())
+    if mode == "iptables" and backend == "nft":
+        return MonitorSource(reader=reader, runner=runner, clock=clock, metrics=metrics,
+                             tables=IptablesNftTables(known_services))
     return PollingSource(reader=reader, clock=clock, metrics=metrics, interval=poll_interval)

@@ -29,6 +29,7 @@ from observer.dataplane.model import (
     ProgrammedEndpoint,
     ProgrammedService,
 )
+from observer.episodes.model import EndpointKey, ServicePort
 
 _JUMP = re.compile(r" (?:-j|--jump) (\S+)")
 _COMMENT = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
@@ -151,20 +152,26 @@ def _service_rule(parsed: _Parsed, rule: str) -> None:
         parsed.cluster_ips.setdefault(h, dest.group(1).split("/")[0])
 
 
+def _resolve_names(parsed: _Parsed, candidates: set[str]) -> None:
+    """Name the service chains no comment names, by hashing candidate names."""
+    unresolved = {h for _, h in parsed.targets} - set(parsed.names)
+    if not unresolved or not candidates:
+        return
+    for name in candidates:
+        for proto in _PROTOCOLS:
+            h = service_hash(name, proto)
+            if h in unresolved:
+                parsed.names[h] = name
+                parsed.protocols.setdefault(h, proto)
+
+
 def parse_iptables_save(text: str, *, backend: Backend,
                         known_services: Iterable[str] = ()) -> DataplaneSnapshot:
     """Parse ``iptables-save -t nat`` output into the common model."""
     parsed = _read(text)
-    hashes = {h for _, h in parsed.targets} | set(parsed.names)
-    unresolved = hashes - set(parsed.names)
     candidates = set(known_services)
-    if unresolved and candidates:
-        for name in candidates:
-            for proto in _PROTOCOLS:
-                h = service_hash(name, proto)
-                if h in unresolved:
-                    parsed.names[h] = name
-                    parsed.protocols.setdefault(h, proto)
+    _resolve_names(parsed, candidates)
+    hashes = {h for _, h in parsed.targets} | set(parsed.names)
     referenced = {sep for seps in parsed.targets.values() for sep in seps}
     stale: dict[str, list[ProgrammedEndpoint]] = {}
     for sep_name, sep in parsed.seps.items():
@@ -206,3 +213,53 @@ def _stale_owner(sep_name: str, sep: _Sep, parsed: _Parsed, candidates: set[str]
             parsed.names.setdefault(service_hash(name, sep.protocol), name)
             return service_hash(name, sep.protocol)
     return None
+
+
+@dataclass
+class JumpState:
+    """iptables-nft's SVC/SVL chains as nf_tables events show them: each rule (by handle) and
+    the SEP chain it jumps to. Jumps are native nft expressions even for iptables-nft rules
+    (comments and DNAT are opaque ``xt`` there), so removals can be followed from the event
+    stream alone; which endpoint a SEP chain is comes from the last full read."""
+
+    jumps: dict[str, dict[int, str]] = field(default_factory=dict)  # chain -> handle -> SEP
+    endpoints: dict[str, tuple[ServicePort, str, int]] = field(default_factory=dict)
+
+    def add_rule(self, chain: str, handle: int, targets: Iterable[str]) -> None:
+        if chain.startswith(("KUBE-SVC-", "KUBE-SVL-")):
+            seps = [t for t in targets if t.startswith("KUBE-SEP-")]
+            if seps:
+                self.jumps.setdefault(chain, {})[handle] = seps[0]
+
+    def delete_rule(self, chain: str, handle: int) -> None:
+        self.jumps.get(chain, {}).pop(handle, None)
+
+    def delete_chain(self, chain: str) -> None:
+        self.jumps.pop(chain, None)
+
+    def learn(self, snapshot_text: str, backend: Backend,
+              known_services: Iterable[str] = ()) -> None:
+        """Which endpoint each SEP chain is, from a full ``iptables-save -t nat``."""
+        parsed = _read(snapshot_text)
+        _resolve_names(parsed, set(known_services))
+        for path_hash, seps in parsed.targets.items():
+            name = parsed.names.get(path_hash[1])
+            for sep_name in seps:
+                sep = parsed.seps.get(sep_name)
+                if name is None or sep is None:
+                    continue
+                port = ProgrammedService(name, sep.protocol, None, (), ()).service_port()
+                if port is not None:
+                    self.endpoints[sep_name] = (port, sep.ip, sep.port)
+
+    def selection(self) -> dict[EndpointKey, bool] | None:
+        """Every known endpoint and whether a jump selects it; None when a jump goes to a SEP
+        chain not known yet (a new endpoint: a full read must tell which)."""
+        out = {EndpointKey(*identity): False for identity in self.endpoints.values()}
+        for rules in self.jumps.values():
+            for sep in rules.values():
+                identity = self.endpoints.get(sep)
+                if identity is None:
+                    return None
+                out[EndpointKey(*identity)] = True
+        return out

@@ -56,7 +56,7 @@ def endpoint_from_chain(chain: str) -> tuple[str, int] | None:
     return None
 
 
-def _targets(node: Any) -> Iterator[str]:
+def targets(node: Any) -> Iterator[str]:
     """Every goto/jump target inside a rule's expression list, vmaps included."""
     if isinstance(node, dict):
         for verb in ("goto", "jump"):
@@ -64,10 +64,10 @@ def _targets(node: Any) -> Iterator[str]:
             if isinstance(inner, dict) and isinstance(inner.get("target"), str):
                 yield inner["target"]
         for value in node.values():
-            yield from _targets(value)
+            yield from targets(value)
     elif isinstance(node, list):
         for value in node:
-            yield from _targets(value)
+            yield from targets(value)
 
 
 def _dnat(expr: Any) -> tuple[str, int] | None:
@@ -100,8 +100,8 @@ class ChainState:
     def add_rule(self, chain: str, handle: int, expr: Any) -> None:
         if chain in self.policy_rules or (chain.startswith(tuple(POLICY_PREFIXES))
                                           and "/" in chain):
-            targets = [t for t in _targets(expr) if t.startswith(ENDPOINT_PREFIX)]
-            self.policy_rules.setdefault(chain, {})[handle] = targets
+            self.policy_rules.setdefault(chain, {})[handle] = [
+                t for t in targets(expr) if t.startswith(ENDPOINT_PREFIX)]
         elif chain.startswith(ENDPOINT_PREFIX) and "/" in chain:
             dnat = _dnat(expr)
             if dnat is not None:
@@ -188,10 +188,10 @@ def _service_ips(state: ChainState, elements: Any) -> None:
             continue
         key, verdict = element
         concat = key.get("concat") if isinstance(key, dict) else None
-        targets = list(_targets(verdict))
-        if (isinstance(concat, list) and concat and isinstance(concat[0], str) and targets
-                and targets[0].startswith(tuple(POLICY_PREFIXES))):
-            state.cluster_ips[targets[0]] = concat[0]
+        goto = list(targets(verdict))
+        if (isinstance(concat, list) and concat and isinstance(concat[0], str) and goto
+                and goto[0].startswith(tuple(POLICY_PREFIXES))):
+            state.cluster_ips[goto[0]] = concat[0]
 
 
 def parse_nft_json(text: str) -> DataplaneSnapshot:

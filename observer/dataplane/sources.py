@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import structlog
 
 from observer.clock import Clock
 from observer.dataplane.commands import CommandError, CommandRunner
+from observer.dataplane.iptables import JumpState
 from observer.dataplane.model import (
     ChangeSink,
     DataplaneChange,
@@ -30,8 +31,8 @@ from observer.dataplane.model import (
     DataplaneSnapshot,
     ProxyMode,
 )
-from observer.dataplane.nftables import ChainState, apply_objects, load_json
-from observer.dataplane.readers import Reader
+from observer.dataplane.nftables import ChainState, apply_objects, load_json, targets
+from observer.dataplane.readers import KnownServices, Reader, decode_output
 from observer.episodes.model import EndpointKey, ServicePort, Timestamp
 
 log = structlog.get_logger("observer.dataplane")
@@ -125,18 +126,125 @@ class PollingSource(_ReadingSource):
             await self.sleep(self.interval)
 
 
+class _Tables(Protocol):
+    """The nf_tables state a MonitorSource keeps up to date from events."""
+
+    table: str
+
+    async def load(self, runner: CommandRunner) -> None:
+        """Rebuild from a full read (raises CommandError / DataplaneParseError)."""
+
+    def apply(self, verb: str, kind: str, obj: dict[str, Any]) -> None: ...
+
+    def selection(self) -> dict[EndpointKey, bool] | None:
+        """None: the events name something only a full read can explain."""
+
+
+async def _nft_list(runner: CommandRunner, family: str, table: str) -> list[dict[str, Any]]:
+    try:
+        raw = await runner.run(["nft", "-j", "list", "table", family, table])
+    except CommandError as error:
+        if "No such file or directory" in str(error):
+            return []
+        raise
+    return load_json(raw.decode(errors="replace"))
+
+
+class KubeProxyTables:
+    """kube-proxy's own ``kube-proxy`` tables (nftables mode), rules by handle."""
+
+    table = "kube-proxy"
+
+    def __init__(self) -> None:
+        self.states: dict[str, ChainState] = {}
+
+    async def load(self, runner: CommandRunner) -> None:
+        states = {}
+        for family in ("ip", "ip6"):
+            state = ChainState()
+            apply_objects(state, await _nft_list(runner, family, self.table))
+            states[family] = state
+        self.states = states
+
+    def apply(self, verb: str, kind: str, obj: dict[str, Any]) -> None:
+        state = self.states.setdefault(str(obj.get("family")), ChainState())
+        if kind == "rule" and isinstance(obj.get("chain"), str) and isinstance(
+                obj.get("handle"), int):
+            if verb == "add":
+                state.add_rule(obj["chain"], obj["handle"], obj.get("expr"))
+            else:
+                state.delete_rule(obj["chain"], obj["handle"])
+        elif kind == "chain" and isinstance(obj.get("name"), str):
+            if verb == "add":
+                state.add_chain(obj["name"])
+            else:
+                state.delete_chain(obj["name"])
+
+    def selection(self) -> dict[EndpointKey, bool] | None:
+        out: dict[EndpointKey, bool] = {}
+        for state in self.states.values():
+            for key, selected in state.snapshot().selection().items():
+                out[key] = out.get(key, False) or selected
+        return out
+
+
+class IptablesNftTables:
+    """iptables-nft's ``nat`` tables: SVC/SVL jumps by handle, SEP identities from the last
+    full ``iptables-nft-save``."""
+
+    table = "nat"
+
+    def __init__(self, known_services: KnownServices) -> None:
+        self.known_services = known_services
+        self.states: dict[str, JumpState] = {}
+
+    async def load(self, runner: CommandRunner) -> None:
+        states = {}
+        for family, save in (("ip", "iptables-nft-save"), ("ip6", "ip6tables-nft-save")):
+            state = JumpState()
+            state.learn(decode_output(await runner.run([save, "-t", "nat"])), "nft",
+                        self.known_services())
+            for item in await _nft_list(runner, family, self.table):
+                rule = item.get("rule")
+                if isinstance(rule, dict) and isinstance(rule.get("chain"), str) and \
+                        isinstance(rule.get("handle"), int):
+                    state.add_rule(rule["chain"], rule["handle"], targets(rule.get("expr")))
+            states[family] = state
+        self.states = states
+
+    def apply(self, verb: str, kind: str, obj: dict[str, Any]) -> None:
+        state = self.states.setdefault(str(obj.get("family")), JumpState())
+        if kind == "rule" and isinstance(obj.get("chain"), str) and isinstance(
+                obj.get("handle"), int):
+            if verb == "add":
+                state.add_rule(obj["chain"], obj["handle"], targets(obj.get("expr")))
+            else:
+                state.delete_rule(obj["chain"], obj["handle"])
+        elif kind == "chain" and verb == "delete" and isinstance(obj.get("name"), str):
+            state.delete_chain(obj["name"])
+
+    def selection(self) -> dict[EndpointKey, bool] | None:
+        out: dict[EndpointKey, bool] = {}
+        for state in self.states.values():
+            part = state.selection()
+            if part is None:
+                return None
+            for key, selected in part.items():
+                out[key] = out.get(key, False) or selected
+        return out
+
+
 class MonitorSource(_ReadingSource):
     """Event-driven, for the nf_tables-based modes (``nftables``, and ``iptables`` with the
-    nft backend)."""
+    nft backend): state kept from ``nft -j monitor`` events, checked by periodic full reads."""
 
     def __init__(self, *, reader: Reader, runner: CommandRunner, clock: Clock,
-                 metrics: DataplaneMetrics, resync_interval: float = 60.0) -> None:
+                 metrics: DataplaneMetrics, tables: _Tables,
+                 resync_interval: float = 60.0) -> None:
         super().__init__(reader=reader, clock=clock, metrics=metrics)
         self.runner = runner
+        self.tables = tables
         self.resync_interval = resync_interval
-        self.incremental = reader.mode == "nftables"
-        self._tables = ("kube-proxy",) if self.incremental else ("nat",)
-        self._states: dict[str, ChainState] = {}
         self.monitor_latency = 0.001  # netlink to our process, the bound stated on changes
 
     async def run(self, sink: ChangeSink) -> None:
@@ -177,84 +285,49 @@ class MonitorSource(_ReadingSource):
                 event = json.loads(line)
             except ValueError:
                 continue  # nft prints the odd non-JSON warning line
-            relevant |= self._apply_event(event)
+            if not isinstance(event, dict) or len(event) != 1:
+                continue
+            (verb, body), = event.items()
+            if verb not in ("add", "delete") or not isinstance(body, dict) or len(body) != 1:
+                continue
+            (kind, obj), = body.items()
+            if isinstance(obj, dict) and obj.get("table") == self.tables.table:
+                self.tables.apply(verb, kind, obj)
+                relevant = True
         return relevant
 
     async def _update(self, sink: ChangeSink) -> None:
         at = self._now(self.monitor_latency)
-        if self.incremental:
-            self._selection.replace(_union(self._states.values()), at, sink)
-            return
-        snapshot = await self._read()  # iptables-nft: the burst says when, a read says what
-        if snapshot is not None:
-            self._selection.replace(snapshot.selection(), at, sink)
+        selection = self.tables.selection()
+        if selection is None:  # a new endpoint chain: learn what it is
+            if not await self._load():
+                return
+            selection = self.tables.selection() or {}
+        self._selection.replace(selection, at, sink)
 
-    def _apply_event(self, event: Any) -> bool:
-        if not isinstance(event, dict) or len(event) != 1:
+    async def _load(self) -> bool:
+        started = self.clock.monotonic()
+        try:
+            await self.tables.load(self.runner)
+        except CommandError as error:
+            self.metrics.error(error.reason)
+            log.warning("dataplane read failed", reason=error.reason, error=str(error))
             return False
-        (verb, body), = event.items()
-        if verb not in ("add", "delete") or not isinstance(body, dict) or len(body) != 1:
+        except DataplaneParseError as error:
+            self.metrics.error("garbage")
+            log.warning("dataplane output unreadable", error=str(error))
             return False
-        (kind, obj), = body.items()
-        if not isinstance(obj, dict) or obj.get("table") not in self._tables:
-            return False
-        if not self.incremental:
-            return True
-        state = self._states.setdefault(str(obj.get("family")), ChainState())
-        if kind == "rule" and isinstance(obj.get("chain"), str) and isinstance(
-                obj.get("handle"), int):
-            if verb == "add":
-                state.add_rule(obj["chain"], obj["handle"], obj.get("expr"))
-            else:
-                state.delete_rule(obj["chain"], obj["handle"])
-        elif kind == "chain" and isinstance(obj.get("name"), str):
-            if verb == "add":
-                state.add_chain(obj["name"])
-            else:
-                state.delete_chain(obj["name"])
+        self.metrics.scan(self.clock.monotonic() - started)
         return True
 
     async def _full_read(self, sink: ChangeSink, *, resync: bool) -> None:
-        if self.incremental:
-            started = self.clock.monotonic()
-            states: dict[str, ChainState] = {}
-            for family in ("ip", "ip6"):
-                state = ChainState()
-                try:
-                    raw = await self.runner.run(["nft", "-j", "list", "table", family,
-                                                 "kube-proxy"])
-                except CommandError as error:
-                    if "No such file or directory" not in str(error):
-                        self.metrics.error(error.reason)
-                        return
-                    raw = b'{"nftables": []}'
-                try:
-                    apply_objects(state, load_json(raw.decode(errors="replace")))
-                except DataplaneParseError:
-                    self.metrics.error("garbage")
-                    return
-                states[family] = state
-            fresh = _union(states.values())
-            self.metrics.scan(self.clock.monotonic() - started)
-        else:
-            snapshot = await self._read()
-            if snapshot is None:
-                return
-            fresh = snapshot.selection()
+        if not await self._load():
+            return
+        fresh = self.tables.selection() or {}
         if resync:
             drift = sum(1 for k in self._selection.current.keys() | fresh.keys()
                         if self._selection.current.get(k, False) != fresh.get(k, False))
             if drift:
                 self.metrics.drift(drift)
                 log.warning("dataplane resync found drift", endpoints=drift)
-        if self.incremental:
-            self._states = states
         self._selection.replace(fresh, self._now(self.resync_interval), sink)
-
-
-def _union(states: Iterable[ChainState]) -> dict[EndpointKey, bool]:
-    out: dict[EndpointKey, bool] = {}
-    for state in states:
-        for key, selected in state.snapshot().selection().items():
-            out[key] = out.get(key, False) or selected
-    return out
