@@ -1,0 +1,53 @@
+"""A dataplane that cannot be read: every failure is counted and the source keeps polling.
+
+The stand-ins for ``iptables-legacy-save`` are real executables put first on PATH, so the
+real subprocess path (spawn, timeout, output bound, exit status) is what is exercised."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from pathlib import Path
+
+import pytest
+
+from observer.clock import SystemClock
+from observer.dataplane.commands import CommandRunner
+from observer.dataplane.detect import reader_for
+from observer.dataplane.sources import PollingSource
+from tests.dataplane.test_netns import Health
+
+SCRIPTS = {
+    "garbage": "#!/bin/sh\necho '*nat'\necho 'this is not a rule'\necho COMMIT\n",
+    "truncated": "#!/bin/sh\necho '*nat'\necho ':KUBE-SERVICES - [0:0]'\n",
+    "hang": "#!/bin/sh\nexec /bin/sleep 30\n",
+    "fail": "#!/bin/sh\necho 'iptables: permission denied (you must be root)' >&2\nexit 4\n",
+}
+REASONS = {"garbage": "garbage", "truncated": "garbage", "hang": "timeout",
+           "fail": "permission", "missing": "missing_tool"}
+
+
+@pytest.mark.parametrize("behaviour", sorted(REASONS))
+async def test_failures_are_counted_and_polling_goes_on(behaviour: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    if behaviour != "missing":
+        for name in ("iptables-legacy-save", "ip6tables-legacy-save"):
+            script = tmp_path / name
+            script.write_text(SCRIPTS[behaviour])
+            script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    health = Health()
+    reader = reader_for("iptables", "legacy", CommandRunner(timeout=0.2))
+    source = PollingSource(reader=reader, clock=SystemClock(), metrics=health, interval=0.01)
+    task = asyncio.create_task(source.run(lambda change: None))
+    try:
+        for _ in range(500):
+            if len(health.errors) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert health.errors[:3] == [REASONS[behaviour]] * 3
+        assert not task.done()  # still polling
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
