@@ -224,18 +224,39 @@ class JumpState:
 
     jumps: dict[str, dict[int, str]] = field(default_factory=dict)  # chain -> handle -> SEP
     endpoints: dict[str, tuple[ServicePort, str, int]] = field(default_factory=dict)
+    ports: dict[str, ServicePort] = field(default_factory=dict)  # service hash -> port
+    touched: set[str] = field(default_factory=set)  # service hashes changed since last delta
 
     def add_rule(self, chain: str, handle: int, targets: Iterable[str]) -> None:
         if chain.startswith(("KUBE-SVC-", "KUBE-SVL-")):
             seps = [t for t in targets if t.startswith("KUBE-SEP-")]
             if seps:
                 self.jumps.setdefault(chain, {})[handle] = seps[0]
+                self.touched.add(chain[9:])
 
     def delete_rule(self, chain: str, handle: int) -> None:
-        self.jumps.get(chain, {}).pop(handle, None)
+        if self.jumps.get(chain, {}).pop(handle, None) is not None:
+            self.touched.add(chain[9:])
 
     def delete_chain(self, chain: str) -> None:
-        self.jumps.pop(chain, None)
+        if self.jumps.pop(chain, None) is not None:
+            self.touched.add(chain[9:])
+
+    def take_touched(self) -> set[str]:
+        touched, self.touched = self.touched, set()
+        return touched
+
+    def selected_by_hash(self, h: str) -> set[EndpointKey] | None:
+        """What a service port's SVC and SVL chains select; None if a jump goes to a SEP
+        chain not known yet."""
+        chosen: set[EndpointKey] = set()
+        for chain in (f"KUBE-SVC-{h}", f"KUBE-SVL-{h}"):
+            for sep in self.jumps.get(chain, {}).values():
+                identity = self.endpoints.get(sep)
+                if identity is None:
+                    return None
+                chosen.add(EndpointKey(*identity))
+        return chosen
 
     def learn(self, snapshot_text: str, backend: Backend,
               known_services: Iterable[str] = ()) -> None:
@@ -251,6 +272,7 @@ class JumpState:
                 port = ProgrammedService(name, sep.protocol, None, (), ()).service_port()
                 if port is not None:
                     self.endpoints[sep_name] = (port, sep.ip, sep.port)
+                    self.ports[path_hash[1]] = port
 
     def selection(self) -> dict[EndpointKey, bool] | None:
         """Every known endpoint and whether a jump selects it; None when a jump goes to a SEP

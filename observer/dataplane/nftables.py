@@ -86,20 +86,51 @@ class ChainState:
     policy_rules: dict[str, dict[int, list[str]]] = field(default_factory=dict)
     endpoint_chains: dict[str, tuple[str, int] | None] = field(default_factory=dict)
     cluster_ips: dict[str, str] = field(default_factory=dict)  # policy chain -> cluster IP
+    touched: set[str] = field(default_factory=set)  # policy chains changed since last delta
+    by_service: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+
+    def _index(self, chain: str) -> None:
+        identity = service_from_chain(chain)
+        if identity is not None:
+            self.by_service.setdefault(identity, set()).add(chain)
+
+    def take_touched(self) -> set[tuple[str, str]]:
+        """The service ports whose policy chains changed since the last call."""
+        touched = {i for i in map(service_from_chain, self.touched) if i is not None}
+        self.touched.clear()
+        return touched
+
+    def selected_by_service(self, identity: tuple[str, str]) -> set[tuple[str, int]]:
+        """The endpoints a service port's policy chains (both paths) select now."""
+        chosen: set[tuple[str, int]] = set()
+        for chain in self.by_service.get(identity, ()):
+            for target in self.selected_chains(chain):
+                endpoint = self.endpoint_chains.get(target) or endpoint_from_chain(target)
+                if endpoint is not None:
+                    chosen.add(endpoint)
+        return chosen
 
     def add_chain(self, name: str) -> None:
         if name.startswith(tuple(POLICY_PREFIXES)) and "/" in name:
             self.policy_rules.setdefault(name, {})
+            self._index(name)
         elif name.startswith(ENDPOINT_PREFIX) and "/" in name:
             self.endpoint_chains.setdefault(name, endpoint_from_chain(name))
 
     def delete_chain(self, name: str) -> None:
-        self.policy_rules.pop(name, None)
+        if self.policy_rules.pop(name, None) is not None:
+            self.touched.add(name)
+            identity = service_from_chain(name)
+            if identity is not None:
+                self.by_service.get(identity, set()).discard(name)
         self.endpoint_chains.pop(name, None)
 
     def add_rule(self, chain: str, handle: int, expr: Any) -> None:
         if chain in self.policy_rules or (chain.startswith(tuple(POLICY_PREFIXES))
                                           and "/" in chain):
+            self.touched.add(chain)
+            if chain not in self.policy_rules:
+                self._index(chain)
             self.policy_rules.setdefault(chain, {})[handle] = [
                 t for t in targets(expr) if t.startswith(ENDPOINT_PREFIX)]
         elif chain.startswith(ENDPOINT_PREFIX) and "/" in chain:
@@ -113,6 +144,7 @@ class ChainState:
         rules = self.policy_rules.get(chain)
         if rules is not None:
             rules.pop(handle, None)
+            self.touched.add(chain)
 
     def selected_chains(self, policy_chain: str) -> set[str]:
         return {t for targets in self.policy_rules.get(policy_chain, {}).values()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import structlog
@@ -29,6 +29,7 @@ from observer.dataplane.model import (
     DataplaneChange,
     DataplaneParseError,
     DataplaneSnapshot,
+    ProgrammedService,
     ProxyMode,
 )
 from observer.dataplane.nftables import ChainState, apply_objects, load_json, targets
@@ -48,30 +49,43 @@ class DataplaneMetrics(Protocol):
 
 
 class _Selection:
-    """The last known selection, and the diffs against a new one."""
+    """The last known selection, by service port, and the diffs against new ones."""
 
     def __init__(self) -> None:
-        self.current: dict[EndpointKey, bool] = {}
-        self.ports: set[ServicePort] = set()
+        self.by_port: dict[ServicePort, dict[EndpointKey, bool]] = {}
         self.primed = False
 
-    def selected(self, key: EndpointKey) -> bool | None:
-        if key in self.current:
-            return self.current[key]
-        return False if key.service_port in self.ports else None
+    @property
+    def current(self) -> dict[EndpointKey, bool]:
+        return {k: v for keys in self.by_port.values() for k, v in keys.items()}
 
-    def replace(self, new: dict[EndpointKey, bool], at: Timestamp,
-                sink: ChangeSink | None) -> int:
-        """Install ``new``; report what changed (not on the first read, a baseline)."""
-        changed = [k for k in self.current.keys() | new.keys()
-                   if self.current.get(k, False) != new.get(k, False)]
-        if self.primed and sink is not None:
-            for key in changed:
-                sink(DataplaneChange(key, new.get(key, False), at))
-        self.current = new
-        self.ports = {k.service_port for k in new}
+    def selected(self, key: EndpointKey) -> bool | None:
+        keys = self.by_port.get(key.service_port)
+        return None if keys is None else keys.get(key, False)
+
+    def replace(self, new: dict[EndpointKey, bool], at: Timestamp, sink: ChangeSink) -> None:
+        """Install a whole new selection (a full read); report what changed, except on the
+        first read, which is the baseline."""
+        grouped: dict[ServicePort, dict[EndpointKey, bool]] = {}
+        for key, selected in new.items():
+            grouped.setdefault(key.service_port, {})[key] = selected
+        self.update(self.by_port.keys() | grouped.keys(), grouped, at, sink)
         self.primed = True
-        return len(changed)
+
+    def update(self, ports: Iterable[ServicePort],
+               fresh: dict[ServicePort, dict[EndpointKey, bool]], at: Timestamp,
+               sink: ChangeSink) -> None:
+        """Install the selection of just these service ports (an event burst's delta)."""
+        for port in ports:
+            old, new = self.by_port.get(port, {}), fresh.get(port, {})
+            if self.primed:
+                for key in old.keys() | new.keys():
+                    if old.get(key, False) != new.get(key, False):
+                        sink(DataplaneChange(key, new.get(key, False), at))
+            if new:
+                self.by_port[port] = new
+            else:
+                self.by_port.pop(port, None)
 
 
 class _ReadingSource:
@@ -137,7 +151,11 @@ class _Tables(Protocol):
     def apply(self, verb: str, kind: str, obj: dict[str, Any]) -> None: ...
 
     def selection(self) -> dict[EndpointKey, bool] | None:
-        """None: the events name something only a full read can explain."""
+        """The whole selection; None: something only a full read can explain."""
+
+    def delta(self) -> dict[ServicePort, dict[EndpointKey, bool]] | None:
+        """The selection of the service ports events touched since the last call; None when
+        the events name something only a full read can explain."""
 
 
 async def _nft_list(runner: CommandRunner, family: str, table: str) -> list[dict[str, Any]]:
@@ -183,8 +201,22 @@ class KubeProxyTables:
     def selection(self) -> dict[EndpointKey, bool] | None:
         out: dict[EndpointKey, bool] = {}
         for state in self.states.values():
+            state.take_touched()
             for key, selected in state.snapshot().selection().items():
                 out[key] = out.get(key, False) or selected
+        return out
+
+    def delta(self) -> dict[ServicePort, dict[EndpointKey, bool]] | None:
+        touched = set().union(*(s.take_touched() for s in self.states.values()))
+        out: dict[ServicePort, dict[EndpointKey, bool]] = {}
+        for identity in touched:
+            port = ProgrammedService(identity[0], identity[1], None, (), ()).service_port()
+            if port is None:
+                continue
+            keys = out.setdefault(port, {})
+            for state in self.states.values():  # both IP families
+                for ip, number in state.selected_by_service(identity):
+                    keys[EndpointKey(port, ip, number)] = True
         return out
 
 
@@ -226,11 +258,29 @@ class IptablesNftTables:
     def selection(self) -> dict[EndpointKey, bool] | None:
         out: dict[EndpointKey, bool] = {}
         for state in self.states.values():
+            state.take_touched()
             part = state.selection()
             if part is None:
                 return None
             for key, selected in part.items():
                 out[key] = out.get(key, False) or selected
+        return out
+
+    def delta(self) -> dict[ServicePort, dict[EndpointKey, bool]] | None:
+        touched = set().union(*(s.take_touched() for s in self.states.values()))
+        out: dict[ServicePort, dict[EndpointKey, bool]] = {}
+        for h in touched:
+            ports = {s.ports[h] for s in self.states.values() if h in s.ports}
+            if not ports:
+                return None  # a service chain no full read has named yet
+            for state in self.states.values():  # both IP families
+                chosen = state.selected_by_hash(h)
+                if chosen is None:
+                    return None
+                for key in chosen:
+                    out.setdefault(key.service_port, {})[key] = True
+            for port in ports:
+                out.setdefault(port, {})
         return out
 
 
@@ -298,12 +348,12 @@ class MonitorSource(_ReadingSource):
 
     async def _update(self, sink: ChangeSink) -> None:
         at = self._now(self.monitor_latency)
-        selection = self.tables.selection()
-        if selection is None:  # a new endpoint chain: learn what it is
-            if not await self._load():
-                return
-            selection = self.tables.selection() or {}
-        self._selection.replace(selection, at, sink)
+        delta = self.tables.delta()
+        if delta is not None:
+            self._selection.update(delta.keys(), delta, at, sink)
+            return
+        if await self._load():  # something new (an endpoint chain): learn what it is
+            self._selection.replace(self.tables.selection() or {}, at, sink)
 
     async def _load(self) -> bool:
         started = self.clock.monotonic()
