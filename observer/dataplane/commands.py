@@ -77,6 +77,45 @@ class CommandRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await stderr_task
 
+    async def lines(self, command: Sequence[str]) -> AsyncIterator[bytes]:
+        """stdout line by line, as it is written (a large dump is never held whole), within
+        the same timeout and output bound as ``run``; a non-zero exit raises at the end."""
+        proc = await self._spawn(command)
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        stderr_task = asyncio.ensure_future(_head(proc.stderr, 64 * 1024))
+        size = 0
+        try:
+            while True:
+                try:
+                    line = await asyncio.wait_for(proc.stdout.readline(),
+                                                  max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    raise CommandError("timeout", f"{command[0]} did not finish in "
+                                                  f"{self.timeout} s") from None
+                except ValueError:  # one line over the reader's limit
+                    raise CommandError("too_large", f"{command[0]} printed a line over "
+                                                    "1 MiB") from None
+                if not line:
+                    break
+                size += len(line)
+                if size > self.max_output:
+                    raise CommandError("too_large",
+                                       f"output of more than {self.max_output} bytes")
+                yield line
+            await proc.wait()
+            if proc.returncode != 0:
+                text = (await stderr_task).decode(errors="replace").strip()[:500]
+                raise CommandError("permission" if "ermission denied" in text else "failed",
+                                   f"{command[0]} exited {proc.returncode}: {text}")
+        finally:
+            stderr_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stderr_task
+            await _reap(proc)
+
     @contextlib.asynccontextmanager
     async def stream(self, command: Sequence[str]) -> AsyncIterator[asyncio.StreamReader]:
         """A long-running command's stdout (``nft monitor``); the process ends with the block."""

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 from observer.clock import Clock
 from observer.dataplane.commands import CommandError, CommandRunner
-from observer.dataplane.model import Backend
+from observer.dataplane.model import Backend, DataplaneParseError
 from observer.dataplane.readers import (
     IptablesReader,
     IpvsReader,
@@ -16,7 +15,7 @@ from observer.dataplane.readers import (
     NftablesReader,
     Reader,
     decode_output,
-    nft_table,
+    nft_table_state,
 )
 from observer.dataplane.sources import (
     DataplaneMetrics,
@@ -45,10 +44,10 @@ async def detect(runner: CommandRunner) -> tuple[Mode, Backend | None]:
     IPVS mode's iptables rules match the KUBE-CLUSTER-IP ipset."""
     for family in ("ip", "ip6"):
         try:
-            text = await nft_table(runner, family, "kube-proxy")
-        except CommandError:
-            text = None
-        if text is not None and json.loads(text).get("nftables"):
+            state = await nft_table_state(runner, family)
+        except (CommandError, DataplaneParseError):
+            state = None
+        if state is not None:
             return "nftables", None
     counts = {backend: await _iptables_kube_rules(runner, backend)
               for backend in ("nft", "legacy")}

@@ -68,7 +68,7 @@ class _Sep:
 
 
 @dataclass
-class _Parsed:
+class ParsedSave:
     names: dict[str, str] = field(default_factory=dict)  # service hash -> name
     protocols: dict[str, str] = field(default_factory=dict)
     cluster_ips: dict[str, str] = field(default_factory=dict)
@@ -83,55 +83,76 @@ def _comment(rule: str) -> str | None:
     return m.group(1).replace('\\"', '"') if m.group(1) is not None else m.group(2)
 
 
-def _read(text: str) -> _Parsed:
-    parsed = _Parsed()
-    in_nat = committed = False
-    for number, line in enumerate(text.splitlines(), 1):
+class SaveParser:
+    """``iptables-save -t nat`` output, fed one line at a time (a large dump streams through
+    and is never held whole)."""
+
+    def __init__(self) -> None:
+        self.parsed = ParsedSave()
+        self._in_nat = self._committed = False
+        self._number = 0
+
+    def feed(self, line: str) -> None:
+        self._number += 1
+        line = line.rstrip("\n")
         if line.startswith("*"):
-            in_nat, committed = line == "*nat", False
-            continue
-        if not in_nat:
-            continue
+            self._in_nat, self._committed = line == "*nat", False
+            return
+        if not self._in_nat:
+            return
         if line == "COMMIT":
-            committed = True
-            in_nat = False
-            continue
+            self._committed, self._in_nat = True, False
+            return
         if not line.startswith("-A "):
             if line and not line.startswith((":", "#")):
-                raise DataplaneParseError(f"line {number}: unexpected {line[:80]!r}")
-            continue
+                raise DataplaneParseError(f"line {self._number}: unexpected {line[:80]!r}")
+            return
         parts = line.split(" ", 2)
         if len(parts) < 3:
-            raise DataplaneParseError(f"line {number}: rule without a body")
-        chain, rule = parts[1], " " + parts[2]
-        if chain == "KUBE-SERVICES":
-            _service_rule(parsed, rule)
-        elif chain.startswith(("KUBE-SVC-", "KUBE-SVL-")):
-            jump = _JUMP.search(rule)
-            if jump and jump.group(1).startswith("KUBE-SEP-"):
-                path = "cluster" if chain.startswith("KUBE-SVC-") else "local"
-                seps = parsed.targets.setdefault((path, chain[9:]), [])
-                if jump.group(1) not in seps:
-                    seps.append(jump.group(1))
-                comment = _comment(rule)
-                if comment and " -> " in comment:
-                    parsed.names.setdefault(chain[9:], comment.split(" -> ", 1)[0])
-            else:
-                parsed.targets.setdefault(("cluster" if chain.startswith("KUBE-SVC-")
-                                           else "local", chain[9:]), [])
-        elif chain.startswith("KUBE-SEP-"):
-            to = _TO.search(rule)
-            if to is not None:
-                ip, port = _split_host_port(to.group(1))
-                proto = _PROTO.search(rule)
-                parsed.seps[chain] = _Sep(ip, port, proto.group(1) if proto else "tcp",
-                                          _comment(rule))
-    if in_nat and not committed:
-        raise DataplaneParseError("the nat table has no COMMIT: the output is truncated")
-    return parsed
+            raise DataplaneParseError(f"line {self._number}: rule without a body")
+        _rule(self.parsed, parts[1], " " + parts[2])
+
+    def finish(self) -> ParsedSave:
+        if self._in_nat and not self._committed:
+            raise DataplaneParseError("the nat table has no COMMIT: the output is truncated")
+        return self.parsed
 
 
-def _service_rule(parsed: _Parsed, rule: str) -> None:
+def _read(text: str) -> ParsedSave:
+    parser = SaveParser()
+    for line in text.splitlines():
+        parser.feed(line)
+    return parser.finish()
+
+
+def _rule(parsed: ParsedSave, chain: str, rule: str) -> None:
+    if chain == "KUBE-SERVICES":
+        _service_rule(parsed, rule)
+    elif chain.startswith(("KUBE-SVC-", "KUBE-SVL-")):
+        jump = _JUMP.search(rule)
+        if jump and jump.group(1).startswith("KUBE-SEP-"):
+            path = "cluster" if chain.startswith("KUBE-SVC-") else "local"
+            seps = parsed.targets.setdefault((path, chain[9:]), [])
+            if jump.group(1) not in seps:
+                seps.append(jump.group(1))
+            comment = _comment(rule)
+            if comment and " -> " in comment:
+                parsed.names.setdefault(chain[9:], comment.split(" -> ", 1)[0])
+        else:
+            parsed.targets.setdefault(("cluster" if chain.startswith("KUBE-SVC-")
+                                       else "local", chain[9:]), [])
+    elif chain.startswith("KUBE-SEP-"):
+        to = _TO.search(rule)
+        if to is not None:
+            ip, port = _split_host_port(to.group(1))
+            proto = _PROTO.search(rule)
+            parsed.seps[chain] = _Sep(ip, port, proto.group(1) if proto else "tcp",
+                                      _comment(rule))
+
+
+
+
+def _service_rule(parsed: ParsedSave, rule: str) -> None:
     jump = _JUMP.search(rule)
     if jump is None:
         return
@@ -152,7 +173,7 @@ def _service_rule(parsed: _Parsed, rule: str) -> None:
         parsed.cluster_ips.setdefault(h, dest.group(1).split("/")[0])
 
 
-def _resolve_names(parsed: _Parsed, candidates: set[str]) -> None:
+def _resolve_names(parsed: ParsedSave, candidates: set[str]) -> None:
     """Name the service chains no comment names, by hashing candidate names."""
     unresolved = {h for _, h in parsed.targets} - set(parsed.names)
     if not unresolved or not candidates:
@@ -168,7 +189,11 @@ def _resolve_names(parsed: _Parsed, candidates: set[str]) -> None:
 def parse_iptables_save(text: str, *, backend: Backend,
                         known_services: Iterable[str] = ()) -> DataplaneSnapshot:
     """Parse ``iptables-save -t nat`` output into the common model."""
-    parsed = _read(text)
+    return snapshot_of(_read(text), backend=backend, known_services=known_services)
+
+
+def snapshot_of(parsed: ParsedSave, *, backend: Backend,
+                known_services: Iterable[str] = ()) -> DataplaneSnapshot:
     candidates = set(known_services)
     _resolve_names(parsed, candidates)
     hashes = {h for _, h in parsed.targets} | set(parsed.names)
@@ -204,7 +229,7 @@ def parse_iptables_save(text: str, *, backend: Backend,
     return DataplaneSnapshot("iptables", backend, tuple(services))
 
 
-def _stale_owner(sep_name: str, sep: _Sep, parsed: _Parsed, candidates: set[str]) -> str | None:
+def _stale_owner(sep_name: str, sep: _Sep, parsed: ParsedSave, candidates: set[str]) -> str | None:
     """The service hash an unreferenced SEP chain belongs to, from its comment or its name."""
     if sep.service:
         return service_hash(sep.service, sep.protocol)
@@ -258,10 +283,8 @@ class JumpState:
                 chosen.add(EndpointKey(*identity))
         return chosen
 
-    def learn(self, snapshot_text: str, backend: Backend,
-              known_services: Iterable[str] = ()) -> None:
+    def learn(self, parsed: ParsedSave, known_services: Iterable[str] = ()) -> None:
         """Which endpoint each SEP chain is, from a full ``iptables-save -t nat``."""
-        parsed = _read(snapshot_text)
         _resolve_names(parsed, set(known_services))
         for path_hash, seps in parsed.targets.items():
             name = parsed.names.get(path_hash[1])

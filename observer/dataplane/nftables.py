@@ -1,4 +1,5 @@
-"""kube-proxy's nftables mode, from ``nft -j list table ip|ip6 kube-proxy``.
+"""kube-proxy's nftables mode, from ``nft -a list table ip|ip6 kube-proxy`` (full reads, parsed
+line by line as the text streams in) and ``nft -j monitor`` events (JSON, one change a line).
 
 Layout (``pkg/proxy/nftables/proxier.go``; real rule sets in ``TestOverallNFTablesRules``):
 the ``service-ips`` map sends ``clusterIP . proto . port`` to the chain
@@ -14,7 +15,7 @@ sync: selection is membership of the vmap (or an affinity goto), never the chain
 from __future__ import annotations
 
 import ipaddress
-import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,15 +127,19 @@ class ChainState:
         self.endpoint_chains.pop(name, None)
 
     def add_rule(self, chain: str, handle: int, expr: Any) -> None:
+        """A rule as nft's JSON (monitor events) gives it."""
+        self.add_parsed_rule(chain, handle, list(targets(expr)), _dnat(expr))
+
+    def add_parsed_rule(self, chain: str, handle: int, goto: list[str],
+                        dnat: tuple[str, int] | None) -> None:
         if chain in self.policy_rules or (chain.startswith(tuple(POLICY_PREFIXES))
                                           and "/" in chain):
             self.touched.add(chain)
             if chain not in self.policy_rules:
                 self._index(chain)
             self.policy_rules.setdefault(chain, {})[handle] = [
-                t for t in targets(expr) if t.startswith(ENDPOINT_PREFIX)]
+                t for t in goto if t.startswith(ENDPOINT_PREFIX)]
         elif chain.startswith(ENDPOINT_PREFIX) and "/" in chain:
-            dnat = _dnat(expr)
             if dnat is not None:
                 self.endpoint_chains[chain] = dnat
             else:
@@ -184,50 +189,64 @@ class ChainState:
         return DataplaneSnapshot("nftables", None, tuple(result))
 
 
-def load_json(text: str) -> list[dict[str, Any]]:
-    try:
-        document = json.loads(text)
-    except ValueError as error:
-        raise DataplaneParseError(f"nft output is not JSON: {error}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("nftables"), list):
-        raise DataplaneParseError("nft output has no 'nftables' list")
-    items: list[dict[str, Any]] = document["nftables"]
-    if not all(isinstance(item, dict) and len(item) == 1 for item in items):
-        raise DataplaneParseError("nft output has malformed objects")
-    return items
+CHAIN_LINE = re.compile(r"^\tchain (\S+) \{")
+RULE_HANDLE = re.compile(r" # handle (\d+)$")
+JUMP_TARGET = re.compile(r"\b(?:goto|jump) ([^\s,}]+)")
+_DNAT = re.compile(r"\bdnat (?:ip6? )?to (\[[^\]]+\]|[0-9.]+):(\d+)")
+_ELEMENT = re.compile(r"([0-9a-fA-F.:]+) \. \w+ \. \d+ : goto ([^\s,}]+)")
 
 
-def apply_objects(state: ChainState, items: list[dict[str, Any]]) -> None:
-    """Fold listed objects (``nft -j list``) into the state."""
-    for item in items:
-        (kind, body), = item.items()
-        if not isinstance(body, dict):
-            raise DataplaneParseError(f"nft {kind} object is not a JSON object")
-        if kind == "chain" and isinstance(body.get("name"), str):
-            state.add_chain(body["name"])
-        elif kind == "rule":
-            chain, handle = body.get("chain"), body.get("handle")
-            if not isinstance(chain, str) or not isinstance(handle, int):
-                raise DataplaneParseError("nft rule without chain or handle")
-            state.add_rule(chain, handle, body.get("expr"))
-        elif kind == "map" and body.get("name") == "service-ips":
-            _service_ips(state, body.get("elem") or [])
+class NftTextParser:
+    """``nft -a list table`` output, fed one line at a time into a ``ChainState``."""
+
+    def __init__(self) -> None:
+        self.state = ChainState()
+        self._chain: str | None = None
+        self._in_service_ips = False
+        self._opened = self._closed = False
+
+    def feed(self, line: str) -> None:
+        line = line.rstrip("\n")
+        if not self._opened:
+            if not line.startswith("table "):
+                raise DataplaneParseError(f"not nft list output: {line[:80]!r}")
+            self._opened = True
+            return
+        if line == "}":
+            self._closed = True
+            return
+        if self._closed and line.strip():
+            raise DataplaneParseError("output continues after the table ended")
+        if m := CHAIN_LINE.match(line):
+            self._chain, self._in_service_ips = m.group(1), False
+            self.state.add_chain(self._chain)
+        elif line.startswith("\tmap service-ips "):
+            self._chain, self._in_service_ips = None, True
+        elif line.startswith("\t}"):
+            self._chain, self._in_service_ips = None, False
+        elif self._in_service_ips:
+            for ip, target in _ELEMENT.findall(line):
+                if target.startswith(tuple(POLICY_PREFIXES)):
+                    self.state.cluster_ips[target] = ip
+        elif self._chain is not None and line.startswith("\t\t"):
+            handle = RULE_HANDLE.search(line)
+            if handle is None:
+                return  # a chain's own properties (type, hook, policy, comment), not a rule
+            dnat = _DNAT.search(line)
+            self.state.add_parsed_rule(
+                self._chain, int(handle.group(1)), JUMP_TARGET.findall(line),
+                (dnat.group(1).strip("[]"), int(dnat.group(2))) if dnat else None)
+
+    def finish(self) -> ChainState:
+        if self._opened and not self._closed:
+            raise DataplaneParseError("the table never closed: the output is truncated")
+        self.state.take_touched()
+        return self.state
 
 
-def _service_ips(state: ChainState, elements: Any) -> None:
-    for element in elements if isinstance(elements, list) else []:
-        if not (isinstance(element, list) and len(element) == 2):
-            continue
-        key, verdict = element
-        concat = key.get("concat") if isinstance(key, dict) else None
-        goto = list(targets(verdict))
-        if (isinstance(concat, list) and concat and isinstance(concat[0], str) and goto
-                and goto[0].startswith(tuple(POLICY_PREFIXES))):
-            state.cluster_ips[goto[0]] = concat[0]
-
-
-def parse_nft_json(text: str) -> DataplaneSnapshot:
-    """Parse ``nft -j list table <family> kube-proxy`` output into the common model."""
-    state = ChainState()
-    apply_objects(state, load_json(text))
-    return state.snapshot()
+def parse_nft_text(text: str) -> DataplaneSnapshot:
+    """Parse ``nft -a list table <family> kube-proxy`` output into the common model."""
+    parser = NftTextParser()
+    for line in text.splitlines():
+        parser.feed(line)
+    return parser.finish().snapshot()

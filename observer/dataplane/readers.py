@@ -3,12 +3,12 @@ uses there."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from observer.dataplane.commands import CommandError, CommandRunner
-from observer.dataplane.iptables import parse_iptables_save
+from observer.dataplane.iptables import ParsedSave, SaveParser, snapshot_of
 from observer.dataplane.ipvs import parse_ipvsadm
 from observer.dataplane.model import (
     Backend,
@@ -16,7 +16,7 @@ from observer.dataplane.model import (
     DataplaneSnapshot,
     ProgrammedService,
 )
-from observer.dataplane.nftables import parse_nft_json
+from observer.dataplane.nftables import ChainState, NftTextParser
 
 Mode = Literal["iptables", "nftables", "ipvs"]
 KnownServices = Callable[[], Iterable[str]]
@@ -57,19 +57,38 @@ class IptablesReader:
     async def read(self) -> DataplaneSnapshot:
         parts = []
         for family in ("iptables", "ip6tables"):
-            raw = await self.runner.run([f"{family}-{self.backend}-save", "-t", "nat"])
-            parts.append(parse_iptables_save(decode_output(raw), backend=self.backend,
-                                             known_services=self.known_services()))
+            parser = await save_parsed(self.runner, [f"{family}-{self.backend}-save", "-t", "nat"])
+            parts.append(snapshot_of(parser, backend=self.backend,
+                                     known_services=self.known_services()))
         return _merge("iptables", self.backend, parts)
 
 
-async def nft_table(runner: CommandRunner, family: str, table: str) -> str | None:
+async def save_parsed(runner: CommandRunner, command: list[str]) -> ParsedSave:
+    """``iptables-save`` output, parsed as it streams."""
+    parser = SaveParser()
+    async for line in runner.lines(command):
+        parser.feed(decode_output(line))
+    return parser.finish()
+
+
+async def nft_lines(runner: CommandRunner, family: str, table: str) -> AsyncIterator[str]:
+    """``nft -a list table`` line by line; nothing when this family has no such table."""
     try:
-        return decode_output(await runner.run(["nft", "-j", "list", "table", family, table]))
+        async for line in runner.lines(["nft", "-a", "list", "table", family, table]):
+            yield decode_output(line)
     except CommandError as error:
-        if "No such file or directory" in str(error):
-            return None  # this family has no such table
-        raise
+        if "No such file or directory" not in str(error):
+            raise
+
+
+async def nft_table_state(runner: CommandRunner, family: str) -> ChainState | None:
+    """kube-proxy's nftables table of one family, parsed as it streams; None if absent."""
+    parser = NftTextParser()
+    seen = False
+    async for line in nft_lines(runner, family, "kube-proxy"):
+        seen = True
+        parser.feed(line)
+    return parser.finish() if seen else None
 
 
 @dataclass
@@ -81,9 +100,9 @@ class NftablesReader:
     async def read(self) -> DataplaneSnapshot:
         parts = []
         for family in ("ip", "ip6"):
-            text = await nft_table(self.runner, family, "kube-proxy")
-            if text is not None:
-                parts.append(parse_nft_json(text))
+            state = await nft_table_state(self.runner, family)
+            if state is not None:
+                parts.append(state.snapshot())
         return _merge("nftables", None, parts)
 
 

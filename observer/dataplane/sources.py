@@ -32,8 +32,20 @@ from observer.dataplane.model import (
     ProgrammedService,
     ProxyMode,
 )
-from observer.dataplane.nftables import ChainState, apply_objects, load_json, targets
-from observer.dataplane.readers import KnownServices, Reader, decode_output
+from observer.dataplane.nftables import (
+    CHAIN_LINE,
+    JUMP_TARGET,
+    RULE_HANDLE,
+    ChainState,
+    targets,
+)
+from observer.dataplane.readers import (
+    KnownServices,
+    Reader,
+    nft_lines,
+    nft_table_state,
+    save_parsed,
+)
 from observer.episodes.model import EndpointKey, ServicePort, Timestamp
 
 log = structlog.get_logger("observer.dataplane")
@@ -158,16 +170,6 @@ class _Tables(Protocol):
         the events name something only a full read can explain."""
 
 
-async def _nft_list(runner: CommandRunner, family: str, table: str) -> list[dict[str, Any]]:
-    try:
-        raw = await runner.run(["nft", "-j", "list", "table", family, table])
-    except CommandError as error:
-        if "No such file or directory" in str(error):
-            return []
-        raise
-    return load_json(raw.decode(errors="replace"))
-
-
 class KubeProxyTables:
     """kube-proxy's own ``kube-proxy`` tables (nftables mode), rules by handle."""
 
@@ -179,9 +181,8 @@ class KubeProxyTables:
     async def load(self, runner: CommandRunner) -> None:
         states = {}
         for family in ("ip", "ip6"):
-            state = ChainState()
-            apply_objects(state, await _nft_list(runner, family, self.table))
-            states[family] = state
+            state = await nft_table_state(runner, family)
+            states[family] = state if state is not None else ChainState()
         self.states = states
 
     def apply(self, verb: str, kind: str, obj: dict[str, Any]) -> None:
@@ -234,13 +235,15 @@ class IptablesNftTables:
         states = {}
         for family, save in (("ip", "iptables-nft-save"), ("ip6", "ip6tables-nft-save")):
             state = JumpState()
-            state.learn(decode_output(await runner.run([save, "-t", "nat"])), "nft",
-                        self.known_services())
-            for item in await _nft_list(runner, family, self.table):
-                rule = item.get("rule")
-                if isinstance(rule, dict) and isinstance(rule.get("chain"), str) and \
-                        isinstance(rule.get("handle"), int):
-                    state.add_rule(rule["chain"], rule["handle"], targets(rule.get("expr")))
+            state.learn(await save_parsed(runner, [save, "-t", "nat"]), self.known_services())
+            chain = None
+            async for line in nft_lines(runner, family, self.table):
+                if m := CHAIN_LINE.match(line):
+                    chain = m.group(1)
+                elif line.startswith("\t}"):
+                    chain = None
+                elif chain is not None and (handle := RULE_HANDLE.search(line)):
+                    state.add_rule(chain, int(handle.group(1)), JUMP_TARGET.findall(line))
             states[family] = state
         self.states = states
 

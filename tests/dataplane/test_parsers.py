@@ -7,7 +7,7 @@ import pytest
 from observer.dataplane.iptables import endpoint_hash, parse_iptables_save, service_hash
 from observer.dataplane.ipvs import parse_ipvsadm
 from observer.dataplane.model import DataplaneParseError
-from observer.dataplane.nftables import endpoint_from_chain, parse_nft_json, service_from_chain
+from observer.dataplane.nftables import endpoint_from_chain, parse_nft_text, service_from_chain
 from tests.dataplane.edits import IPTABLES_RULES, without_endpoint_comments
 from tests.netns import FIXTURES
 
@@ -77,12 +77,22 @@ def test_nft_chain_names() -> None:
     assert endpoint_from_chain("endpoint-ABCDEFGH-ns1/svc1/tcp/p80__truncat...") is None
 
 
-@pytest.mark.parametrize("text", ["", "not json", "[]", '{"nftables": {}}',
-                                  '{"nftables": [{"rule": {"chain": "service-x"}}]}',
-                                  '{"nftables": [{"a": 1, "b": 2}]}'])
+def test_nft_recorded_listing() -> None:
+    text = (FIXTURES / "nft-a-list-table.txt").read_text()
+    snapshot = parse_nft_text(text)
+    assert {s.service: s.cluster_ip for s in snapshot.services} == {
+        f"ns{i}/svc{i}:p80": f"172.30.0.4{i}" for i in range(1, 6)}
+    assert sum(snapshot.selection().values()) == 6
+
+
+@pytest.mark.parametrize("text", [
+    "not nft output",
+    (FIXTURES / "nft-a-list-table.txt").read_text().rsplit("}", 1)[0],  # truncated
+    (FIXTURES / "nft-a-list-table.txt").read_text() + "table ip more {\n",
+])
 def test_nft_garbage(text: str) -> None:
     with pytest.raises(DataplaneParseError):
-        parse_nft_json(text)
+        parse_nft_text(text)
 
 
 def test_ipvs_weight_zero_is_not_selected() -> None:
