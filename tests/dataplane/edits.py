@@ -79,3 +79,20 @@ def apply(netns: Netns, mode: str, iptables_rules: str, nft_script: str) -> None
         netns.nft(nft_script)
     else:
         netns.restore(mode.split("-")[1], iptables_rules, noflush=True)
+
+# ns1/svc1:p80 gains an endpoint, 10.180.0.9: a SEP chain (endpoint chain) never seen before.
+IPTABLES_ADD_SVC1_EP9 = """*nat
+:KUBE-SVC-XPGD46QRK7WJZT7O - [0:0]
+:KUBE-SEP-NEWENDPOINT00000 - [0:0]
+-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ
+-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-SXIVWICOYRO3J4NJ
+-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.9:80" -j KUBE-SEP-NEWENDPOINT00000
+-A KUBE-SEP-NEWENDPOINT00000 -m comment --comment ns1/svc1:p80 -s 10.180.0.9 -j KUBE-MARK-MASQ
+-A KUBE-SEP-NEWENDPOINT00000 -m comment --comment ns1/svc1:p80 -m tcp -p tcp -j DNAT --to-destination 10.180.0.9:80
+COMMIT
+"""
+NFT_ADD_SVC1_EP9 = """add chain ip kube-proxy endpoint-NEWENDPT-ns1/svc1/tcp/p80__10.180.0.9/80
+add rule ip kube-proxy endpoint-NEWENDPT-ns1/svc1/tcp/p80__10.180.0.9/80 meta l4proto tcp dnat to 10.180.0.9:80
+flush chain ip kube-proxy service-ULMVA6XW-ns1/svc1/tcp/p80
+add rule ip kube-proxy service-ULMVA6XW-ns1/svc1/tcp/p80 numgen random mod 2 vmap { 0 : goto endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 , 1 : goto endpoint-NEWENDPT-ns1/svc1/tcp/p80__10.180.0.9/80 }
+"""

@@ -15,9 +15,11 @@ from observer.dataplane.detect import open_source, reader_for, resolve
 from observer.dataplane.model import DataplaneChange
 from observer.episodes.model import EndpointKey, ServicePort
 from tests.dataplane.edits import (
+    IPTABLES_ADD_SVC1_EP9,
     IPTABLES_DROP_SVC4_EP4,
     IPTABLES_DROP_SVC5,
     IPTABLES_SVC2_LOCAL,
+    NFT_ADD_SVC1_EP9,
     NFT_DROP_SVC4_EP4,
     NFT_DROP_SVC5,
     NFT_SVC2_LOCAL,
@@ -146,6 +148,13 @@ async def test_change_events(netns: Netns, mode: str) -> None:
         assert changes.changes[0].at.source == "dataplane"
         assert source.selected(key(4, "10.180.0.4")) is False
         assert source.selected(key(4, "10.180.0.5")) is True
+        # A new endpoint, in a chain never seen before, is picked up too.
+        changes.arrived.clear()
+        apply(netns, mode, IPTABLES_ADD_SVC1_EP9, NFT_ADD_SVC1_EP9)
+        await asyncio.wait_for(changes.arrived.wait(), 10)
+        await asyncio.sleep(0.2)
+        assert [(c.key, c.selected) for c in changes.changes[1:]] == [
+            (key(1, "10.180.0.9"), True)]
         assert health.errors == []
     finally:
         task.cancel()
