@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from kubernetes_asyncio import client, config
 
 from observer.lab.apiserver.server import ApiServer
 from tests.netns import Netns
@@ -82,6 +83,20 @@ def kubeconfig(apiserver: ApiServer, tmp_path: Path) -> Path:
     path = tmp_path / "kubeconfig"
     apiserver.write_kubeconfig(path)
     return path
+
+
+async def client_configuration(kubeconfig: Path) -> client.Configuration:
+    """kubernetes_asyncio's configuration for the lab API server, from its kubeconfig."""
+    configuration = client.Configuration()
+    await config.load_kube_config(config_file=str(kubeconfig),
+                                  client_configuration=configuration)
+    return configuration
+
+
+@pytest.fixture
+async def api(kubeconfig: Path) -> AsyncIterator[client.ApiClient]:
+    async with client.ApiClient(await client_configuration(kubeconfig)) as api_client:
+        yield api_client
 
 
 @pytest.fixture(autouse=True)

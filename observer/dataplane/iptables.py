@@ -28,6 +28,7 @@ from observer.dataplane.model import (
     DataplaneSnapshot,
     ProgrammedEndpoint,
     ProgrammedService,
+    split_host_port,
 )
 from observer.episodes.model import EndpointKey, ServicePort
 
@@ -50,13 +51,6 @@ def service_hash(service: str, protocol: str) -> str:
 def endpoint_hash(service: str, protocol: str, ip: str, port: int) -> str:
     host = f"[{ip}]" if ":" in ip else ip
     return chain_hash(f"{service}{protocol}{host}:{port}")
-
-
-def _split_host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise DataplaneParseError(f"DNAT target {text!r} is not ip:port")
-    return host.strip("[]"), int(port)
 
 
 @dataclass
@@ -144,7 +138,7 @@ def _rule(parsed: ParsedSave, chain: str, rule: str) -> None:
     elif chain.startswith("KUBE-SEP-"):
         to = _TO.search(rule)
         if to is not None:
-            ip, port = _split_host_port(to.group(1))
+            ip, port = split_host_port(to.group(1))
             proto = _PROTO.search(rule)
             parsed.seps[chain] = _Sep(ip, port, proto.group(1) if proto else "tcp",
                                       _comment(rule))

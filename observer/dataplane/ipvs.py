@@ -19,17 +19,11 @@ from observer.dataplane.model import (
     DataplaneSnapshot,
     ProgrammedEndpoint,
     ProgrammedService,
+    split_host_port,
 )
 
 _VIRTUAL = re.compile(r"^(TCP|UDP|SCTP)\s+(\S+)\s+\S+")
 _REAL = re.compile(r"^\s+->\s+(\S+)\s+(\w+)\s+(\d+)\s+(\d+)\s+(\d+)")
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise DataplaneParseError(f"{text!r} is not address:port")
-    return host.strip("[]"), int(port)
 
 
 def parse_ipvsadm(text: str) -> DataplaneSnapshot:
@@ -40,7 +34,7 @@ def parse_ipvsadm(text: str) -> DataplaneSnapshot:
         if current is not None:
             vip, proto, reals = current
             services.append(ProgrammedService(service=vip, protocol=proto,
-                                              cluster_ip=_host_port(vip)[0],
+                                              cluster_ip=split_host_port(vip)[0],
                                               cluster=tuple(reals), local=()))
 
     lines = text.splitlines()
@@ -51,12 +45,12 @@ def parse_ipvsadm(text: str) -> DataplaneSnapshot:
             continue
         if m := _VIRTUAL.match(line):
             close()
-            _host_port(m.group(2))
+            split_host_port(m.group(2))
             current = (m.group(2), m.group(1).lower(), [])
         elif m := _REAL.match(line):
             if current is None:
                 raise DataplaneParseError(f"line {number}: real server before any service")
-            ip, port = _host_port(m.group(1))
+            ip, port = split_host_port(m.group(1))
             current[2].append(ProgrammedEndpoint(ip, port, int(m.group(3)) > 0))
         else:
             raise DataplaneParseError(f"line {number}: unexpected {line[:80]!r}")

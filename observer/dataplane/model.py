@@ -52,6 +52,14 @@ class DataplaneParseError(ValueError):
     exception a parser raises on bad input."""
 
 
+def split_host_port(text: str) -> tuple[str, int]:
+    """``10.0.0.1:80`` or ``[fd00::1]:80`` -> (address, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise DataplaneParseError(f"{text!r} is not address:port")
+    return host.strip("[]"), int(port)
+
+
 @dataclass(frozen=True, slots=True)
 class ProgrammedEndpoint:
     ip: str

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -49,6 +49,7 @@ from observer.dataplane.readers import (
 from observer.episodes.model import EndpointKey, ServicePort, Timestamp
 
 log = structlog.get_logger("observer.dataplane")
+T = TypeVar("T")
 BURST_QUIET_SECONDS = 0.002
 
 
@@ -115,9 +116,13 @@ class _ReadingSource:
         return self._selection.selected(key)
 
     async def _read(self) -> DataplaneSnapshot | None:
+        return await self._scan(self.reader.read())
+
+    async def _scan(self, reading: Awaitable[T]) -> T | None:
+        """One full read, timed; a failure is counted and logged, and gives None."""
         started = self.clock.monotonic()
         try:
-            snapshot = await self.reader.read()
+            result = await reading
         except CommandError as error:
             self.metrics.error(error.reason)
             log.warning("dataplane read failed", reason=error.reason, error=str(error))
@@ -127,7 +132,7 @@ class _ReadingSource:
             log.warning("dataplane output unreadable", error=str(error))
             return None
         self.metrics.scan(self.clock.monotonic() - started)
-        return snapshot
+        return result
 
     def _now(self, precision: float) -> Timestamp:
         return Timestamp(self.clock.monotonic(), self.clock.wall(), "dataplane", precision)
@@ -359,18 +364,10 @@ class MonitorSource(_ReadingSource):
             self._selection.replace(self.tables.selection() or {}, at, sink)
 
     async def _load(self) -> bool:
-        started = self.clock.monotonic()
-        try:
-            await self.tables.load(self.runner)
-        except CommandError as error:
-            self.metrics.error(error.reason)
-            log.warning("dataplane read failed", reason=error.reason, error=str(error))
-            return False
-        except DataplaneParseError as error:
-            self.metrics.error("garbage")
-            log.warning("dataplane output unreadable", error=str(error))
-            return False
-        self.metrics.scan(self.clock.monotonic() - started)
+        return await self._scan(self._loaded()) is not None
+
+    async def _loaded(self) -> bool:
+        await self.tables.load(self.runner)
         return True
 
     async def _full_read(self, sink: ChangeSink, *, resync: bool) -> None:

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry
 
 from observer.agent import Agent, AgentConfig
@@ -13,7 +13,7 @@ from observer.dataplane.memory import MemoryDataplane
 from observer.kube.watch import WatchSettings
 from observer.lab.apiserver.server import ApiServer
 from tests.agent.harness import AgentEnv, Cluster, until
-from tests.conftest import ManualClock
+from tests.conftest import ManualClock, client_configuration
 
 
 @pytest.fixture
@@ -26,9 +26,7 @@ def agent_config() -> AgentConfig:
 @pytest.fixture
 async def env(apiserver: ApiServer, kubeconfig: Path, clock: ManualClock,
               agent_config: AgentConfig) -> AsyncIterator[AgentEnv]:
-    configuration = client.Configuration()
-    await config.load_kube_config(config_file=str(kubeconfig),
-                                  client_configuration=configuration)
+    configuration = await client_configuration(kubeconfig)
     dataplane = MemoryDataplane(clock=clock, mode="nftables")
     sleeps: list[float] = []
 

@@ -7,12 +7,11 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry
 
 from observer.agent import Agent, AgentConfig
@@ -23,15 +22,6 @@ from tests.agent.test_episodes import ready_service
 from tests.conftest import ManualClock
 from tests.dataplane.edits import load
 from tests.netns import Netns
-
-
-@pytest.fixture
-async def api(kubeconfig: Path) -> AsyncIterator[client.ApiClient]:
-    configuration = client.Configuration()
-    await config.load_kube_config(config_file=str(kubeconfig),
-                                  client_configuration=configuration)
-    async with client.ApiClient(configuration) as api_client:
-        yield api_client
 
 
 async def get(url: str) -> tuple[int, str]:

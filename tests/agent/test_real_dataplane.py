@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry
 
 from observer import __version__
@@ -19,6 +19,7 @@ from observer.export.metrics import DataplaneHealth
 from observer.lab.apiserver.registry import WriteOptions
 from observer.lab.apiserver.server import ApiServer
 from tests.agent.harness import Endpoint, until
+from tests.conftest import client_configuration
 from tests.dataplane.edits import NFT_DROP_SVC4_EP4, load
 from tests.netns import Netns
 
@@ -39,10 +40,7 @@ async def test_nftables_removal_times_the_dataplane_stage(apiserver: ApiServer,
     health = DataplaneHealth(registry)
     source = await open_source("auto", runner=CommandRunner(netns=netns.name), clock=clock,
                                metrics=health, poll_interval=0.1)
-    configuration = client.Configuration()
-    await config.load_kube_config(config_file=str(kubeconfig),
-                                  client_configuration=configuration)
-    async with client.ApiClient(configuration) as api:
+    async with client.ApiClient(await client_configuration(kubeconfig)) as api:
         agent = Agent(config=AgentConfig(node_name="node-a", listen=("127.0.0.1", 0)), api=api,
                       clock=clock, dataplane=source, registry=registry, dataplane_health=health)
         stop = asyncio.Event()

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from observer.lab.apiserver.server import ApiServer
@@ -32,15 +30,6 @@ def endpoint_slice(name: str, *addresses: str) -> dict[str, Any]:
             "metadata": {"name": name, "labels": {"kubernetes.io/service-name": "web"}},
             "addressType": "IPv4", "ports": [{"port": 80}],
             "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in addresses]}
-
-
-@pytest.fixture
-async def api(kubeconfig: Path) -> AsyncIterator[client.ApiClient]:
-    configuration = client.Configuration()
-    await config.load_kube_config(config_file=str(kubeconfig),
-                                  client_configuration=configuration)
-    async with client.ApiClient(configuration) as api_client:
-        yield api_client
 
 
 async def test_create_list_get_typed(api: client.ApiClient) -> None:
