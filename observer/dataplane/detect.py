@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import structlog
+
 from observer.clock import Clock
 from observer.dataplane.commands import CommandError, CommandRunner
 from observer.dataplane.model import Backend, DataplaneParseError
@@ -26,6 +28,7 @@ from observer.dataplane.sources import (
 )
 
 Requested = Literal["auto", "iptables", "nftables", "ipvs"]
+log = structlog.get_logger("observer.dataplane")
 
 
 async def _iptables_kube_rules(runner: CommandRunner, backend: Backend) -> tuple[int, bool]:
@@ -85,6 +88,10 @@ async def open_source(requested: Requested, *, runner: CommandRunner, clock: Clo
     """The change source for the mode asked for (or detected): event-driven where nf_tables
     announces changes (nftables, iptables-nft), polling elsewhere (iptables-legacy, IPVS)."""
     mode, backend = await resolve(requested, runner)
+    if mode == "ipvs":
+        log.warning("IPVS: the dataplane stage is not measured yet; IPVS names no services "
+                    "and mapping virtual servers to service ports needs the Service cluster "
+                    "IPs, which the agent does not watch (docs/dataplane.md)")
     reader = reader_for(mode, backend, runner, known_services)
     if mode == "nftables":
         return MonitorSource(reader=reader, runner=runner, clock=clock, metrics=metrics,
