@@ -13,17 +13,15 @@ For each mode (iptables-legacy, iptables-nft, nftables), in a network namespace 
 
     sudo .venv/bin/python -m bench.dataplane [--services 10000] [--per-service 5]
 
-Rule layouts are kube-proxy's (the same generators the tests' fixtures follow), with
-real chain-name hashes.
+Rule layouts are kube-proxy's, with its chain-name hashes (``observer/lab/rules.py``, which
+the lab's kube-proxy emulation uses too).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -37,108 +35,39 @@ from typing import Any
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.detect import open_source, reader_for
-from observer.dataplane.iptables import endpoint_hash, service_hash
 from observer.dataplane.model import DataplaneChange
 from observer.dataplane.sources import MonitorSource
+from observer.lab.rules import ServicePortRules, iptables_sync, nft_sync
 
 
-def h8(text: str) -> str:
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:8]
+def service(s: int, per: int, *, drop_first: bool = False) -> ServicePortRules:
+    endpoints = tuple((f"10.{(s >> 8) & 255}.{s & 255}.{e + 1}", 8080)
+                      for e in range(1 if drop_first else 0, per))
+    return ServicePortRules(namespace=f"ns{s % 50}", name=f"svc{s}", port_name="http",
+                            cluster_ip=f"172.30.{(s >> 8) & 255}.{s & 255}", port=80,
+                            endpoints=endpoints)
 
 
-def ip_of(s: int, e: int) -> str:
-    return f"10.{(s >> 8) & 255}.{s & 255}.{e + 1}"
+class Rules:
+    """kube-proxy's full sync, then its partial syncs, for the benchmark's services."""
 
+    def __init__(self, mode: str, services: int, per: int) -> None:
+        self.mode, self.per = mode, per
+        self.endpoint_chains: set[str] = set()
+        self.seps: dict[str, set[str]] = {}
+        self.initial = self._sync([service(s, per) for s in range(services)], first=True)
 
-def svc_name(s: int) -> str:
-    return f"ns{s % 50}/svc{s}:http"
-
-
-def iptables_service(s: int, endpoints: list[int]) -> list[str]:
-    name, h = svc_name(s), service_hash(svc_name(s), "tcp")
-    lines = [f":KUBE-SVC-{h} - [0:0]",
-             f'-A KUBE-SVC-{h} -m comment --comment "{name} cluster IP" -m tcp -p tcp '
-             f"-d 172.30.{(s >> 8) & 255}.{s & 255} --dport 80 ! -s 10.0.0.0/8 "
-             f"-j KUBE-MARK-MASQ"]
-    for i, e in enumerate(endpoints):
-        sep = endpoint_hash(name, "tcp", ip_of(s, e), 8080)
-        prob = (f"-m statistic --mode random --probability {1 / (len(endpoints) - i):.10f} "
-                if i < len(endpoints) - 1 else "")
-        lines.append(f'-A KUBE-SVC-{h} -m comment --comment "{name} -> {ip_of(s, e)}:8080" '
-                     f"{prob}-j KUBE-SEP-{sep}")
-    return lines
-
-
-def iptables_rules(services: int, per: int) -> str:
-    out = ["*nat", ":KUBE-SERVICES - [0:0]", ":KUBE-MARK-MASQ - [0:0]"]
-    body = []
-    for s in range(services):
-        name, h = svc_name(s), service_hash(svc_name(s), "tcp")
-        body.append(f'-A KUBE-SERVICES -m comment --comment "{name} cluster IP" -m tcp -p tcp '
-                    f"-d 172.30.{(s >> 8) & 255}.{s & 255} --dport 80 -j KUBE-SVC-{h}")
-        svc_lines = iptables_service(s, list(range(per)))
-        out.append(svc_lines[0])
-        body.extend(svc_lines[1:])
-        for e in range(per):
-            sep = endpoint_hash(name, "tcp", ip_of(s, e), 8080)
-            out.append(f":KUBE-SEP-{sep} - [0:0]")
-            body.append(f"-A KUBE-SEP-{sep} -m comment --comment {name} -s {ip_of(s, e)} "
-                        f"-j KUBE-MARK-MASQ")
-            body.append(f"-A KUBE-SEP-{sep} -m comment --comment {name} -m tcp -p tcp "
-                        f"-j DNAT --to-destination {ip_of(s, e)}:8080")
-    return "\n".join(out + body + ["COMMIT", ""])
-
-
-def nft_chain(s: int) -> str:
-    ns, rest = svc_name(s).split("/")
-    svc, port = rest.split(":")
-    return f"service-{h8(svc_name(s) + 'tcp')}-{ns}/{svc}/tcp/{port}"
-
-
-def nft_endpoint_chain(s: int, e: int) -> str:
-    ns, rest = svc_name(s).split("/")
-    svc, port = rest.split(":")
-    return (f"endpoint-{h8(svc_name(s) + 'tcp' + ip_of(s, e))}-{ns}/{svc}/tcp/{port}__"
-            f"{ip_of(s, e)}/8080")
-
-
-def nft_vmap(s: int, endpoints: list[int]) -> str:
-    entries = " , ".join(f"{i} : goto {nft_endpoint_chain(s, e)}"
-                         for i, e in enumerate(endpoints))
-    return (f"add rule ip kube-proxy {nft_chain(s)} numgen random mod {len(endpoints)} "
-            f"vmap {{ {entries} }}")
-
-
-def nft_rules(services: int, per: int) -> str:
-    decl = ["add table ip kube-proxy",
-            "add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : "
-            "verdict ; }"]
-    rules = []
-    for s in range(services):
-        decl.append(f"add chain ip kube-proxy {nft_chain(s)}")
-        for e in range(per):
-            decl.append(f"add chain ip kube-proxy {nft_endpoint_chain(s, e)}")
-            rules.append(f"add rule ip kube-proxy {nft_endpoint_chain(s, e)} meta l4proto tcp "
-                         f"dnat to {ip_of(s, e)}:8080")
-        rules.append(nft_vmap(s, list(range(per))))
-        rules.append(f"add element ip kube-proxy service-ips {{ 172.30.{(s >> 8) & 255}."
-                     f"{s & 255} . tcp . 80 : goto {nft_chain(s)} }}")
-    return "\n".join(decl + rules + [""])
-
-
-def partial_sync(mode: str, services: list[int], per: int, drop: bool) -> str:
-    """kube-proxy's partial sync for these services: each loses (or regains) endpoint 0."""
-    endpoints = list(range(1, per)) if drop else list(range(per))
-    if mode == "nftables":
-        lines = []
-        for s in services:
-            lines.append(f"flush chain ip kube-proxy {nft_chain(s)}")
-            lines.append(nft_vmap(s, endpoints))
+    def _sync(self, services: list[ServicePortRules], *, first: bool) -> str:
+        if self.mode == "nftables":
+            lines = nft_sync(services, known_endpoint_chains=self.endpoint_chains, first=first)
+        else:
+            lines = iptables_sync(services, previous=self.seps, first=first)
         return "\n".join(lines) + "\n"
-    out = ["*nat"]
-    for s in services:
-        out.extend(iptables_service(s, endpoints))
-    return "\n".join([*out, "COMMIT", ""])
+
+    def partial(self, touched: list[int], *, drop: bool) -> str:
+        """Each touched service loses (or regains) its first endpoint."""
+        return self._sync([service(s, self.per, drop_first=drop) for s in touched],
+                          first=False)
 
 
 class Netns:
@@ -187,8 +116,8 @@ async def bench_mode(mode: str, services: int, per: int, samples: int) -> dict[s
     result: dict[str, Any] = {}
     with Netns() as netns:
         started = time.monotonic()
-        netns.write(mode, nft_rules(services, per) if mode == "nftables"
-                    else iptables_rules(services, per))
+        rules = Rules(mode, services, per)
+        netns.write(mode, rules.initial, noflush=mode != "nftables")
         result["load_seconds"] = round(time.monotonic() - started, 2)
         runner = CommandRunner(netns=netns.name, timeout=120)
         # (a) bare dump vs read + parse, best of 3 each
@@ -240,7 +169,7 @@ async def bench_mode(mode: str, services: int, per: int, samples: int) -> dict[s
             for i in range(samples):
                 s = i % services
                 drop = (i // services) % 2 == 0
-                text = partial_sync(mode, [s], per, drop)
+                text = rules.partial([s], drop=drop)
                 begun = time.monotonic()
                 await loop.run_in_executor(None, lambda t=text: netns.write(mode, t,
                                                                             noflush=True))
@@ -271,7 +200,7 @@ async def bench_mode(mode: str, services: int, per: int, samples: int) -> dict[s
             cpu0, wall0 = time.process_time(), time.monotonic()
             for second in range(10):
                 touched = [(second * per_second + k) % services for k in range(per_second)]
-                text = partial_sync(mode, touched, per, drop=second % 2 == 0)
+                text = rules.partial(touched, drop=second % 2 == 0)
                 tick = time.monotonic()
                 await loop.run_in_executor(None, lambda t=text: netns.write(mode, t,
                                                                             noflush=True))
