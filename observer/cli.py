@@ -194,6 +194,89 @@ async def _dump_dataplane(args: argparse.Namespace) -> int:
     return 0
 
 
+def _delay(text: str) -> Any:
+    from observer.lab.config import Delay, LabConfigError
+
+    try:
+        return Delay.parse(text)
+    except LabConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_lab_flags(lab: argparse.ArgumentParser) -> None:
+    lab.add_argument("--nodes", type=int, default=3, help="emulated nodes (default 3)")
+    lab.add_argument("--deletions", type=int, default=60, help="pods deleted (default 60)")
+    lab.add_argument("--controller-delay", type=_delay, default="0.05..0.3",
+                     help="EndpointSlice controller reaction, seconds or a range (0.05..0.3)")
+    lab.add_argument("--proxy-delay", type=_delay, default="0.05..0.4",
+                     help="kube-proxy programming delay, seconds or a range (0.05..0.4)")
+    lab.add_argument("--min-sync-period", type=float, default=1.0,
+                     help="kube-proxy minSyncPeriod in seconds (default 1)")
+    lab.add_argument("--prestop", type=float, default=3.0,
+                     help="preStop sleep of the careful workload (the other has none)")
+    lab.add_argument("--app-exit", type=_delay, default="0.1..0.5",
+                     help="SIGTERM to the app having stopped, seconds or a range")
+    lab.add_argument("--dataplane", choices=("nftables", "iptables", "iptables-legacy", "memory"),
+                     default="nftables", help="what kube-proxy programs (default nftables; "
+                                              "memory without network namespaces)")
+    lab.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    lab.add_argument("--json", action="store_true", help="print the result as JSON")
+    lab.add_argument("--svg", type=Path, default=Path(".lab/timeline.svg"),
+                     help="where to write the timeline picture (default .lab/timeline.svg)")
+    lab.add_argument("--serve", action="store_true",
+                     help="keep everything running after the scenario until Ctrl-C, printing "
+                          "the kubeconfig path and each agent's URL as soon as they are up")
+
+
+async def _run_lab(args: argparse.Namespace) -> int:
+    from observer.lab.config import LabConfig, LabConfigError
+    from observer.lab.report import render_svg, render_text
+    from observer.lab.results import compare, pair
+    from observer.lab.scenario import Lab
+
+    settings = LabConfig(nodes=args.nodes, deletions=args.deletions,
+                         controller_delay=args.controller_delay, proxy_delay=args.proxy_delay,
+                         min_sync_period=args.min_sync_period, prestop=args.prestop,
+                         app_exit=args.app_exit, dataplane=args.dataplane, seed=args.seed)
+    try:
+        settings.check()
+    except LabConfigError as error:
+        print(f"observer lab: {error}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    lab = Lab(settings, clock=SystemClock(),
+              announce=(lambda line: print(line, flush=True)) if args.serve else lambda _: None)
+    scenario = asyncio.create_task(lab.run(serve=stop if args.serve else None))
+    interrupted = asyncio.create_task(stop.wait())
+    await asyncio.wait([scenario, interrupted], return_when=asyncio.FIRST_COMPLETED)
+    if not scenario.done():
+        scenario.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await scenario
+        interrupted.cancel()
+        print("observer lab: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    interrupted.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await interrupted
+    try:
+        run = scenario.result()
+    except TimeoutError as error:
+        print(f"observer lab: {error}", file=sys.stderr)
+        return 1
+    measured = [(n.name, e) for n in run.nodes if n.agent for e in n.agent.tracker.finished]
+    result = compare(measured, run.truth.episodes, [n.name for n in run.nodes])
+    result["lab"] = {"nodes": settings.nodes, "deletions": settings.deletions,
+                     "dataplane": run.dataplane, "note": run.note,
+                     "elapsed_seconds": round(run.elapsed, 2), "seed": settings.seed}
+    args.svg.parent.mkdir(parents=True, exist_ok=True)
+    args.svg.write_text(render_svg(pair(measured, run.truth.episodes)[0]))
+    result["timeline"] = str(args.svg.resolve())
+    print(json.dumps(result, indent=2) if args.json else render_text(result))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="observer",
@@ -205,8 +288,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_dataplane(commands)
 
-    lab = commands.add_parser("lab", help="run the tool on one machine with emulated cluster parts")
-    lab_commands = lab.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND")
+    lab = commands.add_parser(
+        "lab", help="run the tool on one machine with emulated cluster parts",
+        description="A local cluster: the lab API server, an EndpointSlice controller, and per "
+                    "node a kubelet, a kube-proxy programming real rules in the node's own "
+                    "network namespace, and a real agent; then pod deletions, and every "
+                    "measurement compared with the truth.")
+    _add_lab_flags(lab)
+    lab_commands = lab.add_subparsers(dest="lab_command", required=False, metavar="LAB_COMMAND")
     api = lab_commands.add_parser(
         "apiserver", help="serve the lab's Kubernetes API (pods, EndpointSlices) until SIGTERM")
     api.add_argument("--listen", type=host_port, default=("127.0.0.1", 0),
@@ -250,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_dump_dataplane(args))
     if args.command == "lab" and args.lab_command == "apiserver":
         return asyncio.run(_serve_apiserver(args))
+    if args.command == "lab":
+        return asyncio.run(_run_lab(args))
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -29,20 +29,26 @@ class CommandRunner:
             return list(command)
         return ["ip", "netns", "exec", self.netns, *command]
 
-    async def _spawn(self, command: Sequence[str]) -> asyncio.subprocess.Process:
+    async def _spawn(self, command: Sequence[str], *,
+                     stdin: bool = False) -> asyncio.subprocess.Process:
         argv = self.argv(command)
         try:
             return await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                *argv, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, limit=1024 * 1024)
         except FileNotFoundError:
             raise CommandError("missing_tool", f"{argv[0]} is not installed") from None
         except PermissionError:
             raise CommandError("permission", f"not allowed to run {argv[0]}") from None
 
-    async def run(self, command: Sequence[str]) -> bytes:
-        """Run to completion; the whole stdout, or ``CommandError``."""
-        proc = await self._spawn(command)
+    async def run(self, command: Sequence[str], *, stdin: bytes | None = None) -> bytes:
+        """Run to completion (feeding ``stdin``); the whole stdout, or ``CommandError``."""
+        proc = await self._spawn(command, stdin=stdin is not None)
+        if stdin is not None:
+            assert proc.stdin is not None
+            proc.stdin.write(stdin)
+            proc.stdin.close()
         try:
             stdout, stderr = await asyncio.wait_for(self._collect(proc), self.timeout)
         except TimeoutError:

@@ -77,7 +77,7 @@ class Episode:
     # clock of the API server. Informational; never mixed with monotonic readings.
     api_delete_requested: float | None = None
     fallback: bool = False  # kube-proxy kept it because no Ready endpoint was left
-    dataplane_untracked: bool = False  # this node's dataplane never programmed its service
+    dataplane_untracked: bool = False  # not selected here when it started: nothing to time
     gap: bool = False  # a watch gap hid part of its history; it will be abandoned
     abandoned: AbandonReason | None = None
     stages: dict[str, float] = field(default_factory=dict)

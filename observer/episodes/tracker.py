@@ -253,9 +253,10 @@ class EpisodeTracker:
         dropped = self._recent_drops.pop(key, None)
         if dropped is not None:
             episode.dataplane = dropped
-        elif self.dataplane_selected is not None and self.dataplane_selected(key) is None:
-            # This node's dataplane does not program the service port at all (not synced
-            # yet, or a service kube-proxy ignores): there is no removal to wait for.
+        elif self.dataplane_selected is not None and not self.dataplane_selected(key):
+            # This node's dataplane does not select it now and no removal is on record: it
+            # was never programmed here (ready and gone within one kube-proxy sync, or a
+            # service port kube-proxy ignores). There is no removal to wait for.
             episode.dataplane_untracked = True
         self._maybe_finish(episode)
 

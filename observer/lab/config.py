@@ -1,0 +1,73 @@
+"""The lab's settings: what `observer lab` flags set, checked before anything starts."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+LabDataplane = Literal["nftables", "iptables", "iptables-legacy", "memory"]
+
+
+class LabConfigError(ValueError):
+    """A flag value or combination the lab cannot run; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Delay:
+    """Seconds, fixed (``0.8``) or drawn uniformly from a range (``0.2..1.5``)."""
+
+    low: float
+    high: float
+
+    @classmethod
+    def parse(cls, text: str) -> Delay:
+        low_text, sep, high_text = text.partition("..")
+        try:
+            low = float(low_text)
+            high = float(high_text) if sep else low
+        except ValueError:
+            raise LabConfigError(f"{text!r} is not seconds (0.8) or a range (0.2..1.5)") from None
+        if low < 0 or high < low:
+            raise LabConfigError(f"{text!r}: delays are non-negative and ranges go up")
+        return cls(low, high)
+
+    def sample(self, rng: random.Random) -> float:
+        return self.low if self.high == self.low else rng.uniform(self.low, self.high)
+
+    def __str__(self) -> str:
+        return f"{self.low:g}" if self.low == self.high else f"{self.low:g}..{self.high:g}"
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    nodes: int = 3
+    deletions: int = 60
+    controller_delay: Delay = Delay(0.05, 0.3)  # EndpointSlice controller's reaction
+    proxy_delay: Delay = Delay(0.05, 0.4)  # kube-proxy's programming delay per sync
+    min_sync_period: float = 1.0  # kube-proxy's minSyncPeriod (iptables default)
+    prestop: float = 3.0  # the "careful" workload's preStop sleep; the other has none
+    app_exit: Delay = Delay(0.1, 0.5)  # SIGTERM to the app having stopped serving
+    readiness_failure: float = 0.2  # SIGTERM to the readiness probe failing
+    grace: int = 30  # terminationGracePeriodSeconds
+    spacing: float = 0.4  # seconds between the starts of two deletions
+    dataplane: LabDataplane = "nftables"
+    poll_interval: float = 0.05  # the agents' polling interval (iptables-legacy)
+    seed: int = 1
+
+    def check(self) -> None:
+        if self.nodes < 1:
+            raise LabConfigError("--nodes must be at least 1")
+        if self.nodes > 20:
+            raise LabConfigError("--nodes is at most 20 (each node runs an agent here)")
+        if self.deletions < 1:
+            raise LabConfigError("--deletions must be at least 1")
+        if self.min_sync_period < 0:
+            raise LabConfigError("--min-sync-period cannot be negative")
+        if self.prestop < 0:
+            raise LabConfigError("--prestop cannot be negative")
+        if self.prestop + self.app_exit.high >= self.grace:
+            raise LabConfigError(
+                f"--prestop ({self.prestop:g} s) plus the longest --app-exit "
+                f"({self.app_exit.high:g} s) must end before the grace period ({self.grace} s)"
+                ": the kubelet would kill every pod")

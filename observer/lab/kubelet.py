@@ -1,0 +1,141 @@
+"""A kubelet emulation for one node: starts pods (Running, Ready, an IP), and terminates deleted
+ones the way the real kubelet does (``pkg/kubelet/kuberuntime`` killContainer): the preStop
+hook first, then SIGTERM; the app stops serving after its exit delay; the readiness probe
+(still run during termination) fails a little after SIGTERM; SIGKILL when the grace period
+runs out; finally the pod is marked terminal and deleted with grace 0 (the kubelet's
+confirmation to the API server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from observer.clock import Clock
+from observer.lab.apiserver.errors import ApiError
+from observer.lab.apiserver.registry import DeleteOptions, WriteOptions
+from observer.lab.apiserver.server import ApiServer
+from observer.lab.config import LabConfig
+from observer.lab.controller import NAMESPACE
+from observer.lab.truth import Truth
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    prestop: float  # seconds of preStop sleep; 0 = none
+
+
+class Kubelet:
+    def __init__(self, *, node: str, index: int, server: ApiServer, truth: Truth, clock: Clock,
+                 config: LabConfig, workloads: dict[str, Workload], rng: random.Random) -> None:
+        self.node = node
+        self.index = index
+        self.server = server
+        self.truth = truth
+        self.clock = clock
+        self.config = config
+        self.workloads = workloads
+        self.rng = rng
+        self._next_ip = 2
+        self._terminating: set[str] = set()
+        self._started: set[str] = set()
+        self._timers: list[asyncio.TimerHandle] = []
+
+    def _later(self, delay: float, callback: Any, *args: Any) -> None:
+        self._timers.append(asyncio.get_running_loop().call_later(delay, callback, *args))
+
+    def _patch_status(self, name: str, change: Any) -> None:
+        pods = self.server.registries["pods"]
+        try:
+            pod = pods.get(NAMESPACE, name)
+        except ApiError:
+            return  # already gone
+        status = copy.deepcopy(pod.get("status") or {})
+        change(status)
+        pods.patch(NAMESPACE, name, {**pod, "status": status}, WriteOptions(), status=True)
+
+    def _start(self, name: str) -> None:
+        ip = f"10.{100 + self.index}.0.{self._next_ip}"
+        self._next_ip += 1
+
+        def running(status: dict[str, Any]) -> None:
+            status.update({
+                "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                "hostIP": f"192.168.0.{self.index + 1}",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "app", "ready": True, "restartCount": 0,
+                                       "image": "app:1", "imageID": "",
+                                       "state": {"running": {}}}]})
+        self._patch_status(name, running)
+
+    def _terminate(self, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
+        workload = self.workloads[(pod["metadata"].get("labels") or {})["app"]]
+        grace = float(pod["metadata"].get("deletionGracePeriodSeconds") or self.config.grace)
+        sigterm = workload.prestop
+        exit_after = sigterm + self.config.app_exit.sample(self.rng)
+        killed = exit_after >= grace
+        exit_after = min(exit_after, grace)
+        self._later(sigterm + self.config.readiness_failure, self._not_ready, name)
+        self._later(exit_after, self._exited, name, pod, killed)
+
+    def _not_ready(self, name: str) -> None:
+        def unready(status: dict[str, Any]) -> None:
+            status["conditions"] = [{"type": "Ready", "status": "False"}]
+            for cs in status.get("containerStatuses") or []:
+                cs["ready"] = False
+        self._patch_status(name, unready)
+
+    def _exited(self, name: str, pod: dict[str, Any], killed: bool) -> None:
+        ip = (pod.get("status") or {}).get("podIP")
+        service = f"{NAMESPACE}/{(pod['metadata'].get('labels') or {})['app']}:http"
+        episode = self.truth.get(service, ip) if ip else None
+        if episode is not None:
+            episode.stopped = self.clock.monotonic()
+            episode.killed = killed
+
+        def terminated(status: dict[str, Any]) -> None:
+            status["phase"] = "Failed" if killed else "Succeeded"
+            status["conditions"] = [{"type": "Ready", "status": "False"}]
+            for cs in status.get("containerStatuses") or []:
+                cs["ready"] = False
+                cs["state"] = {"terminated": {"exitCode": 137 if killed else 0,
+                                              "reason": "Error" if killed else "Completed"}}
+        self._patch_status(name, terminated)
+        self._later(0.05, self._confirm, name, pod["metadata"]["uid"])
+
+    def _confirm(self, name: str, uid: str) -> None:
+        with contextlib.suppress(ApiError):  # gone already
+            self.server.registries["pods"].delete(NAMESPACE, name,
+                                                  DeleteOptions(grace_period_seconds=0, uid=uid))
+
+    def _seen(self, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
+        if name not in self._started and not (pod.get("status") or {}).get("podIP"):
+            self._started.add(name)
+            self._later(self.rng.uniform(0.05, 0.2), self._start, name)
+        if pod["metadata"].get("deletionTimestamp") and name not in self._terminating:
+            self._terminating.add(name)
+            self._terminate(pod)
+
+    async def run(self) -> None:
+        node = self.node
+        watcher = self.server.store.watch(
+            "pods", namespace=NAMESPACE, since=None,
+            predicate=lambda p: (p.get("spec") or {}).get("nodeName") == node)
+        try:
+            while True:
+                await watcher.wait(3600)
+                while watcher.queue:
+                    event, pod = watcher.queue.popleft()
+                    if event != "DELETED":
+                        self._seen(pod)
+        finally:
+            self.server.store.unwatch(watcher)
+            for timer in self._timers:
+                timer.cancel()

@@ -1,0 +1,102 @@
+"""The lab's report for people: an aligned text summary and an SVG timeline of a few episodes."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from observer.lab.results import STAGES, Pair
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def render_text(result: dict[str, Any]) -> str:
+    lab = result["lab"]
+    lines = [f"observer lab: {lab['nodes']} nodes, {lab['deletions']} deletions, dataplane "
+             f"{lab['dataplane']}, {lab['elapsed_seconds']:.1f} s"]
+    if lab.get("note"):
+        lines.append(f"note: {lab['note']}")
+    lines.append("")
+    header = ("stage", "measured p50", "p90", "p99", "max", "truth p50", "truth p99",
+              "|error| p50", "|error| p99", "n")
+    rows = [header]
+    for stage in STAGES:
+        m = result["measured"]["stages"][stage]
+        t = result["truth"]["stages"][stage]
+        e = result["errors"][stage]
+        rows.append((stage, _seconds(m["p50"]), _seconds(m["p90"]), _seconds(m["p99"]),
+                     _seconds(m["max"]), _seconds(t["p50"]), _seconds(t["p99"]),
+                     _seconds(e["p50_abs_error"]), _seconds(e["p99_abs_error"]),
+                     str(m["count"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for row in rows:
+        lines.append("  ".join(cell.rjust(w) if i else cell.ljust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
+    lines.append("(seconds; measured by the agents, truth recorded by the emulated components)")
+    unsafe = result["unsafe"]
+    lines.append("")
+    lines.append(f"unsafe terminations: {unsafe['true']} true, {unsafe['detected']} detected "
+                 f"({unsafe['false_positive']} false positive, {unsafe['missed']} missed)")
+    for view, label in (("on_pods_node", "on the pod's node"),
+                        ("on_other_nodes", "on other nodes")):
+        v = unsafe[view]
+        lines.append(f"  {label}: {v['true']} true, {v['detected']} detected "
+                     f"({v['false_positive']} false positive, {v['missed']} missed)")
+    abandoned = result["measured"]["abandoned"]
+    lines.append("abandoned episodes: " + (", ".join(f"{k} {v}" for k, v in
+                                                    sorted(abandoned.items())) or "none"))
+    rec = result["recommendation"]
+    if rec["prestop_seconds"] is None:
+        lines.append(f"recommendation: none — {rec['basis']}")
+    else:
+        lines.append(f"recommendation: preStop sleep of {rec['prestop_seconds']} s "
+                     f"({rec['basis']})")
+    if result.get("timeline"):
+        lines.append(f"timeline: {result['timeline']}")
+    return "\n".join(lines)
+
+
+def render_svg(pairs: list[Pair], *, limit: int = 12) -> str:
+    """Horizontal bars per episode on the pod's node: deleted -> not_ready -> dataplane, and
+    the moment the pod stopped; unsafe ones in red."""
+    chosen = [p for p in pairs if p.node == p.true.node and p.measured.deleted is not None
+              and p.measured.dataplane is not None][:limit]
+    width, left, row, scale = 900, 260, 30, 120.0
+    height = 60 + row * len(chosen)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             'font-family="sans-serif" font-size="12">',
+             '<rect width="100%" height="100%" fill="white"/>',
+             '<text x="10" y="20" font-size="14">Endpoint removals on the pod\'s node '
+             '(seconds after the deletion was seen)</text>',
+             '<text x="10" y="40" fill="#555">blue: controller, orange: dataplane, '
+             'black tick: pod stopped; red outline: unsafe</text>']
+    for i, p in enumerate(chosen):
+        m = p.measured
+        assert m.deleted is not None
+        assert m.dataplane is not None
+        zero = m.deleted.mono
+        y = 55 + i * row
+
+        def x(t: float, zero: float = zero) -> float:
+            return left + max(0.0, t - zero) * scale
+
+        parts.append(f'<text x="10" y="{y + 14}">{escape(p.true.pod)} ({escape(p.node)})'
+                     f'</text>')
+        parts.append(f'<rect x="{left}" y="{y}" width="{x(m.not_ready.mono) - left:.1f}" '
+                     f'height="18" fill="#4c78a8"><title>controller '
+                     f'{m.stages.get("controller", 0):.3f} s</title></rect>')
+        parts.append(f'<rect x="{x(m.not_ready.mono):.1f}" y="{y}" '
+                     f'width="{x(m.dataplane.mono) - x(m.not_ready.mono):.1f}" height="18" '
+                     f'fill="#f58518"><title>dataplane {m.stages.get("dataplane", 0):.3f} s'
+                     '</title></rect>')
+        if m.stopped is not None:
+            parts.append(f'<line x1="{x(m.stopped.mono):.1f}" x2="{x(m.stopped.mono):.1f}" '
+                         f'y1="{y - 3}" y2="{y + 21}" stroke="black" stroke-width="2"/>')
+        if m.unsafe:
+            parts.append(f'<rect x="{left - 2}" y="{y - 2}" '
+                         f'width="{x(m.dataplane.mono) - left + 4:.1f}" height="22" '
+                         'fill="none" stroke="red" stroke-width="2"/>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,143 @@
+"""What the lab found: each agent's measured episodes next to the truth, as numbers (pure)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from observer.episodes.model import Episode
+from observer.lab.truth import TrueEpisode
+
+STAGES = ("controller", "dataplane", "total")
+MARGIN_SECONDS = 0.5
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank quantile (the smallest value with at least q of the values at or below)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def summary(values: Sequence[float]) -> dict[str, Any]:
+    if not values:
+        return {"count": 0, "p50": None, "p90": None, "p99": None, "max": None}
+    return {"count": len(values), "p50": round(quantile(values, 0.5), 4),
+            "p90": round(quantile(values, 0.9), 4), "p99": round(quantile(values, 0.99), 4),
+            "max": round(max(values), 4)}
+
+
+@dataclass(frozen=True)
+class Pair:
+    node: str
+    measured: Episode
+    true: TrueEpisode
+
+    def true_stages(self) -> dict[str, float]:
+        t, out = self.true, {}
+        dataplane = t.dataplane.get(self.node)
+        if t.not_ready is not None and self.node == t.node:
+            out["controller"] = t.not_ready - t.deleted
+        if t.not_ready is not None and dataplane is not None:
+            out["dataplane"] = dataplane - t.not_ready
+        if dataplane is not None and self.node == t.node:
+            out["total"] = dataplane - t.deleted
+        return out
+
+    def truly_unsafe(self) -> bool:
+        dataplane = self.true.dataplane.get(self.node)
+        return (self.node not in self.true.fallback_nodes and dataplane is not None
+                and self.true.stopped is not None and self.true.stopped < dataplane)
+
+
+def pair(measured: Iterable[tuple[str, Episode]],
+         truth: dict[tuple[str, str], TrueEpisode]) -> tuple[list[Pair], int]:
+    """Match each measured episode to its true one; also how many measured had no truth."""
+    pairs, unmatched = [], 0
+    for node, episode in measured:
+        true = truth.get((str(episode.key.service_port), episode.key.ip))
+        if true is None or episode.abandoned:
+            unmatched += true is None
+            continue
+        pairs.append(Pair(node, episode, true))
+    return pairs, unmatched
+
+
+def compare(measured: list[tuple[str, Episode]], truth: dict[tuple[str, str], TrueEpisode],
+            nodes: list[str]) -> dict[str, Any]:
+    pairs, unmatched = pair(measured, truth)
+    stages: dict[str, list[float]] = {s: [] for s in STAGES}
+    true_stages: dict[str, list[float]] = {s: [] for s in STAGES}
+    errors: dict[str, list[float]] = {s: [] for s in STAGES}
+    per_node: dict[str, dict[str, list[float]]] = {n: {s: [] for s in STAGES} for n in nodes}
+    for p in pairs:
+        truths = p.true_stages()
+        for stage, value in p.measured.stages.items():
+            stages[stage].append(value)
+            per_node[p.node][stage].append(value)
+            if stage in truths:
+                true_stages[stage].append(truths[stage])
+                errors[stage].append(value - truths[stage])
+    unsafe_true, detected, both = _confusion(pairs)
+    local = [p for p in pairs if p.node == p.true.node]
+    remote = [p for p in pairs if p.node != p.true.node]
+    abandoned: dict[str, int] = {}
+    for _, episode in measured:
+        if episode.abandoned:
+            abandoned[episode.abandoned] = abandoned.get(episode.abandoned, 0) + 1
+    return {
+        "measured": {"stages": {s: summary(v) for s, v in stages.items()},
+                     "unsafe_terminations": detected, "abandoned": abandoned,
+                     "per_node": {n: {s: summary(v) for s, v in st.items()}
+                                  for n, st in per_node.items()}},
+        "truth": {"episodes": len(truth), "stages": {s: summary(v)
+                                                     for s, v in true_stages.items()},
+                  "unsafe_terminations": unsafe_true},
+        "errors": {s: {"pairs": len(v),
+                       "p50_abs_error": round(quantile([abs(e) for e in v], 0.5), 4) if v
+                       else None,
+                       "p99_abs_error": round(quantile([abs(e) for e in v], 0.99), 4) if v
+                       else None,
+                       "mean_error": round(sum(v) / len(v), 4) if v else None}
+                   for s, v in errors.items()},
+        "unsafe": {"true": unsafe_true, "detected": detected, "false_positive": detected - both,
+                   "missed": unsafe_true - both,
+                   # The pod's node sees the pod stop (its status); other nodes only through
+                   # the slice, which the controller updates later.
+                   "on_pods_node": _confusion_dict(local),
+                   "on_other_nodes": _confusion_dict(remote)},
+        "unmatched_measurements": unmatched,
+        "recommendation": recommend(stages["controller"], per_node),
+    }
+
+
+def _confusion(pairs: list[Pair]) -> tuple[int, int, int]:
+    true = sum(1 for p in pairs if p.truly_unsafe())
+    detected = sum(1 for p in pairs if p.measured.unsafe)
+    both = sum(1 for p in pairs if p.truly_unsafe() and p.measured.unsafe)
+    return true, detected, both
+
+
+def _confusion_dict(pairs: list[Pair]) -> dict[str, int]:
+    true, detected, both = _confusion(pairs)
+    return {"true": true, "detected": detected, "false_positive": detected - both,
+            "missed": true - both}
+
+
+def recommend(controller: list[float],
+              per_node: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """preStop = p99(controller) + the slowest node's p99(dataplane) + margin, rounded up to
+    a whole second (what a preStop sleep is written in)."""
+    node_p99 = {n: quantile(s["dataplane"], 0.99) for n, s in per_node.items()
+                if s["dataplane"]}
+    if not controller or not node_p99:
+        return {"prestop_seconds": None,
+                "basis": "not enough measured episodes to recommend anything"}
+    slowest = max(node_p99, key=lambda n: node_p99[n])
+    value = quantile(controller, 0.99) + node_p99[slowest] + MARGIN_SECONDS
+    return {"prestop_seconds": math.ceil(value),
+            "basis": f"p99 controller {quantile(controller, 0.99):.3f} s "
+                     f"({len(controller)} episodes) + p99 dataplane on the slowest node, "
+                     f"{slowest}, {node_p99[slowest]:.3f} s + margin {MARGIN_SECONDS} s "
+                     f"= {value:.3f} s, rounded up"}

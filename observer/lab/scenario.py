@@ -1,0 +1,278 @@
+"""The lab run: a control plane, N emulated nodes each with a real agent, and a stream of
+pod deletions; afterwards, every measured episode next to the truth.
+
+Workloads: ``careful`` (preStop ``--prestop`` seconds) and ``hasty`` (no preStop), each with
+two pods per node behind a Service. Deletions alternate between them; three in four are rolling
+replacements (the new pod is created first), one in four a plain deletion (the replacement
+comes after). So both safe and unsafe terminations happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from kubernetes_asyncio import client, config
+from prometheus_client import CollectorRegistry
+
+from observer.agent import Agent, AgentConfig
+from observer.clock import Clock
+from observer.dataplane.commands import CommandRunner
+from observer.dataplane.detect import Requested, open_source
+from observer.dataplane.memory import MemoryDataplane
+from observer.dataplane.model import DataplaneSource
+from observer.export.metrics import DataplaneHealth
+from observer.kube.watch import WatchSettings
+from observer.lab.apiserver.registry import DeleteOptions, WriteOptions
+from observer.lab.apiserver.server import ApiServer
+from observer.lab.config import LabConfig
+from observer.lab.controller import NAMESPACE, EndpointSliceController
+from observer.lab.kubelet import Kubelet, Workload
+from observer.lab.kubeproxy import (
+    IptablesProgrammer,
+    KubeProxy,
+    MemoryProgrammer,
+    NftProgrammer,
+    Programmer,
+)
+from observer.lab.netns import Namespaces, can_use_namespaces
+from observer.lab.truth import Truth
+
+log = structlog.get_logger("observer.lab")
+CLUSTER_IPS = {"careful": "172.30.0.10", "hasty": "172.30.0.11"}
+
+
+@dataclass
+class Node:
+    name: str
+    index: int
+    kubelet: Kubelet
+    kube_proxy: KubeProxy
+    netns: str | None
+    memory: MemoryDataplane | None  # the node's dataplane when there is no namespace
+    agent: Agent | None = None
+
+
+@dataclass
+class LabRun:
+    config: LabConfig
+    dataplane: str  # what really ran (memory when namespaces were not possible)
+    note: str | None
+    truth: Truth
+    nodes: list[Node]
+    kubeconfig: Path
+    elapsed: float = 0.0
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class Lab:
+    def __init__(self, config: LabConfig, *, clock: Clock,
+                 announce: Callable[[str], None] = lambda _: None) -> None:
+        self.config = config
+        self.clock = clock
+        self.announce = announce
+        self.rng = random.Random(config.seed)
+        self.truth = Truth()
+        self.server = ApiServer(clock=clock, bookmark_interval=5.0)
+        self.namespaces = Namespaces()
+        self.workloads = {"careful": Workload("careful", config.prestop),
+                          "hasty": Workload("hasty", 0.0)}
+        self._pod_counter = 0
+        self._victims: set[str] = set()
+        self._tmp = tempfile.TemporaryDirectory(prefix="observer-lab-")
+        self.kubeconfig = Path(self._tmp.name) / "kubeconfig"
+
+    # set-up ----------------------------------------------------------------------------------
+
+    async def _programmer(self, mode: str, netns: str | None,
+                          memory: MemoryDataplane | None) -> Programmer:
+        if memory is not None:
+            return MemoryProgrammer(memory)
+        runner = CommandRunner(netns=netns)
+        if mode == "nftables":
+            return NftProgrammer(runner)
+        return IptablesProgrammer(runner, "legacy" if mode == "iptables-legacy" else "nft")
+
+    async def _node(self, index: int, mode: str) -> Node:
+        name = f"node-{index + 1}"
+        netns = await self.namespaces.create(name) if mode != "memory" else None
+        memory = MemoryDataplane(clock=self.clock, mode="nftables") if netns is None else None
+        programmer = await self._programmer(mode, netns, memory)
+        kube_proxy = KubeProxy(node=name, server=self.server, truth=self.truth, clock=self.clock,
+                               config=self.config, programmer=programmer,
+                               cluster_ips=CLUSTER_IPS, rng=random.Random(self.rng.random()))
+        kubelet = Kubelet(node=name, index=index, server=self.server, truth=self.truth,
+                          clock=self.clock, config=self.config, workloads=self.workloads,
+                          rng=random.Random(self.rng.random()))
+        return Node(name, index, kubelet, kube_proxy, netns, memory)
+
+    def _create_pod(self, workload: str, node: str) -> str:
+        self._pod_counter += 1
+        name = f"{workload}-{self._pod_counter}"
+        self.server.registries["pods"].create(NAMESPACE, {
+            "metadata": {"name": name, "labels": {"app": workload}},
+            "spec": {"nodeName": node, "terminationGracePeriodSeconds": self.config.grace,
+                     "containers": [{"name": "app", "image": "app:1",
+                                     "ports": [{"containerPort": 8080}]}]}}, WriteOptions())
+        return name
+
+    def _running(self, workload: str) -> list[dict[str, Any]]:
+        """Running, Ready, not deleting pods of a workload, oldest first."""
+        pods = self.server.store.items("pods").items()
+        return [p for (ns, _), p in sorted(pods, key=lambda kv: int(kv[0][1].rsplit("-")[-1]))
+                if ns == NAMESPACE and (p["metadata"].get("labels") or {}).get("app") == workload
+                and not p["metadata"].get("deletionTimestamp")
+                and any(c.get("type") == "Ready" and c.get("status") == "True"
+                        for c in (p.get("status") or {}).get("conditions") or [])]
+
+    async def _until(self, predicate: Callable[[], bool], what: str, within: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while not predicate():
+            if loop.time() > deadline:
+                raise TimeoutError(f"lab: timed out waiting for {what}")
+            await asyncio.sleep(0.02)
+
+    # the run ---------------------------------------------------------------------------------
+
+    async def run(self, *, serve: asyncio.Event | None = None) -> LabRun:
+        """Set up, delete pods, wait for every episode to end; with ``serve``, keep it all up
+        until that event is set."""
+        started = self.clock.monotonic()
+        mode: str = self.config.dataplane
+        note = None
+        if mode != "memory" and (why := can_use_namespaces()) is not None:
+            note = f"in-memory dataplane: network namespaces need root and the tools ({why})"
+            mode = "memory"
+        tasks: list[asyncio.Task[None]] = []
+        run = LabRun(self.config, mode, note, self.truth, [], self.kubeconfig, tasks=tasks)
+        api: client.ApiClient | None = None
+        stops: list[asyncio.Event] = []
+        try:
+            await self.server.start("127.0.0.1", 0)
+            self.server.write_kubeconfig(self.kubeconfig)
+            controller = EndpointSliceController(
+                server=self.server, truth=self.truth, clock=self.clock,
+                delay=self.config.controller_delay, rng=random.Random(self.rng.random()))
+            tasks.append(asyncio.create_task(controller.run()))
+            for index in range(self.config.nodes):
+                node = await self._node(index, mode)
+                run.nodes.append(node)
+                tasks.append(asyncio.create_task(node.kubelet.run()))
+                tasks.append(asyncio.create_task(node.kube_proxy.run()))
+            for node in run.nodes:
+                await asyncio.wait_for(node.kube_proxy.synced.wait(), 30)
+            configuration = client.Configuration()
+            await config.load_kube_config(config_file=str(self.kubeconfig),
+                                          client_configuration=configuration)
+            api = client.ApiClient(configuration)
+            for node in run.nodes:
+                stop = asyncio.Event()
+                stops.append(stop)
+                node.agent = await self._agent(node, api)
+                tasks.append(asyncio.create_task(node.agent.run(stop)))
+            await self._until(lambda: all(n.agent and n.agent.ready() and n.agent.http.url
+                                          for n in run.nodes), "agents ready", 30)
+            self.announce(str(self.kubeconfig))
+            for node in run.nodes:
+                assert node.agent is not None
+                self.announce(node.agent.http.url)
+            await self._workloads(run)
+            await self._deletions(run)
+            run.elapsed = self.clock.monotonic() - started
+            if serve is not None:
+                await serve.wait()
+            return run
+        finally:
+            for stop in stops:
+                stop.set()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if api is not None:
+                await api.close()
+            await self.server.stop()
+            await self.namespaces.close()
+            self._tmp.cleanup()
+
+    async def _agent(self, node: Node, api: client.ApiClient) -> Agent:
+        registry = CollectorRegistry()
+        health = DataplaneHealth(registry)
+        dataplane: DataplaneSource
+        if node.memory is not None:
+            dataplane = node.memory
+        else:
+            requested: Requested = ("nftables" if self.config.dataplane == "nftables"
+                                    else "iptables")
+            dataplane = await open_source(requested, runner=CommandRunner(netns=node.netns),
+                                          clock=self.clock, metrics=health,
+                                          poll_interval=self.config.poll_interval)
+        settings = AgentConfig(node_name=node.name, listen=("127.0.0.1", 0),
+                               housekeeping_interval=0.5,
+                               watch=WatchSettings(backoff_initial=0.05, backoff_max=1.0))
+        return Agent(config=settings, api=api, clock=self.clock, dataplane=dataplane,
+                     registry=registry, dataplane_health=health)
+
+    async def _workloads(self, run: LabRun) -> None:
+        for workload in self.workloads:
+            for replica in range(2 * len(run.nodes)):
+                self._create_pod(workload, run.nodes[replica % len(run.nodes)].name)
+        expected = 2 * len(run.nodes)
+        await self._until(lambda: all(len(self._running(w)) == expected
+                                      for w in self.workloads), "pods running", 30)
+        # Programmed everywhere before the first deletion.
+        await self._until(lambda: all(len(n.kube_proxy.programmed.get(w, [])) == expected
+                                      for n in run.nodes for w in self.workloads),
+                          "rules programmed", 30)
+
+    async def _deletions(self, run: LabRun) -> None:
+        names = [n.name for n in run.nodes]
+        pending: list[asyncio.Task[None]] = []
+        for i in range(self.config.deletions):
+            workload = ("careful", "hasty")[i % 2]
+            rolling = i % 4 != 3
+            pending.append(asyncio.create_task(self._replace(workload, names, rolling)))
+            await asyncio.sleep(self.config.spacing)
+        await asyncio.gather(*pending)
+        # Every episode ends: the pods are gone and every agent has finished with them.
+        await self._until(lambda: all(e.stopped is not None
+                                      for e in self.truth.episodes.values()),
+                          "pods stopped", self.config.grace + 30)
+        await self._until(lambda: not self.server.store.items("pods") or all(
+            p["metadata"].get("deletionTimestamp") is None
+            for p in self.server.store.items("pods").values()), "pods gone", 30)
+        await asyncio.sleep(self.config.min_sync_period + self.config.proxy_delay.high + 0.5)
+        await self._until(lambda: all(n.agent is not None and not n.agent.tracker.episodes
+                                      for n in run.nodes), "agents done", 30)
+
+    async def _replace(self, workload: str, nodes: list[str], rolling: bool) -> None:
+        victims = [p for p in self._running(workload)
+                   if p["metadata"]["name"] not in self._victims]
+        if not victims:
+            return
+        victim = victims[0]
+        name = str(victim["metadata"]["name"])
+        self._victims.add(name)
+        target = self.rng.choice(nodes)
+        if rolling:
+            before = len(self._running(workload))
+            self._create_pod(workload, target)
+            await self._until(lambda: len(self._running(workload)) > before,
+                              "replacement ready", 30)
+        ip = str((victim.get("status") or {}).get("podIP"))
+        self.server.registries["pods"].delete(NAMESPACE, name, DeleteOptions())
+        self.truth.deleted(service=f"{NAMESPACE}/{workload}:http", ip=ip, port=8080, pod=name,
+                           node=str(victim["spec"]["nodeName"]),
+                           at=self.clock.monotonic())
+        if not rolling:
+            await asyncio.sleep(0.5)
+            self._create_pod(workload, target)
