@@ -83,6 +83,8 @@ def test_pod_relist_that_missed_a_deletion_is_a_gap(clock: ManualClock) -> None:
     t.pods_listed([pod(deleting=True)], t.now("pod_watch"), relist=True)  # seen only on re-list
     t.slice_changed(eps(ready=False, terminating=True, serving=False), t.now("slice_watch"))
     t.dataplane_changed(DataplaneChange(KEY, False, t.now("dataplane")))
+    assert rec.abandoned_reasons == []  # its pod has not stopped yet
+    t.pod_changed(pod(deleting=True, terminated=True), t.now("pod_watch"))
     assert rec.abandoned_reasons == ["watch_gap"]
     assert rec.finished_episodes == []
 
@@ -108,6 +110,24 @@ def test_service_becoming_empty_turns_on_fallback(clock: ManualClock) -> None:
     (episode,) = rec.finished_episodes
     assert "dataplane" not in episode.stages
     assert not episode.unsafe
+
+
+def test_on_the_pods_node_readiness_failure_is_not_the_stop(clock: ManualClock) -> None:
+    # serving=false only says the readiness probe failed; the pod's status says when the
+    # containers really stopped, and this node watches it.
+    rec = Recorder()
+    t = tracker(clock, rec)
+    t.slices_listed([eps()], t.now("slice_watch"), relist=False)
+    t.pods_listed([pod()], t.now("pod_watch"), relist=False)
+    t.pod_changed(pod(deleting=True), t.now("pod_watch"))
+    t.slice_changed(eps(ready=False, terminating=True, serving=False), t.now("slice_watch"))
+    clock.advance(1)
+    t.dataplane_changed(DataplaneChange(KEY, False, t.now("dataplane")))
+    clock.advance(1)
+    t.pod_changed(pod(deleting=True, terminated=True), t.now("pod_watch"))
+    (episode,) = rec.finished_episodes
+    assert not episode.unsafe
+    assert episode.headroom == 1.0
 
 
 def test_old_records_are_forgotten(clock: ManualClock) -> None:

@@ -209,7 +209,7 @@ class EpisodeTracker:
             self._stop(episode, at)
         elif after.ready:
             self._abandon(episode, "ready_again")
-        elif not after.serving:
+        elif not after.serving and not self._watches_pod(episode):
             self._stop(episode, at)
 
     def _check_fallback(self, service: ServiceId, merged: dict[EndpointKey, Endpoint]) -> None:
@@ -248,7 +248,7 @@ class EpisodeTracker:
             self._episodes_by_pod.setdefault(uid, set()).add(key)
         if record is not None:
             self._apply_record(episode, record)
-        if after is None or not after.serving:
+        if after is None or (not after.serving and not self._watches_pod(episode)):
             self._stop(episode, at)
         dropped = self._recent_drops.pop(key, None)
         if dropped is not None:
@@ -259,6 +259,13 @@ class EpisodeTracker:
             # service port kube-proxy ignores). There is no removal to wait for.
             episode.dataplane_untracked = True
         self._maybe_finish(episode)
+
+    def _watches_pod(self, episode: Episode) -> bool:
+        """Whether this node's pod watch follows the episode's pod. Then its status says when
+        the pod stopped (containers terminated); ``serving=false`` in the slice only says the
+        readiness probe failed, which can happen while the app still serves."""
+        return bool(episode.pod_uid) and (episode.pod_uid in self._pods
+                                          or episode.pod_uid in self._pod_records)
 
     def _needs_dataplane(self, episode: Episode) -> bool:
         return (self.measure_dataplane and not episode.fallback
