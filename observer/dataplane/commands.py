@@ -50,7 +50,8 @@ class CommandRunner:
             proc.stdin.write(stdin)
             proc.stdin.close()
         try:
-            stdout, stderr = await asyncio.wait_for(self._collect(proc), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                stdout, stderr = await self._collect(proc)
         except TimeoutError:
             raise CommandError("timeout", f"{command[0]} did not finish in {self.timeout} s"
                                ) from None
@@ -98,8 +99,8 @@ class CommandRunner:
             while True:
                 # Whole chunks, split here: a timer per line would cost more than the parse.
                 try:
-                    chunk = await asyncio.wait_for(proc.stdout.read(1024 * 1024),
-                                                   max(0.0, deadline - loop.time()))
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await proc.stdout.read(1024 * 1024)
                 except TimeoutError:
                     raise CommandError("timeout", f"{command[0]} did not finish in "
                                                   f"{self.timeout} s") from None

@@ -313,7 +313,8 @@ class MonitorSource(_ReadingSource):
             while True:
                 timeout = max(0.0, next_resync - loop.time())
                 try:
-                    line = await asyncio.wait_for(events.readline(), timeout)
+                    async with asyncio.timeout(timeout):
+                        line = await events.readline()
                 except TimeoutError:
                     await self._full_read(sink, resync=True)
                     next_resync = loop.time() + self.resync_interval
@@ -328,7 +329,8 @@ class MonitorSource(_ReadingSource):
         lines: list[bytes] = []
         while True:
             try:
-                line = await asyncio.wait_for(events.readline(), BURST_QUIET_SECONDS)
+                async with asyncio.timeout(BURST_QUIET_SECONDS):
+                    line = await events.readline()
             except TimeoutError:
                 return lines
             if not line:

@@ -247,8 +247,8 @@ class ResourceWatch:
             buffer = b""
             while True:
                 try:
-                    chunk = await asyncio.wait_for(response.content.readany(),
-                                                   self.settings.inactivity_timeout)
+                    async with asyncio.timeout(self.settings.inactivity_timeout):
+                        chunk = await response.content.readany()
                 except TimeoutError:
                     raise Stalled() from None
                 if not chunk:

@@ -155,6 +155,7 @@ class Lab:
         run = LabRun(self.config, mode, note, self.truth, [], self.kubeconfig, tasks=tasks)
         api: client.ApiClient | None = None
         stops: list[asyncio.Event] = []
+        agent_tasks: list[asyncio.Task[None]] = []
         try:
             await self.server.start("127.0.0.1", 0)
             self.server.write_kubeconfig(self.kubeconfig)
@@ -167,8 +168,9 @@ class Lab:
                 run.nodes.append(node)
                 tasks.append(asyncio.create_task(node.kubelet.run()))
                 tasks.append(asyncio.create_task(node.kube_proxy.run()))
-            for node in run.nodes:
-                await asyncio.wait_for(node.kube_proxy.synced.wait(), 30)
+            async with asyncio.timeout(30):
+                for node in run.nodes:
+                    await node.kube_proxy.synced.wait()
             configuration = client.Configuration()
             await config.load_kube_config(config_file=str(self.kubeconfig),
                                           client_configuration=configuration)
@@ -177,7 +179,7 @@ class Lab:
                 stop = asyncio.Event()
                 stops.append(stop)
                 node.agent = await self._agent(node, api)
-                tasks.append(asyncio.create_task(node.agent.run(stop)))
+                agent_tasks.append(asyncio.create_task(node.agent.run(stop)))
             await self._until(lambda: all(n.agent and n.agent.ready() and n.agent.http.url
                                           for n in run.nodes), "agents ready", 30)
             self.announce(str(self.kubeconfig))
@@ -193,9 +195,11 @@ class Lab:
         finally:
             for stop in stops:
                 stop.set()
-            for task in tasks:
+            if agent_tasks:  # they stop themselves (readyz, watches, HTTP) within their bound
+                await asyncio.wait(agent_tasks, timeout=15)
+            for task in [*agent_tasks, *tasks]:
                 task.cancel()
-            for task in tasks:
+            for task in [*agent_tasks, *tasks]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             if api is not None:

@@ -109,7 +109,8 @@ class Watcher:
         if self.queue or self.closed:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wakeup.wait()
         self._wakeup.clear()
 
 
