@@ -139,22 +139,29 @@ class _ReadingSource:
 
 
 class PollingSource(_ReadingSource):
+    """Re-reads every ``interval`` seconds — but never spends more than ``max_duty`` of the
+    time reading: on a large node a full read takes long, and the wait after it grows to
+    match (a bound on CPU that costs detection latency; docs/dataplane.md)."""
+
     def __init__(self, *, reader: Reader, clock: Clock, metrics: DataplaneMetrics,
-                 interval: float,
+                 interval: float, max_duty: float = 0.1,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         super().__init__(reader=reader, clock=clock, metrics=metrics)
         self.interval = interval
+        self.max_duty = max_duty
         self.sleep = sleep
 
     async def run(self, sink: ChangeSink) -> None:
         previous = self.clock.monotonic()
         while True:
+            started = self.clock.monotonic()
             snapshot = await self._read()
+            now = self.clock.monotonic()
             if snapshot is not None:
-                now = self.clock.monotonic()
                 self._selection.replace(snapshot.selection(), self._now(now - previous), sink)
                 previous = now
-            await self.sleep(self.interval)
+            took = now - started
+            await self.sleep(max(self.interval, took * (1 / self.max_duty - 1)))
 
 
 class _Tables(Protocol):
