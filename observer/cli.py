@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -332,7 +333,9 @@ async def _serve_apiserver(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logs.configure(args.log_format)
+    scenario = args.command == "lab" and args.lab_command is None
+    # The lab's agents would log every episode; its report is the point, so warnings only.
+    logs.configure(args.log_format, level=logging.WARNING if scenario else logging.INFO)
     if args.command == "run":
         return asyncio.run(_run_agent(args))
     if args.command == "dataplane":

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Set up, then run the lab: today the lab's Kubernetes API server. It prints the kubeconfig
-# path; in another shell: KUBECONFIG=<that path> .tools/bin/kubectl get pods -w
+# Set up, then run the lab: a local 3-node cluster (emulated control plane, kubelets and
+# kube-proxies, real rules in network namespaces when run as root, one real agent per node),
+# 60 pod deletions, and the measurements compared with the truth. Extra flags go to
+# `observer lab` (see `.venv/bin/observer lab --help`), e.g. --serve to keep it running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-kubeconfig="${OBSERVER_LAB_KUBECONFIG:-$PWD/.lab/kubeconfig}"
-echo "lab: serving the API on 127.0.0.1; kubeconfig at $kubeconfig; Ctrl-C to stop"
-exec .venv/bin/observer lab apiserver --listen 127.0.0.1:0 --kubeconfig-out "$kubeconfig" "$@"
+bash scripts/setup.sh >&2
+exec .venv/bin/observer lab "$@"
