@@ -34,15 +34,19 @@ class Pair:
     measured: Episode
     true: TrueEpisode
 
-    def true_stages(self) -> dict[str, float]:
+    def true_stages(self) -> dict[str, tuple[float, float]]:
+        """Each stage's true value as an interval: the rules were committed at some moment
+        while their writer ran (``dataplane_precision`` is its run time), so a dataplane time
+        is known to lie between the writer's start and its end."""
         t, out = self.true, {}
         dataplane = t.dataplane.get(self.node)
+        spread = t.dataplane_precision.get(self.node, 0.0)
         if t.not_ready is not None and self.node == t.node:
-            out["controller"] = t.not_ready - t.deleted
+            out["controller"] = (t.not_ready - t.deleted,) * 2
         if t.not_ready is not None and dataplane is not None:
-            out["dataplane"] = dataplane - t.not_ready
+            out["dataplane"] = (dataplane - spread - t.not_ready, dataplane - t.not_ready)
         if dataplane is not None and self.node == t.node:
-            out["total"] = dataplane - t.deleted
+            out["total"] = (dataplane - spread - t.deleted, dataplane - t.deleted)
         return out
 
     def truly_unsafe(self) -> bool:
@@ -77,8 +81,10 @@ def compare(measured: list[tuple[str, Episode]], truth: dict[tuple[str, str], Tr
             stages[stage].append(value)
             per_node[p.node][stage].append(value)
             if stage in truths:
-                true_stages[stage].append(truths[stage])
-                errors[stage].append(value - truths[stage])
+                low, high = truths[stage]
+                true_stages[stage].append(high)
+                # Distance from the true interval: 0 when the measurement lies within it.
+                errors[stage].append(value - min(max(value, low), high))
     unsafe_true, detected, both = _confusion(pairs)
     local = [p for p in pairs if p.node == p.true.node]
     remote = [p for p in pairs if p.node != p.true.node]
