@@ -4,10 +4,12 @@ tracker keeps the last good version of it, so no other episode is affected."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from abc import ABC, abstractmethod
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
+from observer.episodes.model import Source, Timestamp
 from observer.episodes.tracker import EpisodeTracker
 from observer.kube.objects import (
     EndpointSlice,
@@ -18,6 +20,7 @@ from observer.kube.objects import (
 )
 
 log = structlog.get_logger("observer.feeds")
+T = TypeVar("T")
 
 
 class InputMetrics(Protocol):
@@ -31,81 +34,94 @@ def _name(obj: dict[str, Any]) -> str:
     return "<unknown>"
 
 
-class SliceFeed:
-    """The EndpointSlice watch's sink."""
+class _Feed(ABC, Generic[T]):
+    """A watch's sink: parse, stamp the receipt time, hand over; list pages are parsed as
+    they arrive and handed over together once the list is complete."""
 
-    resource = "endpointslices"
+    resource: str
+    source: Source
 
     def __init__(self, tracker: EpisodeTracker, metrics: InputMetrics) -> None:
         self.tracker = tracker
         self.metrics = metrics
-        self._pending: list[EndpointSlice] = []
+        self._pending: list[T] = []
 
-    def _parse(self, obj: dict[str, Any]) -> EndpointSlice | None:
+    def _parse(self, obj: dict[str, Any]) -> T | None:
         try:
-            eps = parse_endpoint_slice(obj)
+            return self._read(obj)
         except MalformedObject as error:
             self.metrics.invalid_input(self.resource, error.reason)
-            log.warning("endpointslice skipped", slice=_name(obj), error=str(error))
+            log.warning("object skipped", resource=self.resource, object=_name(obj),
+                        error=str(error))
             return None
+
+    def list_page(self, items: list[dict[str, Any]], *, first: bool) -> None:
+        if first:
+            self._pending = []
+        self._pending.extend(item for item in map(self._parse, items) if item is not None)
+
+    def listed(self, *, relist: bool) -> None:
+        pending, self._pending = self._pending, []
+        self._listed(pending, self.tracker.now(self.source), relist)
+
+    def event(self, event_type: str, obj: dict[str, Any]) -> None:
+        at = self.tracker.now(self.source)
+        item = self._parse(obj)
+        if item is not None:
+            (self._deleted if event_type == "DELETED" else self._changed)(item, at)
+
+    @abstractmethod
+    def _read(self, obj: dict[str, Any]) -> T:
+        """Per resource."""
+
+    @abstractmethod
+    def _listed(self, items: list[T], at: Timestamp, relist: bool) -> None:
+        """Per resource."""
+
+    @abstractmethod
+    def _changed(self, item: T, at: Timestamp) -> None:
+        """Per resource."""
+
+    @abstractmethod
+    def _deleted(self, item: T, at: Timestamp) -> None:
+        """Per resource."""
+
+
+class SliceFeed(_Feed[EndpointSlice]):
+    """The EndpointSlice watch's sink."""
+
+    resource, source = "endpointslices", "slice_watch"
+
+    def _read(self, obj: dict[str, Any]) -> EndpointSlice:
+        eps = parse_endpoint_slice(obj)
         if any(not e.pod_uid and not e.pod_name for e in eps.endpoints):
             # Still measured on every node; only the link to a local pod needs the targetRef.
             self.metrics.invalid_input(self.resource, "no_target_ref")
         return eps
 
-    def list_page(self, items: list[dict[str, Any]], *, first: bool) -> None:
-        if first:
-            self._pending = []
-        self._pending.extend(eps for eps in map(self._parse, items) if eps is not None)
+    def _listed(self, items: list[EndpointSlice], at: Timestamp, relist: bool) -> None:
+        self.tracker.slices_listed(items, at, relist=relist)
 
-    def listed(self, *, relist: bool) -> None:
-        pending, self._pending = self._pending, []
-        self.tracker.slices_listed(pending, self.tracker.now("slice_watch"), relist=relist)
+    def _changed(self, item: EndpointSlice, at: Timestamp) -> None:
+        self.tracker.slice_changed(item, at)
 
-    def event(self, event_type: str, obj: dict[str, Any]) -> None:
-        at = self.tracker.now("slice_watch")
-        eps = self._parse(obj)
-        if eps is None:
-            return
-        if event_type == "DELETED":
-            self.tracker.slice_deleted(eps.namespace, eps.name, at)
-        else:
-            self.tracker.slice_changed(eps, at)
+    def _deleted(self, item: EndpointSlice, at: Timestamp) -> None:
+        self.tracker.slice_deleted(item.namespace, item.name, at)
 
 
-class PodFeed:
+class PodFeed(_Feed[Pod]):
     """The sink of the watch on this node's pods."""
 
-    resource = "pods"
+    resource, source = "pods", "pod_watch"
 
-    def __init__(self, tracker: EpisodeTracker, metrics: InputMetrics) -> None:
-        self.tracker = tracker
-        self.metrics = metrics
-        self._pending: list[Pod] = []
+    def _read(self, obj: dict[str, Any]) -> Pod:
+        return parse_pod(obj)
 
-    def _parse(self, obj: dict[str, Any]) -> Pod | None:
-        try:
-            return parse_pod(obj)
-        except MalformedObject as error:
-            self.metrics.invalid_input(self.resource, error.reason)
-            log.warning("pod skipped", pod=_name(obj), error=str(error))
-            return None
+    def _listed(self, items: list[Pod], at: Timestamp, relist: bool) -> None:
+        self.tracker.pods_listed(items, at, relist=relist)
 
-    def list_page(self, items: list[dict[str, Any]], *, first: bool) -> None:
-        if first:
-            self._pending = []
-        self._pending.extend(pod for pod in map(self._parse, items) if pod is not None)
+    def _changed(self, item: Pod, at: Timestamp) -> None:
+        self.tracker.pod_changed(item, at)
 
-    def listed(self, *, relist: bool) -> None:
-        pending, self._pending = self._pending, []
-        self.tracker.pods_listed(pending, self.tracker.now("pod_watch"), relist=relist)
-
-    def event(self, event_type: str, obj: dict[str, Any]) -> None:
-        at = self.tracker.now("pod_watch")
-        pod = self._parse(obj)
-        if pod is None:
-            return
-        if event_type == "DELETED":
-            self.tracker.pod_deleted(pod, at)
-        else:
-            self.tracker.pod_changed(pod, at)
+    def _deleted(self, item: Pod, at: Timestamp) -> None:
+        self.tracker.pod_deleted(item, at)
