@@ -139,12 +139,12 @@ class _ReadingSource:
 
 
 class PollingSource(_ReadingSource):
-    """Re-reads every ``interval`` seconds — but never spends more than ``max_duty`` of the
+    """Re-reads every ``interval`` seconds — but never spends more than ``max_duty`` (25%) of the
     time reading: on a large node a full read takes long, and the wait after it grows to
     match (a bound on CPU that costs detection latency; docs/dataplane.md)."""
 
     def __init__(self, *, reader: Reader, clock: Clock, metrics: DataplaneMetrics,
-                 interval: float, max_duty: float = 0.1,
+                 interval: float, max_duty: float = 0.25,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         super().__init__(reader=reader, clock=clock, metrics=metrics)
         self.interval = interval
