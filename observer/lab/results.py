@@ -54,6 +54,16 @@ class Pair:
         return (self.node not in self.true.fallback_nodes and dataplane is not None
                 and self.true.stopped is not None and self.true.stopped < dataplane)
 
+    def undecidable(self) -> bool:
+        """The pod stopped while this node's rules were being written: the truth itself cannot
+        say which came first (the commit is somewhere inside the writer's run)."""
+        dataplane = self.true.dataplane.get(self.node)
+        stopped = self.true.stopped
+        if dataplane is None or stopped is None:
+            return False
+        return dataplane - self.true.dataplane_precision.get(self.node, 0.0) <= stopped <= \
+            dataplane
+
 
 def pair(measured: Iterable[tuple[str, Episode]],
          truth: dict[tuple[str, str], TrueEpisode]) -> tuple[list[Pair], int]:
@@ -85,9 +95,10 @@ def compare(measured: list[tuple[str, Episode]], truth: dict[tuple[str, str], Tr
                 true_stages[stage].append(high)
                 # Distance from the true interval: 0 when the measurement lies within it.
                 errors[stage].append(value - min(max(value, low), high))
-    unsafe_true, detected, both = _confusion(pairs)
-    local = [p for p in pairs if p.node == p.true.node]
-    remote = [p for p in pairs if p.node != p.true.node]
+    decidable = [p for p in pairs if not p.undecidable()]
+    unsafe_true, detected, both = _confusion(decidable)
+    local = [p for p in decidable if p.node == p.true.node]
+    remote = [p for p in decidable if p.node != p.true.node]
     abandoned: dict[str, int] = {}
     for _, episode in measured:
         if episode.abandoned:
@@ -109,6 +120,8 @@ def compare(measured: list[tuple[str, Episode]], truth: dict[tuple[str, str], Tr
                    for s, v in errors.items()},
         "unsafe": {"true": unsafe_true, "detected": detected, "false_positive": detected - both,
                    "missed": unsafe_true - both,
+                   # Left out of the counts above: stopped while the rules were being written.
+                   "undecidable": len(pairs) - len(decidable),
                    # The pod's node sees the pod stop (its status); other nodes only through
                    # the slice, which the controller updates later.
                    "on_pods_node": _confusion_dict(local),
