@@ -65,7 +65,7 @@ def render_svg(pairs: list[Pair], *, limit: int = 12) -> str:
     chosen = [p for p in pairs if p.node == p.true.node and p.measured.deleted is not None
               and p.measured.dataplane is not None][:limit]
     width, left, row, scale = 900, 260, 30, 120.0
-    height = 60 + row * len(chosen)
+    height = 85 + row * len(chosen)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              'font-family="sans-serif" font-size="12">',
              '<rect width="100%" height="100%" fill="white"/>',
@@ -99,5 +99,12 @@ def render_svg(pairs: list[Pair], *, limit: int = 12) -> str:
             parts.append(f'<rect x="{left - 2}" y="{y - 2}" '
                          f'width="{x(m.dataplane.mono) - left + 4:.1f}" height="22" '
                          'fill="none" stroke="red" stroke-width="2"/>')
+    axis = 60 + row * len(chosen)
+    parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{axis}" y2="{axis}" stroke="#999"/>')
+    for second in range(int((width - 10 - left) / scale) + 1):
+        tick = left + second * scale
+        parts.append(f'<line x1="{tick}" x2="{tick}" y1="{axis}" y2="{axis + 5}" '
+                     'stroke="#999"/>')
+        parts.append(f'<text x="{tick - 4}" y="{axis + 18}" fill="#555">{second} s</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
