@@ -44,7 +44,6 @@ class DataplaneSource(Protocol):
 # --- snapshots: what a reader found in one full read ---------------------------------------
 
 Backend = Literal["legacy", "nft"]
-PathName = Literal["cluster", "local"]
 
 
 class DataplaneParseError(ValueError):

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Cause = Literal["deletion", "not_ready"]
-Stage = Literal["controller", "dataplane", "total"]
 # Why an episode ended without an answer. A small closed set: it is a metric label.
 AbandonReason = Literal["ready_again", "watch_gap", "ttl", "in_flight_cap"]
 ABANDON_REASONS: tuple[AbandonReason, ...] = ("ready_again", "watch_gap", "ttl", "in_flight_cap")

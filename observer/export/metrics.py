@@ -16,7 +16,9 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from observer import __version__
+from observer.dataplane.commands import ERROR_REASONS
 from observer.episodes.model import ABANDON_REASONS, AbandonReason, Episode
+from observer.kube.watch import RESTART_REASONS
 
 log = structlog.get_logger("observer.episodes")
 
@@ -87,10 +89,15 @@ class AgentMetrics:
             f"{p}invalid_input",
             "Objects or parts of objects the agent could not use, by resource and reason.",
             ["resource", "reason"], registry=registry)
-        for reason in ABANDON_REASONS:
-            self.abandoned_total.labels(reason)
+        # Every bounded label value exists from the start: dashboards see zeros, not gaps.
+        for abandon in ABANDON_REASONS:
+            self.abandoned_total.labels(abandon)
         for resource in RESOURCES:
             self.watch_events.labels(resource)
+            for restart in RESTART_REASONS:
+                self.watch_restarts.labels(resource, restart)
+            for invalid in INVALID_INPUT_REASONS:
+                self.invalid_input_total.labels(resource, invalid)
 
     # EpisodeSink -----------------------------------------------------------------------------
 
@@ -153,6 +160,8 @@ class DataplaneHealth:
             f"{p}dataplane_resync_drift",
             "Endpoints whose selection a periodic full read found different from the state "
             "kept up to date from change events.", registry=registry)
+        for reason in ERROR_REASONS:
+            self.dataplane_errors_total.labels(reason)
 
     def scan(self, seconds: float) -> None:
         self.dataplane_scan.observe(seconds)

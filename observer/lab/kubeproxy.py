@@ -93,7 +93,6 @@ class KubeProxy:
         self.slices: dict[str, list[dict[str, Any]]] = {}  # service -> endpoints
         self.programmed: dict[str, list[str]] = {}
         self.synced = asyncio.Event()
-        self.syncs = 0
 
     def _rules(self, service: str, ips: list[str]) -> ServicePortRules:
         return ServicePortRules(namespace=NAMESPACE, name=service, port_name="http",
@@ -109,7 +108,6 @@ class KubeProxy:
         await self.programmer.apply([self._rules(s, wanted[s]) for s in sorted(services)],
                                     first=first)
         committed = self.clock.monotonic()
-        self.syncs += 1
         for service in services:
             name = f"{NAMESPACE}/{service}:http"
             for ip in set(self.programmed.get(service, [])) - set(wanted[service]):

@@ -25,7 +25,6 @@ class TrueEpisode:
 class Truth:
     def __init__(self) -> None:
         self.episodes: dict[tuple[str, str], TrueEpisode] = {}  # (service, ip)
-        self.pod_ips: dict[str, str] = {}
 
     def deleted(self, *, service: str, ip: str, port: int, pod: str, node: str,
                 at: float) -> None:

@@ -10,7 +10,7 @@ Label selector grammar (``labels/selector.go``): comma-separated requirements, e
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from observer.lab.apiserver.errors import ApiError, bad_request
@@ -128,9 +128,6 @@ def parse_label_selector(text: str) -> LabelSelector:
     return LabelSelector(tuple(requirements))
 
 
-FieldGetter = Callable[[Mapping[str, object]], str]
-
-
 @dataclass(frozen=True)
 class FieldRequirement:
     field: str
@@ -144,13 +141,6 @@ class FieldSelector:
 
     def matches(self, fields: Mapping[str, str]) -> bool:
         return all((fields.get(r.field, "") == r.value) == r.equal for r in self.requirements)
-
-    def exact(self, name: str) -> str | None:
-        """The value a ``name=value`` requirement pins, if there is one."""
-        for r in self.requirements:
-            if r.field == name and r.equal:
-                return r.value
-        return None
 
 
 def _unescape(value: str) -> str:
