@@ -68,37 +68,38 @@ class _Selection:
         self.by_port: dict[ServicePort, dict[EndpointKey, bool]] = {}
         self.primed = False
 
-    @property
-    def current(self) -> dict[EndpointKey, bool]:
-        return {k: v for keys in self.by_port.values() for k, v in keys.items()}
-
     def selected(self, key: EndpointKey) -> bool | None:
         keys = self.by_port.get(key.service_port)
         return None if keys is None else keys.get(key, False)
 
-    def replace(self, new: dict[EndpointKey, bool], at: Timestamp, sink: ChangeSink) -> None:
+    def replace(self, new: dict[EndpointKey, bool], at: Timestamp, sink: ChangeSink) -> int:
         """Install a whole new selection (a full read); report what changed, except on the
-        first read, which is the baseline."""
+        first read, which is the baseline. Returns how many endpoints changed."""
         grouped: dict[ServicePort, dict[EndpointKey, bool]] = {}
         for key, selected in new.items():
             grouped.setdefault(key.service_port, {})[key] = selected
-        self.update(self.by_port.keys() | grouped.keys(), grouped, at, sink)
+        changed = self.update(self.by_port.keys() | grouped.keys(), grouped, at, sink)
         self.primed = True
+        return changed
 
     def update(self, ports: Iterable[ServicePort],
                fresh: dict[ServicePort, dict[EndpointKey, bool]], at: Timestamp,
-               sink: ChangeSink) -> None:
-        """Install the selection of just these service ports (an event burst's delta)."""
+               sink: ChangeSink) -> int:
+        """Install the selection of just these service ports (an event burst's delta).
+        Returns how many endpoints changed (reported to ``sink`` once primed)."""
+        changed = 0
         for port in ports:
             old, new = self.by_port.get(port, {}), fresh.get(port, {})
-            if self.primed:
-                for key in old.keys() | new.keys():
-                    if old.get(key, False) != new.get(key, False):
+            for key in old.keys() | new.keys():
+                if old.get(key, False) != new.get(key, False):
+                    changed += 1
+                    if self.primed:
                         sink(DataplaneChange(key, new.get(key, False), at))
             if new:
                 self.by_port[port] = new
             else:
                 self.by_port.pop(port, None)
+        return changed
 
 
 class _ReadingSource:
@@ -382,11 +383,8 @@ class MonitorSource(_ReadingSource):
     async def _full_read(self, sink: ChangeSink, *, resync: bool) -> None:
         if not await self._load():
             return
-        fresh = self.tables.selection() or {}
-        if resync:
-            drift = sum(1 for k in self._selection.current.keys() | fresh.keys()
-                        if self._selection.current.get(k, False) != fresh.get(k, False))
-            if drift:
-                self.metrics.drift(drift)
-                log.warning("dataplane resync found drift", endpoints=drift)
-        self._selection.replace(fresh, self._now(self.resync_interval), sink)
+        drift = self._selection.replace(self.tables.selection() or {},
+                                        self._now(self.resync_interval), sink)
+        if resync and drift:
+            self.metrics.drift(drift)
+            log.warning("dataplane resync found drift", endpoints=drift)
