@@ -173,7 +173,11 @@ class _Tables(Protocol):
     async def load(self, runner: CommandRunner) -> None:
         """Rebuild from a full read (raises CommandError / DataplaneParseError)."""
 
-    def apply(self, verb: str, kind: str, obj: dict[str, Any]) -> None: ...
+    def rule(self, verb: str, family: str, chain: str, handle: int, expr: Any) -> None:
+        """A rule was added or deleted (``verb``); deletions carry no ``expr``."""
+
+    def chain(self, verb: str, family: str, name: str) -> None:
+        """A chain was added or deleted."""
 
     def selection(self) -> dict[EndpointKey, bool] | None:
         """The whole selection; None: something only a full read can explain."""
@@ -198,19 +202,19 @@ class KubeProxyTables:
             states[family] = state if state is not None else ChainState()
         self.states = states
 
-    def apply(self, verb: str, kind: str, obj: dict[str, Any]) -> None:
-        state = self.states.setdefault(str(obj.get("family")), ChainState())
-        if kind == "rule" and isinstance(obj.get("chain"), str) and isinstance(
-                obj.get("handle"), int):
-            if verb == "add":
-                state.add_rule(obj["chain"], obj["handle"], obj.get("expr"))
-            else:
-                state.delete_rule(obj["chain"], obj["handle"])
-        elif kind == "chain" and isinstance(obj.get("name"), str):
-            if verb == "add":
-                state.add_chain(obj["name"])
-            else:
-                state.delete_chain(obj["name"])
+    def rule(self, verb: str, family: str, chain: str, handle: int, expr: Any) -> None:
+        state = self.states.setdefault(family, ChainState())
+        if verb == "add":
+            state.add_rule(chain, handle, expr)
+        else:
+            state.delete_rule(chain, handle)
+
+    def chain(self, verb: str, family: str, name: str) -> None:
+        state = self.states.setdefault(family, ChainState())
+        if verb == "add":
+            state.add_chain(name)
+        else:
+            state.delete_chain(name)
 
     def selection(self) -> dict[EndpointKey, bool] | None:
         out: dict[EndpointKey, bool] = {}
@@ -260,16 +264,16 @@ class IptablesNftTables:
             states[family] = state
         self.states = states
 
-    def apply(self, verb: str, kind: str, obj: dict[str, Any]) -> None:
-        state = self.states.setdefault(str(obj.get("family")), JumpState())
-        if kind == "rule" and isinstance(obj.get("chain"), str) and isinstance(
-                obj.get("handle"), int):
-            if verb == "add":
-                state.add_rule(obj["chain"], obj["handle"], targets(obj.get("expr")))
-            else:
-                state.delete_rule(obj["chain"], obj["handle"])
-        elif kind == "chain" and verb == "delete" and isinstance(obj.get("name"), str):
-            state.delete_chain(obj["name"])
+    def rule(self, verb: str, family: str, chain: str, handle: int, expr: Any) -> None:
+        state = self.states.setdefault(family, JumpState())
+        if verb == "add":
+            state.add_rule(chain, handle, targets(expr))
+        else:
+            state.delete_rule(chain, handle)
+
+    def chain(self, verb: str, family: str, name: str) -> None:
+        if verb == "delete":  # a new chain matters once a rule jumps to it
+            self.states.setdefault(family, JumpState()).delete_chain(name)
 
     def selection(self) -> dict[EndpointKey, bool] | None:
         out: dict[EndpointKey, bool] = {}
@@ -359,9 +363,15 @@ class MonitorSource(_ReadingSource):
             if verb not in ("add", "delete") or not isinstance(body, dict) or len(body) != 1:
                 continue
             (kind, obj), = body.items()
-            if isinstance(obj, dict) and obj.get("table") == self.tables.table:
-                self.tables.apply(verb, kind, obj)
-                relevant = True
+            if not isinstance(obj, dict) or obj.get("table") != self.tables.table:
+                continue
+            relevant = True
+            family = str(obj.get("family"))
+            chain, handle, name = obj.get("chain"), obj.get("handle"), obj.get("name")
+            if kind == "rule" and isinstance(chain, str) and isinstance(handle, int):
+                self.tables.rule(verb, family, chain, handle, obj.get("expr"))
+            elif kind == "chain" and isinstance(name, str):
+                self.tables.chain(verb, family, name)
         return relevant
 
     async def _update(self, sink: ChangeSink) -> None:

@@ -309,9 +309,8 @@ class ApiServer:
                  options: WriteOptions | None = None) -> web.Response:
         negotiated = _Negotiated(request.headers.get("Accept", ""),
                                  request.query.get("includeObject", ""))
-        headers: dict[str, str] = {}
         response = _json_response(self._render(reg.rt, negotiated, obj, table_headers=True),
-                                  status, headers)
+                                  status)
         for warning in options.warnings if options else []:
             response.headers.add("Warning", f'299 - {json.dumps(warning)}')
         return response
