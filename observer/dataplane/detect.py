@@ -17,7 +17,6 @@ from observer.dataplane.readers import (
     NftablesReader,
     Reader,
     decode_output,
-    nft_table_state,
 )
 from observer.dataplane.sources import (
     DataplaneMetrics,
@@ -45,13 +44,12 @@ async def detect(runner: CommandRunner) -> tuple[Mode, Backend | None]:
     """Which mode kube-proxy programs here: its nftables table if it exists; otherwise the
     iptables backend holding more KUBE- rules (as kube-proxy's iptables-wrapper decides);
     IPVS mode's iptables rules match the KUBE-CLUSTER-IP ipset."""
-    for family in ("ip", "ip6"):
-        try:
-            state = await nft_table_state(runner, family)
-        except (CommandError, DataplaneParseError):
-            state = None
-        if state is not None:
-            return "nftables", None
+    try:  # the table's name is enough; the source reads it in full right after
+        tables = decode_output(await runner.run(["nft", "list", "tables"])).splitlines()
+    except (CommandError, DataplaneParseError):
+        tables = []
+    if {"table ip kube-proxy", "table ip6 kube-proxy"} & {t.strip() for t in tables}:
+        return "nftables", None
     counts = {backend: await _iptables_kube_rules(runner, backend)
               for backend in ("nft", "legacy")}
     backend: Backend = max(counts, key=lambda b: counts[b][0])  # type: ignore[arg-type]
