@@ -32,11 +32,18 @@ class CommandRunner:
     async def _spawn(self, command: Sequence[str], *,
                      stdin: bool = False) -> asyncio.subprocess.Process:
         argv = self.argv(command)
+        # Cancelling create_subprocess_exec while it connects the pipes can leave it waiting
+        # forever for the process it killed (CPython gh-103847 and gh-125502, fixed only in
+        # 3.13+): the start runs to its end shielded, and a cancelled caller reaps it.
+        start = asyncio.ensure_future(asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, limit=1024 * 1024))
         try:
-            return await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, limit=1024 * 1024)
+            return await asyncio.shield(start)
+        except asyncio.CancelledError:
+            with contextlib.suppress(OSError):
+                await _reap(await asyncio.shield(start))
+            raise
         except FileNotFoundError:
             raise CommandError("missing_tool", f"{argv[0]} is not installed") from None
         except PermissionError:
@@ -146,7 +153,16 @@ async def _head(stream: asyncio.StreamReader, limit: int) -> bytes:
 
 
 async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Kill (if still running) and wait. What is left in the pipes is read and dropped first:
+    asyncio pauses a pipe whose reader fell behind, a paused pipe never reports its end, and
+    ``wait()`` waits for the pipes' ends as well as for the exit."""
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
+    if proc.stdin is not None:
+        proc.stdin.close()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            while await pipe.read(1024 * 1024):
+                pass
     await proc.wait()

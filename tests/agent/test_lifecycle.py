@@ -100,6 +100,21 @@ async def read_json_line(stream: asyncio.StreamReader, event: str) -> dict[str, 
             return record  # type: ignore[no-any-return]
 
 
+async def terminate(proc: asyncio.subprocess.Process) -> str:
+    """SIGTERM, then the rest of the output (read to its end: an unread pipe can block the
+    agent's logging); fails with that output unless the agent exits 0 within 10 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 10)
+    except TimeoutError:
+        proc.kill()
+        out, _ = await proc.communicate()
+        raise AssertionError(f"agent still running 10 s after SIGTERM:\n{out.decode()}"
+                             ) from None
+    assert proc.returncode == 0, out.decode()
+    return out.decode()
+
+
 async def start_agent(kubeconfig: Path, *args: str) -> asyncio.subprocess.Process:
     env = {**os.environ, "OBSERVER_NODE_NAME": "node-a"}
     return await asyncio.create_subprocess_exec(
@@ -127,9 +142,7 @@ async def test_observer_run_command(apiserver: ApiServer, kubeconfig: Path,
             assert status == 404
         status, body = await get(f"{url}/metrics")
         assert 'endpoint_propagation_build_info{proxy_mode="none"' in body
-        proc.send_signal(signal.SIGTERM)
-        await read_json_line(proc.stdout, "agent stopped")
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert '"event": "agent stopped"' in await terminate(proc)
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -155,8 +168,7 @@ async def test_observer_run_reads_a_namespaces_dataplane(apiserver: ApiServer,
         assert started["proxy_mode"] == "nftables"
         _, body = await get(f"{started['url']}/metrics")
         assert 'endpoint_propagation_build_info{proxy_mode="nftables"' in body
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert '"event": "agent stopped"' in await terminate(proc)
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 
 from observer.dataplane.commands import CommandError, CommandRunner
@@ -29,3 +32,26 @@ async def test_failures_have_reasons(argv: list[str], runner: CommandRunner,
 def test_netns_goes_through_ip_netns_exec_never_a_shell() -> None:
     assert CommandRunner(netns="n1").argv(["nft", "-j", "list", "ruleset"]) == [
         "ip", "netns", "exec", "n1", "nft", "-j", "list", "ruleset"]
+
+
+@pytest.mark.parametrize("steps", range(4))
+async def test_cancelled_while_starting_never_hangs(steps: int) -> None:
+    # CPython gh-103847: cancelling create_subprocess_exec while it connects the pipes can
+    # wait forever for the process it killed (three pipes make it likely on 3.11).
+    for _ in range(10):
+        task = asyncio.create_task(CommandRunner().run(["cat"], stdin=b"x"))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        async with asyncio.timeout(10):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def test_leaving_a_stream_unread_never_hangs() -> None:
+    # `yes` fills the reader's buffer until asyncio pauses the pipe; ending the stream must
+    # still reap the process (a paused pipe never reports its end on its own).
+    async with asyncio.timeout(10):
+        async with CommandRunner().stream(["yes"]) as out:
+            await out.readline()
+            await asyncio.sleep(0.3)
