@@ -31,7 +31,7 @@ class Recorder:
     def fallback(self, episode: Episode) -> None:
         self.fallbacks += 1
 
-    def pod_shutdown(self, seconds: float, killed: int) -> None:
+    def pod_shutdown(self, seconds: float, killed: int, prestop: float | None) -> None:
         self.shutdowns.append((seconds, killed))
 
     def invalid_input(self, resource: str, reason: str) -> None:
@@ -50,7 +50,7 @@ def eps(*, ready: bool = True, serving: bool = True, terminating: bool = False,
 def pod(*, deleting: bool = False, terminated: bool = False) -> Pod:
     return Pod("ns", "p", "uid-1", "node-a", ("10.0.0.1",), "Running", not deleting,
                1_800_000_030.0 if deleting else None, 30 if deleting else None,
-               (ContainerState("app", not terminated, terminated, False),), "1")
+               (ContainerState("app", not terminated, terminated, False),), "1", 0.0)
 
 
 def tracker(clock: ManualClock, recorder: Recorder, *, dataplane: bool = True) -> EpisodeTracker:

@@ -57,7 +57,9 @@ class EpisodeSink(Protocol):
 
     def fallback(self, episode: Episode) -> None: ...
 
-    def pod_shutdown(self, seconds: float, killed: int) -> None: ...
+    def pod_shutdown(self, seconds: float, killed: int, prestop: float | None) -> None:
+        """A deleted pod's containers all ended ``seconds`` after its deletion was seen;
+        ``prestop``: its longest preStop hook, when known."""
 
     def invalid_input(self, resource: str, reason: str) -> None: ...
 
@@ -369,7 +371,8 @@ class EpisodeTracker:
             record.gap = record.gap or gap
             if record.deleted is not None and not record.gap:
                 killed = sum(1 for c in pod.containers if c.killed)
-                self.sink.pod_shutdown(max(0.0, at.mono - record.deleted.mono), killed)
+                self.sink.pod_shutdown(max(0.0, at.mono - record.deleted.mono), killed,
+                                       pod.prestop_seconds)
             self._update_pod_episodes(pod.uid, record)
 
     def pod_deleted(self, pod: Pod, at: Timestamp, *, gap: bool = False) -> None:

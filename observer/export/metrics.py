@@ -73,6 +73,11 @@ class AgentMetrics:
             f"{p}pod_shutdown_seconds",
             "On the pod's node: pod deletion seen to all of its containers terminated.",
             buckets=SHUTDOWN_BUCKETS, registry=registry)
+        self.app_shutdown_seconds = Histogram(
+            f"{p}app_shutdown_seconds",
+            "On the pod's node, for deleted pods whose preStop time is known (a sleep, or "
+            "none): pod shutdown minus the longest preStop, i.e. how long the app took to exit "
+            "after SIGTERM.", buckets=SHUTDOWN_BUCKETS, registry=registry)
         self.pod_killed_total = Counter(
             f"{p}pod_killed",
             "On the pod's node: containers of deleted pods that ended by SIGKILL, i.e. were "
@@ -122,8 +127,10 @@ class AgentMetrics:
         self.fallback_total.inc()
         log.info("endpoint kept by kube-proxy fallback", endpoint=str(episode.key))
 
-    def pod_shutdown(self, seconds: float, killed: int) -> None:
+    def pod_shutdown(self, seconds: float, killed: int, prestop: float | None) -> None:
         self.pod_shutdown_seconds.observe(seconds)
+        if prestop is not None:
+            self.app_shutdown_seconds.observe(max(0.0, seconds - prestop))
         if killed:
             self.pod_killed_total.inc(killed)
 

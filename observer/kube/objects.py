@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from observer.kube.apitime import parse_time
+from observer.kube.lifecycle import containers_of, known_prestop_seconds
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
@@ -162,6 +163,7 @@ class Pod:
     deletion_grace_seconds: int | None
     containers: tuple[ContainerState, ...]
     resource_version: str
+    prestop_seconds: float | None  # the longest preStop hook; None: one takes unknown time
 
     @property
     def deletion_requested_at(self) -> float | None:
@@ -227,4 +229,5 @@ def parse_pod(raw: Any) -> Pod:
         containers=tuple(containers),
         resource_version=_str(meta.get("resourceVersion"), "metadata.resourceVersion",
                               required=False),
+        prestop_seconds=known_prestop_seconds(containers_of(spec)),
     )

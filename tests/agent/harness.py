@@ -59,11 +59,14 @@ class Cluster:
     address_types: dict[str, str] = field(default_factory=dict)
     port_names: dict[str, str] = field(default_factory=dict)
 
-    def create_pod(self, name: str, node: str, ip: str) -> str:
+    def create_pod(self, name: str, node: str, ip: str,
+                   prestop: dict[str, Any] | None = None) -> str:
         pods = self.server.registries["pods"]
+        app: dict[str, Any] = {"name": "app", "image": "app:1"}
+        if prestop is not None:
+            app["lifecycle"] = {"preStop": prestop}
         created = pods.create(NS, {"metadata": {"name": name}, "spec": {
-            "nodeName": node, "containers": [{"name": "app", "image": "app:1"}]}},
-                              WriteOptions())
+            "nodeName": node, "containers": [app]}}, WriteOptions())
         pods.patch(NS, name, {**created, "status": {
             "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
             "conditions": [{"type": "Ready", "status": "True"}],

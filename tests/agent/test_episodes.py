@@ -4,16 +4,21 @@ an exact expected value."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from tests.agent.harness import AgentEnv, Endpoint, key, until
 from tests.conftest import ManualClock
 
 
-async def ready_service(env: AgentEnv, *, node: str = "node-a", pods: int = 2) -> list[str]:
+async def ready_service(env: AgentEnv, *, node: str = "node-a", pods: int = 2,
+                        prestop: dict[str, Any] | None = None) -> list[str]:
     uids = []
     endpoints = []
     for i in range(pods):
-        uid = env.cluster.create_pod(f"web-{i}", node, f"10.0.0.{i + 1}") if node == "node-a" \
-            else f"uid-{i}"
+        uid = env.cluster.create_pod(f"web-{i}", node, f"10.0.0.{i + 1}", prestop) \
+            if node == "node-a" else f"uid-{i}"
         uids.append(uid)
         endpoints.append(Endpoint(f"10.0.0.{i + 1}", node, f"web-{i}", uid))
         env.dataplane.set(key("web", f"10.0.0.{i + 1}"), True)
@@ -43,6 +48,7 @@ async def test_deletion_on_the_pods_node_times_every_stage(env: AgentEnv,
     assert env.sample("endpoint_propagation_headroom_seconds_sum") == 2.0
     assert env.sample("endpoint_propagation_unsafe_terminations_total") == 0
     assert env.sample("endpoint_propagation_pod_shutdown_seconds_sum") == 2.75
+    assert env.sample("endpoint_propagation_app_shutdown_seconds_sum") == 2.75  # no preStop
     assert env.sample("endpoint_propagation_pod_killed_total") == 0
     assert env.sample("endpoint_propagation_in_flight") == 0
     (episode,) = env.agent.tracker.finished
@@ -51,6 +57,26 @@ async def test_deletion_on_the_pods_node_times_every_stage(env: AgentEnv,
     assert episode.deleted.source == "pod_watch"
     # deletionTimestamp - grace: the API server's request time, whole seconds.
     assert episode.api_delete_requested == int(clock.wall_time - 2.75)
+
+
+@pytest.mark.parametrize(("prestop", "app_shutdown"), [
+    ({"exec": {"command": ["/bin/sh", "-c", "sleep 2 && nginx -s quit"]}}, 1.5),
+    ({"sleep": {"seconds": 4}}, 0.0),  # ended by the grace period: never negative
+    ({"httpGet": {"path": "/drain", "port": 8080}}, None),  # how long it took is unknown
+])
+async def test_app_shutdown_is_pod_shutdown_after_the_prestop(
+        env: AgentEnv, clock: ManualClock, prestop: dict[str, Any],
+        app_shutdown: float | None) -> None:
+    await ready_service(env, prestop=prestop)
+    env.cluster.delete_pod("web-0", grace=30)
+    await env.seen("pods")
+    clock.advance(3.5)
+    env.cluster.pod_terminated("web-0")
+    await env.seen("pods")
+    assert env.sample("endpoint_propagation_pod_shutdown_seconds_sum") == 3.5
+    assert env.sample("endpoint_propagation_app_shutdown_seconds_sum") == (app_shutdown or 0.0)
+    assert env.sample("endpoint_propagation_app_shutdown_seconds_count") == (
+        0 if app_shutdown is None else 1)
 
 
 async def test_pod_stopping_before_the_dataplane_is_unsafe(env: AgentEnv,
