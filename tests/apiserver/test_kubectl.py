@@ -195,3 +195,29 @@ async def test_strict_field_validation(kubectl: Kubectl) -> None:
     _, out, err = await kubectl("create", "--validate=warn", "-f", "-", stdin=json.dumps(bad))
     assert 'unknown field "spec.bogus"' in err
     assert "created" in out
+
+
+DEPLOYMENT = {
+    "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+    "spec": {"selector": {"matchLabels": {"app": "web"}},
+             "template": {"metadata": {"labels": {"app": "web"}},
+                          "spec": {"containers": [{
+                              "name": "web", "image": "nginx:1.27",
+                              "lifecycle": {"preStop": {"sleep": {"seconds": 5}}}}]}}},
+}
+
+
+async def test_workloads_apply_get_and_validation(kubectl: Kubectl) -> None:
+    await kubectl("apply", "-f", "-", stdin=json.dumps(DEPLOYMENT))
+    got = await kubectl.json("get", "deploy", "web")
+    assert got["spec"]["strategy"]["type"] == "RollingUpdate"  # defaulted like apps/v1
+    assert got["spec"]["template"]["spec"]["containers"][0]["lifecycle"] == {
+        "preStop": {"sleep": {"seconds": 5}}}
+    _, out, _ = await kubectl("get", "deployments,statefulsets,daemonsets,replicasets")
+    assert "deployment.apps/web" in out and "0/1" in out
+    wrong = json.loads(json.dumps(DEPLOYMENT))
+    wrong["metadata"]["name"] = "wrong"
+    wrong["spec"]["selector"]["matchLabels"]["app"] = "other"
+    code, _, err = await kubectl("apply", "-f", "-", stdin=json.dumps(wrong), ok=False)
+    assert code == 1
+    assert "`selector` does not match template `labels`" in err

@@ -67,6 +67,7 @@ class ResourceType:
     model: str  # kubernetes_asyncio model that is this kind's schema
     short_names: tuple[str, ...]
     has_status: bool
+    initial_status: Callable[[Obj], Obj]  # a new object's status (create ignores the client's)
     graceful_delete: bool  # pods: DELETE sets deletionTimestamp and keeps the object
     selectable: dict[str, Callable[[Obj], str]]
     default: Callable[[Obj], Obj]
@@ -259,7 +260,7 @@ def _pod_row(pod: Obj, now: float) -> list[Any]:
 
 PODS = ResourceType(
     group="", version="v1", resource="pods", kind="Pod", model="V1Pod", short_names=("po",),
-    has_status=True, graceful_delete=True,
+    has_status=True, initial_status=pod_initial_status, graceful_delete=True,
     selectable={
         "metadata.name": lambda o: o["metadata"]["name"],
         "metadata.namespace": lambda o: o["metadata"].get("namespace", ""),
@@ -378,7 +379,8 @@ def _slice_row(eps: Obj, now: float) -> list[Any]:
 
 ENDPOINT_SLICES = ResourceType(
     group="discovery.k8s.io", version="v1", resource="endpointslices", kind="EndpointSlice",
-    model="V1EndpointSlice", short_names=(), has_status=False, graceful_delete=False,
+    model="V1EndpointSlice", short_names=(), has_status=False, initial_status=dict,
+    graceful_delete=False,
     selectable={
         "metadata.name": lambda o: o["metadata"]["name"],
         "metadata.namespace": lambda o: o["metadata"].get("namespace", ""),
@@ -394,4 +396,86 @@ ENDPOINT_SLICES = ResourceType(
     row=_slice_row,
 )
 
-RESOURCES: tuple[ResourceType, ...] = (PODS, ENDPOINT_SLICES)
+
+# --- apps/v1 workloads ------------------------------------------------------------------------
+# Stored, validated and served so that `observer report` and kubectl can read them; no
+# controller acts on them (the lab creates the ReplicaSets' pods itself).
+
+_WORKLOAD_DEFAULTS: dict[str, dict[str, Any]] = {  # pkg/apis/apps/v1/defaults.go
+    "deployments": {"replicas": 1, "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600,
+                    "strategy": {"type": "RollingUpdate", "rollingUpdate": {
+                        "maxUnavailable": "25%", "maxSurge": "25%"}}},
+    "statefulsets": {"replicas": 1, "revisionHistoryLimit": 10,
+                     "podManagementPolicy": "OrderedReady",
+                     "updateStrategy": {"type": "RollingUpdate",
+                                        "rollingUpdate": {"partition": 0}}},
+    "daemonsets": {"revisionHistoryLimit": 10,
+                   "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {
+                       "maxUnavailable": 1, "maxSurge": 0}}},
+    "replicasets": {"replicas": 1},
+}
+
+
+def _workload_default(resource: str) -> Callable[[Obj], Obj]:
+    def default(obj: Obj) -> Obj:
+        spec = obj.setdefault("spec", {})
+        for key, value in _WORKLOAD_DEFAULTS[resource].items():
+            spec.setdefault(key, json.loads(json.dumps(value)))
+        template = spec.setdefault("template", {})
+        if isinstance(template, dict):
+            _pod_default(template)
+        return obj
+    return default
+
+
+def _workload_validate(obj: Obj) -> list[Cause]:
+    """The part of ``pkg/apis/apps/validation`` that matters here: a selector that selects
+    the template's labels, and a valid pod template."""
+    spec = obj.get("spec") or {}
+    template = spec.get("template") or {}
+    causes = [Cause(c.reason, c.message, f"spec.template.{c.field}")
+              for c in _pod_validate(template)]
+    selector = (spec.get("selector") or {}).get("matchLabels") or {}
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    if not spec.get("selector"):
+        causes.append(Cause("FieldValueRequired", "Required value", "spec.selector"))
+    elif any(labels.get(k) != v for k, v in selector.items()):
+        causes.append(Cause("FieldValueInvalid", "Invalid value: map[string]string"
+                            f"{_quote(labels)}: `selector` does not match template `labels`",
+                            "spec.template.metadata.labels"))
+    return causes
+
+
+def _workload_validate_update(new: Obj, old: Obj) -> list[Cause]:
+    if (new.get("spec") or {}).get("selector") != (old.get("spec") or {}).get("selector"):
+        return [Cause("FieldValueInvalid", "Invalid value: field is immutable",
+                      "spec.selector")]
+    return []
+
+
+def _workload_row(obj: Obj, now: float) -> list[Any]:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    wanted = spec.get("replicas", status.get("desiredNumberScheduled", 0))
+    ready = status.get("readyReplicas", status.get("numberReady", 0))
+    return [obj["metadata"]["name"], f"{ready}/{wanted}", _age(obj, now)]
+
+
+def _workload(resource: str, kind: str, short: str) -> ResourceType:
+    return ResourceType(
+        group="apps", version="v1", resource=resource, kind=kind, model=f"V1{kind}",
+        short_names=(short,), has_status=True, initial_status=lambda _: {},
+        graceful_delete=False,
+        selectable={"metadata.name": lambda o: o["metadata"]["name"],
+                    "metadata.namespace": lambda o: o["metadata"].get("namespace", "")},
+        default=_workload_default(resource), validate=_workload_validate,
+        validate_update=_workload_validate_update,
+        columns=(_NAME_COLUMN,
+                 Column("Ready", "string", "", "Ready replicas of the wanted replicas."),
+                 _AGE_COLUMN),
+        row=_workload_row)
+
+
+RESOURCES: tuple[ResourceType, ...] = (
+    PODS, ENDPOINT_SLICES, _workload("deployments", "Deployment", "deploy"),
+    _workload("statefulsets", "StatefulSet", "sts"), _workload("daemonsets", "DaemonSet", "ds"),
+    _workload("replicasets", "ReplicaSet", "rs"))
