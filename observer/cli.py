@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -90,21 +91,6 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                      help="serve /debug/episodes (default: yes)")
 
 
-async def _load_api_config(kubeconfig: str | None) -> Any:
-    from kubernetes_asyncio import client, config
-
-    configuration = client.Configuration()
-    if kubeconfig is None:
-        try:
-            config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration)
-            return configuration
-        except config.ConfigException:
-            pass
-    await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    return configuration
-
-
 async def _run_agent(args: argparse.Namespace) -> int:
     from kubernetes_asyncio import client, config
     from prometheus_client import CollectorRegistry
@@ -113,13 +99,14 @@ async def _run_agent(args: argparse.Namespace) -> int:
     from observer.dataplane.commands import CommandError, CommandRunner
     from observer.dataplane.detect import open_source
     from observer.export.metrics import DataplaneHealth
+    from observer.kube.connect import load_api_config
     from observer.kube.watch import WatchSettings
 
     if not args.node_name:
         log.error("no node name: pass --node-name or set NODE_NAME")
         return 2
     try:
-        configuration = await _load_api_config(args.kubeconfig)
+        configuration = await load_api_config(args.kubeconfig)
     except (config.ConfigException, OSError) as error:
         log.error("cannot load Kubernetes client configuration", error=str(error))
         return 2
@@ -204,6 +191,66 @@ def _delay(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def quantile(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text!r}")
+    return value
+
+
+def prometheus_duration(text: str) -> str:
+    if not re.fullmatch(r"(\d+(ms|s|m|h|d|w|y))+", text):
+        raise argparse.ArgumentTypeError(f"expected a Prometheus duration (30m, 6h, 7d), "
+                                         f"got {text!r}")
+    return text
+
+
+def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    report = commands.add_parser(
+        "report", help="recommend a preStop from the measurements and check every workload",
+        description="Read the agents' histograms (through Prometheus, or from the agents "
+                    "directly), recommend a preStop — Q(controller) + the slowest node's "
+                    "Q(dataplane) + margin, rounded up — and check each workload's preStop "
+                    "and grace period against it. Exit codes: 0 report written, 2 bad flags, "
+                    "3 not enough data, 4 measurements unreadable, 5 workloads unreadable.")
+    source = report.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prometheus", metavar="URL",
+                        help="read the histograms through this Prometheus (production)")
+    source.add_argument("--agent", metavar="URL", nargs="+", dest="agents",
+                        help="scrape these agents' /metrics directly and merge them (the lab, "
+                             "small clusters); each agent is one node")
+    report.add_argument("--kubeconfig", default=_env("KUBECONFIG"),
+                        help="kubeconfig for reading workloads (default: in-cluster config, "
+                             "then $KUBECONFIG or ~/.kube/config)")
+    report.add_argument("--namespace", help="only this namespace's workloads (default: all)")
+    report.add_argument("--quantile", type=quantile, default=0.99,
+                        help="quantile of each stage the preStop must cover (default 0.99)")
+    report.add_argument("--margin", type=float, default=1.0,
+                        help="seconds added for what the stages do not see (default 1)")
+    report.add_argument("--window", type=prometheus_duration, default=None,
+                        help="with --prometheus: how far back to look (default 6h, the "
+                             "recording rules' window); agents count since they started")
+    report.add_argument("--min-episodes", type=int, default=20,
+                        help="refuse to recommend from fewer measured deletions (default 20)")
+    report.add_argument("--node-label", default="node",
+                        help="with --prometheus: the label naming each agent's node "
+                             "(default node, as deploy/'s scrape configuration sets it)")
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+async def _report(args: argparse.Namespace) -> int:
+    from observer.report.command import ReportOptions, report
+
+    return await report(ReportOptions(
+        prometheus=args.prometheus, agents=args.agents or (), kubeconfig=args.kubeconfig,
+        namespace=args.namespace, quantile=args.quantile, margin=args.margin,
+        window=args.window or "6h", min_episodes=args.min_episodes,
+        node_label=args.node_label, as_json=args.json))
+
+
 def _add_lab_flags(lab: argparse.ArgumentParser) -> None:
     lab.add_argument("--nodes", type=int, default=3, help="emulated nodes (default 3)")
     lab.add_argument("--deletions", type=int, default=60, help="pods deleted (default 60)")
@@ -248,7 +295,10 @@ async def _run_lab(args: argparse.Namespace) -> int:
     _stop_on_signals(stop)
     lab = Lab(settings, clock=SystemClock(),
               announce=(lambda line: print(line, flush=True)) if args.serve else lambda _: None)
-    scenario = asyncio.create_task(lab.run(serve=stop if args.serve else None))
+    async def serve(_: object) -> None:
+        await stop.wait()
+
+    scenario = asyncio.create_task(lab.run(serve=serve if args.serve else None))
     interrupted = asyncio.create_task(stop.wait())
     await asyncio.wait([scenario, interrupted], return_when=asyncio.FIRST_COMPLETED)
     if not scenario.done():
@@ -288,6 +338,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(commands)
     _add_dataplane(commands)
+    _add_report(commands)
 
     lab = commands.add_parser(
         "lab", help="run the tool on one machine with emulated cluster parts",
@@ -340,6 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_run_agent(args))
     if args.command == "dataplane":
         return asyncio.run(_dump_dataplane(args))
+    if args.command == "report":
+        if args.window is not None and args.prometheus is None:
+            _parser().error("--window needs --prometheus: agents' counters run from their "
+                            "start")
+        return asyncio.run(_report(args))
     if args.command == "lab" and args.lab_command == "apiserver":
         return asyncio.run(_serve_apiserver(args))
     if args.command == "lab":

@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import copy
 import random
-from dataclasses import dataclass
 from typing import Any
 
 from observer.clock import Clock
+from observer.kube.lifecycle import containers_of, known_prestop_seconds
 from observer.lab.apiserver.errors import ApiError
 from observer.lab.apiserver.registry import DeleteOptions, WriteOptions
 from observer.lab.apiserver.server import ApiServer
@@ -24,22 +24,15 @@ from observer.lab.controller import NAMESPACE
 from observer.lab.truth import Truth
 
 
-@dataclass(frozen=True)
-class Workload:
-    name: str
-    prestop: float  # seconds of preStop sleep; 0 = none
-
-
 class Kubelet:
     def __init__(self, *, node: str, index: int, server: ApiServer, truth: Truth, clock: Clock,
-                 config: LabConfig, workloads: dict[str, Workload], rng: random.Random) -> None:
+                 config: LabConfig, rng: random.Random) -> None:
         self.node = node
         self.index = index
         self.server = server
         self.truth = truth
         self.clock = clock
         self.config = config
-        self.workloads = workloads
         self.rng = rng
         self._next_ip = 2
         self._terminating: set[str] = set()
@@ -75,9 +68,9 @@ class Kubelet:
 
     def _terminate(self, pod: dict[str, Any]) -> None:
         name = pod["metadata"]["name"]
-        workload = self.workloads[(pod["metadata"].get("labels") or {})["app"]]
         grace = float(pod["metadata"].get("deletionGracePeriodSeconds") or self.config.grace)
-        sigterm = workload.prestop
+        # The pod's own preStop hooks, read as the report reads them (an unknown one: none).
+        sigterm = known_prestop_seconds(containers_of(pod.get("spec") or {})) or 0.0
         exit_after = sigterm + self.config.app_exit.sample(self.rng)
         killed = exit_after >= grace
         exit_after = min(exit_after, grace)

@@ -9,9 +9,9 @@ from typing import Any
 
 from observer.episodes.model import Episode
 from observer.lab.truth import TrueEpisode
+from observer.report.advice import DEFAULT_MARGIN, prestop_seconds
 
 STAGES = ("controller", "dataplane", "total")
-MARGIN_SECONDS = 0.5
 
 
 def quantile(values: Sequence[float], q: float) -> float:
@@ -146,17 +146,18 @@ def _confusion_dict(pairs: list[Pair]) -> dict[str, int]:
 
 def recommend(controller: list[float],
               per_node: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
-    """preStop = p99(controller) + the slowest node's p99(dataplane) + margin, rounded up to
-    a whole second (what a preStop sleep is written in)."""
+    """The formula of ``observer report`` (observer/report/advice.py) on the lab's exact
+    measurements instead of histogram buckets."""
     node_p99 = {n: quantile(s["dataplane"], 0.99) for n, s in per_node.items()
                 if s["dataplane"]}
     if not controller or not node_p99:
         return {"prestop_seconds": None,
                 "basis": "not enough measured episodes to recommend anything"}
     slowest = max(node_p99, key=lambda n: node_p99[n])
-    value = quantile(controller, 0.99) + node_p99[slowest] + MARGIN_SECONDS
-    return {"prestop_seconds": math.ceil(value),
+    value = quantile(controller, 0.99) + node_p99[slowest] + DEFAULT_MARGIN
+    return {"prestop_seconds": prestop_seconds(quantile(controller, 0.99), node_p99[slowest],
+                                               DEFAULT_MARGIN),
             "basis": f"p99 controller {quantile(controller, 0.99):.3f} s "
                      f"({len(controller)} episodes) + p99 dataplane on the slowest node, "
-                     f"{slowest}, {node_p99[slowest]:.3f} s + margin {MARGIN_SECONDS} s "
+                     f"{slowest}, {node_p99[slowest]:.3f} s + margin {DEFAULT_MARGIN:g} s "
                      f"= {value:.3f} s, rounded up"}

@@ -1,10 +1,12 @@
 """The lab run: a control plane, N emulated nodes each with a real agent, and a stream of
 pod deletions; afterwards, every measured episode next to the truth.
 
-Workloads: ``careful`` (preStop ``--prestop`` seconds) and ``hasty`` (no preStop), each with
-two pods per node behind a Service. Deletions alternate between them; three in four are rolling
-replacements (the new pod is created first), one in four a plain deletion (the replacement
-comes after). So both safe and unsafe terminations happen.
+Workloads: Deployments ``careful`` (preStop ``exec sleep --prestop``) and ``hasty`` (no
+preStop), each with two pods per node behind a Service. The Deployments and their ReplicaSets
+are real API objects (what ``observer report`` reads); the lab creates and deletes the pods
+itself, with the ReplicaSet as their owner. Deletions alternate between them; three in four
+are rolling replacements (the new pod is created first), one in four a plain deletion (the
+replacement comes after). So both safe and unsafe terminations happen.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import contextlib
 import random
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from observer.lab.apiserver.registry import DeleteOptions, WriteOptions
 from observer.lab.apiserver.server import ApiServer
 from observer.lab.config import LabConfig
 from observer.lab.controller import NAMESPACE, EndpointSliceController
-from observer.lab.kubelet import Kubelet, Workload
+from observer.lab.kubelet import Kubelet
 from observer.lab.kubeproxy import (
     IptablesProgrammer,
     KubeProxy,
@@ -46,6 +48,7 @@ from observer.lab.netns import Namespaces, can_use_namespaces
 from observer.lab.truth import Truth
 
 log = structlog.get_logger("observer.lab")
+Hook = Callable[["LabRun"], Awaitable[None]]
 CLUSTER_IPS = {"careful": "172.30.0.10", "hasty": "172.30.0.11"}
 
 
@@ -82,8 +85,8 @@ class Lab:
         self.truth = Truth()
         self.server = ApiServer(clock=clock, bookmark_interval=5.0)
         self.namespaces = Namespaces()
-        self.workloads = {"careful": Workload("careful", config.prestop),
-                          "hasty": Workload("hasty", 0.0)}
+        self.workloads = ("careful", "hasty")
+        self._owners: dict[str, dict[str, Any]] = {}  # workload → its ReplicaSet, as owner
         self._pod_counter = 0
         self._victims: set[str] = set()
         self._tmp = tempfile.TemporaryDirectory(prefix="observer-lab-")
@@ -109,18 +112,44 @@ class Lab:
                                config=self.config, programmer=programmer,
                                cluster_ips=CLUSTER_IPS, rng=random.Random(self.rng.random()))
         kubelet = Kubelet(node=name, index=index, server=self.server, truth=self.truth,
-                          clock=self.clock, config=self.config, workloads=self.workloads,
+                          clock=self.clock, config=self.config,
                           rng=random.Random(self.rng.random()))
         return Node(name, index, kubelet, kube_proxy, netns, memory)
+
+    def _template(self, workload: str) -> dict[str, Any]:
+        app: dict[str, Any] = {"name": "app", "image": "app:1",
+                               "ports": [{"containerPort": 8080}]}
+        if workload == "careful" and self.config.prestop > 0:
+            app["lifecycle"] = {"preStop": {"exec": {
+                "command": ["sleep", f"{self.config.prestop:g}"]}}}
+        return {"metadata": {"labels": {"app": workload}},
+                "spec": {"terminationGracePeriodSeconds": self.config.grace,
+                         "containers": [app]}}
+
+    def _create_workload(self, workload: str, replicas: int) -> None:
+        """A Deployment and its ReplicaSet, named as the deployment controller names it."""
+        spec = {"replicas": replicas, "selector": {"matchLabels": {"app": workload}},
+                "template": self._template(workload)}
+        deployment = self.server.registries["deployments"].create(NAMESPACE, {
+            "metadata": {"name": workload}, "spec": spec}, WriteOptions())
+        owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": workload,
+                 "uid": deployment["metadata"]["uid"], "controller": True,
+                 "blockOwnerDeletion": True}
+        replica_set = self.server.registries["replicasets"].create(NAMESPACE, {
+            "metadata": {"name": f"{workload}-5d8f7c9b6", "ownerReferences": [owner],
+                         "labels": {"app": workload}}, "spec": spec}, WriteOptions())
+        self._owners[workload] = {**owner, "kind": "ReplicaSet",
+                                  "name": replica_set["metadata"]["name"],
+                                  "uid": replica_set["metadata"]["uid"]}
 
     def _create_pod(self, workload: str, node: str) -> str:
         self._pod_counter += 1
         name = f"{workload}-{self._pod_counter}"
+        template = self._template(workload)
         self.server.registries["pods"].create(NAMESPACE, {
-            "metadata": {"name": name, "labels": {"app": workload}},
-            "spec": {"nodeName": node, "terminationGracePeriodSeconds": self.config.grace,
-                     "containers": [{"name": "app", "image": "app:1",
-                                     "ports": [{"containerPort": 8080}]}]}}, WriteOptions())
+            "metadata": {**template["metadata"], "name": name,
+                         "ownerReferences": [self._owners[workload]]},
+            "spec": {**template["spec"], "nodeName": node}}, WriteOptions())
         return name
 
     def _running(self, workload: str) -> list[dict[str, Any]]:
@@ -142,9 +171,10 @@ class Lab:
 
     # the run ---------------------------------------------------------------------------------
 
-    async def run(self, *, serve: asyncio.Event | None = None) -> LabRun:
-        """Set up, delete pods, wait for every episode to end; with ``serve``, keep it all up
-        until that event is set."""
+    async def run(self, *, ready: Hook | None = None, serve: Hook | None = None) -> LabRun:
+        """Set up, delete pods, wait for every episode to end. ``ready`` runs once every agent
+        is up, before anything is deleted (to start scraping them); with ``serve``, it all
+        stays up after the deletions until ``serve`` returns."""
         started = self.clock.monotonic()
         mode: str = self.config.dataplane
         note = None
@@ -186,11 +216,13 @@ class Lab:
             for node in run.nodes:
                 assert node.agent is not None
                 self.announce(node.agent.http.url)
+            if ready is not None:
+                await ready(run)
             await self._workloads(run)
             await self._deletions(run)
             run.elapsed = self.clock.monotonic() - started
             if serve is not None:
-                await serve.wait()
+                await serve(run)
             return run
         finally:
             for stop in stops:
@@ -228,6 +260,7 @@ class Lab:
 
     async def _workloads(self, run: LabRun) -> None:
         for workload in self.workloads:
+            self._create_workload(workload, 2 * len(run.nodes))
             for replica in range(2 * len(run.nodes)):
                 self._create_pod(workload, run.nodes[replica % len(run.nodes)].name)
         expected = 2 * len(run.nodes)

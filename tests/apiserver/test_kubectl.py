@@ -214,7 +214,8 @@ async def test_workloads_apply_get_and_validation(kubectl: Kubectl) -> None:
     assert got["spec"]["template"]["spec"]["containers"][0]["lifecycle"] == {
         "preStop": {"sleep": {"seconds": 5}}}
     _, out, _ = await kubectl("get", "deployments,statefulsets,daemonsets,replicasets")
-    assert "deployment.apps/web" in out and "0/1" in out
+    assert "deployment.apps/web" in out
+    assert "0/1" in out
     wrong = json.loads(json.dumps(DEPLOYMENT))
     wrong["metadata"]["name"] = "wrong"
     wrong["spec"]["selector"]["matchLabels"]["app"] = "other"

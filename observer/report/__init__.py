@@ -1,0 +1,1 @@
+"""`observer report`: measurements in, per-workload preStop advice out."""

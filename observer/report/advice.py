@@ -1,0 +1,158 @@
+"""The preStop recommendation and the per-container findings (docs/report.md).
+
+The formula, shared by ``observer report``, the lab and the recording rules in
+``deploy/prometheus/rules.yaml``:
+
+    preStop = ceil( Q(controller) + max over nodes of Q(dataplane on that node) + margin )
+
+``Q`` is the ``--quantile`` (default 0.99) of the measured distribution. A preStop must
+cover the time until the EndpointSlice says "not ready" *and* the time until the slowest
+node's kube-proxy has stopped choosing the pod; the margin covers what neither stage sees
+(whole-second API timestamps, the kubelet's own reaction). Rounded up to whole seconds: what a
+preStop sleep is written in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from observer.kube import lifecycle
+from observer.report.evidence import Evidence
+from observer.report.histograms import Histogram
+
+DEFAULT_QUANTILE = 0.99
+DEFAULT_MARGIN = 1.0
+DEFAULT_MIN_EPISODES = 20
+# over-provisioned: more than this many times the recommendation and at least this much above.
+OVER_FACTOR = 2.0
+OVER_SECONDS = 10.0
+
+FINDINGS = ("at-risk", "no-prestop", "grace-too-short", "unknown", "over-provisioned")
+
+
+class NotEnoughData(Exception):
+    """Too few episodes to say anything; the report refuses instead of guessing."""
+
+
+def prestop_seconds(controller: float, dataplane: float, margin: float) -> int:
+    return math.ceil(controller + dataplane + margin)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    prestop_seconds: int
+    quantile: float
+    margin: float
+    controller: float  # Q(controller), seconds
+    controller_episodes: float
+    dataplane: float  # Q(dataplane) on the slowest node, seconds
+    dataplane_episodes: float  # on that node
+    slowest_node: str
+    nodes: dict[str, float]  # Q(dataplane) per node with data
+    app_shutdown: float | None  # Q(app shutdown after SIGTERM); None without data
+    app_shutdown_pods: float
+
+    @property
+    def episodes(self) -> int:
+        return round(self.controller_episodes)
+
+    @property
+    def basis(self) -> str:
+        q = f"p{self.quantile * 100:g}"
+        return (f"{q} controller {self.controller:.3f} s ({self.episodes} episodes) + {q} "
+                f"dataplane on the slowest node, {self.slowest_node}, {self.dataplane:.3f} s "
+                f"({round(self.dataplane_episodes)} episodes) + margin {self.margin:g} s = "
+                f"{self.controller + self.dataplane + self.margin:.3f} s, rounded up")
+
+
+def recommend(evidence: Evidence, *, quantile: float = DEFAULT_QUANTILE,
+              margin: float = DEFAULT_MARGIN,
+              min_episodes: int = DEFAULT_MIN_EPISODES) -> Recommendation:
+    controller = evidence.controller
+    if controller.count < min_episodes:
+        raise NotEnoughData(
+            f"only {round(controller.count)} deletions measured (controller stage) in "
+            f"{evidence.source}; at least {min_episodes} are needed (--min-episodes)")
+    nodes = {node: h for node, h in evidence.dataplane.items() if h.count > 0}
+    measured = sum(h.count for h in nodes.values())
+    if measured < min_episodes:
+        raise NotEnoughData(
+            f"only {round(measured)} dataplane-stage measurements in {evidence.source}; at "
+            f"least {min_episodes} are needed (are the agents running with --dataplane none?)")
+    per_node = {node: h.quantile(quantile) for node, h in sorted(nodes.items())}
+    slowest = max(per_node, key=lambda n: per_node[n])
+    app: Histogram = evidence.app_shutdown
+    return Recommendation(
+        prestop_seconds=prestop_seconds(controller.quantile(quantile), per_node[slowest],
+                                        margin),
+        quantile=quantile, margin=margin,
+        controller=controller.quantile(quantile), controller_episodes=controller.count,
+        dataplane=per_node[slowest], dataplane_episodes=nodes[slowest].count,
+        slowest_node=slowest, nodes=per_node,
+        app_shutdown=app.quantile(quantile) if app.count > 0 else None,
+        app_shutdown_pods=app.count)
+
+
+@dataclass(frozen=True)
+class ContainerAdvice:
+    namespace: str
+    kind: str
+    name: str
+    container: str
+    prestop: lifecycle.PreStop
+    grace_seconds: float
+    findings: tuple[str, ...]
+    suggested_prestop_seconds: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"namespace": self.namespace, "kind": self.kind, "name": self.name,
+                "container": self.container, "prestop_kind": self.prestop.kind,
+                "prestop_seconds": self.prestop.seconds, "grace_seconds": self.grace_seconds,
+                "findings": list(self.findings),
+                "suggested_prestop_seconds": self.suggested_prestop_seconds}
+
+
+def advise(namespace: str, kind: str, name: str, container: str, prestop: lifecycle.PreStop,
+           grace: float, rec: Recommendation) -> ContainerAdvice:
+    """Findings for one serving container (docs/report.md, "Findings")."""
+    needed = rec.prestop_seconds
+    findings: list[str] = []
+    seconds = prestop.seconds
+    if prestop.kind == lifecycle.NONE:
+        findings.append("no-prestop")
+        suggested: float = needed
+    elif seconds is None:
+        findings.append("unknown")
+        suggested = needed
+    elif seconds < needed:
+        findings.append("at-risk")
+        suggested = needed
+    elif seconds > OVER_FACTOR * needed and seconds - needed >= OVER_SECONDS:
+        findings.append("over-provisioned")
+        suggested = needed
+    else:
+        suggested = seconds
+    if rec.app_shutdown is not None and grace <= suggested + rec.app_shutdown:
+        findings.append("grace-too-short")
+    return ContainerAdvice(namespace, kind, name, container, prestop, grace,
+                           tuple(sorted(findings, key=FINDINGS.index)), suggested)
+
+
+def sort_key(advice: ContainerAdvice) -> tuple[int, str, str, str, str]:
+    worst = min((FINDINGS.index(f) for f in advice.findings), default=len(FINDINGS))
+    return (worst, advice.namespace, advice.kind, advice.name, advice.container)
+
+
+def summary(rec: Recommendation, advice: Sequence[ContainerAdvice]) -> str:
+    workloads = {(a.namespace, a.kind, a.name) for a in advice}
+    flagged = {(a.namespace, a.kind, a.name) for a in advice if a.findings}
+    counts: dict[str, int] = {}
+    for item in advice:
+        for finding in item.findings:
+            counts[finding] = counts.get(finding, 0) + 1
+    detail = ", ".join(f"{counts[f]} {f}" for f in FINDINGS if f in counts)
+    return (f"preStop of {rec.prestop_seconds} s recommended from {rec.episodes} episodes; "
+            f"{len(flagged)} of {len(workloads)} workloads need attention"
+            + (f" ({detail})" if detail else ""))

@@ -1,0 +1,158 @@
+"""``observer report``: read the evidence, recommend a preStop, judge every workload.
+
+Exit codes (docs/report.md): 0 report written; 2 bad flags; 3 not enough data to recommend;
+4 the measurements could not be read (Prometheus or every agent unreachable or nonsense);
+5 the workloads could not be read (Kubernetes API unreachable, access denied).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import aiohttp
+from kubernetes_asyncio import client, config
+
+from observer.kube.connect import load_api_config
+from observer.report.advice import (
+    ContainerAdvice,
+    NotEnoughData,
+    Recommendation,
+    advise,
+    recommend,
+    sort_key,
+    summary,
+)
+from observer.report.evidence import Evidence, EvidenceError, from_agents, from_prometheus
+from observer.report.workloads import WorkloadError, read_workloads
+
+EXIT_NOT_ENOUGH_DATA = 3
+EXIT_NO_EVIDENCE = 4
+EXIT_NO_WORKLOADS = 5
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    prometheus: str | None
+    agents: Sequence[str]
+    kubeconfig: str | None
+    namespace: str | None
+    quantile: float
+    margin: float
+    window: str
+    min_episodes: int
+    node_label: str
+    as_json: bool
+
+
+async def _evidence(options: ReportOptions) -> Evidence:
+    async with aiohttp.ClientSession() as session:
+        if options.prometheus:
+            return await from_prometheus(options.prometheus, options.window, options.node_label,
+                                         session)
+        return await from_agents(options.agents, session)
+
+
+async def _workloads(options: ReportOptions, rec: Recommendation) -> list[ContainerAdvice]:
+    try:
+        configuration = await load_api_config(options.kubeconfig)
+    except (config.ConfigException, OSError) as error:
+        raise WorkloadError(f"cannot load a Kubernetes client configuration: {error}"
+                            ) from None
+    async with client.ApiClient(configuration) as api:
+        found = await read_workloads(api, options.namespace)
+    return sorted((advise(w.namespace, w.kind, w.name, w.container, w.prestop,
+                          w.grace_seconds, rec) for w in found), key=sort_key)
+
+
+async def report(options: ReportOptions, out: TextIO = sys.stdout,
+                 err: TextIO = sys.stderr) -> int:
+    try:
+        evidence = await _evidence(options)
+    except EvidenceError as error:
+        print(f"observer report: cannot read the measurements: {error}", file=err)
+        return EXIT_NO_EVIDENCE
+    for warning in evidence.warnings:
+        print(f"observer report: warning: {warning}", file=err)
+    try:
+        rec = recommend(evidence, quantile=options.quantile, margin=options.margin,
+                        min_episodes=options.min_episodes)
+    except NotEnoughData as error:
+        print(f"observer report: not recommending anything: {error}", file=err)
+        return EXIT_NOT_ENOUGH_DATA
+    try:
+        advice = await _workloads(options, rec)
+    except WorkloadError as error:
+        print(f"observer report: cannot read the workloads: {error}", file=err)
+        return EXIT_NO_WORKLOADS
+    if options.as_json:
+        json.dump(to_json(rec, advice, evidence), out, indent=2)
+        out.write("\n")
+    else:
+        out.write(to_text(rec, advice, evidence, colour=_colour(out)))
+    return 0
+
+
+def to_json(rec: Recommendation, advice: Sequence[ContainerAdvice],
+            evidence: Evidence) -> dict[str, Any]:
+    return {
+        "recommendation": {
+            "prestop_seconds": rec.prestop_seconds, "quantile": rec.quantile,
+            "episodes": rec.episodes, "basis": rec.basis, "margin_seconds": rec.margin,
+            "controller_seconds": rec.controller, "dataplane_seconds": rec.dataplane,
+            "slowest_node": rec.slowest_node, "dataplane_seconds_by_node": rec.nodes,
+            "app_shutdown_seconds": rec.app_shutdown,
+            "app_shutdown_pods": round(rec.app_shutdown_pods),
+            "source": evidence.source, "warnings": evidence.warnings,
+        },
+        "workloads": [a.to_dict() for a in advice],
+    }
+
+
+def _colour(out: TextIO) -> bool:
+    return out.isatty() and "NO_COLOR" not in os.environ
+
+
+_PAINT = {"at-risk": "31", "no-prestop": "31", "grace-too-short": "31", "unknown": "33",
+          "over-provisioned": "33", "ok": "32"}
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "?"
+    return f"{value:g}s"
+
+
+def to_text(rec: Recommendation, advice: Sequence[ContainerAdvice], evidence: Evidence, *,
+            colour: bool = False) -> str:
+    lines = [summary(rec, advice), f"  basis: {rec.basis}", f"  source: {evidence.source}"]
+    if rec.app_shutdown is not None:
+        lines.append(f"  apps exit p{rec.quantile * 100:g} {rec.app_shutdown:.2f} s after "
+                     f"SIGTERM ({round(rec.app_shutdown_pods)} pods): grace periods are "
+                     "checked against preStop + that")
+    else:
+        lines.append("  no app shutdown measured yet: grace periods not checked")
+    rows = [("NAMESPACE", "KIND", "NAME", "CONTAINER", "PRESTOP", "GRACE", "FINDINGS",
+             "SUGGESTED")]
+    for a in advice:
+        prestop = "none" if a.prestop.kind == "none" else (
+            f"{a.prestop.kind} {_seconds(a.prestop.seconds)}")
+        rows.append((a.namespace, a.kind, a.name, a.container, prestop,
+                     _seconds(a.grace_seconds), ",".join(a.findings) or "ok",
+                     _seconds(a.suggested_prestop_seconds)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines.append("")
+    for index, row in enumerate(rows):
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        if colour and index > 0:
+            code = _PAINT[row[6].split(",")[0]]
+            cells[6] = f"\033[{code}m{cells[6]}\033[0m"
+        lines.append("  ".join(cells).rstrip())
+    if len(rows) == 1:
+        lines.append("(no workloads with serving containers found)")
+    return "\n".join(lines) + "\n"
+

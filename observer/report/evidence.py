@@ -1,0 +1,165 @@
+"""The measurements a recommendation rests on, read either from the agents' own ``/metrics``
+(merged here) or from Prometheus (merged by PromQL ``sum``).
+
+What is read (metric names from docs/metrics.md):
+
+- ``controller``: ``endpoint_propagation_duration_seconds{stage="controller"}``, cluster-wide
+  (each deletion is measured once, on the pod's node);
+- ``dataplane``: ``…{stage="dataplane"}`` per node (every node measures every episode);
+- ``app_shutdown``: ``endpoint_propagation_app_shutdown_seconds``, cluster-wide.
+
+Both causes (deletion, readiness lost) count: propagation does not depend on why an endpoint
+stopped being ready. Agents' counters run from each agent's start; Prometheus reads the
+increase over ``--window``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from observer.report.histograms import Histogram
+
+DURATION = "endpoint_propagation_duration_seconds"
+APP_SHUTDOWN = "endpoint_propagation_app_shutdown_seconds"
+_TIMEOUT = aiohttp.ClientTimeout(total=30)
+
+
+class EvidenceError(Exception):
+    """The measurements could not be read at all (nothing answered, or answered nonsense)."""
+
+
+@dataclass
+class Evidence:
+    controller: Histogram = field(default_factory=Histogram)
+    dataplane: dict[str, Histogram] = field(default_factory=dict)  # by node
+    app_shutdown: Histogram = field(default_factory=Histogram)
+    source: str = ""
+    warnings: list[str] = field(default_factory=list)  # partial data, said out loud
+
+
+def _le(value: str) -> float:
+    return math.inf if value == "+Inf" else float(value)
+
+
+def parse_agent_metrics(text: str, node: str, into: Evidence) -> None:
+    """Add one agent's exposition to ``into``; its dataplane stage is node ``node``'s."""
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError as error:
+        raise EvidenceError(f"not Prometheus text exposition: {error}") from None
+    for family in families:
+        if family.name not in (DURATION, APP_SHUTDOWN):
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_bucket") or "le" not in sample.labels:
+                continue
+            le = _le(sample.labels["le"])
+            if family.name == APP_SHUTDOWN:
+                into.app_shutdown.add(le, sample.value)
+            elif sample.labels.get("stage") == "controller":
+                into.controller.add(le, sample.value)
+            elif sample.labels.get("stage") == "dataplane":
+                into.dataplane.setdefault(node, Histogram()).add(le, sample.value)
+
+
+async def from_agents(urls: Sequence[str], session: aiohttp.ClientSession) -> Evidence:
+    """Scrape every agent; those that fail are warned about, the rest still count. Each
+    agent is a node, named by its address (what ``--agent`` was given)."""
+    evidence = Evidence(source=f"{len(urls)} agent(s), counters since each agent started")
+    answered = 0
+    for url in urls:
+        node = urlsplit(url).netloc or url
+        target = url.rstrip("/") + "/metrics"
+        try:
+            async with session.get(target, timeout=_TIMEOUT) as response:
+                if response.status != 200:
+                    raise EvidenceError(f"HTTP {response.status}")
+                text = await response.text()
+            parse_agent_metrics(text, node, evidence)
+        except (aiohttp.ClientError, TimeoutError, EvidenceError, UnicodeDecodeError) as error:
+            evidence.warnings.append(f"agent {url}: {_describe(error)}")
+            continue
+        answered += 1
+    if not answered:
+        raise EvidenceError("no agent answered: " + "; ".join(evidence.warnings))
+    if evidence.warnings:
+        evidence.source += f" ({answered} of {len(urls)} answered)"
+    return evidence
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return str(error) or type(error).__name__
+
+
+class Prometheus:
+    """The instant-query HTTP API (``GET /api/v1/query``), documented at
+    https://prometheus.io/docs/prometheus/latest/querying/api/."""
+
+    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
+        self.url = url.rstrip("/")
+        self.session = session
+        self.warnings: list[str] = []
+
+    async def query(self, promql: str) -> list[tuple[Mapping[str, str], float]]:
+        try:
+            async with self.session.get(f"{self.url}/api/v1/query", params={"query": promql},
+                                        timeout=_TIMEOUT) as response:
+                try:
+                    body = await response.json(content_type=None)
+                except ValueError:
+                    raise EvidenceError(f"Prometheus at {self.url} answered HTTP "
+                                        f"{response.status} without JSON") from None
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise EvidenceError(f"cannot reach Prometheus at {self.url}: "
+                                f"{_describe(error)}") from None
+        if not isinstance(body, dict) or body.get("status") != "success":
+            detail = body.get("error") if isinstance(body, dict) else None
+            raise EvidenceError(f"Prometheus at {self.url} refused {promql!r}: "
+                                f"{detail or 'unexpected answer'}")
+        self.warnings += [str(w) for w in body.get("warnings") or []]
+        data = body.get("data") or {}
+        if data.get("resultType") != "vector":
+            raise EvidenceError(f"Prometheus answered a {data.get('resultType')}, not a vector")
+        try:
+            return [(item["metric"], float(item["value"][1])) for item in data["result"]]
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise EvidenceError("Prometheus answered a malformed vector") from None
+
+
+def _buckets(rows: list[tuple[Mapping[str, str], float]], by: str | None
+             ) -> dict[str, Histogram]:
+    out: dict[str, Histogram] = {}
+    for labels, value in rows:
+        if "le" not in labels or math.isnan(value):
+            continue
+        key = labels.get(by, "") if by else ""
+        out.setdefault(key, Histogram()).add(_le(labels["le"]), value)
+    return out
+
+
+async def from_prometheus(url: str, window: str, node_label: str,
+                          session: aiohttp.ClientSession) -> Evidence:
+    prometheus = Prometheus(url, session)
+
+    def increase(metric: str, selector: str, by: str) -> str:
+        return f"sum by ({by}) (increase({metric}_bucket{{{selector}}}[{window}]))"
+
+    controller = await prometheus.query(increase(DURATION, 'stage="controller"', "le"))
+    dataplane = await prometheus.query(
+        increase(DURATION, 'stage="dataplane"', f"{node_label}, le"))
+    app = await prometheus.query(increase(APP_SHUTDOWN, "", "le"))
+    return Evidence(
+        controller=_buckets(controller, None).get("", Histogram()),
+        dataplane={node or f"(no {node_label} label)": h
+                   for node, h in _buckets(dataplane, node_label).items()},
+        app_shutdown=_buckets(app, None).get("", Histogram()),
+        source=f"Prometheus {prometheus.url}, increase over {window}",
+        warnings=[f"Prometheus: {w}" for w in prometheus.warnings])

@@ -1,0 +1,159 @@
+"""A real Prometheus (Debian package) scrapes the lab's agents and evaluates
+deploy/prometheus/rules.yaml; `observer report --prometheus`, `observer report --agent` and the
+recording rule must give the same recommendation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from observer.clock import SystemClock
+from observer.lab.config import Delay, LabConfig
+from observer.lab.scenario import Lab, LabRun
+from observer.report.histograms import Histogram
+from tests.conftest import require_tool
+
+RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules.yaml"
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75,
+           0.9, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 4, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180,
+           300, float("inf"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Prometheus:
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, targets: dict[str, str]) -> None:
+        """Scrape ``targets`` (node → host:port) every second; the rules evaluated every
+        second too (the same rules, only their group interval changed)."""
+        rules = yaml.safe_load(RULES.read_text())
+        for group in rules["groups"]:
+            group["interval"] = "1s"
+        (self.workdir / "rules.yaml").write_text(yaml.safe_dump(rules))
+        (self.workdir / "prometheus.yml").write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": ["rules.yaml"],
+            "scrape_configs": [{"job_name": "observer", "static_configs": [
+                {"targets": [address], "labels": {"node": node}}
+                for node, address in targets.items()]}]}))
+        log = (self.workdir / "prometheus.log").open("wb")
+        self.proc = await asyncio.create_subprocess_exec(
+            self.binary, f"--config.file={self.workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.workdir / 'data'}",
+            f"--web.listen-address={self.url.removeprefix('http://')}",
+            stdout=log, stderr=log)
+        log.close()
+        await self.until(lambda up: len(up) == len(targets) and all(v == 1 for v in up),
+                         "up")
+
+    async def query(self, promql: str) -> list[dict[str, Any]]:
+        async with aiohttp.ClientSession() as session, session.get(
+                f"{self.url}/api/v1/query", params={"query": promql}) as response:
+            body = await response.json()
+        assert body["status"] == "success", body
+        return body["data"]["result"]  # type: ignore[no-any-return]
+
+    async def until(self, check: Any, promql: str, within: float = 60) -> None:
+        async with asyncio.timeout(within):
+            while True:
+                with contextlib.suppress(aiohttp.ClientError, AssertionError):
+                    if check([float(r["value"][1]) for r in await self.query(promql)]):
+                        return
+                await asyncio.sleep(0.5)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+@pytest.fixture
+async def prometheus(tmp_path: Path) -> AsyncIterator[Prometheus]:
+    server = Prometheus(require_tool("prometheus"), tmp_path)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def observer_report(*args: str) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "observer.cli", "report", "--json", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def bucket(value: float) -> int:
+    return Histogram(dict.fromkeys(BUCKETS, 0.0)).bucket_of(value)
+
+
+async def test_prometheus_agents_and_recording_rules_agree(prometheus: Prometheus) -> None:
+    config = LabConfig(nodes=3, deletions=30, dataplane="memory", prestop=2.0,
+                       app_exit=Delay(0.1, 0.5), spacing=0.2)
+    lab = Lab(config, clock=SystemClock())
+    found: dict[str, Any] = {}
+
+    async def ready(run: LabRun) -> None:
+        await prometheus.start({n.name: n.agent.http.url.removeprefix("http://")
+                                for n in run.nodes if n.agent is not None})
+
+    async def serve(run: LabRun) -> None:
+        await prometheus.until(lambda v: v == [30.0], 'sum(endpoint_propagation_duration_seconds'
+                                                      '_count{stage="controller"})')
+        await prometheus.until(lambda v: len(v) == 1,
+                               "endpoint_propagation:prestop_recommendation_seconds")
+        found["rule"] = await prometheus.query(
+            "endpoint_propagation:prestop_recommendation_seconds")
+        found["prometheus"] = await observer_report(
+            "--prometheus", prometheus.url, "--window", "1h", "--kubeconfig", str(run.kubeconfig))
+        found["agents"] = await observer_report(
+            "--agent", *(n.agent.http.url for n in run.nodes if n.agent is not None),
+            "--kubeconfig", str(run.kubeconfig))
+
+    await lab.run(ready=ready, serve=serve)
+
+    via_prometheus = found["prometheus"]["recommendation"]
+    via_agents = found["agents"]["recommendation"]
+    assert via_agents["episodes"] == 30
+    # increase() extrapolates towards the window's edges, up to about a scrape interval on
+    # each side of ~20 s of data.
+    assert 30 <= via_prometheus["episodes"] <= 33
+    for stage in ("controller_seconds", "dataplane_seconds"):
+        assert abs(bucket(via_prometheus[stage]) - bucket(via_agents[stage])) <= 1, stage
+    assert abs(via_prometheus["prestop_seconds"] - via_agents["prestop_seconds"]) <= 1
+    rule = float(found["rule"][0]["value"][1])
+    assert abs(rule - via_prometheus["prestop_seconds"]) <= 1
+    assert sorted(via_prometheus["dataplane_seconds_by_node"]) == ["node-1", "node-2", "node-3"]
+
+    for output in (found["prometheus"], found["agents"]):
+        rows = {w["name"]: w for w in output["workloads"]}
+        assert set(rows) == {"careful", "hasty"}
+        assert rows["hasty"]["findings"] == ["no-prestop"]
+        assert rows["careful"]["prestop_kind"] == "exec-sleep"
+        assert rows["careful"]["prestop_seconds"] == 2.0
+        assert "no-prestop" not in rows["careful"]["findings"]

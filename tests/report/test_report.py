@@ -1,0 +1,307 @@
+"""`observer report` against real agent expositions (the agent's own AgentMetrics served over
+HTTP) and the lab API server: the recommendation, the findings per workload shape, and every
+way the inputs can fail — a message and a documented exit code, never a traceback."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+
+from observer import cli
+from observer.export.metrics import AgentMetrics
+from observer.lab.apiserver.registry import WriteOptions
+from observer.lab.apiserver.server import ApiServer
+from observer.report.command import ReportOptions, report
+from observer.report.histograms import Histogram
+from tests.report.test_prometheus import free_port
+
+Observe = Callable[[AgentMetrics], None]
+
+
+class Agents:
+    """Real agent expositions over HTTP, one server per emulated node."""
+
+    def __init__(self) -> None:
+        self.runners: list[web.AppRunner] = []
+
+    async def add(self, observe: Observe) -> str:
+        registry = CollectorRegistry()
+        observe(AgentMetrics(registry, proxy_mode="nftables"))
+
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(registry),
+                                content_type="text/plain", charset="utf-8")
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        self.runners.append(runner)
+        return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def agents() -> AsyncIterator[Agents]:
+    served = Agents()
+    try:
+        yield served
+    finally:
+        for runner in served.runners:
+            await runner.cleanup()
+
+
+def observations(controller: list[float] = (), dataplane: list[float] = (),  # type: ignore[assignment]
+                 app_shutdown: list[float] = ()) -> Observe:  # type: ignore[assignment]
+    def observe(metrics: AgentMetrics) -> None:
+        for seconds in controller:
+            metrics.duration.labels("controller", "deletion", "nftables").observe(seconds)
+        for seconds in dataplane:
+            metrics.duration.labels("dataplane", "deletion", "nftables").observe(seconds)
+        for seconds in app_shutdown:
+            metrics.pod_shutdown(seconds, 0, 0.0)
+    return observe
+
+
+def options(**changes: Any) -> ReportOptions:
+    base = {"prometheus": None, "agents": (), "kubeconfig": None, "namespace": None,
+            "quantile": 0.99, "margin": 1.0, "window": "6h", "min_episodes": 20,
+            "node_label": "node", "as_json": True}
+    return ReportOptions(**{**base, **changes})
+
+
+async def run(opts: ReportOptions) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = await report(opts, out=out, err=err)
+    assert "Traceback" not in err.getvalue()
+    return code, out.getvalue(), err.getvalue()
+
+
+def container(name: str, prestop: dict[str, Any] | None = None, *, ports: bool = True,
+              **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "image": f"{name}:1", **extra}
+    if ports:
+        out["ports"] = [{"containerPort": 8080}]
+    if prestop is not None:
+        out["lifecycle"] = {"preStop": prestop}
+    return out
+
+
+def workload(name: str, pod_spec: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec}}}
+
+
+OWNER = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u-1",
+         "controller": True}
+
+
+def create_workloads(server: ApiServer) -> None:
+    def create(resource: str, obj: dict[str, Any], namespace: str = "shop") -> None:
+        server.registries[resource].create(namespace, obj, WriteOptions())
+
+    create("deployments", workload("web", {
+        "initContainers": [
+            container("migrate", ports=False, command=["migrate", "--up"]),
+            container("mesh", {"sleep": {"seconds": 20}}, restartPolicy="Always")],
+        "containers": [
+            container("web", {"exec": {"command": ["/bin/sh", "-c",
+                                                   "sleep 5 && nginx -s quit"]}},
+                      args=["--port", "8080"]),
+            container("logs", ports=False, command=["fluent-bit"])]}))
+    create("statefulsets", workload("db", {"containers": [container("db")]}))
+    create("daemonsets", workload("edge", {"containers": [
+        container("edge", {"httpGet": {"path": "/drain", "port": 8080}})]}))
+    create("replicasets", workload("orphan", {"containers": [
+        container("app", {"exec": {"command": ["sleep", "1"]}})]}))
+    owned = workload("web-5d8f7c9b6", {"containers": [container("web")]})
+    owned["metadata"]["ownerReferences"] = [OWNER]
+    create("replicasets", owned)
+    create("pods", {"metadata": {"name": "debug"}, "spec": {
+        "terminationGracePeriodSeconds": 4,
+        "containers": [container("shell", {"exec": {"command": ["sleep", "3"]}})]}})
+    create("pods", {"metadata": {"name": "web-abc", "ownerReferences": [
+        {**OWNER, "kind": "ReplicaSet", "name": "web-5d8f7c9b6"}]},
+        "spec": {"containers": [container("web")]}})
+    create("pods", {"metadata": {"name": "elsewhere"},
+                    "spec": {"containers": [container("app")]}}, namespace="other")
+
+
+async def test_recommendation_and_findings(agents: Agents, apiserver: ApiServer,
+                                           kubeconfig: Path) -> None:
+    first = await agents.add(observations(controller=[0.2] * 25, dataplane=[0.3] * 25,
+                                          app_shutdown=[2.0] * 25))
+    second = await agents.add(observations(dataplane=[0.8] * 25))
+    create_workloads(apiserver)
+
+    code, out, err = await run(options(agents=(first, second), kubeconfig=str(kubeconfig),
+                                       namespace="shop"))
+    assert (code, err) == (0, "")
+    result = json.loads(out)
+    rec = result["recommendation"]
+    # All in one bucket each, so PromQL's interpolation is easy to do by hand:
+    # controller (0.15, 0.2] → 0.15 + 0.05 * 0.99; node 2's dataplane (0.75, 0.9] → 0.75 +
+    # 0.15 * 0.99; app shutdown (1, 2] → 1 + 1 * 0.99.
+    assert math.isclose(rec["controller_seconds"], 0.1995)
+    assert math.isclose(rec["dataplane_seconds"], 0.8985)
+    assert rec["slowest_node"] == second.removeprefix("http://")
+    assert rec["prestop_seconds"] == 3  # ceil(0.1995 + 0.8985 + 1)
+    assert rec["episodes"] == 25
+    assert math.isclose(rec["app_shutdown_seconds"], 1.99)
+
+    rows = {(w["kind"], w["name"], w["container"]): w for w in result["workloads"]}
+    assert set(rows) == {("Deployment", "web", "web"), ("Deployment", "web", "mesh"),
+                         ("StatefulSet", "db", "db"), ("DaemonSet", "edge", "edge"),
+                         ("ReplicaSet", "orphan", "app"), ("Pod", "debug", "shell")}
+    expect = {
+        ("Deployment", "web", "web"): ("exec-sleep", 5.0, [], 5.0),
+        ("Deployment", "web", "mesh"): ("sleep-action", 20.0, ["over-provisioned"], 3),
+        ("StatefulSet", "db", "db"): ("none", None, ["no-prestop"], 3),
+        ("DaemonSet", "edge", "edge"): ("http", None, ["unknown"], 3),
+        ("ReplicaSet", "orphan", "app"): ("exec-sleep", 1.0, ["at-risk"], 3),
+        # grace 4 s is not above preStop 3 s + apps' p99 exit time 1.99 s.
+        ("Pod", "debug", "shell"): ("exec-sleep", 3.0, ["grace-too-short"], 3.0),
+    }
+    for key, (kind, seconds, findings, suggested) in expect.items():
+        row = rows[key]
+        assert (row["prestop_kind"], row["prestop_seconds"], row["findings"],
+                row["suggested_prestop_seconds"]) == (kind, seconds, findings, suggested), key
+    assert rows[("Pod", "debug", "shell")]["grace_seconds"] == 4
+    assert result["workloads"][0]["findings"] == ["at-risk"]  # worst first
+
+    code, out, _ = await run(options(agents=(first, second), kubeconfig=str(kubeconfig),
+                                     namespace="shop", as_json=False))
+    lines = out.splitlines()
+    assert code == 0
+    assert lines[0] == ("preStop of 3 s recommended from 25 episodes; 5 of 5 workloads need "
+                        "attention (1 at-risk, 1 no-prestop, 1 grace-too-short, 1 unknown, "
+                        "1 over-provisioned)")
+    header = next(i for i, line in enumerate(lines) if line.startswith("NAMESPACE"))
+    assert lines[header].split() == ["NAMESPACE", "KIND", "NAME", "CONTAINER", "PRESTOP",
+                                     "GRACE", "FINDINGS", "SUGGESTED"]
+    assert lines[header + 1].split() == ["shop", "ReplicaSet", "orphan", "app", "exec-sleep",
+                                         "1s", "30s", "at-risk", "3s"]
+    assert "\033[" not in out  # no colour when not a terminal
+
+
+async def test_all_namespaces_by_default(agents: Agents, apiserver: ApiServer,
+                                         kubeconfig: Path) -> None:
+    url = await agents.add(observations(controller=[0.1] * 20, dataplane=[0.1] * 20))
+    create_workloads(apiserver)
+    code, out, _ = await run(options(agents=(url,), kubeconfig=str(kubeconfig)))
+    assert code == 0
+    assert {w["namespace"] for w in json.loads(out)["workloads"]} == {"shop", "other"}
+    # No app shutdown measured: grace periods are not judged.
+    assert json.loads(out)["recommendation"]["app_shutdown_seconds"] is None
+    assert not any("grace-too-short" in w["findings"] for w in json.loads(out)["workloads"])
+
+
+@pytest.mark.parametrize(("observe", "message"), [
+    (observations(controller=[0.1] * 5, dataplane=[0.1] * 5),
+     "only 5 deletions measured (controller stage)"),
+    (observations(controller=[0.1] * 30),
+     "only 0 dataplane-stage measurements"),
+    (observations(), "only 0 deletions measured"),
+])
+async def test_too_little_data_is_refused(agents: Agents, kubeconfig: Path, observe: Observe,
+                                          message: str) -> None:
+    url = await agents.add(observe)
+    code, out, err = await run(options(agents=(url,), kubeconfig=str(kubeconfig)))
+    assert (code, out) == (3, "")
+    assert message in err
+    assert "--min-episodes" in err or "--dataplane none" in err
+
+
+async def test_some_agents_unreachable_is_a_warning(agents: Agents, kubeconfig: Path) -> None:
+    url = await agents.add(observations(controller=[0.1] * 20, dataplane=[0.1] * 20))
+    dead = f"http://127.0.0.1:{free_port()}"
+    code, out, err = await run(options(agents=(url, dead), kubeconfig=str(kubeconfig)))
+    assert code == 0
+    assert f"warning: agent {dead}:" in err
+    assert "(1 of 2 answered)" in json.loads(out)["recommendation"]["source"]
+
+
+async def test_no_agent_reachable(kubeconfig: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    code, out, err = await run(options(agents=(dead,), kubeconfig=str(kubeconfig)))
+    assert (code, out) == (4, "")
+    assert "cannot read the measurements: no agent answered" in err
+
+
+async def test_prometheus_unreachable_or_not_prometheus(agents: Agents,
+                                                        kubeconfig: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    code, _, err = await run(options(prometheus=dead, kubeconfig=str(kubeconfig)))
+    assert code == 4
+    assert f"cannot reach Prometheus at {dead}" in err
+    not_prometheus = await agents.add(observations())
+    code, _, err = await run(options(prometheus=not_prometheus, kubeconfig=str(kubeconfig)))
+    assert code == 4
+    assert "answered HTTP 404 without JSON" in err
+
+
+async def test_access_denied_names_what_is_missing(agents: Agents, apiserver: ApiServer,
+                                                   kubeconfig: Path) -> None:
+    url = await agents.add(observations(controller=[0.1] * 20, dataplane=[0.1] * 20))
+    apiserver.faults.fail_next(1, code=403, retry_after=None, path="/statefulsets")
+    code, out, err = await run(options(agents=(url,), kubeconfig=str(kubeconfig)))
+    assert (code, out) == (5, "")
+    assert "denied listing statefulsets (HTTP 403)" in err
+    assert "get/list on deployments, statefulsets" in err
+
+
+def elsewhere(kubeconfig: Path, moved: Path) -> Path:
+    """The kubeconfig, pointing at a port nothing listens on."""
+    moved.write_text(re.sub(r"server: https://127\.0\.0\.1:\d+",
+                            f"server: https://127.0.0.1:{free_port()}", kubeconfig.read_text()))
+    return moved
+
+
+async def test_kubernetes_api_unreachable(agents: Agents, tmp_path: Path,
+                                          kubeconfig: Path) -> None:
+    url = await agents.add(observations(controller=[0.1] * 20, dataplane=[0.1] * 20))
+    moved = elsewhere(kubeconfig, tmp_path / "moved")
+    code, _, err = await run(options(agents=(url,), kubeconfig=str(moved)))
+    assert code == 5
+    assert "cannot read the workloads: cannot reach the Kubernetes API" in err
+    code, _, err = await run(options(agents=(url,), kubeconfig=str(tmp_path / "missing")))
+    assert code == 5
+    assert "cannot load a Kubernetes client configuration" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["report"], ["report", "--agent", "http://x", "--window", "1h"],
+    ["report", "--agent", "http://x", "--quantile", "1.5"],
+    ["report", "--prometheus", "http://x", "--window", "six hours"],
+])
+def test_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_quantile_is_promqls() -> None:
+    # Values checked by hand against promql/quantile.go bucketQuantile.
+    h = Histogram({0.1: 10.0, 0.5: 30.0, 1.0: 40.0, math.inf: 40.0})
+    assert math.isclose(h.quantile(0.5), 0.1 + 0.4 * (20 - 10) / 20)
+    assert math.isclose(h.quantile(0.25), 0.1)  # rank 10: the top of the first bucket
+    assert math.isclose(h.quantile(0.1), 0.04)  # the first bucket starts at 0
+    assert h.quantile(1.0) == 1.0
+    overflow = Histogram({0.1: 1.0, 1.0: 1.0, math.inf: 10.0})
+    assert overflow.quantile(0.99) == 1.0  # in +Inf: the highest finite bound
+    assert math.isnan(Histogram({0.1: 0.0, math.inf: 0.0}).quantile(0.5))
+    assert math.isnan(Histogram({0.1: 3.0}).quantile(0.5))  # no +Inf bucket
+    skewed = Histogram({0.1: 5.0, 0.5: 4.0, math.inf: 10.0})  # scrape skew: kept monotonic
+    assert math.isclose(skewed.quantile(0.5), 0.1)
