@@ -395,7 +395,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.window is not None and args.prometheus is None:
             _parser().error("--window needs --prometheus: agents' counters run from their "
                             "start")
-        return asyncio.run(_report(args))
+        try:
+            return asyncio.run(_report(args))
+        except BrokenPipeError:  # `observer report | head`: the reader left, nothing to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     if args.command == "lab" and args.lab_command == "apiserver":
         return asyncio.run(_serve_apiserver(args))
     if args.command == "lab":

@@ -13,6 +13,7 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v unzip >/dev/null 2>&1 || need+=(unzip)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)  # also brings promtool
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -21,7 +22,18 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   echo "setup: installing Debian packages: ${need[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  # Packages only, no services: Debian's prometheus would otherwise start a server on :9090.
+  # (policy-rc.d, honoured by invoke-rc.d and deb-systemd-invoke; removed right after.)
+  policy=/usr/sbin/policy-rc.d
+  own_policy=false
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 0755 "$policy" && own_policy=true
+  fi
+  status=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" \
+    >/dev/null || status=$?
+  if $own_policy; then rm -f "$policy"; fi
+  [ "$status" -eq 0 ] || { echo "setup: apt-get install failed" >&2; exit "$status"; }
 fi
 
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
