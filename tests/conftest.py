@@ -6,10 +6,12 @@ import asyncio
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from kubernetes_asyncio import client, config
@@ -46,14 +48,18 @@ class ManualClock:
 def require_tool(name: str) -> str:
     """Path of a binary the test needs. Missing: skip on a developer machine, fail in CI
     (where .ci/run installs everything, so a missing tool is a broken set-up)."""
-    local = REPO / ".tools" / "bin" / name
-    found = str(local) if local.exists() else shutil.which(name)
+    candidates = (REPO / ".tools" / "bin" / name, Path(sys.executable).parent / name)
+    found = next((str(c) for c in candidates if c.exists()), None) or shutil.which(name)
     if found is None:
-        message = f"{name} is not installed (scripts/setup.sh installs it)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{name} is not installed (scripts/setup.sh installs it)")
     return found
+
+
+def missing(message: str) -> NoReturn:
+    """Something the test needs is absent: skip on a developer machine, fail in CI."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def require_root() -> None:
