@@ -295,12 +295,18 @@ async def _run_lab(args: argparse.Namespace) -> int:
     _stop_on_signals(stop)
     lab = Lab(settings, clock=SystemClock(),
               announce=(lambda line: print(line, flush=True)) if args.serve else lambda _: None)
+    serving = asyncio.Event()
+
     async def serve(_: object) -> None:
+        serving.set()
+        print("observer lab: deletions done; serving until Ctrl-C", file=sys.stderr, flush=True)
         await stop.wait()
 
     scenario = asyncio.create_task(lab.run(serve=serve if args.serve else None))
     interrupted = asyncio.create_task(stop.wait())
     await asyncio.wait([scenario, interrupted], return_when=asyncio.FIRST_COMPLETED)
+    if not scenario.done() and serving.is_set():
+        await asyncio.wait([scenario])  # Ctrl-C while serving is the normal end: it cleans up
     if not scenario.done():
         scenario.cancel()
         with contextlib.suppress(asyncio.CancelledError):

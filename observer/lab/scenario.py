@@ -225,20 +225,22 @@ class Lab:
                 await serve(run)
             return run
         finally:
-            for stop in stops:
-                stop.set()
-            if agent_tasks:  # they stop themselves (readyz, watches, HTTP) within their bound
-                await asyncio.wait(agent_tasks, timeout=15)
-            for task in [*agent_tasks, *tasks]:
-                task.cancel()
-            for task in [*agent_tasks, *tasks]:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            if api is not None:
-                await api.close()
-            await self.server.stop()
-            await self.namespaces.close()
-            self._tmp.cleanup()
+            try:
+                for stop in stops:
+                    stop.set()
+                if agent_tasks:  # they stop themselves (readyz, watches, HTTP) in their bound
+                    await asyncio.wait(agent_tasks, timeout=15)
+                for task in [*agent_tasks, *tasks]:
+                    task.cancel()
+                for task in [*agent_tasks, *tasks]:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+                if api is not None:
+                    await api.close()
+                await self.server.stop()
+            finally:  # even when the above was cancelled: nothing may outlive the lab
+                await self.namespaces.close()
+                self._tmp.cleanup()
 
     async def _agent(self, node: Node, api: client.ApiClient) -> Agent:
         registry = CollectorRegistry()

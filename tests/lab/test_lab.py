@@ -128,3 +128,27 @@ async def test_interrupted_serve_cleans_up() -> None:
     assert prefix.startswith("observer-lab-")
     assert not await asyncio.to_thread(os.path.exists, announced[0])
     assert "obs-lab-" not in await asyncio.to_thread(namespaces)
+
+
+async def test_ctrl_c_while_serving_ends_normally() -> None:
+    require_root()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "observer.cli", "lab", "--serve", "--dataplane", "nftables",
+        "--nodes", "2", "--deletions", "4", "--prestop", "1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        drain = asyncio.create_task(proc.stdout.read())  # type: ignore[union-attr]
+        while b"serving until Ctrl-C" not in await asyncio.wait_for(proc.stderr.readline(), 90):
+            pass
+        assert "obs-lab-" in await asyncio.to_thread(namespaces)
+        proc.send_signal(signal.SIGTERM)
+        errors = await asyncio.wait_for(proc.stderr.read(), 60)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0, errors.decode()
+        out = (await drain).decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert "recommendation: preStop sleep of" in out  # the report, as without --serve
+    assert "obs-lab-" not in await asyncio.to_thread(namespaces)
