@@ -88,7 +88,8 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                           "stream is treated as stalled and resumed")
     run.add_argument("--debug-endpoints", action=argparse.BooleanOptionalAction,
                      default=_env("DEBUG_ENDPOINTS", "true") == "true",
-                     help="serve /debug/episodes (default: yes)")
+                     help="serve /debug/episodes and the /timeline page drawing them "
+                          "(default: yes)")
 
 
 async def _run_agent(args: argparse.Namespace) -> int:
@@ -280,7 +281,7 @@ async def _run_lab(args: argparse.Namespace) -> int:
     from observer.lab.config import LabConfig, LabConfigError
     from observer.lab.report import render_svg, render_text
     from observer.lab.results import compare, pair
-    from observer.lab.scenario import Lab
+    from observer.lab.scenario import Lab, LabRun
 
     settings = LabConfig(nodes=args.nodes, deletions=args.deletions,
                          controller_delay=args.controller_delay, proxy_delay=args.proxy_delay,
@@ -297,9 +298,11 @@ async def _run_lab(args: argparse.Namespace) -> int:
               announce=(lambda line: print(line, flush=True)) if args.serve else lambda _: None)
     serving = asyncio.Event()
 
-    async def serve(_: object) -> None:
+    async def serve(run: LabRun) -> None:
         serving.set()
-        print("observer lab: deletions done; serving until Ctrl-C", file=sys.stderr, flush=True)
+        timelines = " ".join(f"{n.agent.http.url}/timeline" for n in run.nodes if n.agent)
+        print(f"observer lab: deletions done; serving until Ctrl-C. Episode timelines: "
+              f"{timelines}", file=sys.stderr, flush=True)
         await stop.wait()
 
     scenario = asyncio.create_task(lab.run(serve=serve if args.serve else None))

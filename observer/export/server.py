@@ -1,4 +1,5 @@
-"""The agent's HTTP endpoints (aiohttp): /metrics, /healthz, /readyz, /debug/episodes.
+"""The agent's HTTP endpoints (aiohttp): /metrics, /healthz, /readyz, and — unless disabled
+with --no-debug-endpoints — /debug/episodes and /timeline (a page drawing those episodes).
 
 Every handler reads memory only; prometheus_client's collectors run on the event loop, so
 nothing scraped may block.
@@ -8,11 +9,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from importlib.resources import files
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+
+# The page runs only its own inline script and style and talks only to this agent.
+TIMELINE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                   "connect-src 'self'; img-src 'self'")
 
 
 class AgentHttp:
@@ -25,6 +31,8 @@ class AgentHttp:
         self.debug = debug
         self.shutdown_timeout = shutdown_timeout
         self.url = ""
+        self._page = files("observer.export").joinpath("timeline.html").read_bytes() \
+            if debug else b""
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -34,6 +42,7 @@ class AgentHttp:
         app.router.add_get("/readyz", self._readyz)
         if self.debug:
             app.router.add_get("/debug/episodes", self._episodes)
+            app.router.add_get("/timeline", self._timeline)
         return app
 
     async def start(self, host: str, port: int) -> str:
@@ -63,6 +72,11 @@ class AgentHttp:
         if self.ready():
             return web.Response(text="ok\n")
         return web.Response(status=503, text="not ready: initial lists not synced, or stopping\n")
+
+    async def _timeline(self, _: web.Request) -> web.Response:
+        return web.Response(body=self._page, content_type="text/html", charset="utf-8",
+                            headers={"Content-Security-Policy": TIMELINE_POLICY,
+                                     "Cache-Control": "no-cache"})
 
     async def _episodes(self, _: web.Request) -> web.Response:
         return web.Response(text=json.dumps(self.episodes(), indent=1) + "\n",

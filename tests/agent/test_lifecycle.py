@@ -135,11 +135,14 @@ async def test_observer_run_command(apiserver: ApiServer, kubeconfig: Path,
         assert started["node"] == "node-a"
         await until_ready(url)
         status, body = await get(f"{url}/debug/episodes")
+        timeline_status, page = await get(f"{url}/timeline")
         if debug:
             assert status == 200
             assert json.loads(body)["node"] == "node-a"
+            assert timeline_status == 200
+            assert 'fetch("debug/episodes"' in page
         else:
-            assert status == 404
+            assert (status, timeline_status) == (404, 404)
         status, body = await get(f"{url}/metrics")
         assert 'endpoint_propagation_build_info{proxy_mode="none"' in body
         assert '"event": "agent stopped"' in await terminate(proc)

@@ -1,0 +1,98 @@
+"""The /timeline page in real headless Chromium: the episodes of /debug/episodes are drawn,
+unsafe ones marked; a screenshot is kept as a test artifact (test-artifacts/timeline.png, or
+$OBSERVER_TEST_ARTIFACTS)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from pathlib import Path
+
+import aiohttp
+
+from tests.agent.harness import AgentEnv, key
+from tests.agent.test_episodes import ready_service
+from tests.conftest import REPO, ManualClock, require_tool
+
+ARTIFACTS = Path(os.environ.get("OBSERVER_TEST_ARTIFACTS", REPO / "test-artifacts"))
+
+
+async def chromium(url: str, *flags: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        require_tool("chromium"), "--headless", "--no-sandbox", "--disable-gpu",
+        "--disable-dev-shm-usage", "--no-first-run", "--virtual-time-budget=3000",
+        "--window-size=1200,700", *flags, url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 90)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return out.decode()
+
+
+async def two_episodes(env: AgentEnv, clock: ManualClock) -> None:
+    """One safe deletion (web-0), one unsafe (web-1: stopped before the dataplane dropped);
+    web-2 stays Ready, so kube-proxy's fallback never applies."""
+    await ready_service(env, pods=3)
+    env.cluster.delete_pod("web-0", grace=30)
+    await env.seen("pods")
+    clock.advance(0.25)
+    env.cluster.set_endpoint("web-abc", "10.0.0.1", ready=False, terminating=True)
+    await env.settle_episode(key("web", "10.0.0.1"))
+    clock.advance(0.5)
+    env.dataplane.set(key("web", "10.0.0.1"), False)
+    clock.advance(2.0)
+    env.cluster.pod_terminated("web-0")
+    await env.settle_finished(1)
+    env.cluster.delete_pod("web-1", grace=1)
+    await env.seen("pods")
+    clock.advance(0.125)
+    env.cluster.set_endpoint("web-abc", "10.0.0.2", ready=False, terminating=True)
+    await env.settle_episode(key("web", "10.0.0.2"))
+    clock.advance(1.0)
+    env.cluster.pod_terminated("web-1", killed=True)
+    await env.seen("pods")
+    clock.advance(0.375)
+    env.dataplane.set(key("web", "10.0.0.2"), False)
+    await env.settle_finished(2)
+
+
+async def test_timeline_draws_the_episodes(env: AgentEnv, clock: ManualClock) -> None:
+    await two_episodes(env, clock)
+    url = env.agent.http.url
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/debug/episodes") as r:
+        episodes = json.loads(await r.text())["finished"]
+    assert len(episodes) == 2
+
+    dom = await chromium(f"{url}/timeline", "--dump-dom")
+    drawn = re.findall(r'<g class="episode( unsafe)?" data-endpoint="([^"]+)" '
+                       r'data-service="([^"]+)" data-unsafe="(true|false)"', dom)
+    assert sorted((endpoint, service, unsafe) for _, endpoint, service, unsafe in drawn) == \
+        sorted((f"{e['endpoint']['ip']}:{e['endpoint']['port']}", e["service"],
+                str(e["unsafe"]).lower()) for e in episodes)
+    assert 'data-episodes="2"' in dom
+    # The stages as bars: the safe one ends in headroom, the unsafe one in its unsafe window.
+    assert dom.count('<rect class="controller"') == 2
+    assert dom.count('<rect class="dataplane"') == 2
+    assert dom.count('<rect class="headroom"') == 1
+    assert dom.count('<rect class="unsafe-window"') == 1
+    assert "unsafe: 0.375 s" not in dom  # durations live in the hover titles and the table:
+    assert "unsafe-window: 0.375 s" in dom
+    assert "0.375" in re.sub(r"<title>.*?</title>", "", dom)  # the table's unsafe window
+
+    shot = fresh_artifact("timeline.png")
+    await chromium(f"{url}/timeline", f"--screenshot={shot}")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shot.stat().st_size > 10_000  # a drawn page, not a blank one
+
+
+def fresh_artifact(name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    path.unlink(missing_ok=True)
+    return path
