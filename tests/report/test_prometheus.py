@@ -1,6 +1,7 @@
 """A real Prometheus (Debian package) scrapes the lab's agents and evaluates
 deploy/prometheus/rules.yaml; `observer report --prometheus`, `observer report --agent` and the
-recording rule must give the same recommendation."""
+recording rule must give the same recommendation, and every dashboard panel's query must parse
+and return data."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from observer.report.histograms import Histogram
 from tests.conftest import require_tool
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules.yaml"
+DASHBOARDS = Path(__file__).resolve().parents[2] / "dashboards"
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75,
            0.9, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 4, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 180,
            300, float("inf"))
@@ -112,6 +114,26 @@ def bucket(value: float) -> int:
     return Histogram(dict.fromkeys(BUCKETS, 0.0)).bucket_of(value)
 
 
+def dashboard_queries() -> list[tuple[str, str, str]]:
+    """(dashboard, panel, PromQL) for every panel target, Grafana's variables filled in: all
+    nodes, modes and causes; a rate window covering the whole lab run."""
+    out = []
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel.get("targets", []):
+                expr = target["expr"]
+                for variable, value in (("$__rate_interval", "5m"), ("$node", ".*"),
+                                        ("$proxy_mode", ".*"), ("$cause", ".*")):
+                    expr = expr.replace(variable, value)
+                out.append((path.name, panel["title"], expr))
+    return out
+
+
+async def evaluate_dashboards(prometheus: Prometheus) -> dict[tuple[str, str, str], int]:
+    """How many series each panel query returns (Prometheus refuses unparsable ones)."""
+    return {key: len(await prometheus.query(key[2])) for key in dashboard_queries()}
+
+
 async def test_prometheus_agents_and_recording_rules_agree(prometheus: Prometheus) -> None:
     config = LabConfig(nodes=3, deletions=30, dataplane="memory", prestop=2.0,
                        app_exit=Delay(0.1, 0.5), spacing=0.2)
@@ -134,6 +156,7 @@ async def test_prometheus_agents_and_recording_rules_agree(prometheus: Prometheu
         found["agents"] = await observer_report(
             "--agent", *(n.agent.http.url for n in run.nodes if n.agent is not None),
             "--kubeconfig", str(run.kubeconfig))
+        found["panels"] = await evaluate_dashboards(prometheus)
 
     await lab.run(ready=ready, serve=serve)
 
@@ -157,3 +180,8 @@ async def test_prometheus_agents_and_recording_rules_agree(prometheus: Prometheu
         assert rows["careful"]["prestop_kind"] == "exec-sleep"
         assert rows["careful"]["prestop_seconds"] == 2.0
         assert "no-prestop" not in rows["careful"]["findings"]
+
+    panels = found["panels"]
+    assert len(panels) == len(dashboard_queries()) > 20
+    empty = [key for key, series in panels.items() if series == 0]
+    assert not empty, empty
