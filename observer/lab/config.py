@@ -51,6 +51,8 @@ class LabConfig:
     readiness_failure: float = 0.2  # SIGTERM to the readiness probe failing
     grace: int = 30  # terminationGracePeriodSeconds
     spacing: float = 0.4  # seconds between the starts of two deletions
+    replicas: int = 2  # pods per workload per node
+    episode_ttl: float = 600.0  # the agents' --episode-ttl (also how long pod records stay)
     dataplane: LabDataplane = "nftables"
     poll_interval: float = 0.05  # the agents' polling interval (iptables-legacy)
     seed: int = 1

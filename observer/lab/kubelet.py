@@ -23,6 +23,8 @@ from observer.lab.config import LabConfig
 from observer.lab.controller import NAMESPACE
 from observer.lab.truth import Truth
 
+IP_POOL = 1000
+
 
 class Kubelet:
     def __init__(self, *, node: str, index: int, server: ApiServer, truth: Truth, clock: Clock,
@@ -34,13 +36,18 @@ class Kubelet:
         self.clock = clock
         self.config = config
         self.rng = rng
-        self._next_ip = 2
+        self._next_ip = 0
         self._terminating: set[str] = set()
         self._started: set[str] = set()
-        self._timers: list[asyncio.TimerHandle] = []
+        self._timers: set[asyncio.TimerHandle] = set()  # pending only
 
     def _later(self, delay: float, callback: Any, *args: Any) -> None:
-        self._timers.append(asyncio.get_running_loop().call_later(delay, callback, *args))
+        def fire() -> None:
+            self._timers.discard(handle)
+            callback(*args)
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(handle)
 
     def _patch_status(self, name: str, change: Any) -> None:
         pods = self.server.registries["pods"]
@@ -53,7 +60,10 @@ class Kubelet:
         pods.patch(NAMESPACE, name, {**pod, "status": status}, WriteOptions(), status=True)
 
     def _start(self, name: str) -> None:
-        ip = f"10.{100 + self.index}.0.{self._next_ip}"
+        # Addresses come round again after IP_POOL pods, as a node's pod CIDR does: long runs
+        # (the soak) stay within valid IPv4, and the truth, keyed by address, stays bounded.
+        n = self._next_ip % IP_POOL
+        ip = f"10.{100 + self.index}.{n // 250}.{n % 250 + 2}"
         self._next_ip += 1
 
         def running(status: dict[str, Any]) -> None:
@@ -128,7 +138,10 @@ class Kubelet:
                     event, pod = watcher.queue.popleft()
                     if event != "DELETED":
                         self._seen(pod)
+                    else:  # gone: nothing more to do for it (bounded state in long runs)
+                        self._started.discard(pod["metadata"]["name"])
+                        self._terminating.discard(pod["metadata"]["name"])
         finally:
             self.server.store.unwatch(watcher)
-            for timer in self._timers:
+            for timer in list(self._timers):
                 timer.cancel()

@@ -88,6 +88,7 @@ class Lab:
         self.workloads = ("careful", "hasty")
         self._owners: dict[str, dict[str, Any]] = {}  # workload → its ReplicaSet, as owner
         self._pod_counter = 0
+        self.deletions_done = 0  # pods really deleted (fast churn can find no victim)
         self._victims: set[str] = set()
         self._tmp = tempfile.TemporaryDirectory(prefix="observer-lab-")
         self.kubeconfig = Path(self._tmp.name) / "kubeconfig"
@@ -160,6 +161,11 @@ class Lab:
                 and not p["metadata"].get("deletionTimestamp")
                 and any(c.get("type") == "Ready" and c.get("status") == "True"
                         for c in (p.get("status") or {}).get("conditions") or [])]
+
+    def _has_started(self, name: str) -> bool:
+        """Ready by now — or already deleted again by a later deletion (fast churn)."""
+        pod = self.server.store.get("pods", (NAMESPACE, name))
+        return pod is None or bool((pod.get("status") or {}).get("podIP"))
 
     async def _until(self, predicate: Callable[[], bool], what: str, within: float) -> None:
         loop = asyncio.get_running_loop()
@@ -255,17 +261,17 @@ class Lab:
                                           clock=self.clock, metrics=health,
                                           poll_interval=self.config.poll_interval)
         settings = AgentConfig(node_name=node.name, listen=("127.0.0.1", 0),
-                               housekeeping_interval=0.5,
+                               housekeeping_interval=0.5, episode_ttl=self.config.episode_ttl,
                                watch=WatchSettings(backoff_initial=0.05, backoff_max=1.0))
         return Agent(config=settings, api=api, clock=self.clock, dataplane=dataplane,
                      registry=registry, dataplane_health=health)
 
     async def _workloads(self, run: LabRun) -> None:
         for workload in self.workloads:
-            self._create_workload(workload, 2 * len(run.nodes))
-            for replica in range(2 * len(run.nodes)):
+            self._create_workload(workload, self.config.replicas * len(run.nodes))
+            for replica in range(self.config.replicas * len(run.nodes)):
                 self._create_pod(workload, run.nodes[replica % len(run.nodes)].name)
-        expected = 2 * len(run.nodes)
+        expected = self.config.replicas * len(run.nodes)
         await self._until(lambda: all(len(self._running(w)) == expected
                                       for w in self.workloads), "pods running", 30)
         # Programmed everywhere before the first deletion.
@@ -274,12 +280,13 @@ class Lab:
                           "rules programmed", 30)
 
     async def _deletions(self, run: LabRun) -> None:
-        names = [n.name for n in run.nodes]
-        pending: list[asyncio.Task[None]] = []
+        pending: set[asyncio.Task[None]] = set()  # only the unfinished: long runs stay bounded
         for i in range(self.config.deletions):
             workload = ("careful", "hasty")[i % 2]
             rolling = i % 4 != 3
-            pending.append(asyncio.create_task(self._replace(workload, names, rolling)))
+            task = asyncio.create_task(self._replace(workload, run.nodes, rolling))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
             await asyncio.sleep(self.config.spacing)
         await asyncio.gather(*pending)
         # Every episode ends: the pods are gone and every agent has finished with them.
@@ -293,22 +300,26 @@ class Lab:
         await self._until(lambda: all(n.agent is not None and not n.agent.tracker.episodes
                                       for n in run.nodes), "agents done", 30)
 
-    async def _replace(self, workload: str, nodes: list[str], rolling: bool) -> None:
+    async def _replace(self, workload: str, nodes: list[Node], rolling: bool) -> None:
+        # A victim every node already routes to: its removal is an episode on every node.
+        # (Under fast churn a new pod can be Running before any kube-proxy has it.)
         victims = [p for p in self._running(workload)
-                   if p["metadata"]["name"] not in self._victims]
+                   if p["metadata"]["name"] not in self._victims
+                   and all((p.get("status") or {}).get("podIP")
+                           in n.kube_proxy.programmed.get(workload, []) for n in nodes)]
         if not victims:
             return
         victim = victims[0]
         name = str(victim["metadata"]["name"])
         self._victims.add(name)
-        target = self.rng.choice(nodes)
+        target = self.rng.choice(nodes).name
         if rolling:
-            before = len(self._running(workload))
-            self._create_pod(workload, target)
-            await self._until(lambda: len(self._running(workload)) > before,
-                              "replacement ready", 30)
+            replacement = self._create_pod(workload, target)
+            await self._until(lambda: self._has_started(replacement), "replacement ready", 30)
         ip = str((victim.get("status") or {}).get("podIP"))
         self.server.registries["pods"].delete(NAMESPACE, name, DeleteOptions())
+        self._victims.discard(name)  # deleting now: no longer Running for _running
+        self.deletions_done += 1
         self.truth.deleted(service=f"{NAMESPACE}/{workload}:http", ip=ip, port=8080, pod=name,
                            node=str(victim["spec"]["nodeName"]),
                            at=self.clock.monotonic())
