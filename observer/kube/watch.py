@@ -6,7 +6,10 @@
    seen (events and bookmarks both advance it), without re-listing — also after a dropped
    connection or an HTTP error, with backoff, as client-go's reflector does;
 3. ``_stream``: one HTTP response, read line by line; an inactivity timeout, reset by every
-   line (bookmarks included), notices a stream that went silent while its connection stayed up.
+   line (bookmarks included), notices a stream that went silent while its connection stayed up;
+   a line that is not a watch event ends it (resumed from the last good version), because a
+   corrupted line may have swallowed a real event. An event whose *object* the agent cannot
+   use is counted and skipped instead: the server would send the same object again.
 
 Requests go through kubernetes_asyncio's generated API functions (its configuration, auth and
 TLS) with ``_preload_content=False``: the agent parses the JSON itself into plain dicts, which
@@ -32,12 +35,18 @@ from observer.clock import Clock
 log = structlog.get_logger("observer.watch")
 
 # restart reasons: a closed set, they are metric label values.
-RESTART_REASONS = ("expired", "stalled", "closed", "connection", "http_error")
+RESTART_REASONS = ("expired", "stalled", "closed", "connection", "http_error", "malformed")
 MAX_LINE_BYTES = 64 * 1024 * 1024  # one event; the API server's own limit is far lower
 
 
 class Expired(Exception):
     """The resourceVersion is too old (HTTP 410 or an ERROR event with code 410)."""
+
+
+class Corrupted(Exception):
+    """A line that is not a watch event: the stream cannot be trusted past it (a truncated
+    event can swallow the next one), so it is resumed from the last good resourceVersion,
+    and the API server sends again whatever came after."""
 
 
 class Stalled(Exception):
@@ -51,7 +60,7 @@ class HttpError(Exception):
         self.retry_after = retry_after
 
 
-_RETRYABLE = (HttpError, aiohttp.ClientError, OSError, TimeoutError, ValueError)
+_RETRYABLE = (HttpError, Corrupted, aiohttp.ClientError, OSError, TimeoutError, ValueError)
 
 
 class Response(Protocol):
@@ -168,6 +177,9 @@ class ResourceWatch:
         if isinstance(error, HttpError):
             self._restart("http_error", status=error.status, error=str(error))
             floor = error.retry_after or 0.0
+        elif isinstance(error, Corrupted):
+            self._restart("malformed", error=str(error))
+            floor = 0.0
         else:
             self._restart("connection", error=repr(error))
             floor = 0.0
@@ -273,7 +285,7 @@ class ResourceWatch:
                 raise TypeError("object is not a JSON object")
         except (ValueError, KeyError, TypeError) as error:
             self._malformed(line, str(error))
-            return
+            raise Corrupted(str(error)) from None
         self.last_event_wall = self.clock.wall()
         if event_type == "ERROR":
             if obj.get("code") == 410:
@@ -281,7 +293,7 @@ class ResourceWatch:
             raise HttpError(int(obj.get("code") or 500), None, str(obj.get("message")))
         if event_type not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
             self._malformed(line, f"unknown event type {event_type!r}")
-            return
+            raise Corrupted(f"unknown event type {event_type!r}")
         if event_type != "BOOKMARK":
             self.metrics.event(self.resource)
             self.sink.event(event_type, obj)
@@ -291,5 +303,6 @@ class ResourceWatch:
 
     def _malformed(self, line: bytes, why: str) -> None:
         self.metrics.malformed(self.resource)
-        log.warning("malformed watch event skipped", resource=self.resource, error=why,
+        log.warning("malformed watch line: resuming from the last good version",
+                    resource=self.resource, error=why,
                     line=line[:200].decode(errors="replace"))

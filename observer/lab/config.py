@@ -53,6 +53,7 @@ class LabConfig:
     spacing: float = 0.4  # seconds between the starts of two deletions
     replicas: int = 2  # pods per workload per node
     episode_ttl: float = 600.0  # the agents' --episode-ttl (also how long pod records stay)
+    watch_inactivity_timeout: float = 30.0  # the agents' --watch-inactivity-timeout
     dataplane: LabDataplane = "nftables"
     poll_interval: float = 0.05  # the agents' polling interval (iptables-legacy)
     seed: int = 1

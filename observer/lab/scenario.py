@@ -83,7 +83,9 @@ class Lab:
         self.announce = announce
         self.rng = random.Random(config.seed)
         self.truth = Truth()
-        self.server = ApiServer(clock=clock, bookmark_interval=5.0)
+        # Bookmarks well within the agents' inactivity timeout, as a real API server's are.
+        self.server = ApiServer(clock=clock, bookmark_interval=min(
+            5.0, config.watch_inactivity_timeout / 3))
         self.namespaces = Namespaces()
         self.workloads = ("careful", "hasty")
         self._owners: dict[str, dict[str, Any]] = {}  # workload → its ReplicaSet, as owner
@@ -262,7 +264,9 @@ class Lab:
                                           poll_interval=self.config.poll_interval)
         settings = AgentConfig(node_name=node.name, listen=("127.0.0.1", 0),
                                housekeeping_interval=0.5, episode_ttl=self.config.episode_ttl,
-                               watch=WatchSettings(backoff_initial=0.05, backoff_max=1.0))
+                               watch=WatchSettings(
+                                   backoff_initial=0.05, backoff_max=1.0,
+                                   inactivity_timeout=self.config.watch_inactivity_timeout))
         return Agent(config=settings, api=api, clock=self.clock, dataplane=dataplane,
                      registry=registry, dataplane_health=health)
 

@@ -151,6 +151,23 @@ class ApiServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self._cert = self_signed([host])
+        return await self._serve(host, port)
+
+    async def restart(self, down: float) -> None:
+        """Go away for ``down`` seconds and come back on the same address with the same
+        certificate and data, as a restarted API server in front of the same etcd does: open
+        connections are cut, watches must resume."""
+        if self._runner is None:
+            raise RuntimeError("the server has not started")
+        host, port = self._runner.addresses[0][:2]
+        self.faults.drop_streams()
+        await self._runner.cleanup()
+        self._runner = None
+        await asyncio.sleep(down)
+        await self._serve(host, port)
+
+    async def _serve(self, host: str, port: int) -> str:
+        assert self._cert is not None
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=self._cert.server_context())
