@@ -196,7 +196,8 @@ class Lab:
         agent_tasks: list[asyncio.Task[None]] = []
         try:
             await self.server.start("127.0.0.1", 0)
-            self.server.write_kubeconfig(self.kubeconfig)
+            self.server.write_kubeconfig(self.kubeconfig,
+                                         ca_file=self.kubeconfig.with_name("ca.crt"))
             controller = EndpointSliceController(
                 server=self.server, truth=self.truth, clock=self.clock,
                 delay=self.config.controller_delay, rng=random.Random(self.rng.random()))

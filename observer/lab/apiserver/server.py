@@ -192,21 +192,27 @@ class ApiServer:
             await self._runner.cleanup()
             self._runner = None
 
-    def kubeconfig(self, *, namespace: str = "default") -> dict[str, Any]:
+    def kubeconfig(self, *, namespace: str = "default", ca_file: Path | None = None
+                   ) -> dict[str, Any]:
+        ca = {"certificate-authority": str(ca_file)} if ca_file is not None else {
+            "certificate-authority-data": base64.b64encode(self.ca_pem).decode()}
         return {
             "apiVersion": "v1", "kind": "Config", "current-context": "observer-lab",
-            "clusters": [{"name": "observer-lab", "cluster": {
-                "server": self.url,
-                "certificate-authority-data": base64.b64encode(self.ca_pem).decode()}}],
+            "clusters": [{"name": "observer-lab", "cluster": {"server": self.url, **ca}}],
             "users": [{"name": "observer-lab", "user": {"token": self.token}}],
             "contexts": [{"name": "observer-lab", "context": {
                 "cluster": "observer-lab", "user": "observer-lab", "namespace": namespace}}],
             "preferences": {},
         }
 
-    def write_kubeconfig(self, path: Path) -> None:
+    def write_kubeconfig(self, path: Path, *, ca_file: Path | None = None) -> None:
+        """With ``ca_file``, the certificate goes there and the kubeconfig names it: clients
+        then need no temporary copy (kubernetes_asyncio makes one per load of inline
+        ``certificate-authority-data`` and never closes its descriptor)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.kubeconfig(), sort_keys=False))
+        if ca_file is not None:
+            ca_file.write_bytes(self.ca_pem)
+        path.write_text(yaml.safe_dump(self.kubeconfig(ca_file=ca_file), sort_keys=False))
         path.chmod(0o600)
 
     # middlewares -----------------------------------------------------------------------------
