@@ -145,14 +145,19 @@ def containers_of(pod_spec: Mapping[str, Any]) -> list[ContainerLifecycle]:
     """The containers that run for the pod's lifetime: regular ones and sidecars (init
     containers with ``restartPolicy: Always``, KEP-753). A container serves when it declares
     ports, or when no container of the pod declares any (ports are optional in the API)."""
-    running: list[Mapping[str, Any]] = [
-        c for c in pod_spec.get("containers") or [] if isinstance(c, Mapping)]
-    running += [c for c in pod_spec.get("initContainers") or []
+    running: list[Mapping[str, Any]] = [c for c in _items(pod_spec.get("containers"))
+                                        if isinstance(c, Mapping)]
+    running += [c for c in _items(pod_spec.get("initContainers"))
                 if isinstance(c, Mapping) and c.get("restartPolicy") == "Always"]
     any_ports = any(c.get("ports") for c in running)
     return [ContainerLifecycle(name=str(c.get("name", "")), prestop=prestop_of(c),
                                serves=bool(c.get("ports")) or not any_ports)
             for c in running]
+
+
+def _items(value: Any) -> list[Any]:
+    """A list's items; anything else (absent, malformed) has none."""
+    return value if isinstance(value, list) else []
 
 
 def grace_seconds(pod_spec: Mapping[str, Any]) -> float:

@@ -38,6 +38,15 @@ def _mapping(value: Any, what: str) -> Mapping[str, Any]:
     return value
 
 
+def _list(value: Any, what: str) -> list[Any]:
+    """A JSON list (absent or null: empty)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise MalformedObject("malformed", f"{what} is not a list")
+    return value
+
+
 def _str(value: Any, what: str, *, required: bool = True) -> str:
     if value is None and not required:
         return ""
@@ -95,7 +104,7 @@ def parse_endpoint_slice(raw: Any) -> EndpointSlice:
     if not isinstance(labels, Mapping):
         raise MalformedObject("malformed", "metadata.labels is not an object")
     ports = []
-    for i, item in enumerate(obj.get("ports") or []):
+    for i, item in enumerate(_list(obj.get("ports"), "ports")):
         port = _mapping(item, f"ports[{i}]")
         number = port.get("port")
         if number is None:
@@ -106,7 +115,7 @@ def parse_endpoint_slice(raw: Any) -> EndpointSlice:
             sys.intern(_str(port.get("name"), f"ports[{i}].name", required=False)), number,
             sys.intern(_str(port.get("protocol") or "TCP", f"ports[{i}].protocol"))))
     endpoints = []
-    for i, item in enumerate(obj.get("endpoints") or []):
+    for i, item in enumerate(_list(obj.get("endpoints"), "endpoints")):
         ep = _mapping(item, f"endpoints[{i}]")
         addresses = ep.get("addresses")
         if not isinstance(addresses, list) or not addresses or not all(
@@ -187,19 +196,19 @@ def parse_pod(raw: Any) -> Pod:
     spec = _mapping(obj.get("spec") or {}, "spec")
     status = _mapping(obj.get("status") or {}, "status")
     ips: list[str] = []
-    for item in status.get("podIPs") or []:
+    for item in _list(status.get("podIPs"), "status.podIPs"):
         ip = _mapping(item, "status.podIPs[]").get("ip")
         if isinstance(ip, str) and ip and ip not in ips:
             ips.append(ip)
     if isinstance(status.get("podIP"), str) and status["podIP"] and status["podIP"] not in ips:
         ips.insert(0, status["podIP"])
     ready = False
-    for item in status.get("conditions") or []:
+    for item in _list(status.get("conditions"), "status.conditions"):
         condition = _mapping(item, "status.conditions[]")
         if condition.get("type") == "Ready":
             ready = condition.get("status") == "True"
     containers = []
-    for item in status.get("containerStatuses") or []:
+    for item in _list(status.get("containerStatuses"), "status.containerStatuses"):
         cs = _mapping(item, "status.containerStatuses[]")
         state = _mapping(cs.get("state") or {}, "containerStatuses[].state")
         terminated = state.get("terminated")
@@ -216,6 +225,8 @@ def parse_pod(raw: Any) -> Pod:
     if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool)):
         raise MalformedObject("malformed", "metadata.deletionGracePeriodSeconds is not an integer")
     try:
+        if deletion is not None and not isinstance(deletion, str):
+            raise TypeError("not a string")
         deletion_ts = parse_time(deletion) if deletion is not None else None
     except (TypeError, ValueError):
         raise MalformedObject("malformed", "metadata.deletionTimestamp is not a time") from None
