@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from observer.kube import lifecycle
 from observer.report.evidence import Evidence
 from observer.report.histograms import Histogram
+from observer.report.workloads import WorkloadContainer
 
 DEFAULT_QUANTILE = 0.99
 DEFAULT_MARGIN = 1.0
@@ -97,28 +98,24 @@ def recommend(evidence: Evidence, *, quantile: float = DEFAULT_QUANTILE,
 
 @dataclass(frozen=True)
 class ContainerAdvice:
-    namespace: str
-    kind: str
-    name: str
-    container: str
-    prestop: lifecycle.PreStop
-    grace_seconds: float
+    workload: WorkloadContainer
     findings: tuple[str, ...]
     suggested_prestop_seconds: float
 
     def to_dict(self) -> dict[str, object]:
-        return {"namespace": self.namespace, "kind": self.kind, "name": self.name,
-                "container": self.container, "prestop_kind": self.prestop.kind,
-                "prestop_seconds": self.prestop.seconds, "grace_seconds": self.grace_seconds,
+        w = self.workload
+        return {"namespace": w.namespace, "kind": w.kind, "name": w.name,
+                "container": w.container, "prestop_kind": w.prestop.kind,
+                "prestop_seconds": w.prestop.seconds, "grace_seconds": w.grace_seconds,
                 "findings": list(self.findings),
                 "suggested_prestop_seconds": self.suggested_prestop_seconds}
 
 
-def advise(namespace: str, kind: str, name: str, container: str, prestop: lifecycle.PreStop,
-           grace: float, rec: Recommendation) -> ContainerAdvice:
+def advise(workload: WorkloadContainer, rec: Recommendation) -> ContainerAdvice:
     """Findings for one serving container (docs/report.md, "Findings")."""
     needed = rec.prestop_seconds
     findings: list[str] = []
+    prestop, grace = workload.prestop, workload.grace_seconds
     seconds = prestop.seconds
     if prestop.kind == lifecycle.NONE:
         findings.append("no-prestop")
@@ -136,18 +133,19 @@ def advise(namespace: str, kind: str, name: str, container: str, prestop: lifecy
         suggested = seconds
     if rec.app_shutdown is not None and grace <= suggested + rec.app_shutdown:
         findings.append("grace-too-short")
-    return ContainerAdvice(namespace, kind, name, container, prestop, grace,
-                           tuple(sorted(findings, key=FINDINGS.index)), suggested)
+    return ContainerAdvice(workload, tuple(sorted(findings, key=FINDINGS.index)), suggested)
 
 
 def sort_key(advice: ContainerAdvice) -> tuple[int, str, str, str, str]:
     worst = min((FINDINGS.index(f) for f in advice.findings), default=len(FINDINGS))
-    return (worst, advice.namespace, advice.kind, advice.name, advice.container)
+    w = advice.workload
+    return (worst, w.namespace, w.kind, w.name, w.container)
 
 
 def summary(rec: Recommendation, advice: Sequence[ContainerAdvice]) -> str:
-    workloads = {(a.namespace, a.kind, a.name) for a in advice}
-    flagged = {(a.namespace, a.kind, a.name) for a in advice if a.findings}
+    workloads = {(a.workload.namespace, a.workload.kind, a.workload.name) for a in advice}
+    flagged = {(a.workload.namespace, a.workload.kind, a.workload.name) for a in advice
+               if a.findings}
     counts: dict[str, int] = {}
     for item in advice:
         for finding in item.findings:

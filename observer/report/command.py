@@ -65,8 +65,7 @@ async def _workloads(options: ReportOptions, rec: Recommendation) -> list[Contai
                             ) from None
     async with client.ApiClient(configuration) as api:
         found = await read_workloads(api, options.namespace)
-    return sorted((advise(w.namespace, w.kind, w.name, w.container, w.prestop,
-                          w.grace_seconds, rec) for w in found), key=sort_key)
+    return sorted((advise(w, rec) for w in found), key=sort_key)
 
 
 async def report(options: ReportOptions, out: TextIO = sys.stdout,
@@ -139,10 +138,11 @@ def to_text(rec: Recommendation, advice: Sequence[ContainerAdvice], evidence: Ev
     rows = [("NAMESPACE", "KIND", "NAME", "CONTAINER", "PRESTOP", "GRACE", "FINDINGS",
              "SUGGESTED")]
     for a in advice:
-        prestop = "none" if a.prestop.kind == "none" else (
-            f"{a.prestop.kind} {_seconds(a.prestop.seconds)}")
-        rows.append((a.namespace, a.kind, a.name, a.container, prestop,
-                     _seconds(a.grace_seconds), ",".join(a.findings) or "ok",
+        w = a.workload
+        prestop = "none" if w.prestop.kind == "none" else (
+            f"{w.prestop.kind} {_seconds(w.prestop.seconds)}")
+        rows.append((w.namespace, w.kind, w.name, w.container, prestop,
+                     _seconds(w.grace_seconds), ",".join(a.findings) or "ok",
                      _seconds(a.suggested_prestop_seconds)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines.append("")

@@ -27,19 +27,42 @@ async def ready_service(env: AgentEnv, *, node: str = "node-a", pods: int = 2,
     return uids
 
 
+async def safe_deletion(env: AgentEnv, clock: ManualClock, pod: str, ip: str,
+                        finished: int) -> None:
+    """Controller 0.25 s, dataplane 0.5 s, then the pod keeps serving 2 s: headroom."""
+    env.cluster.delete_pod(pod, grace=30)
+    await env.seen("pods")  # deleted = t0
+    clock.advance(0.25)
+    env.cluster.set_endpoint("web-abc", ip, ready=False, terminating=True)
+    await env.settle_episode(key("web", ip))  # not_ready = t0 + 0.25
+    clock.advance(0.5)
+    env.dataplane.set(key("web", ip), False)  # dataplane = t0 + 0.75
+    clock.advance(2.0)
+    env.cluster.pod_terminated(pod)  # stopped = t0 + 2.75
+    await env.settle_finished(finished)
+
+
+async def unsafe_deletion(env: AgentEnv, clock: ManualClock, pod: str, ip: str,
+                          finished: int) -> None:
+    """The pod is killed 1 s after it is taken out of the slice; the dataplane drops it
+    0.375 s later: an unsafe termination."""
+    env.cluster.delete_pod(pod, grace=1)
+    await env.seen("pods")
+    clock.advance(0.125)
+    env.cluster.set_endpoint("web-abc", ip, ready=False, terminating=True)
+    await env.settle_episode(key("web", ip))
+    clock.advance(1.0)
+    env.cluster.pod_terminated(pod, killed=True)
+    await env.seen("pods")
+    clock.advance(0.375)
+    env.dataplane.set(key("web", ip), False)
+    await env.settle_finished(finished)
+
+
 async def test_deletion_on_the_pods_node_times_every_stage(env: AgentEnv,
                                                            clock: ManualClock) -> None:
     await ready_service(env)
-    env.cluster.delete_pod("web-0", grace=30)
-    await env.seen("pods")  # deleted = t0
-    clock.advance(0.25)
-    env.cluster.set_endpoint("web-abc", "10.0.0.1", ready=False, terminating=True)
-    await env.settle_episode(key("web", "10.0.0.1"))  # not_ready = t0 + 0.25
-    clock.advance(0.5)
-    env.dataplane.set(key("web", "10.0.0.1"), False)  # dataplane = t0 + 0.75
-    clock.advance(2.0)
-    env.cluster.pod_terminated("web-0")  # stopped = t0 + 2.75
-    await env.settle_finished(1)
+    await safe_deletion(env, clock, "web-0", "10.0.0.1", 1)
 
     assert env.stage_sum("controller") == 0.25
     assert env.stage_sum("dataplane") == 0.5
@@ -82,17 +105,7 @@ async def test_app_shutdown_is_pod_shutdown_after_the_prestop(
 async def test_pod_stopping_before_the_dataplane_is_unsafe(env: AgentEnv,
                                                            clock: ManualClock) -> None:
     await ready_service(env)
-    env.cluster.delete_pod("web-0", grace=1)
-    await env.seen("pods")
-    clock.advance(0.125)
-    env.cluster.set_endpoint("web-abc", "10.0.0.1", ready=False, terminating=True)
-    await env.settle_episode(key("web", "10.0.0.1"))
-    clock.advance(1.0)
-    env.cluster.pod_terminated("web-0", killed=True)
-    await env.seen("pods")
-    clock.advance(0.375)
-    env.dataplane.set(key("web", "10.0.0.1"), False)
-    await env.settle_finished(1)
+    await unsafe_deletion(env, clock, "web-0", "10.0.0.1", 1)
 
     assert env.sample("endpoint_propagation_unsafe_terminations_total") == 1
     assert env.sample("endpoint_propagation_unsafe_window_seconds_sum") == 0.375

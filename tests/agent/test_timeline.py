@@ -12,8 +12,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.agent.harness import AgentEnv, key
-from tests.agent.test_episodes import ready_service
+from tests.agent.harness import AgentEnv
+from tests.agent.test_episodes import ready_service, safe_deletion, unsafe_deletion
 from tests.conftest import REPO, ManualClock, require_tool
 
 ARTIFACTS = Path(os.environ.get("OBSERVER_TEST_ARTIFACTS", REPO / "test-artifacts"))
@@ -39,27 +39,8 @@ async def two_episodes(env: AgentEnv, clock: ManualClock) -> None:
     """One safe deletion (web-0), one unsafe (web-1: stopped before the dataplane dropped);
     web-2 stays Ready, so kube-proxy's fallback never applies."""
     await ready_service(env, pods=3)
-    env.cluster.delete_pod("web-0", grace=30)
-    await env.seen("pods")
-    clock.advance(0.25)
-    env.cluster.set_endpoint("web-abc", "10.0.0.1", ready=False, terminating=True)
-    await env.settle_episode(key("web", "10.0.0.1"))
-    clock.advance(0.5)
-    env.dataplane.set(key("web", "10.0.0.1"), False)
-    clock.advance(2.0)
-    env.cluster.pod_terminated("web-0")
-    await env.settle_finished(1)
-    env.cluster.delete_pod("web-1", grace=1)
-    await env.seen("pods")
-    clock.advance(0.125)
-    env.cluster.set_endpoint("web-abc", "10.0.0.2", ready=False, terminating=True)
-    await env.settle_episode(key("web", "10.0.0.2"))
-    clock.advance(1.0)
-    env.cluster.pod_terminated("web-1", killed=True)
-    await env.seen("pods")
-    clock.advance(0.375)
-    env.dataplane.set(key("web", "10.0.0.2"), False)
-    await env.settle_finished(2)
+    await safe_deletion(env, clock, "web-0", "10.0.0.1", 1)
+    await unsafe_deletion(env, clock, "web-1", "10.0.0.2", 2)
 
 
 async def test_timeline_draws_the_episodes(env: AgentEnv, clock: ManualClock) -> None:
