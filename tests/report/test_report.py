@@ -305,3 +305,25 @@ def test_quantile_is_promqls() -> None:
     assert math.isnan(Histogram({0.1: 3.0}).quantile(0.5))  # no +Inf bucket
     skewed = Histogram({0.1: 5.0, 0.5: 4.0, math.inf: 10.0})  # scrape skew: kept monotonic
     assert math.isclose(skewed.quantile(0.5), 0.1)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_findings_are_coloured_on_a_terminal(agents: Agents, apiserver: ApiServer,
+                                                   kubeconfig: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    url = await agents.add(observations(controller=[0.1] * 20, dataplane=[0.1] * 20))
+    create_workloads(apiserver)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    out = Terminal()
+    assert await report(options(agents=(url,), kubeconfig=str(kubeconfig), as_json=False),
+                        out=out, err=io.StringIO()) == 0
+    assert "\033[31mat-risk" in out.getvalue()  # red: at risk
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = Terminal()
+    await report(options(agents=(url,), kubeconfig=str(kubeconfig), as_json=False),
+                 out=plain, err=io.StringIO())
+    assert "\033[" not in plain.getvalue()
