@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
 import re
 import signal
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -282,6 +284,7 @@ async def _run_lab(args: argparse.Namespace) -> int:
     from observer.lab.report import render_svg, render_text
     from observer.lab.results import compare, pair
     from observer.lab.scenario import Lab, LabRun
+    from observer.report.command import ReportOptions, report
 
     settings = LabConfig(nodes=args.nodes, deletions=args.deletions,
                          controller_delay=args.controller_delay, proxy_delay=args.proxy_delay,
@@ -297,15 +300,25 @@ async def _run_lab(args: argparse.Namespace) -> int:
     lab = Lab(settings, clock=SystemClock(),
               announce=(lambda line: print(line, flush=True)) if args.serve else lambda _: None)
     serving = asyncio.Event()
+    advice, advice_problems = io.StringIO(), io.StringIO()
 
     async def serve(run: LabRun) -> None:
+        # What `observer report` makes of the lab: the agents' histograms over HTTP, the
+        # workloads from the lab's API server — the production path, on the lab's data.
+        await report(ReportOptions(
+            prometheus=None, agents=[n.agent.http.url for n in run.nodes if n.agent],
+            kubeconfig=str(run.kubeconfig), namespace=None, quantile=0.99, margin=1.0,
+            window="6h", min_episodes=20, node_label="node", as_json=False),
+            out=advice, err=advice_problems)
+        if not args.serve:
+            return
         serving.set()
         timelines = " ".join(f"{n.agent.http.url}/timeline" for n in run.nodes if n.agent)
         print(f"observer lab: deletions done; serving until Ctrl-C. Episode timelines: "
               f"{timelines}", file=sys.stderr, flush=True)
         await stop.wait()
 
-    scenario = asyncio.create_task(lab.run(serve=serve if args.serve else None))
+    scenario = asyncio.create_task(lab.run(serve=serve))
     interrupted = asyncio.create_task(stop.wait())
     await asyncio.wait([scenario, interrupted], return_when=asyncio.FIRST_COMPLETED)
     if not scenario.done() and serving.is_set():
@@ -333,7 +346,12 @@ async def _run_lab(args: argparse.Namespace) -> int:
     args.svg.parent.mkdir(parents=True, exist_ok=True)
     args.svg.write_text(render_svg(pair(measured, run.truth.episodes)[0]))
     result["timeline"] = str(args.svg.resolve())
-    print(json.dumps(result, indent=2) if args.json else render_text(result))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(render_text(result))
+    print("\n`observer report` on the lab (the agents' histograms, the lab's workloads):")
+    print(textwrap.indent(advice.getvalue() or advice_problems.getvalue(), "  "), end="")
     return 0
 
 
