@@ -151,4 +151,7 @@ async def test_ctrl_c_while_serving_ends_normally() -> None:
             proc.kill()
             await proc.wait()
     assert "recommendation: preStop sleep of" in out  # the report, as without --serve
+    # observer report, run on the lab: four deletions are too few for it to recommend.
+    assert "`observer report` on the lab" in out
+    assert "not recommending anything: only 4 deletions measured" in out
     assert "obs-lab-" not in await asyncio.to_thread(namespaces)
