@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import aiohttp
@@ -20,9 +21,18 @@ ARTIFACTS = Path(os.environ.get("OBSERVER_TEST_ARTIFACTS", REPO / "test-artifact
 
 
 async def chromium(url: str, *flags: str) -> str:
+    """Headless, a fresh profile, and none of Chromium's own network traffic (the machine's
+    network is closed; only the agent on 127.0.0.1 is reached)."""
+    with tempfile.TemporaryDirectory(prefix="observer-chromium-") as profile:
+        return await _chromium(url, profile, *flags)
+
+
+async def _chromium(url: str, profile: str, *flags: str) -> str:
     proc = await asyncio.create_subprocess_exec(
         require_tool("chromium"), "--headless", "--no-sandbox", "--disable-gpu",
-        "--disable-dev-shm-usage", "--no-first-run", "--virtual-time-budget=3000",
+        "--disable-dev-shm-usage", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-quic",
+        f"--user-data-dir={profile}", "--virtual-time-budget=3000",
         "--window-size=1200,700", *flags, url,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
