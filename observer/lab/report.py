@@ -39,7 +39,8 @@ def render_text(result: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"unsafe terminations: {unsafe['true']} true, {unsafe['detected']} detected "
                  f"({unsafe['false_positive']} false positive, {unsafe['missed']} missed; "
-                 f"{unsafe['undecidable']} undecidable: stopped while the rules were written)")
+                 f"{unsafe['undecidable']} undecidable: stopped while the rules were written, or "
+                 "within the agent's stated precision)")
     for view, label in (("on_pods_node", "on the pod's node"),
                         ("on_other_nodes", "on other nodes")):
         v = unsafe[view]

@@ -55,14 +55,19 @@ class Pair:
                 and self.true.stopped is not None and self.true.stopped < dataplane)
 
     def undecidable(self) -> bool:
-        """The pod stopped while this node's rules were being written: the truth itself cannot
-        say which came first (the commit is somewhere inside the writer's run)."""
+        """Which came first cannot be said: the pod stopped while this node's rules were being
+        written (the commit is somewhere inside the writer's run), or inside the window the
+        agent's own dataplane reading states as its precision (a poll notices a change up to
+        an interval late: the agent cannot order a stop inside that window, and says so)."""
         dataplane = self.true.dataplane.get(self.node)
         stopped = self.true.stopped
         if dataplane is None or stopped is None:
             return False
-        return dataplane - self.true.dataplane_precision.get(self.node, 0.0) <= stopped <= \
-            dataplane
+        if dataplane - self.true.dataplane_precision.get(self.node, 0.0) <= stopped <= \
+                dataplane:
+            return True
+        seen = self.measured.dataplane
+        return seen is not None and seen.mono - seen.precision <= stopped <= seen.mono
 
 
 def pair(measured: Iterable[tuple[str, Episode]],
