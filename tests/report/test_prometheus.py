@@ -164,8 +164,8 @@ async def test_prometheus_agents_and_recording_rules_agree(prometheus: Prometheu
     via_agents = found["agents"]["recommendation"]
     assert via_agents["episodes"] == 30
     # increase() extrapolates towards the window's edges, up to about a scrape interval on
-    # each side of ~20 s of data.
-    assert 30 <= via_prometheus["episodes"] <= 33
+    # each side of the ~15-20 s the counters moved in; the quantiles do not depend on it.
+    assert 30 <= via_prometheus["episodes"] <= 36
     for stage in ("controller_seconds", "dataplane_seconds"):
         assert abs(bucket(via_prometheus[stage]) - bucket(via_agents[stage])) <= 1, stage
     assert abs(via_prometheus["prestop_seconds"] - via_agents["prestop_seconds"]) <= 1
