@@ -9,7 +9,7 @@ from typing import Any
 
 from observer.episodes.model import Episode
 from observer.lab.truth import TrueEpisode
-from observer.report.advice import DEFAULT_MARGIN, prestop_seconds
+from observer.report.advice import DEFAULT_MARGIN, Recommendation
 
 STAGES = ("controller", "dataplane", "total")
 
@@ -159,10 +159,9 @@ def recommend(controller: list[float],
         return {"prestop_seconds": None,
                 "basis": "not enough measured episodes to recommend anything"}
     slowest = max(node_p99, key=lambda n: node_p99[n])
-    value = quantile(controller, 0.99) + node_p99[slowest] + DEFAULT_MARGIN
-    return {"prestop_seconds": prestop_seconds(quantile(controller, 0.99), node_p99[slowest],
-                                               DEFAULT_MARGIN),
-            "basis": f"p99 controller {quantile(controller, 0.99):.3f} s "
-                     f"({len(controller)} episodes) + p99 dataplane on the slowest node, "
-                     f"{slowest}, {node_p99[slowest]:.3f} s + margin {DEFAULT_MARGIN:g} s "
-                     f"= {value:.3f} s, rounded up"}
+    rec = Recommendation(
+        quantile=0.99, margin=DEFAULT_MARGIN, controller=quantile(controller, 0.99),
+        controller_episodes=len(controller), dataplane=node_p99[slowest],
+        dataplane_episodes=len(per_node[slowest]["dataplane"]), slowest_node=slowest,
+        nodes=node_p99, app_shutdown=None, app_shutdown_pods=0)
+    return {"prestop_seconds": rec.prestop_seconds, "basis": rec.basis}

@@ -37,13 +37,8 @@ class NotEnoughData(Exception):
     """Too few episodes to say anything; the report refuses instead of guessing."""
 
 
-def prestop_seconds(controller: float, dataplane: float, margin: float) -> int:
-    return math.ceil(controller + dataplane + margin)
-
-
 @dataclass(frozen=True)
 class Recommendation:
-    prestop_seconds: int
     quantile: float
     margin: float
     controller: float  # Q(controller), seconds
@@ -54,6 +49,11 @@ class Recommendation:
     nodes: dict[str, float]  # Q(dataplane) per node with data
     app_shutdown: float | None  # Q(app shutdown after SIGTERM); None without data
     app_shutdown_pods: float
+
+    @property
+    def prestop_seconds(self) -> int:
+        """The formula; rounded up to whole seconds, what a preStop sleep is written in."""
+        return math.ceil(self.controller + self.dataplane + self.margin)
 
     @property
     def episodes(self) -> int:
@@ -86,8 +86,6 @@ def recommend(evidence: Evidence, *, quantile: float = DEFAULT_QUANTILE,
     slowest = max(per_node, key=lambda n: per_node[n])
     app: Histogram = evidence.app_shutdown
     return Recommendation(
-        prestop_seconds=prestop_seconds(controller.quantile(quantile), per_node[slowest],
-                                        margin),
         quantile=quantile, margin=margin,
         controller=controller.quantile(quantile), controller_episodes=controller.count,
         dataplane=per_node[slowest], dataplane_episodes=nodes[slowest].count,
