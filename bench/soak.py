@@ -26,6 +26,7 @@ from typing import Any
 from observer import logs
 from observer.clock import SystemClock
 from observer.lab.config import Delay, LabConfig
+from observer.lab.results import Accounting, accounting
 from observer.lab.scenario import Lab, LabRun
 
 
@@ -45,9 +46,7 @@ class SoakResult:
     nodes: int
     elapsed_seconds: float = 0.0
     samples: list[Sample] = field(default_factory=list)
-    measured: int = 0
-    fallback: int = 0
-    abandoned: dict[str, int] = field(default_factory=dict)
+    accounting: Accounting = field(default_factory=Accounting)
     pods_deleted: int = 0
     fds_before: int = 0
     fds_after: int = 0
@@ -55,7 +54,7 @@ class SoakResult:
 
     @property
     def episodes(self) -> int:
-        return self.measured + self.fallback + sum(self.abandoned.values())
+        return self.accounting.episodes
 
     def growth_after_warmup(self, warmup: float = 0.25) -> float:
         """RSS growth (MiB) from the end of warm-up (the first ``warmup`` of the samples,
@@ -97,22 +96,7 @@ def soak_config(deletions: int, nodes: int, episode_ttl: float = 20.0) -> LabCon
 
 
 def counted(run: LabRun, result: SoakResult) -> None:
-    result.measured = result.fallback = 0
-    result.abandoned = {}
-    for node in run.nodes:
-        if node.agent is None:
-            continue
-        for family in node.agent.registry.collect():
-            for sample in family.samples:
-                if sample.name == "endpoint_propagation_duration_seconds_count" and \
-                        sample.labels.get("stage") == "dataplane":
-                    result.measured += int(sample.value)
-                elif sample.name == "endpoint_propagation_fallback_total":
-                    result.fallback += int(sample.value)
-                elif sample.name == "endpoint_propagation_abandoned_total":
-                    reason = sample.labels["reason"]
-                    result.abandoned[reason] = result.abandoned.get(reason, 0) + int(
-                        sample.value)
+    result.accounting = accounting(n.agent.registry for n in run.nodes if n.agent)
 
 
 async def soak(deletions: int, nodes: int, *, episode_ttl: float = 20.0,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from prometheus_client import CollectorRegistry
 
 from observer.episodes.model import Episode
 from observer.lab.truth import TrueEpisode
@@ -165,3 +167,34 @@ def recommend(controller: list[float],
         dataplane_episodes=len(per_node[slowest]["dataplane"]), slowest_node=slowest,
         nodes=node_p99, app_shutdown=None, app_shutdown_pods=0)
     return {"prestop_seconds": rec.prestop_seconds, "basis": rec.basis}
+
+
+@dataclass
+class Accounting:
+    """What the agents did with the episodes they saw, from their own metrics: measured (a
+    dataplane stage observed), kept by kube-proxy's fallback, or abandoned with a reason — the
+    accounting rule of docs/reliability.md."""
+
+    measured: int = 0
+    fallback: int = 0
+    abandoned: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def episodes(self) -> int:
+        return self.measured + self.fallback + sum(self.abandoned.values())
+
+
+def accounting(registries: Iterable[CollectorRegistry]) -> Accounting:
+    out = Accounting()
+    for registry in registries:
+        for family in registry.collect():
+            for sample in family.samples:
+                if sample.name == "endpoint_propagation_duration_seconds_count" and \
+                        sample.labels.get("stage") == "dataplane":
+                    out.measured += int(sample.value)
+                elif sample.name == "endpoint_propagation_fallback_total":
+                    out.fallback += int(sample.value)
+                elif sample.name == "endpoint_propagation_abandoned_total":
+                    reason = sample.labels["reason"]
+                    out.abandoned[reason] = out.abandoned.get(reason, 0) + int(sample.value)
+    return out

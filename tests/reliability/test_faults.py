@@ -26,6 +26,7 @@ from observer.lab.apiserver.errors import ApiError
 from observer.lab.apiserver.registry import DeleteOptions, WriteOptions
 from observer.lab.config import Delay, LabConfig
 from observer.lab.controller import NAMESPACE
+from observer.lab.results import Accounting, accounting
 from observer.lab.scenario import Lab, LabRun
 
 NODES = 2
@@ -47,9 +48,7 @@ class SteppingClock(SystemClock):
 @dataclass
 class Outcome:
     pods_deleted: int = 0
-    measured: int = 0
-    fallback: int = 0
-    abandoned: dict[str, int] = field(default_factory=dict)
+    accounting: Accounting = field(default_factory=Accounting)
     restarts: dict[str, int] = field(default_factory=dict)  # watch restarts by reason
     malformed: int = 0
     scrapes: int = 0
@@ -59,26 +58,20 @@ class Outcome:
 
     @property
     def episodes(self) -> int:
-        return self.measured + self.fallback + sum(self.abandoned.values())
+        return self.accounting.episodes
 
 
 def count(run: LabRun, outcome: Outcome) -> None:
-    for node in run.nodes:
-        assert node.agent is not None
-        for family in node.agent.registry.collect():
+    registries = [node.agent.registry for node in run.nodes if node.agent is not None]
+    assert len(registries) == NODES
+    outcome.accounting = accounting(registries)
+    for registry in registries:
+        for family in registry.collect():
             for s in family.samples:
                 labels = s.labels
-                if s.name == "endpoint_propagation_duration_seconds_count" and \
-                        labels["stage"] == "dataplane":
-                    outcome.measured += int(s.value)
-                elif s.name == "endpoint_propagation_duration_seconds_sum" and \
+                if s.name == "endpoint_propagation_duration_seconds_sum" and \
                         labels["stage"] == "dataplane":
                     outcome.max_dataplane_seconds = max(outcome.max_dataplane_seconds, s.value)
-                elif s.name == "endpoint_propagation_fallback_total":
-                    outcome.fallback += int(s.value)
-                elif s.name == "endpoint_propagation_abandoned_total":
-                    outcome.abandoned[labels["reason"]] = \
-                        outcome.abandoned.get(labels["reason"], 0) + int(s.value)
                 elif s.name == "endpoint_propagation_watch_restarts_total":
                     outcome.restarts[labels["reason"]] = \
                         outcome.restarts.get(labels["reason"], 0) + int(s.value)
@@ -258,7 +251,7 @@ async def test_no_episode_disappears_under(fault: str) -> None:
     assert outcome.ready_at_end
     assert outcome.pods_deleted >= DELETIONS * 3 // 4
     assert outcome.episodes == NODES * outcome.pods_deleted, outcome
-    assert outcome.measured > 0
+    assert outcome.accounting.measured > 0
 
 
 async def test_wall_clock_steps_change_no_duration() -> None:
@@ -272,4 +265,4 @@ async def test_wall_clock_steps_change_no_duration() -> None:
     assert outcome.episodes == NODES * outcome.pods_deleted, outcome
     # Every dataplane stage lasted well under a second in this lab; a wall-clock step leaking
     # into a duration would add an hour.
-    assert outcome.max_dataplane_seconds < outcome.measured * 1.0
+    assert outcome.max_dataplane_seconds < outcome.accounting.measured * 1.0
