@@ -303,13 +303,14 @@ async def _run_lab(args: argparse.Namespace) -> int:
     advice, advice_problems = io.StringIO(), io.StringIO()
 
     async def serve(run: LabRun) -> None:
-        # What `observer report` makes of the lab: the agents' histograms over HTTP, the
-        # workloads from the lab's API server — the production path, on the lab's data.
-        await report(ReportOptions(
-            prometheus=None, agents=[n.agent.http.url for n in run.nodes if n.agent],
-            kubeconfig=str(run.kubeconfig), namespace=None, quantile=0.99, margin=1.0,
-            window="6h", min_episodes=20, node_label="node", as_json=False),
-            out=advice, err=advice_problems)
+        # What `observer report` makes of the lab (text report only): the agents' histograms
+        # over HTTP, the workloads from the lab's API server — the production path.
+        if not args.json:
+            await report(ReportOptions(
+                prometheus=None, agents=[n.agent.http.url for n in run.nodes if n.agent],
+                kubeconfig=str(run.kubeconfig), namespace=None, quantile=0.99, margin=1.0,
+                window="6h", min_episodes=20, node_label="node", as_json=False),
+                out=advice, err=advice_problems)
         if not args.serve:
             return
         serving.set()
