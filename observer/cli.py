@@ -212,6 +212,8 @@ def prometheus_duration(text: str) -> str:
 
 
 def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from observer.report import advice
+
     report = commands.add_parser(
         "report", help="recommend a preStop from the measurements and check every workload",
         description="Read the agents' histograms (through Prometheus, or from the agents "
@@ -229,28 +231,32 @@ def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
                         help="kubeconfig for reading workloads (default: in-cluster config, "
                              "then $KUBECONFIG or ~/.kube/config)")
     report.add_argument("--namespace", help="only this namespace's workloads (default: all)")
-    report.add_argument("--quantile", type=quantile, default=0.99,
-                        help="quantile of each stage the preStop must cover (default 0.99)")
-    report.add_argument("--margin", type=float, default=1.0,
-                        help="seconds added for what the stages do not see (default 1)")
+    report.add_argument("--quantile", type=quantile, default=advice.DEFAULT_QUANTILE,
+                        help="quantile of each stage the preStop must cover (default %(default)s)")
+    report.add_argument("--margin", type=float, default=advice.DEFAULT_MARGIN,
+                        help="seconds added for what the stages do not see (default "
+                             "%(default)s)")
     report.add_argument("--window", type=prometheus_duration, default=None,
-                        help="with --prometheus: how far back to look (default 6h, the "
-                             "recording rules' window); agents count since they started")
-    report.add_argument("--min-episodes", type=int, default=20,
-                        help="refuse to recommend from fewer measured deletions (default 20)")
-    report.add_argument("--node-label", default="node",
-                        help="with --prometheus: the label naming each agent's node "
-                             "(default node, as deploy/'s scrape configuration sets it)")
+                        help=f"with --prometheus: how far back to look (default "
+                             f"{advice.DEFAULT_WINDOW}, the recording rules' window); agents "
+                             "count since they started")
+    report.add_argument("--min-episodes", type=int, default=advice.DEFAULT_MIN_EPISODES,
+                        help="refuse to recommend from fewer measured deletions (default "
+                             "%(default)s)")
+    report.add_argument("--node-label", default=advice.DEFAULT_NODE_LABEL,
+                        help="with --prometheus: the label naming each agent's node (default "
+                             "%(default)s, as deploy/'s scrape configuration sets it)")
     report.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 async def _report(args: argparse.Namespace) -> int:
+    from observer.report.advice import DEFAULT_WINDOW
     from observer.report.command import ReportOptions, report
 
     return await report(ReportOptions(
         prometheus=args.prometheus, agents=args.agents or (), kubeconfig=args.kubeconfig,
         namespace=args.namespace, quantile=args.quantile, margin=args.margin,
-        window=args.window or "6h", min_episodes=args.min_episodes,
+        window=args.window or DEFAULT_WINDOW, min_episodes=args.min_episodes,
         node_label=args.node_label, as_json=args.json))
 
 
@@ -308,8 +314,7 @@ async def _run_lab(args: argparse.Namespace) -> int:
         if not args.json:
             await report(ReportOptions(
                 prometheus=None, agents=[n.agent.http.url for n in run.nodes if n.agent],
-                kubeconfig=str(run.kubeconfig), namespace=None, quantile=0.99, margin=1.0,
-                window="6h", min_episodes=20, node_label="node", as_json=False),
+                kubeconfig=str(run.kubeconfig), namespace=None),
                 out=advice, err=advice_problems)
         if not args.serve:
             return

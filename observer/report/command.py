@@ -19,6 +19,11 @@ from kubernetes_asyncio import client, config
 
 from observer.kube.connect import load_api_config
 from observer.report.advice import (
+    DEFAULT_MARGIN,
+    DEFAULT_MIN_EPISODES,
+    DEFAULT_NODE_LABEL,
+    DEFAULT_QUANTILE,
+    DEFAULT_WINDOW,
     ContainerAdvice,
     NotEnoughData,
     Recommendation,
@@ -41,12 +46,12 @@ class ReportOptions:
     agents: Sequence[str]
     kubeconfig: str | None
     namespace: str | None
-    quantile: float
-    margin: float
-    window: str
-    min_episodes: int
-    node_label: str
-    as_json: bool
+    quantile: float = DEFAULT_QUANTILE
+    margin: float = DEFAULT_MARGIN
+    window: str = DEFAULT_WINDOW
+    min_episodes: int = DEFAULT_MIN_EPISODES
+    node_label: str = DEFAULT_NODE_LABEL
+    as_json: bool = False
 
 
 async def _evidence(options: ReportOptions) -> Evidence:
