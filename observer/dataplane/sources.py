@@ -1,8 +1,9 @@
 """Change detection: turning dataplane reads into ``DataplaneChange`` records for the tracker.
 
 * ``PollingSource`` re-reads every ``interval`` seconds (iptables-legacy has no change
-  notification; IPVS here neither). A change is stamped when the read that shows it completes;
-  it happened at most one interval plus one read earlier, which is its stated precision.
+  notification; IPVS here neither). A change is stamped with the start of the read that shows
+  it; it happened between the previous read's start and this read's end, which is its stated
+  precision (about one interval).
 * ``MonitorSource`` follows ``nft -j monitor`` — the kernel announces every nf_tables change
   over netlink, including those iptables-nft makes — and re-derives selection right after each
   burst of events (one kube-proxy transaction arrives as one burst; a 2 ms quiet gap ends it,
@@ -136,13 +137,23 @@ class _ReadingSource:
         return result
 
     def _now(self, precision: float) -> Timestamp:
-        return Timestamp(self.clock.monotonic(), self.clock.wall(), "dataplane", precision)
+        return self._at(self.clock.monotonic(), precision)
+
+    def _at(self, mono: float, precision: float) -> Timestamp:
+        """A timestamp for an earlier monotonic reading, its wall time derived from now's."""
+        now = self.clock.monotonic()
+        return Timestamp(mono, self.clock.wall() - (now - mono), "dataplane", precision)
 
 
 class PollingSource(_ReadingSource):
-    """Re-reads every ``interval`` seconds — but never spends more than ``max_duty`` (25%) of the
-    time reading: on a large node a full read takes long, and the wait after it grows to
-    match (a bound on CPU that costs detection latency; docs/dataplane.md)."""
+    """Starts a full read every ``interval`` seconds — but never spends more than ``max_duty``
+    (25%) of the time reading: on a large node a full read takes long, and the period grows to
+    match (a bound on CPU that costs detection latency; docs/dataplane.md).
+
+    A change a read shows happened after the previous read started and before this one ended
+    (``iptables-save`` copies the whole table in one ``getsockopt`` as it starts). It is
+    stamped with this read's start, its precision the larger distance to either end: with
+    reads short against the interval, about one interval."""
 
     def __init__(self, *, reader: Reader, clock: Clock, metrics: DataplaneMetrics,
                  interval: float, max_duty: float = 0.25,
@@ -159,10 +170,12 @@ class PollingSource(_ReadingSource):
             snapshot = await self._read()
             now = self.clock.monotonic()
             if snapshot is not None:
-                self._selection.replace(snapshot.selection(), self._now(now - previous), sink)
-                previous = now
+                precision = max(started - previous, now - started)
+                self._selection.replace(snapshot.selection(), self._at(started, precision),
+                                        sink)
+                previous = started
             took = now - started
-            await self.sleep(max(self.interval, took * (1 / self.max_duty - 1)))
+            await self.sleep(max(self.interval, took / self.max_duty) - took)
 
 
 class _Tables(Protocol):

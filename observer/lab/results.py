@@ -59,8 +59,8 @@ class Pair:
     def undecidable(self) -> bool:
         """Which came first cannot be said: the pod stopped while this node's rules were being
         written (the commit is somewhere inside the writer's run), or inside the window the
-        agent's own dataplane reading states as its precision (a poll notices a change up to
-        an interval late: the agent cannot order a stop inside that window, and says so)."""
+        agent's own dataplane reading states as its precision (a poll places a change within
+        about an interval: the agent cannot order a stop inside that window, and says so)."""
         dataplane = self.true.dataplane.get(self.node)
         stopped = self.true.stopped
         if dataplane is None or stopped is None:
@@ -69,7 +69,7 @@ class Pair:
                 dataplane:
             return True
         seen = self.measured.dataplane
-        return seen is not None and seen.mono - seen.precision <= stopped <= seen.mono
+        return seen is not None and abs(stopped - seen.mono) <= seen.precision
 
 
 def pair(measured: Iterable[tuple[str, Episode]],

@@ -1,0 +1,115 @@
+"""When a polled change is said to have happened, and how precisely (docs/dataplane.md).
+
+A scripted reader on a manual clock: each read takes a known time and shows a known
+selection, so the stamp, its precision and the polling period are exact."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from observer.dataplane.model import (
+    Backend,
+    DataplaneChange,
+    DataplaneParseError,
+    DataplaneSnapshot,
+    ProgrammedEndpoint,
+    ProgrammedService,
+)
+from observer.dataplane.readers import Mode
+from observer.dataplane.sources import PollingSource
+from tests.conftest import ManualClock
+from tests.dataplane.test_netns import Health
+
+
+class ScriptedReader:
+    """Read n takes ``durations[n]`` seconds of the manual clock; from read ``drop_at`` on,
+    endpoint 10.0.0.1 is no longer selected."""
+
+    mode: Mode = "iptables"
+    backend: Backend | None = "legacy"
+
+    def __init__(self, clock: ManualClock, durations: list[float], drop_at: int) -> None:
+        self.clock, self.durations, self.drop_at = clock, durations, drop_at
+        self.starts: list[float] = []
+
+    async def read(self) -> DataplaneSnapshot:
+        n = len(self.starts)
+        self.starts.append(self.clock.monotonic())
+        self.clock.advance(self.durations[min(n, len(self.durations) - 1)])
+        endpoints = (ProgrammedEndpoint("10.0.0.1", 80, n < self.drop_at),
+                     ProgrammedEndpoint("10.0.0.2", 80, True))
+        return DataplaneSnapshot("iptables", "legacy", (
+            ProgrammedService("default/web:http", "tcp", "172.30.0.1", endpoints, ()),))
+
+
+def periods(starts: list[float]) -> list[float]:
+    return [round(b - a, 9) for a, b in itertools.pairwise(starts)]
+
+
+async def poll(reader: ScriptedReader, clock: ManualClock, *, interval: float,
+               reads: int) -> tuple[list[DataplaneChange], list[float]]:
+    changes: list[DataplaneChange] = []
+    sleeps: list[float] = []
+    done = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock.advance(seconds)
+        if len(reader.starts) >= reads:
+            done.set()
+            await asyncio.Event().wait()  # parked until cancelled
+
+    source = PollingSource(reader=reader, clock=clock, metrics=Health(), interval=interval,
+                           sleep=sleep)
+    task = asyncio.create_task(source.run(changes.append))
+    await done.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return changes, sleeps
+
+
+async def test_a_change_is_stamped_at_the_start_of_the_read_that_shows_it() -> None:
+    clock = ManualClock()
+    reader = ScriptedReader(clock, [0.01], drop_at=3)
+    changes, sleeps = await poll(reader, clock, interval=0.05, reads=4)
+    # A read starts every interval, whatever the read took.
+    assert periods(reader.starts) == [0.05] * 3
+    assert sleeps[0] == pytest.approx(0.04)
+    (change,) = changes
+    assert (change.key.ip, change.selected) == ("10.0.0.1", False)
+    assert change.at.mono == reader.starts[3]
+    # It happened after read 2 started and before read 3 ended: within one period of the stamp.
+    assert change.at.precision == pytest.approx(0.05)
+    assert change.at.wall == pytest.approx(clock.wall_time - (clock.mono - reader.starts[3]))
+
+
+async def test_long_reads_stretch_the_period_and_the_precision_says_so() -> None:
+    clock = ManualClock()
+    reader = ScriptedReader(clock, [0.1], drop_at=2)  # each read 0.1 s: 4 x 0.1 s > interval
+    changes, _ = await poll(reader, clock, interval=0.05, reads=3)
+    assert periods(reader.starts) == [0.4, 0.4]
+    (change,) = changes
+    assert change.at.mono == reader.starts[2]
+    assert change.at.precision == pytest.approx(0.4)
+
+
+async def test_a_failed_read_widens_the_next_changes_precision() -> None:
+    clock = ManualClock()
+
+    class Failing(ScriptedReader):
+        async def read(self) -> DataplaneSnapshot:
+            snapshot = await super().read()
+            if len(self.starts) == 3:  # the third read fails
+                raise DataplaneParseError("garbage")
+            return snapshot
+
+    reader = Failing(clock, [0.01], drop_at=3)
+    changes, _ = await poll(reader, clock, interval=0.05, reads=4)
+    (change,) = changes
+    # The failed read saw nothing: the change is known only to follow read 1's start.
+    assert change.at.mono == reader.starts[3]
+    assert change.at.precision == pytest.approx(reader.starts[3] - reader.starts[1])
