@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from observer.clock import Clock
 from observer.dataplane.model import DataplaneSource, ProxyMode
-from observer.episodes.feeds import PodFeed, SliceFeed
+from observer.episodes.feeds import PodFeed, SliceFeed, TerminalPodFeed
 from observer.episodes.tracker import EpisodeTracker
 from observer.export.metrics import AgentMetrics, DataplaneHealth, StateCollector
 from observer.export.server import AgentHttp
@@ -26,6 +26,9 @@ log = structlog.get_logger("observer.agent")
 # kube-proxy ignores these slices (cmd/kube-proxy/app/server.go builds the same selector), so
 # the agent does too: no dataplane would ever drop their endpoints.
 PROXYABLE_SLICES = "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name"
+# Pods whose containers have all exited (pkg/registry/core/pod/strategy.go makes status.phase
+# selectable; a pod entering the selection arrives as ADDED).
+TERMINAL_PODS = "status.phase!=Pending,status.phase!=Running,status.phase!=Unknown"
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ class AgentConfig:
     debug_endpoints: bool = True
     housekeeping_interval: float = 1.0
     shutdown_timeout: float = 5.0
+    # Watch terminal pods of every node, so this node learns when a remote pod stopped (else
+    # only from the slice, a controller reaction later: more missed unsafe terminations).
+    terminal_pod_watch: bool = True
     watch: WatchSettings = field(default_factory=WatchSettings)
 
 
@@ -73,10 +79,16 @@ class Agent:
             sink=PodFeed(self.tracker, self.metrics), metrics=self.metrics, clock=clock,
             settings=config.watch, field_selector=f"spec.nodeName={config.node_name}",
             sleep=sleep)
+        self.watches = [self.slices, self.pods]
+        if config.terminal_pod_watch:
+            self.watches.append(ResourceWatch(
+                resource="terminal_pods",
+                request=functools.partial(client.CoreV1Api(api).list_pod_for_all_namespaces),
+                sink=TerminalPodFeed(self.tracker, self.metrics), metrics=self.metrics,
+                clock=clock, settings=config.watch, field_selector=TERMINAL_PODS, sleep=sleep))
         self.registry.register(StateCollector(
             in_flight=lambda: len(self.tracker.episodes),
-            last_events=lambda: ((w.resource, w.last_event_wall) for w in (self.pods,
-                                                                             self.slices)),
+            last_events=lambda: ((w.resource, w.last_event_wall) for w in self.watches),
             proxy_mode=self.proxy_mode))
         self.http = AgentHttp(registry=self.registry, ready=self.ready,
                               episodes=self.episodes_view, debug=config.debug_endpoints,
@@ -84,8 +96,7 @@ class Agent:
         self._stopping = False
 
     def ready(self) -> bool:
-        return (not self._stopping and self.slices.synced.is_set()
-                and self.pods.synced.is_set())
+        return not self._stopping and all(w.synced.is_set() for w in self.watches)
 
     def episodes_view(self) -> dict[str, Any]:
         return {
@@ -108,7 +119,7 @@ class Agent:
         url = await self.http.start(*self.config.listen)
         log.info("agent started", node=self.config.node_name, proxy_mode=self.proxy_mode,
                  url=url)
-        jobs = [self.slices.run(), self.pods.run(), self._housekeeping()]
+        jobs = [*(w.run() for w in self.watches), self._housekeeping()]
         if self.dataplane is not None:
             jobs.append(self.dataplane.run(self.tracker.dataplane_changed))
         tasks = [asyncio.create_task(job) for job in jobs]

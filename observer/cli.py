@@ -92,6 +92,11 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                      default=_env("DEBUG_ENDPOINTS", "true") == "true",
                      help="serve /debug/episodes and the /timeline page drawing them "
                           "(default: yes)")
+    run.add_argument("--terminal-pod-watch", action=argparse.BooleanOptionalAction,
+                     default=_env("TERMINAL_POD_WATCH", "true") == "true",
+                     help="also watch terminal pods of every node, to learn when a pod on "
+                          "another node stopped (default: yes; without it, only from the "
+                          "EndpointSlice, a controller reaction later)")
 
 
 async def _run_agent(args: argparse.Namespace) -> int:
@@ -116,6 +121,7 @@ async def _run_agent(args: argparse.Namespace) -> int:
     settings = AgentConfig(
         node_name=args.node_name, listen=args.listen, episode_ttl=args.episode_ttl,
         max_in_flight=args.max_in_flight, debug_endpoints=args.debug_endpoints,
+        terminal_pod_watch=args.terminal_pod_watch,
         watch=WatchSettings(inactivity_timeout=args.watch_inactivity_timeout))
     clock = SystemClock()
     registry = CollectorRegistry()

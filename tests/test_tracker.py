@@ -47,8 +47,9 @@ def eps(*, ready: bool = True, serving: bool = True, terminating: bool = False,
                          tuple(endpoints), "1")
 
 
-def pod(*, deleting: bool = False, terminated: bool = False) -> Pod:
-    return Pod("ns", "p", "uid-1", "node-a", ("10.0.0.1",), "Running", not deleting,
+def pod(*, deleting: bool = False, terminated: bool = False, node: str = "node-a",
+        uid: str = "uid-1") -> Pod:
+    return Pod("ns", "p", uid, node, ("10.0.0.1",), "Running", not deleting,
                1_800_000_030.0 if deleting else None, 30 if deleting else None,
                (ContainerState("app", not terminated, terminated, False),), "1", 0.0)
 
@@ -107,6 +108,8 @@ def test_service_becoming_empty_turns_on_fallback(clock: ManualClock) -> None:
     assert rec.fallbacks == 1
     t.slice_changed(eps(others=0, ready=False, terminating=True, serving=False),
                     t.now("slice_watch"))
+    assert rec.finished_episodes == []  # a failed readiness probe is not a stop
+    t.slice_deleted("ns", "web-1", t.now("slice_watch"))  # the pod went: its slice with it
     (episode,) = rec.finished_episodes
     assert "dataplane" not in episode.stages
     assert not episode.unsafe
@@ -138,3 +141,94 @@ def test_old_records_are_forgotten(clock: ManualClock) -> None:
     clock.advance(t.ttl + 1)
     t.expire()
     assert t._pod_records == {}
+
+
+# Pods of other nodes: their stop comes from the watch on terminal pods -----------------------
+
+def remote_episode(t: EpisodeTracker) -> None:
+    t.slices_listed([eps(node="node-b")], t.now("slice_watch"), relist=False)
+    t.slice_changed(eps(node="node-b", ready=False, terminating=True), t.now("slice_watch"))
+
+
+def test_a_remote_readiness_failure_is_not_a_stop(clock: ManualClock) -> None:
+    # A well-behaved app fails readiness on SIGTERM and keeps serving until it exits: this
+    # node dropping it after serving=false but before the exit was safe.
+    rec = Recorder()
+    t = tracker(clock, rec)
+    remote_episode(t)
+    clock.advance(0.5)
+    t.slice_changed(eps(node="node-b", ready=False, terminating=True, serving=False),
+                    t.now("slice_watch"))
+    clock.advance(0.5)
+    t.dataplane_changed(DataplaneChange(KEY, False, t.now("dataplane")))
+    assert rec.finished_episodes == []
+    clock.advance(0.25)
+    t.pod_terminal(pod(node="node-b", terminated=True), t.now("pod_watch"))
+    (episode,) = rec.finished_episodes
+    assert not episode.unsafe
+    assert episode.headroom == 0.25
+
+
+def test_a_remote_pod_stopping_first_is_unsafe(clock: ManualClock) -> None:
+    rec = Recorder()
+    t = tracker(clock, rec)
+    remote_episode(t)
+    clock.advance(0.5)
+    t.pod_terminal(pod(node="node-b", terminated=True), t.now("pod_watch"))
+    clock.advance(0.125)
+    t.dataplane_changed(DataplaneChange(KEY, False, t.now("dataplane")))
+    (episode,) = rec.finished_episodes
+    assert episode.unsafe_window == 0.125
+
+
+def test_a_stop_seen_before_the_slice_update_is_kept(clock: ManualClock) -> None:
+    rec = Recorder()
+    t = tracker(clock, rec)
+    t.slices_listed([eps(node="node-b")], t.now("slice_watch"), relist=False)
+    t.pod_terminal(pod(node="node-b", terminated=True), t.now("pod_watch"))
+    clock.advance(0.25)  # the controller is slow: the pod stopped before it was marked
+    t.slice_changed(eps(node="node-b", ready=False, terminating=True), t.now("slice_watch"))
+    clock.advance(0.25)
+    t.dataplane_changed(DataplaneChange(KEY, False, t.now("dataplane")))
+    (episode,) = rec.finished_episodes
+    assert episode.unsafe_window == 0.5
+
+
+def test_a_stop_seen_only_on_a_relist_is_a_gap(clock: ManualClock) -> None:
+    rec = Recorder()
+    t = tracker(clock, rec)
+    remote_episode(t)
+    t.terminal_pods_listed([pod(node="node-b", terminated=True)], t.now("pod_watch"),
+                           relist=True)
+    t.dataplane_changed(DataplaneChange(KEY, False, t.now("dataplane")))
+    assert rec.abandoned_reasons == ["watch_gap"]
+    assert rec.finished_episodes == []
+
+
+def test_own_pods_are_left_to_the_pod_watch(clock: ManualClock) -> None:
+    rec = Recorder()
+    t = tracker(clock, rec)
+    t.slices_listed([eps()], t.now("slice_watch"), relist=False)
+    t.pods_listed([pod()], t.now("pod_watch"), relist=False)
+    t.pod_changed(pod(deleting=True), t.now("pod_watch"))
+    t.slice_changed(eps(ready=False, terminating=True), t.now("slice_watch"))
+    t.pod_terminal(pod(deleting=True, terminated=True), t.now("pod_watch"))
+    t.dataplane_changed(DataplaneChange(KEY, False, t.now("dataplane")))
+    assert rec.finished_episodes == []  # container states come from its own watch
+    clock.advance(1)
+    t.pod_changed(pod(deleting=True, terminated=True), t.now("pod_watch"))
+    (episode,) = rec.finished_episodes
+    assert episode.headroom == 1.0
+
+
+def test_remote_stops_are_bounded(clock: ManualClock) -> None:
+    rec = Recorder()
+    t = EpisodeTracker(node_name="node-a", clock=clock, sink=rec, measure_dataplane=True,
+                       max_in_flight=3, ttl=10)
+    for i in range(5):
+        t.pod_terminal(pod(node="node-b", uid=f"u{i}"), t.now("pod_watch"))
+    assert len(t._remote_stops) == 3  # the oldest went first
+    assert "u0" not in t._remote_stops
+    clock.advance(11)
+    t.expire()
+    assert t._remote_stops == {}

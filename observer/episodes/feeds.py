@@ -125,3 +125,20 @@ class PodFeed(_Feed[Pod]):
 
     def _deleted(self, item: Pod, at: Timestamp) -> None:
         self.tracker.pod_deleted(item, at)
+
+
+class TerminalPodFeed(PodFeed):
+    """The sink of the watch on terminal pods of every node (``status.phase`` Succeeded or
+    Failed): how other nodes learn that a pod stopped without waiting for the slice."""
+
+    resource = "terminal_pods"
+
+    def _listed(self, items: list[Pod], at: Timestamp, relist: bool) -> None:
+        self.tracker.terminal_pods_listed(items, at, relist=relist)
+
+    def _changed(self, item: Pod, at: Timestamp) -> None:
+        self.tracker.pod_terminal(item, at)
+
+    def _deleted(self, item: Pod, at: Timestamp) -> None:
+        """Gone after it was terminal, or deleted while it was: either way it had stopped."""
+        self.tracker.pod_terminal(item, at)

@@ -6,8 +6,11 @@ Ready stops being Ready (or leaves every slice). Then, each from this process's 
 * ``deleted``   — this node's pod watch first saw the pod with a deletionTimestamp (pod's node);
 * ``not_ready`` — the slice update that took the endpoint out of Ready arrived (every node);
 * ``dataplane`` — this node's dataplane stopped selecting the endpoint (every node);
-* ``stopped``   — first evidence the pod stopped serving: all its containers terminated (pod's
-  node), ``serving=false`` in the slice, or the endpoint left the slices.
+* ``stopped``   — first proof the pod stopped: all its containers terminated (pod's node, from
+  its pod watch), the pod turned terminal (other nodes, from the watch on terminal pods), the
+  pod or the endpoint gone. ``serving=false`` is not a stop: it says the readiness probe
+  failed, which a well-behaved app does on SIGTERM while it still serves (counting it made
+  other nodes report unsafe terminations that did not happen; docs/lab.md).
 
 Stages: ``controller = not_ready - deleted``, ``dataplane = dataplane - not_ready``,
 ``total = dataplane - deleted``. A stage whose two readings come from different watches can
@@ -77,8 +80,8 @@ class EpisodeTracker:
     def __init__(self, *, node_name: str, clock: Clock, sink: EpisodeSink,
                  measure_dataplane: bool,
                  dataplane_selected: Callable[[EndpointKey], bool | None] | None = None,
-                 ttl: float = 600.0, max_in_flight: int = 10_000, keep_finished: int = 500,
-                 dataplane_precision: float = 0.0) -> None:
+                 ttl: float = 600.0, max_in_flight: int = 10_000,
+                 keep_finished: int = 500) -> None:
         self.node_name = node_name
         self.clock = clock
         self.sink = sink
@@ -86,7 +89,6 @@ class EpisodeTracker:
         self.dataplane_selected = dataplane_selected
         self.ttl = ttl
         self.max_in_flight = max_in_flight
-        self.dataplane_precision = dataplane_precision
         self.episodes: dict[EndpointKey, Episode] = {}
         self.finished: deque[Episode] = deque(maxlen=keep_finished)
         self._slices: dict[SliceId, EndpointSlice] = {}
@@ -97,6 +99,9 @@ class EpisodeTracker:
         self._pod_records: dict[str, _PodRecord] = {}
         self._episodes_by_pod: dict[str, set[EndpointKey]] = {}
         self._recent_drops: dict[EndpointKey, Timestamp] = {}
+        # Pods of other nodes seen terminal, by uid: (when, seen only on a re-list). Bounded
+        # by the TTL and the in-flight cap; oldest first.
+        self._remote_stops: dict[str, tuple[Timestamp, bool]] = {}
 
     def service_port_names(self) -> set[str]:
         """``ns/name:port`` of every service port the slices name (for resolving the chain
@@ -211,8 +216,6 @@ class EpisodeTracker:
             self._stop(episode, at)
         elif after.ready:
             self._abandon(episode, "ready_again")
-        elif not after.serving and not self._watches_pod(episode):
-            self._stop(episode, at)
 
     def _check_fallback(self, service: ServiceId, merged: dict[EndpointKey, Endpoint]) -> None:
         # Per IP family: kube-proxy runs one proxier for IPv4 and one for IPv6.
@@ -250,7 +253,10 @@ class EpisodeTracker:
             self._episodes_by_pod.setdefault(uid, set()).add(key)
         if record is not None:
             self._apply_record(episode, record)
-        if after is None or (not after.serving and not self._watches_pod(episode)):
+        remote = self._remote_stops.get(uid) if uid else None
+        if remote is not None:
+            self._apply_remote_stop(episode, *remote)
+        if after is None:
             self._stop(episode, at)
         dropped = self._recent_drops.pop(key, None)
         if dropped is not None:
@@ -261,13 +267,6 @@ class EpisodeTracker:
             # service port kube-proxy ignores). There is no removal to wait for.
             episode.dataplane_untracked = True
         self._maybe_finish(episode)
-
-    def _watches_pod(self, episode: Episode) -> bool:
-        """Whether this node's pod watch follows the episode's pod. Then its status says when
-        the pod stopped (containers terminated); ``serving=false`` in the slice only says the
-        readiness probe failed, which can happen while the app still serves."""
-        return bool(episode.pod_uid) and (episode.pod_uid in self._pods
-                                          or episode.pod_uid in self._pod_records)
 
     def _needs_dataplane(self, episode: Episode) -> bool:
         return (self.measure_dataplane and not episode.fallback
@@ -394,6 +393,35 @@ class EpisodeTracker:
                 self._apply_record(episode, record)
                 self._maybe_finish(episode)
 
+    # pods of other nodes (the watch on terminal pods) ---------------------------------------
+
+    def terminal_pods_listed(self, pods: Iterable[Pod], at: Timestamp, *, relist: bool) -> None:
+        """A complete list of terminal pods: each stopped before ``at``. On a re-list, when
+        exactly is unknown (it may have stopped during the gap): its episodes are gaps."""
+        for pod in pods:
+            self._remote_stopped(pod, at, gap=relist)
+
+    def pod_terminal(self, pod: Pod, at: Timestamp) -> None:
+        """A pod turned terminal (Succeeded/Failed: every container has exited; the kubelet
+        does this to a deleted pod before it goes, pod-lifecycle docs, Kubernetes >= 1.27)."""
+        self._remote_stopped(pod, at, gap=False)
+
+    def _remote_stopped(self, pod: Pod, at: Timestamp, *, gap: bool) -> None:
+        if pod.node_name == self.node_name or pod.uid in self._remote_stops:
+            return  # this node's own pods: their pod watch says more (container states)
+        self._remote_stops[pod.uid] = (at, gap)
+        if len(self._remote_stops) > self.max_in_flight:
+            del self._remote_stops[next(iter(self._remote_stops))]
+        for key in list(self._episodes_by_pod.get(pod.uid, ())):
+            episode = self.episodes.get(key)
+            if episode is not None:
+                self._apply_remote_stop(episode, at, gap)
+
+    def _apply_remote_stop(self, episode: Episode, at: Timestamp, gap: bool) -> None:
+        if gap and episode.stopped is None:
+            episode.gap = True
+        self._stop(episode, at)
+
     # dataplane -----------------------------------------------------------------------------
 
     def dataplane_changed(self, change: DataplaneChange) -> None:
@@ -420,3 +448,5 @@ class EpisodeTracker:
         for uid in [u for u, r in self._pod_records.items()
                     if r.gone_at is not None and now - r.gone_at > self.ttl]:
             del self._pod_records[uid]
+        for uid in [u for u, (at, _) in self._remote_stops.items() if now - at.mono > self.ttl]:
+            del self._remote_stops[uid]

@@ -80,9 +80,12 @@ class Cluster:
         self.server.registries["pods"].delete(NS, name, DeleteOptions(grace_period_seconds=grace))
 
     def pod_terminated(self, name: str, *, killed: bool = False) -> None:
+        """Every container exited, and the pod is terminal (the kubelet of Kubernetes >= 1.27
+        moves a deleted pod to Failed/Succeeded before it goes)."""
         pods = self.server.registries["pods"]
         current = pods.get(NS, name)
         status = copy.deepcopy(current["status"])
+        status["phase"] = "Failed" if killed else "Succeeded"
         status["conditions"] = [{"type": "Ready", "status": "False"}]
         status["containerStatuses"][0]["ready"] = False
         status["containerStatuses"][0]["state"] = {"terminated": {

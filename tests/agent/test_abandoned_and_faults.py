@@ -50,6 +50,7 @@ async def test_relist_after_410_abandons_what_the_gap_hid(env: AgentEnv) -> None
     env.cluster.set_endpoint("web-abc", "10.0.0.3", ready=False, terminating=True,
                              serving=False)
     env.dataplane.set(key("web", "10.0.0.3"), False)
+    env.cluster.pod_terminated("web-2")
     await env.settle_finished(2)
     assert env.stage_count("dataplane") == 1
 
@@ -65,6 +66,7 @@ async def test_dropped_stream_resumes_without_relisting(env: AgentEnv,
     await env.settle_episode(key("web", "10.0.0.1"))
     clock.advance(0.5)
     env.dataplane.set(key("web", "10.0.0.1"), False)
+    env.cluster.pod_terminated("web-0")
     await env.settle_finished(1)
     assert env.restarts("endpointslices", "connection") >= 1
     assert env.restarts("endpointslices", "expired") == 0
@@ -87,7 +89,8 @@ async def test_retry_after_is_a_floor_for_the_backoff(env: AgentEnv) -> None:
 async def test_server_errors_on_list_are_retried(env: AgentEnv) -> None:
     faults = env.cluster.server.faults
     await env.watching("pods")
-    faults.fail_next(3, code=503, retry_after=None, method="GET", path="pods(?!.*watch)")
+    faults.fail_next(3, code=503, retry_after=None, method="GET",  # lists of the node's pods
+                     path=r"pods\?(?!.*watch).*spec\.nodeName")
     faults.expire_streams("pods")  # forces a re-list, which now fails three times
     await until(lambda: env.restarts("pods", "http_error") == 3, "three 503s")
     await until(lambda: env.restarts("pods", "expired") == 1, "expired counted")
@@ -111,6 +114,7 @@ async def test_malformed_events_are_counted_and_skipped(env: AgentEnv) -> None:
     env.cluster.set_endpoint("web-abc", "10.0.0.1", ready=False, terminating=True,
                              serving=False)
     env.dataplane.set(key("web", "10.0.0.1"), False)
+    env.cluster.pod_terminated("web-0")
     await env.settle_finished(1)
     assert env.stage_count("dataplane") == 1
 
@@ -126,6 +130,7 @@ async def test_a_truncated_line_does_not_swallow_the_next_event(env: AgentEnv) -
                              serving=False)
     await until(lambda: env.restarts("endpointslices", "malformed") == 1, "resumed")
     env.dataplane.set(key("web", "10.0.0.1"), False)
+    env.cluster.pod_terminated("web-0")
     await env.settle_finished(1)
     assert env.stage_count("dataplane") == 1
 
@@ -155,6 +160,7 @@ async def test_unnamed_port(env: AgentEnv, clock: ManualClock) -> None:
     await env.settle_episode(unnamed)
     clock.advance(0.5)
     env.dataplane.set(unnamed, False)
+    env.cluster.drop_endpoint("api-1", "10.1.0.1")
     await env.settle_finished(1)
     assert env.stage_sum("dataplane") == 0.5
     assert env.agent.tracker.finished[0].key == unnamed

@@ -31,7 +31,7 @@ async def one_episode(env: AgentEnv, clock: ManualClock, service: str) -> None:
     await until(lambda: env.agent.tracker.episodes[key(service, "10.0.0.1")].dataplane
                 is not None, "dataplane seen")
     clock.advance(1.0)
-    env.cluster.set_endpoint(f"{service}-abc", "10.0.0.1", serving=False)  # it stopped
+    env.cluster.drop_endpoint(f"{service}-abc", "10.0.0.1")  # it went
     await until(lambda: key(service, "10.0.0.1") not in env.agent.tracker.episodes, "done")
 
 

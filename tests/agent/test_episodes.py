@@ -17,8 +17,7 @@ async def ready_service(env: AgentEnv, *, node: str = "node-a", pods: int = 2,
     uids = []
     endpoints = []
     for i in range(pods):
-        uid = env.cluster.create_pod(f"web-{i}", node, f"10.0.0.{i + 1}", prestop) \
-            if node == "node-a" else f"uid-{i}"
+        uid = env.cluster.create_pod(f"web-{i}", node, f"10.0.0.{i + 1}", prestop)
         uids.append(uid)
         endpoints.append(Endpoint(f"10.0.0.{i + 1}", node, f"web-{i}", uid))
         env.dataplane.set(key("web", f"10.0.0.{i + 1}"), True)
@@ -124,7 +123,7 @@ async def test_other_nodes_measure_the_dataplane_stage(env: AgentEnv,
     await until(lambda: env.agent.tracker.episodes[key("web", "10.0.0.1")].dataplane is not None,
                 "dataplane seen")
     clock.advance(5.0)
-    env.cluster.set_endpoint("web-abc", "10.0.0.1", serving=False)  # stopped, as seen remotely
+    env.cluster.pod_terminated("web-0")  # seen from here through the watch on terminal pods
     await env.settle_finished(1)
 
     assert env.stage_sum("dataplane") == 0.75
@@ -197,6 +196,8 @@ async def test_dataplane_before_slice_update_is_kept(env: AgentEnv, clock: Manua
     clock.advance(0.0625)
     env.cluster.set_endpoint("web-abc", "10.0.0.1", ready=False, terminating=True,
                              serving=False)
+    await env.settle_episode(key("web", "10.0.0.1"))
+    env.cluster.pod_terminated("web-0")
     await env.settle_finished(1)
     assert env.stage_sum("dataplane") == 0.0  # never negative
     assert env.sample("endpoint_propagation_unsafe_terminations_total") == 0

@@ -55,6 +55,11 @@ async def test_nftables_removal_times_the_dataplane_stage(apiserver: ApiServer,
             await until(lambda: bool(agent.tracker.episodes), "episode started")
             await asyncio.sleep(0.25)
             netns.nft(NFT_DROP_SVC4_EP4)  # kube-proxy drops it 250 ms after the slice update
+            await until(lambda: agent.tracker.episodes[KEY].dataplane is not None,
+                        "dataplane seen")
+            current = slices.get("ns4", "svc4-1")
+            del current["endpoints"][0]  # the pod went, and the controller removed it
+            slices.update("ns4", "svc4-1", current, WriteOptions())
             await until(lambda: bool(agent.tracker.finished), "episode finished")
         finally:
             stop.set()

@@ -16,6 +16,7 @@ async def finish(env: AgentEnv, clock: ManualClock, k: EndpointKey, slice_name: 
     await env.settle_episode(k)
     clock.advance(0.25)
     env.dataplane.set(k, False)
+    env.cluster.drop_endpoint(slice_name, k.ip)  # the pod went (serving=false is no stop)
     await env.settle_finished(count)
 
 

@@ -121,7 +121,7 @@ async def test_episode_survives_a_broken_dataplane(fault: str, apiserver: ApiSer
         tools.mode("good")
         await until(lambda: agent.tracker.episodes[key("web", "10.0.0.1")].dataplane
                     is not None, "drop seen after recovery")
-        cluster.set_endpoint("web-abc", "10.0.0.1", serving=False)
+        cluster.drop_endpoint("web-abc", "10.0.0.1")  # the pod went
         await until(lambda: measured(agent) == 1, "measured")
         # When the drop happened is known only to lie after the last good read: the
         # timestamp's precision bound says so (docs/dataplane.md).
