@@ -66,7 +66,7 @@ class Agent:
             measure_dataplane=dataplane is not None,
             dataplane_selected=dataplane.selected if dataplane is not None else None,
             ttl=config.episode_ttl, max_in_flight=config.max_in_flight,
-            keep_finished=config.keep_finished)
+            keep_finished=config.keep_finished, index_endpoints=self.proxy_mode == "ipvs")
         self.slices = ResourceWatch(
             resource="endpointslices",
             request=functools.partial(

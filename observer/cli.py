@@ -134,7 +134,9 @@ async def _run_agent(args: argparse.Namespace) -> int:
                 args.dataplane, runner=runner, clock=clock, metrics=health,
                 poll_interval=args.dataplane_poll_interval,
                 # Late-bound: first called from agent.run(), once `agent` below exists.
-                known_services=lambda: agent.tracker.service_port_names())
+                known_services=lambda: agent.tracker.service_port_names(),
+                candidates=lambda ip, port, protocol: agent.tracker.service_ports_of(
+                    ip, port, protocol))
         except CommandError as error:
             log.error("cannot read the dataplane; pass --dataplane none to measure the "
                       "controller stage only", mode=args.dataplane, error=str(error))

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import structlog
-
 from observer.clock import Clock
 from observer.dataplane.commands import CommandError, CommandRunner
+from observer.dataplane.ipvs import Candidates, IpvsNames
 from observer.dataplane.model import Backend, DataplaneParseError
 from observer.dataplane.readers import (
     IptablesReader,
@@ -27,7 +26,6 @@ from observer.dataplane.sources import (
 )
 
 Requested = Literal["auto", "iptables", "nftables", "ipvs"]
-log = structlog.get_logger("observer.dataplane")
 
 
 async def _iptables_kube_rules(runner: CommandRunner, backend: Backend) -> tuple[int, bool]:
@@ -61,11 +59,12 @@ async def detect(runner: CommandRunner) -> tuple[Mode, Backend | None]:
 
 
 def reader_for(mode: Mode, backend: Backend | None, runner: CommandRunner,
-               known_services: KnownServices = lambda: ()) -> Reader:
+               known_services: KnownServices = lambda: (),
+               candidates: Candidates | None = None) -> Reader:
     if mode == "nftables":
         return NftablesReader(runner)
     if mode == "ipvs":
-        return IpvsReader(runner)
+        return IpvsReader(runner, IpvsNames(candidates) if candidates is not None else None)
     return IptablesReader(runner, backend or "nft", known_services)
 
 
@@ -81,16 +80,14 @@ async def resolve(requested: Requested, runner: CommandRunner) -> tuple[Mode, Ba
 
 async def open_source(requested: Requested, *, runner: CommandRunner, clock: Clock,
                       metrics: DataplaneMetrics, poll_interval: float,
-                      known_services: KnownServices = lambda: ()
+                      known_services: KnownServices = lambda: (),
+                      candidates: Candidates = lambda ip, port, protocol: ()
                       ) -> MonitorSource | PollingSource:
     """The change source for the mode asked for (or detected): event-driven where nf_tables
-    announces changes (nftables, iptables-nft), polling elsewhere (iptables-legacy, IPVS)."""
+    announces changes (nftables, iptables-nft), polling elsewhere (iptables-legacy, IPVS).
+    ``known_services`` names iptables' hashed chains, ``candidates`` IPVS' virtual servers."""
     mode, backend = await resolve(requested, runner)
-    if mode == "ipvs":
-        log.warning("IPVS: the dataplane stage is not measured yet; IPVS names no services "
-                    "and mapping virtual servers to service ports needs the Service cluster "
-                    "IPs, which the agent does not watch (docs/dataplane.md)")
-    reader = reader_for(mode, backend, runner, known_services)
+    reader = reader_for(mode, backend, runner, known_services, candidates)
     if mode == "nftables":
         return MonitorSource(reader=reader, runner=runner, clock=clock, metrics=metrics,
                              tables=KubeProxyTables())

@@ -9,7 +9,7 @@ from typing import Literal, Protocol
 
 from observer.dataplane.commands import CommandError, CommandRunner
 from observer.dataplane.iptables import ParsedSave, SaveParser, snapshot_of
-from observer.dataplane.ipvs import parse_ipvsadm
+from observer.dataplane.ipvs import IpvsNames, parse_ipvsadm
 from observer.dataplane.model import (
     Backend,
     DataplaneParseError,
@@ -108,9 +108,13 @@ class NftablesReader:
 
 @dataclass
 class IpvsReader:
+    """``ipvsadm -Ln``; with ``names``, virtual servers named after service ports."""
+
     runner: CommandRunner
+    names: IpvsNames | None = None
     mode: Mode = "ipvs"
     backend: Backend | None = None
 
     async def read(self) -> DataplaneSnapshot:
-        return parse_ipvsadm(decode_output(await self.runner.run(["ipvsadm", "-Ln"])))
+        snapshot = parse_ipvsadm(decode_output(await self.runner.run(["ipvsadm", "-Ln"])))
+        return snapshot if self.names is None else self.names.apply(snapshot)

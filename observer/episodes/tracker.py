@@ -81,7 +81,7 @@ class EpisodeTracker:
                  measure_dataplane: bool,
                  dataplane_selected: Callable[[EndpointKey], bool | None] | None = None,
                  ttl: float = 600.0, max_in_flight: int = 10_000,
-                 keep_finished: int = 500) -> None:
+                 keep_finished: int = 500, index_endpoints: bool = False) -> None:
         self.node_name = node_name
         self.clock = clock
         self.sink = sink
@@ -102,6 +102,27 @@ class EpisodeTracker:
         # Pods of other nodes seen terminal, by uid: (when, seen only on a re-list). Bounded
         # by the TTL and the in-flight cap; oldest first.
         self._remote_stops: dict[str, tuple[Timestamp, bool]] = {}
+        # (ip, port, protocol) -> the service ports listing it; kept only where a dataplane
+        # names no services (IPVS), to name its virtual servers.
+        self._by_endpoint: dict[tuple[str, int, str], set[ServicePort]] | None = \
+            {} if index_endpoints else None
+
+    def service_ports_of(self, ip: str, port: int, protocol: str) -> set[ServicePort]:
+        """The service ports whose slices list this endpoint (``index_endpoints`` only)."""
+        if self._by_endpoint is None:
+            raise RuntimeError("the tracker keeps no endpoint index (index_endpoints=False)")
+        return self._by_endpoint.get((ip, port, protocol.upper()), set())
+
+    def _index(self, key: EndpointKey, present: bool) -> None:
+        if self._by_endpoint is None:
+            return
+        ident = (key.ip, key.port, key.service_port.protocol)
+        if present:
+            self._by_endpoint.setdefault(ident, set()).add(key.service_port)
+        elif (ports := self._by_endpoint.get(ident)) is not None:
+            ports.discard(key.service_port)
+            if not ports:
+                del self._by_endpoint[ident]
 
     def service_port_names(self) -> set[str]:
         """``ns/name:port`` of every service port the slices name (for resolving the chain
@@ -197,6 +218,8 @@ class EpisodeTracker:
         for key in old.keys() | new.keys():
             before, after = old.get(key), new.get(key)
             if before != after:
+                if (before is None) != (after is None):
+                    self._index(key, after is not None)
                 self._transition(key, before, after, at, relist=relist)
         self._check_fallback(service, new)
 

@@ -1,0 +1,138 @@
+"""The agent in IPVS mode, end to end: the lab API server, real watches, the real polling
+source reading through a real process. The kernel here has no IPVS module, so ``ipvsadm`` is
+a stand-in put first on PATH that prints, in ``ipvsadm -Ln``'s exact layout (ipvsadm(8); the
+fixture note in tests/fixtures/dataplane/README.md), the virtual servers the test writes —
+as kube-proxy's IPVS proxier would program them: the service's cluster IP and node port, and
+a terminating endpoint's real server set to weight 0 (pkg/proxy/ipvs/graceful_termination.go).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kubernetes_asyncio import client
+from prometheus_client import CollectorRegistry
+
+from observer.agent import Agent, AgentConfig
+from observer.clock import SystemClock
+from observer.dataplane.commands import CommandRunner
+from observer.dataplane.detect import reader_for
+from observer.dataplane.sources import PollingSource
+from observer.export.metrics import DataplaneHealth
+from observer.kube.watch import WatchSettings
+from observer.lab.apiserver.server import ApiServer
+from tests.agent.harness import Cluster, Endpoint, key, until
+
+WEB = key("web", "10.0.0.1")
+
+
+def ipvsadm_output(weights: dict[str, int]) -> str:
+    reals = "".join(f"  -> {ip}:8080{' ' * 16}Masq    {w}      0          0\n"
+                    for ip, w in weights.items())
+    return ("IP Virtual Server version 1.2.1 (size=4096)\n"
+            "Prot LocalAddress:Port Scheduler Flags\n"
+            "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+            f"TCP  10.96.0.10:80 rr\n{reals}"
+            f"TCP  192.168.0.2:30080 rr\n{reals}")
+
+
+@dataclass
+class Ipvs:
+    state: Path
+
+    def program(self, **weights: int) -> None:
+        text = ipvsadm_output({ip.replace("_", "."): w for ip, w in weights.items()})
+        tmp = self.state.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.state)  # atomic, as the kernel's tables are to ipvsadm
+
+
+@dataclass
+class Env:
+    agent: Agent
+    source: PollingSource
+    cluster: Cluster
+    ipvs: Ipvs
+
+
+@pytest.fixture
+async def ipvs_env(apiserver: ApiServer, api: client.ApiClient, tmp_path: Path,
+                   monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
+    tool = tmp_path / "ipvsadm"
+    tool.write_text(f"#!/bin/sh\nexec /bin/cat {tmp_path}/state\n")
+    tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", str(tmp_path))  # only the stand-in
+    ipvs = Ipvs(tmp_path / "state")
+    ipvs.program(**{"10_0_0_1": 1, "10_0_0_2": 1})
+    registry, clock = CollectorRegistry(), SystemClock()
+    health = DataplaneHealth(registry)
+    agent: Agent | None = None
+    reader = reader_for("ipvs", None, CommandRunner(),
+                        candidates=lambda ip, port, proto: agent.tracker.service_ports_of(
+                            ip, port, proto) if agent else ())
+    source = PollingSource(reader=reader, clock=clock, metrics=health, interval=0.02)
+    agent = Agent(config=AgentConfig(node_name="node-a", listen=("127.0.0.1", 0),
+                                     watch=WatchSettings(backoff_initial=0.01)),
+                  api=api, clock=clock, dataplane=source, registry=registry,
+                  dataplane_health=health)
+    cluster = Cluster(apiserver)
+    cluster.put_slice("web-abc", "web", *(
+        Endpoint(f"10.0.0.{i}", "node-b", f"web-{i}",
+                 cluster.create_pod(f"web-{i}", "node-b", f"10.0.0.{i}")) for i in (1, 2)))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await until(lambda: agent.ready() and source.selected(WEB) is True, "ready and read")
+        yield Env(agent, source, cluster, ipvs)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def measured(agent: Agent) -> float:
+    return agent.registry.get_sample_value("endpoint_propagation_duration_seconds_count", {
+        "stage": "dataplane", "cause": "deletion", "proxy_mode": "ipvs"}) or 0.0
+
+
+async def test_weight_zero_times_the_dataplane_stage(ipvs_env: Env) -> None:
+    env = ipvs_env
+    env.cluster.set_endpoint("web-abc", "10.0.0.1", ready=False, terminating=True)
+    await until(lambda: WEB in env.agent.tracker.episodes, "episode")
+    await asyncio.sleep(0.3)
+    env.ipvs.program(**{"10_0_0_1": 0, "10_0_0_2": 1})  # kube-proxy: no new connections
+    written = env.agent.clock.monotonic()
+    await until(lambda: env.agent.tracker.episodes[WEB].dataplane is not None, "weight 0 seen")
+    seen = env.agent.tracker.episodes[WEB].dataplane
+    assert seen is not None
+    assert seen.source == "dataplane"
+    assert abs(seen.mono - written) <= seen.precision  # the stated precision holds
+    env.cluster.pod_terminated("web-1")
+    await until(lambda: measured(env.agent) == 1, "measured")
+    (episode,) = env.agent.tracker.finished
+    assert episode.key == WEB
+    assert 0.3 - seen.precision <= episode.stages["dataplane"] < 5
+    assert not episode.unsafe
+
+
+async def test_a_removal_is_timed_by_ipvs_not_by_the_slice(ipvs_env: Env) -> None:
+    # The pod stops and its endpoint leaves the slice while IPVS still balances to it: the
+    # virtual server keeps its name, and the episode ends when the weight drops: unsafe.
+    env = ipvs_env
+    env.cluster.set_endpoint("web-abc", "10.0.0.1", ready=False, terminating=True)
+    await until(lambda: WEB in env.agent.tracker.episodes, "episode")
+    env.cluster.pod_terminated("web-1")
+    env.cluster.drop_endpoint("web-abc", "10.0.0.1")
+    await until(lambda: env.agent.tracker.episodes[WEB].stopped is not None, "stop seen")
+    await asyncio.sleep(0.3)  # several reads: still selected, still in flight
+    assert env.source.selected(WEB) is True
+    assert WEB in env.agent.tracker.episodes
+    env.ipvs.program(**{"10_0_0_1": 0, "10_0_0_2": 1})
+    await until(lambda: measured(env.agent) == 1, "measured")
+    (episode,) = env.agent.tracker.finished
+    assert episode.unsafe_window is not None
+    assert episode.unsafe_window >= 0.3 - 0.1
