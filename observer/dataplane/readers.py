@@ -3,6 +3,7 @@ uses there."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -55,12 +56,20 @@ class IptablesReader:
     mode: Mode = "iptables"
 
     async def read(self) -> DataplaneSnapshot:
-        parts = []
-        for family in ("iptables", "ip6tables"):
-            parser = await save_parsed(self.runner, [f"{family}-{self.backend}-save", "-t", "nat"])
-            parts.append(snapshot_of(parser, backend=self.backend,
-                                     known_services=self.known_services()))
-        return _merge("iptables", self.backend, parts)
+        """Both families at once: a read is as long as the longer dump, not their sum (for
+        polling, the snapshot moments stay close to the read's start)."""
+        results = await asyncio.gather(*(
+            save_parsed(self.runner, [f"{family}-{self.backend}-save", "-t", "nat"])
+            for family in ("iptables", "ip6tables")), return_exceptions=True)
+        parsed = []
+        for result in results:  # both ran to their end (no dump left running): then judge
+            if isinstance(result, BaseException):
+                raise result
+            parsed.append(result)
+        known = self.known_services()
+        return _merge("iptables", self.backend, (
+            snapshot_of(parser, backend=self.backend, known_services=known)
+            for parser in parsed))
 
 
 async def save_parsed(runner: CommandRunner, command: list[str]) -> ParsedSave:

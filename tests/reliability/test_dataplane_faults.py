@@ -110,6 +110,7 @@ async def test_episode_survives_a_broken_dataplane(fault: str, apiserver: ApiSer
         cluster.set_endpoint("web-abc", "10.0.0.1", ready=False, terminating=True)
         await until(lambda: key("web", "10.0.0.1") in agent.tracker.episodes, "episode")
         tools.mode(fault)
+        await until(lambda: errors(agent, REASONS[fault]) >= 1, "a failed read")
         tools.programmed("10.0.0.2")  # kube-proxy drops it while the agent cannot read
         async with aiohttp.ClientSession() as session, asyncio.timeout(30):
             while errors(agent, REASONS[fault]) < 3:
