@@ -46,9 +46,10 @@ def check(result: dict[str, Any], settings: LabConfig) -> None:
     for stage in ("controller", "dataplane", "total"):
         # A correctness bound, not a speed target: the benchmark records the real accuracy.
         assert result["errors"][stage]["p99_abs_error"] < 0.25, (stage, result["errors"])
-    pods_node = result["unsafe"]["on_pods_node"]
-    assert pods_node["false_positive"] == 0
-    assert pods_node["missed"] == 0
+    # Every node, the pod's own and the others (which learn the stop from the terminal pods).
+    assert result["unsafe"]["false_positive"] == 0, result["unsafe"]
+    assert result["unsafe"]["missed"] == 0, result["unsafe"]
+    assert result["unsafe"]["on_other_nodes"]["true"] > 0
     assert result["truth"]["unsafe_terminations"] > 0  # the hasty workload has no preStop
     assert result["recommendation"]["prestop_seconds"] is not None
 
