@@ -52,6 +52,7 @@ from observer.episodes.model import EndpointKey, ServicePort, Timestamp
 log = structlog.get_logger("observer.dataplane")
 T = TypeVar("T")
 BURST_QUIET_SECONDS = 0.002
+_COST_WEIGHT = 0.25  # of the newest read in the polling source's moving average
 
 
 class DataplaneMetrics(Protocol):
@@ -146,9 +147,11 @@ class _ReadingSource:
 
 
 class PollingSource(_ReadingSource):
-    """Starts a full read every ``interval`` seconds — but never spends more than ``max_duty``
+    """Starts a full read every ``interval`` seconds — but spends no more than ``max_duty``
     (25%) of the time reading: on a large node a full read takes long, and the period grows to
-    match (a bound on CPU that costs detection latency; docs/dataplane.md).
+    match (a bound on CPU that costs detection latency; docs/dataplane.md). The bound is on
+    the average: the period follows a moving average of read times, so one read slowed by the
+    scheduler does not stretch the next period fourfold.
 
     A change a read shows happened after the previous read started and before this one ended
     (``iptables-save`` copies the whole table in one ``getsockopt`` as it starts). It is
@@ -165,6 +168,7 @@ class PollingSource(_ReadingSource):
 
     async def run(self, sink: ChangeSink) -> None:
         previous = self.clock.monotonic()
+        cost: float | None = None  # moving average of a read's duration
         while True:
             started = self.clock.monotonic()
             snapshot = await self._read()
@@ -175,7 +179,8 @@ class PollingSource(_ReadingSource):
                                         sink)
                 previous = started
             took = now - started
-            await self.sleep(max(self.interval, took / self.max_duty) - took)
+            cost = took if cost is None else cost + _COST_WEIGHT * (took - cost)
+            await self.sleep(max(0.0, max(self.interval, cost / self.max_duty) - took))
 
 
 class _Tables(Protocol):

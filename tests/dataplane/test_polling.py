@@ -113,3 +113,12 @@ async def test_a_failed_read_widens_the_next_changes_precision() -> None:
     # The failed read saw nothing: the change is known only to follow read 1's start.
     assert change.at.mono == reader.starts[3]
     assert change.at.precision == pytest.approx(reader.starts[3] - reader.starts[1])
+
+
+async def test_one_slow_read_does_not_stretch_the_period_fourfold() -> None:
+    clock = ManualClock()
+    reader = ScriptedReader(clock, [0.01, 0.01, 0.01, 0.1, 0.01, 0.01], drop_at=99)
+    await poll(reader, clock, interval=0.05, reads=6)
+    # After the 0.1 s read the average is 0.01 + 0.25 x 0.09 = 0.0325 s: the next period is
+    # four times that, 0.13 s (not 0.4 s); then 4 x 0.026875, settling back to the interval.
+    assert periods(reader.starts) == [0.05, 0.05, 0.05, 0.13, 0.1075]
