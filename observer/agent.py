@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ from observer.episodes.feeds import PodFeed, SliceFeed, TerminalPodFeed
 from observer.episodes.tracker import EpisodeTracker
 from observer.export.metrics import AgentMetrics, DataplaneHealth, StateCollector
 from observer.export.server import AgentHttp
-from observer.kube.watch import ResourceWatch, WatchSettings
+from observer.kube.watch import Requester, ResourceWatch, WatchSettings
 
 log = structlog.get_logger("observer.agent")
 
@@ -67,25 +66,23 @@ class Agent:
             dataplane_selected=dataplane.selected if dataplane is not None else None,
             ttl=config.episode_ttl, max_in_flight=config.max_in_flight,
             keep_finished=config.keep_finished, index_endpoints=self.proxy_mode == "ipvs")
-        self.slices = ResourceWatch(
-            resource="endpointslices",
-            request=functools.partial(
-                client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces),
-            sink=SliceFeed(self.tracker, self.metrics), metrics=self.metrics, clock=clock,
-            settings=config.watch, label_selector=PROXYABLE_SLICES, sleep=sleep)
-        self.pods = ResourceWatch(
-            resource="pods",
-            request=functools.partial(client.CoreV1Api(api).list_pod_for_all_namespaces),
-            sink=PodFeed(self.tracker, self.metrics), metrics=self.metrics, clock=clock,
-            settings=config.watch, field_selector=f"spec.nodeName={config.node_name}",
-            sleep=sleep)
+        def watch(feed: SliceFeed | PodFeed, request: Requester, *, field_selector: str = "",
+                  label_selector: str = "") -> ResourceWatch:
+            return ResourceWatch(resource=feed.resource, request=request, sink=feed,
+                                 metrics=self.metrics, clock=clock, settings=config.watch,
+                                 field_selector=field_selector, label_selector=label_selector,
+                                 sleep=sleep)
+
+        list_pods = client.CoreV1Api(api).list_pod_for_all_namespaces
+        self.slices = watch(SliceFeed(self.tracker, self.metrics),
+                            client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces,
+                            label_selector=PROXYABLE_SLICES)
+        self.pods = watch(PodFeed(self.tracker, self.metrics), list_pods,
+                          field_selector=f"spec.nodeName={config.node_name}")
         self.watches = [self.slices, self.pods]
         if config.terminal_pod_watch:
-            self.watches.append(ResourceWatch(
-                resource="terminal_pods",
-                request=functools.partial(client.CoreV1Api(api).list_pod_for_all_namespaces),
-                sink=TerminalPodFeed(self.tracker, self.metrics), metrics=self.metrics,
-                clock=clock, settings=config.watch, field_selector=TERMINAL_PODS, sleep=sleep))
+            self.watches.append(watch(TerminalPodFeed(self.tracker, self.metrics), list_pods,
+                                      field_selector=TERMINAL_PODS))
         self.registry.register(StateCollector(
             in_flight=lambda: len(self.tracker.episodes),
             last_events=lambda: ((w.resource, w.last_event_wall) for w in self.watches),
