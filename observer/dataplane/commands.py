@@ -91,9 +91,10 @@ class CommandRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await stderr_task
 
-    async def lines(self, command: Sequence[str]) -> AsyncIterator[bytes]:
-        """stdout line by line, as it is written (a large dump is never held whole), within
-        the same timeout and output bound as ``run``; a non-zero exit raises at the end."""
+    async def chunks(self, command: Sequence[str]) -> AsyncIterator[bytes]:
+        """stdout as it is written, in pieces of whole lines (a large dump is never held
+        whole; the last piece may lack its newline), within the same timeout and output bound
+        as ``run``; a non-zero exit raises at the end."""
         proc = await self._spawn(command)
         assert proc.stdout is not None
         assert proc.stderr is not None
@@ -104,7 +105,7 @@ class CommandRunner:
         rest = b""
         try:
             while True:
-                # Whole chunks, split here: a timer per line would cost more than the parse.
+                # Whole chunks, one timer each: a timer per line would cost more than the parse.
                 try:
                     async with asyncio.timeout_at(deadline):
                         chunk = await proc.stdout.read(1024 * 1024)
@@ -117,9 +118,12 @@ class CommandRunner:
                 if size > self.max_output:
                     raise CommandError("too_large",
                                        f"output of more than {self.max_output} bytes")
-                *complete, rest = (rest + chunk).split(b"\n")
-                for line in complete:
-                    yield line + b"\n"
+                cut = chunk.rfind(b"\n") + 1
+                if cut:
+                    yield rest + chunk[:cut]
+                    rest = chunk[cut:]
+                else:
+                    rest += chunk
             if rest:
                 yield rest
             await proc.wait()
@@ -132,6 +136,15 @@ class CommandRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await stderr_task
             await _reap(proc)
+
+    async def lines(self, command: Sequence[str]) -> AsyncIterator[bytes]:
+        """stdout line by line (each with its newline but perhaps the last), as ``chunks``."""
+        async for piece in self.chunks(command):
+            *complete, last = piece.split(b"\n")
+            for line in complete:
+                yield line + b"\n"
+            if last:
+                yield last
 
     @contextlib.asynccontextmanager
     async def stream(self, command: Sequence[str]) -> AsyncIterator[asyncio.StreamReader]:

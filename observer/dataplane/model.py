@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from observer.episodes.model import EndpointKey, ServicePort, Timestamp
 
@@ -59,8 +59,11 @@ def split_host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-@dataclass(frozen=True, slots=True)
-class ProgrammedEndpoint:
+class ProgrammedEndpoint(NamedTuple):
+    """A tuple: a full read makes tens of thousands, and the garbage collector stops tracking
+    tuples of plain values (a tracked object per endpoint made the collector a third of a
+    large read's cost)."""
+
     ip: str
     port: int
     selected: bool  # chosen for new connections (a jump/vmap entry to it, or IPVS weight > 0)

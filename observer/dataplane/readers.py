@@ -75,8 +75,8 @@ class IptablesReader:
 async def save_parsed(runner: CommandRunner, command: list[str]) -> ParsedSave:
     """``iptables-save`` output, parsed as it streams."""
     parser = SaveParser()
-    async for line in runner.lines(command):
-        parser.feed(decode_output(line))
+    async for piece in runner.chunks(command):
+        parser.feed(decode_output(piece))
     return parser.finish()
 
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from observer.dataplane.iptables import endpoint_hash, parse_iptables_save, service_hash
+from observer.dataplane.iptables import (
+    SaveParser,
+    endpoint_hash,
+    parse_iptables_save,
+    service_hash,
+    snapshot_of,
+)
 from observer.dataplane.ipvs import parse_ipvsadm
 from observer.dataplane.model import DataplaneParseError
 from observer.dataplane.nftables import endpoint_from_chain, parse_nft_text, service_from_chain
@@ -59,6 +65,24 @@ def test_unnamed_services_resolve_from_candidates() -> None:
 def test_iptables_garbage(text: str) -> None:
     with pytest.raises(DataplaneParseError):
         parse_iptables_save(text, backend="legacy")
+
+
+@pytest.mark.parametrize("lines_per_piece", [1, 3, 7, 10_000])
+def test_iptables_pieces_parse_like_the_whole(lines_per_piece: int) -> None:
+    # A dump arrives in pieces of whole lines; where it is cut must not matter, and an error
+    # names the line counted from the start of the output, not of its piece.
+    def fed(lines: list[str]) -> SaveParser:
+        parser = SaveParser()
+        for i in range(0, len(lines), lines_per_piece):
+            parser.feed("".join(lines[i:i + lines_per_piece]))
+        return parser
+
+    lines = IPTABLES_RULES.splitlines(keepends=True)
+    assert snapshot_of(fed(lines).finish(), backend="legacy") == parse_iptables_save(
+        IPTABLES_RULES, backend="legacy")
+    bad = next(i for i, line in enumerate(lines) if line.startswith("-A KUBE-SEP-")) + 5
+    with pytest.raises(DataplaneParseError, match=rf"^line {bad + 1}: unexpected 'not a rule'"):
+        fed([*lines[:bad], "not a rule\n", *lines[bad:]])
 
 
 def test_no_kube_proxy_rules_is_empty_not_an_error() -> None:
