@@ -75,6 +75,11 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                      default=float(_env("DATAPLANE_POLL_INTERVAL", "0.1") or 0.1),
                      help="seconds between reads where the kernel announces no changes "
                           "(iptables-legacy, IPVS)")
+    run.add_argument("--dataplane-poll-max-cpu", type=positive_float,
+                     default=float(_env("DATAPLANE_POLL_MAX_CPU", "0.1") or 0.1),
+                     help="at most this share of one core (with the dump commands) is spent "
+                          "on those reads, on average: large rule sets are read less often "
+                          "(default 0.1)")
     run.add_argument("--listen", type=host_port, default=_env("LISTEN", "127.0.0.1:9809"),
                      help="HOST:PORT for /metrics, /healthz, /readyz, /debug/episodes "
                           "(default 127.0.0.1:9809)")
@@ -133,6 +138,7 @@ async def _run_agent(args: argparse.Namespace) -> int:
             dataplane = await open_source(
                 args.dataplane, runner=runner, clock=clock, metrics=health,
                 poll_interval=args.dataplane_poll_interval,
+                poll_max_cpu=args.dataplane_poll_max_cpu,
                 # Late-bound: first called from agent.run(), once `agent` below exists.
                 known_services=lambda: agent.tracker.service_port_names(),
                 candidates=lambda ip, port, protocol: agent.tracker.service_ports_of(

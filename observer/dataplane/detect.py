@@ -79,7 +79,7 @@ async def resolve(requested: Requested, runner: CommandRunner) -> tuple[Mode, Ba
 
 
 async def open_source(requested: Requested, *, runner: CommandRunner, clock: Clock,
-                      metrics: DataplaneMetrics, poll_interval: float,
+                      metrics: DataplaneMetrics, poll_interval: float, poll_max_cpu: float,
                       known_services: KnownServices = lambda: (),
                       candidates: Candidates = lambda ip, port, protocol: ()
                       ) -> MonitorSource | PollingSource:
@@ -94,4 +94,5 @@ async def open_source(requested: Requested, *, runner: CommandRunner, clock: Clo
     if mode == "iptables" and backend == "nft":
         return MonitorSource(reader=reader, runner=runner, clock=clock, metrics=metrics,
                              tables=IptablesNftTables(known_services))
-    return PollingSource(reader=reader, clock=clock, metrics=metrics, interval=poll_interval)
+    return PollingSource(reader=reader, clock=clock, metrics=metrics, interval=poll_interval,
+                         max_cpu=poll_max_cpu)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
@@ -146,12 +148,23 @@ class _ReadingSource:
         return Timestamp(mono, self.clock.wall() - (now - mono), "dataplane", precision)
 
 
+def reading_cpu() -> float:
+    """CPU seconds of this thread (the event loop's: the parse) and of this process's finished
+    child processes (the dump commands; ``getrusage(RUSAGE_CHILDREN)``, microseconds). The
+    agent runs no other commands while it polls; where several agents share a process (the
+    lab) each also counts the others' work done meanwhile."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.thread_time() + children.ru_utime + children.ru_stime
+
+
 class PollingSource(_ReadingSource):
-    """Starts a full read every ``interval`` seconds — but spends no more than ``max_duty``
-    (25%) of the time reading: on a large node a full read takes long, and the period grows to
-    match (a bound on CPU that costs detection latency; docs/dataplane.md). The bound is on
-    the average: the period follows a moving average of read times, so one read slowed by the
-    scheduler does not stretch the next period fourfold.
+    """Starts a full read every ``interval`` seconds — but spends no more than ``max_cpu`` of
+    one core (10%) on reading, on average: on a large node a full read costs much (at 10,000
+    services about a second of CPU for ``iptables-save`` and the parse together), and the
+    period grows to match, a bound on CPU that costs detection latency (docs/dataplane.md).
+    ``cpu`` tells the CPU seconds spent so far by what a read runs (``reading_cpu``); the
+    period follows a moving average of each read's share, so one read slowed by the scheduler
+    does not stretch the next period tenfold.
 
     A change a read shows happened after the previous read started and before this one ended
     (``iptables-save`` copies the whole table in one ``getsockopt`` as it starts). It is
@@ -159,28 +172,29 @@ class PollingSource(_ReadingSource):
     reads short against the interval, about one interval."""
 
     def __init__(self, *, reader: Reader, clock: Clock, metrics: DataplaneMetrics,
-                 interval: float, max_duty: float = 0.25,
+                 interval: float, max_cpu: float = 0.1,
+                 cpu: Callable[[], float] = reading_cpu,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         super().__init__(reader=reader, clock=clock, metrics=metrics)
         self.interval = interval
-        self.max_duty = max_duty
+        self.max_cpu = max_cpu
+        self.cpu = cpu
         self.sleep = sleep
 
     async def run(self, sink: ChangeSink) -> None:
         previous = self.clock.monotonic()
-        cost: float | None = None  # moving average of a read's duration
+        cost: float | None = None  # moving average of a read's CPU seconds
         while True:
-            started = self.clock.monotonic()
+            started, cpu = self.clock.monotonic(), self.cpu()
             snapshot = await self._read()
-            now = self.clock.monotonic()
+            now, used = self.clock.monotonic(), self.cpu() - cpu
             if snapshot is not None:
                 precision = max(started - previous, now - started)
                 self._selection.replace(snapshot.selection(), self._at(started, precision),
                                         sink)
                 previous = started
-            took = now - started
-            cost = took if cost is None else cost + _COST_WEIGHT * (took - cost)
-            await self.sleep(max(0.0, max(self.interval, cost / self.max_duty) - took))
+            cost = used if cost is None else cost + _COST_WEIGHT * (used - cost)
+            await self.sleep(max(0.0, max(self.interval, cost / self.max_cpu) - (now - started)))
 
 
 class _Tables(Protocol):

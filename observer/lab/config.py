@@ -56,6 +56,9 @@ class LabConfig:
     watch_inactivity_timeout: float = 30.0  # the agents' --watch-inactivity-timeout
     dataplane: LabDataplane = "nftables"
     poll_interval: float = 0.05  # the agents' polling interval (iptables-legacy)
+    # The agents' CPU cap for polling. They share one process here, so a read's CPU counts what
+    # the other agents and the API server did meanwhile: a generous cap keeps the interval.
+    poll_max_cpu: float = 0.5
     seed: int = 1
 
     def check(self) -> None:

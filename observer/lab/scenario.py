@@ -262,7 +262,8 @@ class Lab:
                                     else "iptables")
             dataplane = await open_source(requested, runner=CommandRunner(netns=node.netns),
                                           clock=self.clock, metrics=health,
-                                          poll_interval=self.config.poll_interval)
+                                          poll_interval=self.config.poll_interval,
+                                          poll_max_cpu=self.config.poll_max_cpu)
         settings = AgentConfig(node_name=node.name, listen=("127.0.0.1", 0),
                                housekeeping_interval=0.5, episode_ttl=self.config.episode_ttl,
                                watch=WatchSettings(

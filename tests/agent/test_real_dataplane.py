@@ -39,7 +39,7 @@ async def test_nftables_removal_times_the_dataplane_stage(apiserver: ApiServer,
     registry, clock = CollectorRegistry(), SystemClock()
     health = DataplaneHealth(registry)
     source = await open_source("auto", runner=CommandRunner(netns=netns.name), clock=clock,
-                               metrics=health, poll_interval=0.1)
+                               metrics=health, poll_interval=0.1, poll_max_cpu=0.5)
     async with client.ApiClient(await client_configuration(kubeconfig)) as api:
         agent = Agent(config=AgentConfig(node_name="node-a", listen=("127.0.0.1", 0)), api=api,
                       clock=clock, dataplane=source, registry=registry, dataplane_health=health)

@@ -131,7 +131,8 @@ async def test_change_events(netns: Netns, mode: str) -> None:
     load(netns, mode)
     health, changes = Health(), Recorder()
     source = await open_source("auto", runner=CommandRunner(netns=netns.name),
-                               clock=SystemClock(), metrics=health, poll_interval=0.05)
+                               clock=SystemClock(), metrics=health, poll_interval=0.05,
+                               poll_max_cpu=0.5)
     task = asyncio.create_task(source.run(changes))
     try:
         for _ in range(400):  # until the first full read is in
