@@ -151,8 +151,9 @@ class _ReadingSource:
 def reading_cpu() -> float:
     """CPU seconds of this thread (the event loop's: the parse) and of this process's finished
     child processes (the dump commands; ``getrusage(RUSAGE_CHILDREN)``, microseconds). The
-    agent runs no other commands while it polls; where several agents share a process (the
-    lab) each also counts the others' work done meanwhile."""
+    thread's share also holds whatever else the event loop ran during the read (watch events),
+    so the cap errs towards reading less often; the agent runs no other commands. Where
+    several agents share a process (the lab) each also counts the others' work."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.thread_time() + children.ru_utime + children.ru_stime
 
