@@ -37,8 +37,8 @@ _JUMP = re.compile(r" (?:-j|--jump) (\S+)")
 _COMMENT = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
 _DEST = re.compile(r" -d (\S+)")
 _PROTO = re.compile(r" -p (\w+)")
-_TO = re.compile(r"--to-destination (\S+)")
 _PROTOCOLS = ("tcp", "udp", "sctp")
+_PATHS = {"C": "cluster", "L": "local"}  # KUBE-SVC- / KUBE-SVL- chains
 # Scans of a whole piece of output, every line preceded by a newline; each starts with a
 # literal, which the regex engine finds fast (any other start is tried at every character).
 _MARKER = re.compile(r"\n(\*\S*|COMMIT)(?=\n|\Z)")  # a table starts / ends
@@ -101,8 +101,8 @@ class SaveParser:
     through and is never held whole). A piece is scanned by a few regular expressions over its
     whole text, each starting with a literal the regex engine finds at C speed, rather than line
     by line in Python (250,000 lines at 10,000 services); every line is still checked: one
-    that is neither a rule, a chain, a comment nor a table marker, or a rule without a body,
-    is an error naming its line."""
+    that is neither a rule (``-A`` and a chain name), a chain, a comment nor a table marker is
+    an error naming its line."""
 
     def __init__(self) -> None:
         self.parsed = ParsedSave()
@@ -139,9 +139,9 @@ class SaveParser:
         if text.count("\n-A KUBE-SV", start, end) > len(jumps):
             # Rules other than jumps (masquerading): a chain without endpoints still counts.
             for path, h in set(_SVC_CHAIN.findall(text, start, end)):
-                parsed.targets.setdefault(("cluster" if path == "C" else "local", h), [])
+                parsed.targets.setdefault((_PATHS[path], h), [])
         for path, h, rule, sep in jumps:
-            seps = parsed.targets.setdefault(("cluster" if path == "C" else "local", h), [])
+            seps = parsed.targets.setdefault((_PATHS[path], h), [])
             if sep not in seps:
                 seps.append(sep)
             if h not in parsed.names:
