@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 # Bounded label values for endpoint_propagation_dataplane_errors_total{reason}.
@@ -91,7 +91,7 @@ class CommandRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await stderr_task
 
-    async def chunks(self, command: Sequence[str]) -> AsyncIterator[bytes]:
+    async def chunks(self, command: Sequence[str]) -> AsyncGenerator[bytes, None]:
         """stdout as it is written, in pieces of whole lines (a large dump is never held
         whole; the last piece may lack its newline), within the same timeout and output bound
         as ``run``; a non-zero exit raises at the end."""
@@ -137,14 +137,15 @@ class CommandRunner:
                 await stderr_task
             await _reap(proc)
 
-    async def lines(self, command: Sequence[str]) -> AsyncIterator[bytes]:
+    async def lines(self, command: Sequence[str]) -> AsyncGenerator[bytes, None]:
         """stdout line by line (each with its newline but perhaps the last), as ``chunks``."""
-        async for piece in self.chunks(command):
-            *complete, last = piece.split(b"\n")
-            for line in complete:
-                yield line + b"\n"
-            if last:
-                yield last
+        async with contextlib.aclosing(self.chunks(command)) as pieces:
+            async for piece in pieces:
+                *complete, last = piece.split(b"\n")
+                for line in complete:
+                    yield line + b"\n"
+                if last:
+                    yield last
 
     @contextlib.asynccontextmanager
     async def stream(self, command: Sequence[str]) -> AsyncIterator[asyncio.StreamReader]:

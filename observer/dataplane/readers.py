@@ -4,7 +4,8 @@ uses there."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -75,16 +76,19 @@ class IptablesReader:
 async def save_parsed(runner: CommandRunner, command: list[str]) -> ParsedSave:
     """``iptables-save`` output, parsed as it streams."""
     parser = SaveParser()
-    async for piece in runner.chunks(command):
-        parser.feed(decode_output(piece))
+    async with contextlib.aclosing(runner.chunks(command)) as pieces:
+        async for piece in pieces:
+            parser.feed(decode_output(piece))
     return parser.finish()
 
 
-async def nft_lines(runner: CommandRunner, family: str, table: str) -> AsyncIterator[str]:
+async def nft_lines(runner: CommandRunner, family: str, table: str) -> AsyncGenerator[str, None]:
     """``nft -a list table`` line by line; nothing when this family has no such table."""
     try:
-        async for line in runner.lines(["nft", "-a", "list", "table", family, table]):
-            yield decode_output(line)
+        async with contextlib.aclosing(
+                runner.lines(["nft", "-a", "list", "table", family, table])) as lines:
+            async for line in lines:
+                yield decode_output(line)
     except CommandError as error:
         if "No such file or directory" not in str(error):
             raise
@@ -94,9 +98,10 @@ async def nft_table_state(runner: CommandRunner, family: str) -> ChainState | No
     """kube-proxy's nftables table of one family, parsed as it streams; None if absent."""
     parser = NftTextParser()
     seen = False
-    async for line in nft_lines(runner, family, "kube-proxy"):
-        seen = True
-        parser.feed(line)
+    async with contextlib.aclosing(nft_lines(runner, family, "kube-proxy")) as lines:
+        async for line in lines:
+            seen = True
+            parser.feed(line)
     return parser.finish() if seen else None
 
 

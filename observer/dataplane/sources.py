@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import resource
 import time
@@ -287,13 +288,14 @@ class IptablesNftTables:
             state = JumpState()
             state.learn(await save_parsed(runner, [save, "-t", "nat"]), self.known_services())
             chain = None
-            async for line in nft_lines(runner, family, self.table):
-                if m := CHAIN_LINE.match(line):
-                    chain = m.group(1)
-                elif line.startswith("\t}"):
-                    chain = None
-                elif chain is not None and (handle := RULE_HANDLE.search(line)):
-                    state.add_rule(chain, int(handle.group(1)), JUMP_TARGET.findall(line))
+            async with contextlib.aclosing(nft_lines(runner, family, self.table)) as lines:
+                async for line in lines:
+                    if m := CHAIN_LINE.match(line):
+                        chain = m.group(1)
+                    elif line.startswith("\t}"):
+                        chain = None
+                    elif chain is not None and (handle := RULE_HANDLE.search(line)):
+                        state.add_rule(chain, int(handle.group(1)), JUMP_TARGET.findall(line))
             states[family] = state
         self.states = states
 

@@ -6,6 +6,7 @@ real subprocess path (spawn, timeout, output bound, exit status) is what is exer
 from __future__ import annotations
 
 import asyncio
+import os
 import stat
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.detect import reader_for
+from observer.dataplane.model import DataplaneParseError
+from observer.dataplane.readers import nft_table_state, save_parsed
 from observer.dataplane.sources import PollingSource
 from tests.dataplane.test_netns import Health
 
@@ -51,3 +54,23 @@ async def test_failures_are_counted_and_polling_goes_on(behaviour: str, tmp_path
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+@pytest.mark.parametrize("command", ["iptables-legacy-save", "nft"])
+async def test_a_dump_rejected_mid_stream_is_stopped_at_once(
+        command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parse error while the dump is still being written ends the command there and then,
+    not whenever the garbage collector finalizes the abandoned stream (by then, perhaps, on a
+    closed event loop, leaving its process and pipes behind)."""
+    pid_file = tmp_path / "pid"
+    script = tmp_path / command
+    script.write_text(f"#!/bin/sh\necho $$ > {pid_file}\necho '*nat'\n"
+                      "echo 'this is not a rule'\nexec /bin/sleep 30\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    runner = CommandRunner(timeout=10)
+    read = (nft_table_state(runner, "ip") if command == "nft"
+            else save_parsed(runner, [command, "-t", "nat"]))
+    with pytest.raises(DataplaneParseError):
+        await read
+    assert not os.path.exists(f"/proc/{pid_file.read_text().strip()}")  # noqa: ASYNC240
