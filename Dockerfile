@@ -12,9 +12,9 @@ RUN python -m venv /opt/observer \
 
 FROM python:3.11-slim-bookworm
 # iptables: both backends (iptables-legacy-save, iptables-nft-save); nftables: nft;
-# ipvsadm: IPVS; iproute2: `ip netns exec` for --netns.
+# iproute2: `ip netns exec` for --netns. IPVS is read over netlink (pyroute2): no tool.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iptables nftables ipvsadm iproute2 \
+    && apt-get install -y --no-install-recommends iptables nftables iproute2 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/observer /opt/observer
 ENV PATH=/opt/observer/bin:$PATH \

@@ -9,7 +9,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 # Bounded label values for endpoint_propagation_dataplane_errors_total{reason}.
-ERROR_REASONS = ("missing_tool", "permission", "timeout", "failed", "too_large", "garbage")
+ERROR_REASONS = ("missing_tool", "unavailable", "permission", "timeout", "failed", "too_large",
+                 "garbage")
 
 
 class CommandError(Exception):

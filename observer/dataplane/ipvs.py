@@ -1,4 +1,4 @@
-"""kube-proxy's IPVS mode, from ``ipvsadm -Ln``.
+"""kube-proxy's IPVS mode, from the kernel's IPVS tables over generic netlink.
 
 Virtual servers are ``VIP:port`` (cluster IPs, external IPs, node ports), real servers are
 ``podIP:port``. A terminating TCP real server is set to weight 0 (no new connections) and
@@ -8,15 +8,20 @@ deleted only once its connections drain (``pkg/proxy/ipvs/graceful_termination.g
 balances, from the EndpointSlices the agent watches (the Services' cluster IPs would say it
 directly, but they are not worth a Service watch on every node).
 
-The kernel of our CI machines has no IPVS module, so this parser is tested on recorded output
-(``tests/fixtures/dataplane/ipvsadm-Ln.txt``, with its origin stated there).
+``parse_ipvs`` reads the attributes of ``IPVS_CMD_GET_SERVICE`` and ``IPVS_CMD_GET_DEST``
+dumps, as pyroute2 decodes them (``IPVS_SVC_ATTR_*``, ``IPVS_DEST_ATTR_*``): what the kernel
+puts there is ``ip_vs_genl_fill_service`` / ``ip_vs_genl_fill_dest`` in
+``net/netfilter/ipvs/ip_vs_ctl.c`` with the layout of ``include/uapi/linux/ip_vs.h``. The
+kernel of our CI machines has no IPVS module, so it is tested on messages encoded in that
+layout (``tests/fixtures/dataplane/ipvs_netlink.py``, its origin stated there).
 """
 
 from __future__ import annotations
 
-import re
+import ipaddress
+import socket
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import replace
 
 import structlog
@@ -26,48 +31,67 @@ from observer.dataplane.model import (
     DataplaneSnapshot,
     ProgrammedEndpoint,
     ProgrammedService,
-    split_host_port,
 )
 from observer.episodes.model import ServicePort
 
 log = structlog.get_logger("observer.dataplane")
 # (ip, port, protocol) -> the service ports whose EndpointSlices list that endpoint
 Candidates = Callable[[str, int, str], Collection[ServicePort]]
+# One netlink attribute set, by name ("IPVS_SVC_ATTR_PORT": 53), as pyroute2 decodes it.
+Attrs = Mapping[str, object]
+# A virtual server's attributes and those of its real servers.
+Virtual = tuple[Attrs, Iterable[Attrs]]
 
-_VIRTUAL = re.compile(r"^(TCP|UDP|SCTP)\s+(\S+)\s+\S+")
-_REAL = re.compile(r"^\s+->\s+(\S+)\s+(\w+)\s+(\d+)\s+(\d+)\s+(\d+)")
+_PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_SCTP: "sctp"}
+_FAMILIES = {int(socket.AF_INET): 4, int(socket.AF_INET6): 6}
 
 
-def parse_ipvsadm(text: str) -> DataplaneSnapshot:
-    services: list[ProgrammedService] = []
-    current: tuple[str, str, list[ProgrammedEndpoint]] | None = None
-
-    def close() -> None:
-        if current is not None:
-            vip, proto, reals = current
-            services.append(ProgrammedService(service=vip, protocol=proto,
-                                              cluster_ip=split_host_port(vip)[0],
-                                              cluster=tuple(reals), local=()))
-
-    lines = text.splitlines()
-    if not lines or not lines[0].startswith("IP Virtual Server version"):
-        raise DataplaneParseError("not ipvsadm -Ln output")
-    for number, line in enumerate(lines[1:], 2):
-        if line.startswith(("Prot ", "  -> RemoteAddress")) or not line.strip():
+def parse_ipvs(virtuals: Iterable[Virtual]) -> DataplaneSnapshot:
+    """Virtual servers and their real servers; a real server is selected while its weight is
+    above 0. Firewall-mark virtual servers (no address: kube-proxy makes none) are left out."""
+    services = []
+    for service, dests in virtuals:
+        family = _number(service, "IPVS_SVC_ATTR_AF")
+        if "IPVS_SVC_ATTR_FWMARK" in service and "IPVS_SVC_ATTR_ADDR" not in service:
             continue
-        if m := _VIRTUAL.match(line):
-            close()
-            split_host_port(m.group(2))
-            current = (m.group(2), m.group(1).lower(), [])
-        elif m := _REAL.match(line):
-            if current is None:
-                raise DataplaneParseError(f"line {number}: real server before any service")
-            ip, port = split_host_port(m.group(1))
-            current[2].append(ProgrammedEndpoint(ip, port, int(m.group(3)) > 0))
-        else:
-            raise DataplaneParseError(f"line {number}: unexpected {line[:80]!r}")
-    close()
+        protocol = _PROTOCOLS.get(_number(service, "IPVS_SVC_ATTR_PROTOCOL"))
+        if protocol is None:
+            raise DataplaneParseError(f"unknown protocol in {dict(service)!r}"[:200])
+        vip = _address(service, "IPVS_SVC_ATTR_ADDR", family)
+        port = _number(service, "IPVS_SVC_ATTR_PORT", 0xFFFF)
+        reals = tuple(ProgrammedEndpoint(
+            _address(dest, "IPVS_DEST_ATTR_ADDR",
+                     _number(dest, "IPVS_DEST_ATTR_ADDR_FAMILY", 0xFFFF)),
+            _number(dest, "IPVS_DEST_ATTR_PORT", 0xFFFF),
+            _number(dest, "IPVS_DEST_ATTR_WEIGHT") > 0) for dest in dests)
+        services.append(ProgrammedService(service=_host_port(vip, port), protocol=protocol,
+                                          cluster_ip=vip, cluster=reals, local=()))
     return DataplaneSnapshot("ipvs", None, tuple(services))
+
+
+def _number(attrs: Attrs, name: str, top: int = 0xFFFFFFFF) -> int:
+    value = attrs.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
+        raise DataplaneParseError(f"{name} is {value!r}, not a number up to {top}")
+    return value
+
+
+def _address(attrs: Attrs, name: str, family: int) -> str:
+    """An address attribute, as pyroute2 decodes the kernel's 16-byte ``union nf_inet_addr``
+    by the family attribute next to it (``IPVS_DEST_ATTR_ADDR_FAMILY`` dates from Linux 3.18;
+    no kernel Kubernetes supports lacks it)."""
+    value = attrs.get(name)
+    try:
+        address = ipaddress.ip_address(value if isinstance(value, str) else b"")
+    except ValueError:
+        raise DataplaneParseError(f"{name} is {value!r}, not an address") from None
+    if address.version != _FAMILIES.get(family):
+        raise DataplaneParseError(f"{name} {address} is not of address family {family}")
+    return str(address)
+
+
+def _host_port(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 class IpvsNames:

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from observer.dataplane.commands import CommandError, CommandRunner
 from observer.dataplane.iptables import ParsedSave, SaveParser, snapshot_of
-from observer.dataplane.ipvs import IpvsNames, parse_ipvsadm
+from observer.dataplane.ipvs import IpvsNames, Virtual, parse_ipvs
 from observer.dataplane.model import (
     Backend,
     DataplaneParseError,
     DataplaneSnapshot,
     ProgrammedService,
 )
+from observer.dataplane.netlink import ipvs_dump
 from observer.dataplane.nftables import ChainState, NftTextParser
 
 Mode = Literal["iptables", "nftables", "ipvs"]
@@ -122,13 +123,22 @@ class NftablesReader:
 
 @dataclass
 class IpvsReader:
-    """``ipvsadm -Ln``; with ``names``, virtual servers named after service ports."""
+    """The kernel's IPVS tables over netlink (in ``runner``'s namespace, within its timeout);
+    with ``names``, virtual servers named after service ports. ``dump`` is the netlink
+    request (``ipvs_dump``), replaceable where there is no IPVS to ask."""
 
     runner: CommandRunner
     names: IpvsNames | None = None
+    dump: Callable[[str | None], Awaitable[list[Virtual]]] = ipvs_dump
     mode: Mode = "ipvs"
     backend: Backend | None = None
 
     async def read(self) -> DataplaneSnapshot:
-        snapshot = parse_ipvsadm(decode_output(await self.runner.run(["ipvsadm", "-Ln"])))
+        try:
+            async with asyncio.timeout(self.runner.timeout):
+                virtuals = await self.dump(self.runner.netns)
+        except TimeoutError:
+            raise CommandError("timeout", f"IPVS netlink dump did not finish in "
+                                          f"{self.runner.timeout} s") from None
+        snapshot = parse_ipvs(virtuals)
         return snapshot if self.names is None else self.names.apply(snapshot)

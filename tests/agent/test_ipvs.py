@@ -1,18 +1,16 @@
 """The agent in IPVS mode, end to end: the lab API server, real watches, the real polling
-source reading through a real process. The kernel here has no IPVS module, so ``ipvsadm`` is
-a stand-in put first on PATH that prints, in ``ipvsadm -Ln``'s exact layout (ipvsadm(8); the
-fixture note in tests/fixtures/dataplane/README.md), the virtual servers the test writes —
-as kube-proxy's IPVS proxier would program them: the service's cluster IP and node port, and
-a terminating endpoint's real server set to weight 0 (pkg/proxy/ipvs/graceful_termination.go).
+source and IPVS reader. The kernel here has no IPVS module, so the netlink dump is the one
+thing replaced: it answers with the virtual servers the test programs, encoded in the kernel's
+message layout and decoded by pyroute2 (tests/fixtures/dataplane/ipvs_netlink.py) — as
+kube-proxy's IPVS proxier would program them: the service's cluster IP and node port, and a
+terminating endpoint's real server set to weight 0 (pkg/proxy/ipvs/graceful_termination.go).
 """
 
 from __future__ import annotations
 
 import asyncio
-import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from kubernetes_asyncio import client
@@ -21,35 +19,29 @@ from prometheus_client import CollectorRegistry
 from observer.agent import Agent, AgentConfig
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
-from observer.dataplane.detect import reader_for
+from observer.dataplane.ipvs import IpvsNames, Virtual
+from observer.dataplane.readers import IpvsReader
 from observer.dataplane.sources import PollingSource
 from observer.export.metrics import DataplaneHealth
 from observer.kube.watch import WatchSettings
 from observer.lab.apiserver.server import ApiServer
 from tests.agent.harness import Cluster, Endpoint, key, until
+from tests.fixtures.dataplane.ipvs_netlink import Real, Service, virtuals
 
 WEB = key("web", "10.0.0.1")
 
 
-def ipvsadm_output(weights: dict[str, int]) -> str:
-    reals = "".join(f"  -> {ip}:8080{' ' * 16}Masq    {w}      0          0\n"
-                    for ip, w in weights.items())
-    return ("IP Virtual Server version 1.2.1 (size=4096)\n"
-            "Prot LocalAddress:Port Scheduler Flags\n"
-            "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
-            f"TCP  10.96.0.10:80 rr\n{reals}"
-            f"TCP  192.168.0.2:30080 rr\n{reals}")
-
-
 @dataclass
 class Ipvs:
-    state: Path
+    services: tuple[Service, ...] = ()
 
     def program(self, **weights: int) -> None:
-        text = ipvsadm_output({ip.replace("_", "."): w for ip, w in weights.items()})
-        tmp = self.state.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(self.state)  # atomic, as the kernel's tables are to ipvsadm
+        reals = tuple(Real(ip.replace("_", "."), 8080, w) for ip, w in weights.items())
+        self.services = (Service("TCP", "10.96.0.10", 80, reals),
+                         Service("TCP", "192.168.0.2", 30080, reals))
+
+    async def dump(self, netns: str | None) -> list[Virtual]:
+        return virtuals(self.services)
 
 
 @dataclass
@@ -61,20 +53,15 @@ class Env:
 
 
 @pytest.fixture
-async def ipvs_env(apiserver: ApiServer, api: client.ApiClient, tmp_path: Path,
-                   monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
-    tool = tmp_path / "ipvsadm"
-    tool.write_text(f"#!/bin/sh\nexec /bin/cat {tmp_path}/state\n")
-    tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", str(tmp_path))  # only the stand-in
-    ipvs = Ipvs(tmp_path / "state")
+async def ipvs_env(apiserver: ApiServer, api: client.ApiClient) -> AsyncIterator[Env]:
+    ipvs = Ipvs()
     ipvs.program(**{"10_0_0_1": 1, "10_0_0_2": 1})
     registry, clock = CollectorRegistry(), SystemClock()
     health = DataplaneHealth(registry)
     agent: Agent | None = None
-    reader = reader_for("ipvs", None, CommandRunner(),
-                        candidates=lambda ip, port, proto: agent.tracker.service_ports_of(
-                            ip, port, proto) if agent else ())
+    reader = IpvsReader(CommandRunner(), IpvsNames(
+        lambda ip, port, proto: agent.tracker.service_ports_of(ip, port, proto) if agent else ()),
+        dump=ipvs.dump)
     source = PollingSource(reader=reader, clock=clock, metrics=health, interval=0.02)
     agent = Agent(config=AgentConfig(node_name="node-a", listen=("127.0.0.1", 0),
                                      watch=WatchSettings(backoff_initial=0.01)),

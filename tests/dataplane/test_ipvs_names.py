@@ -1,16 +1,15 @@
 """Naming IPVS virtual servers after the service ports whose endpoints they balance
-(observer/dataplane/ipvs.py ``IpvsNames``), on the recorded-layout fixture."""
+(observer/dataplane/ipvs.py ``IpvsNames``), on the kernel-layout netlink fixture."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from pathlib import Path
 
-from observer.dataplane.ipvs import IpvsNames, parse_ipvsadm
+from observer.dataplane.ipvs import IpvsNames, parse_ipvs
 from observer.dataplane.model import DataplaneSnapshot
 from observer.episodes.model import EndpointKey, ServicePort
+from tests.fixtures.dataplane.ipvs_netlink import KUBE_DNS, Service, virtuals
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "dataplane"
 DNS = ServicePort("kube-system", "kube-dns", "dns", "UDP")
 DNS_TCP = ServicePort("kube-system", "kube-dns", "dns-tcp", "TCP")
 METRICS = ServicePort("kube-system", "kube-dns", "metrics", "TCP")
@@ -30,8 +29,8 @@ class Slices:
         return self.index.get((ip, port, protocol), set())
 
 
-def snapshot(text: str | None = None) -> DataplaneSnapshot:
-    return parse_ipvsadm(text or (FIXTURES / "ipvsadm-Ln.txt").read_text())
+def snapshot(services: tuple[Service, ...] = KUBE_DNS) -> DataplaneSnapshot:
+    return parse_ipvs(virtuals(services))
 
 
 def test_virtual_servers_take_their_service_ports_name() -> None:
@@ -61,7 +60,7 @@ def test_a_virtual_server_that_goes_is_forgotten() -> None:
     slices = Slices()
     names = IpvsNames(slices)
     names.apply(snapshot())
-    names.apply(snapshot("IP Virtual Server version 1.2.1 (size=4096)\n"))
+    names.apply(snapshot(()))
     slices.index.clear()
     assert names.apply(snapshot()).selection() == {}  # named afresh, and nothing matches now
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from observer.dataplane.iptables import (
@@ -11,10 +13,20 @@ from observer.dataplane.iptables import (
     service_hash,
     snapshot_of,
 )
-from observer.dataplane.ipvs import parse_ipvsadm
+from observer.dataplane.ipvs import Attrs, parse_ipvs
 from observer.dataplane.model import DataplaneParseError
 from observer.dataplane.nftables import endpoint_from_chain, parse_nft_text, service_from_chain
 from tests.dataplane.edits import IPTABLES_RULES, without_endpoint_comments
+from tests.fixtures.dataplane.ipvs_netlink import (
+    KUBE_DNS,
+    decode,
+    dest_message,
+    nla,
+    service_message,
+    u16,
+    u32,
+    virtuals,
+)
 from tests.netns import FIXTURES
 
 
@@ -120,19 +132,42 @@ def test_nft_garbage(text: str) -> None:
 
 
 def test_ipvs_weight_zero_is_not_selected() -> None:
-    snapshot = parse_ipvsadm((FIXTURES / "ipvsadm-Ln.txt").read_text())
+    snapshot = parse_ipvs(virtuals())
     services = {(s.service, s.protocol): s for s in snapshot.services}
     dns = services[("10.96.0.10:53", "tcp")]
     assert [(e.ip, e.port, e.selected) for e in dns.cluster] == [
         ("10.244.0.2", 53, True), ("10.244.0.3", 53, False)]
-    assert services[("[fd00:10:96::a]:53", "tcp")].cluster[0].ip == "fd00:10:244::2"
+    assert dns.cluster_ip == "10.96.0.10"
+    assert services[("10.96.0.10:53", "udp")].cluster[0].selected
+    v6 = services[("[fd00:10:96::a]:53", "tcp")]
+    assert (v6.cluster_ip, v6.cluster[0].ip) == ("fd00:10:96::a", "fd00:10:244::2")
     assert snapshot.to_json()["mode"] == "ipvs"
 
 
-@pytest.mark.parametrize("text", ["", "TCP 1.2.3.4:80 rr\n",
-                                  "IP Virtual Server version 1.2.1\n  -> 10.0.0.1:80 Masq 1 0 0\n",
-                                  "IP Virtual Server version 1.2.1\nTCP nonsense rr\n",
-                                  "IP Virtual Server version 1.2.1\n???\n"])
-def test_ipvs_garbage(text: str) -> None:
+def test_ipvs_firewall_mark_services_are_left_out() -> None:
+    fwmark = decode(service_message(KUBE_DNS[0], attrs=u16(1, socket.AF_INET) + u32(5, 0x4000)
+                                    + nla(6, b"rr\0")), "IPVS_CMD_ATTR_SERVICE")
+    assert fwmark == {"IPVS_SVC_ATTR_AF": 2, "IPVS_SVC_ATTR_FWMARK": 0x4000,
+                      "IPVS_SVC_ATTR_SCHED_NAME": "rr"}
+    assert parse_ipvs([(fwmark, [])]).services == ()
+
+
+GOOD_SERVICE, (GOOD_DEST, _) = virtuals()[1]
+
+
+@pytest.mark.parametrize(("service", "dest"), [
+    ({**GOOD_SERVICE, "IPVS_SVC_ATTR_PROTOCOL": 1}, GOOD_DEST),  # ICMP
+    ({k: v for k, v in GOOD_SERVICE.items() if k != "IPVS_SVC_ATTR_PORT"}, GOOD_DEST),
+    ({**GOOD_SERVICE, "IPVS_SVC_ATTR_PORT": 70000}, GOOD_DEST),
+    ({**GOOD_SERVICE, "IPVS_SVC_ATTR_AF": 10}, GOOD_DEST),  # an IPv4 address said to be IPv6
+    ({**GOOD_SERVICE, "IPVS_SVC_ATTR_ADDR": "nonsense"}, GOOD_DEST),
+    (GOOD_SERVICE, {**GOOD_DEST, "IPVS_DEST_ATTR_WEIGHT": "1"}),
+    (GOOD_SERVICE, {**GOOD_DEST, "IPVS_DEST_ATTR_WEIGHT": True}),
+    (GOOD_SERVICE, {**GOOD_DEST, "IPVS_DEST_ATTR_PORT": -1}),
+    # No ADDR_FAMILY: pyroute2 cannot tell the address's family and leaves it undecoded.
+    (GOOD_SERVICE, decode(dest_message(KUBE_DNS[1].reals[0], with_family=False),
+                          "IPVS_CMD_ATTR_DEST")),
+])
+def test_ipvs_garbage(service: Attrs, dest: Attrs) -> None:
     with pytest.raises(DataplaneParseError):
-        parse_ipvsadm(text)
+        parse_ipvs([(service, [dest])])

@@ -176,6 +176,6 @@ def test_dockerfile_installs_the_dataplane_tools() -> None:
     text = (REPO / "Dockerfile").read_text()
     install = re.search(r"apt-get install[^\n]*", text)
     assert install is not None
-    for package in ("iptables", "nftables", "ipvsadm"):
+    for package in ("iptables", "nftables", "iproute2"):
         assert package in install.group(0)
     assert re.search(r"^USER 65532", text, re.MULTILINE)

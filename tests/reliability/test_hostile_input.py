@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from observer.clock import SystemClock
 from observer.dataplane.iptables import parse_iptables_save
-from observer.dataplane.ipvs import parse_ipvsadm
+from observer.dataplane.ipvs import Virtual, parse_ipvs
 from observer.dataplane.model import DataplaneParseError
 from observer.dataplane.nftables import parse_nft_text
 from observer.dataplane.sources import IptablesNftTables, KubeProxyTables, MonitorSource
@@ -24,11 +24,12 @@ from observer.kube.lifecycle import containers_of, grace_seconds, prestop_of
 from observer.kube.objects import MalformedObject, parse_endpoint_slice, parse_pod
 from tests.conftest import REPO
 from tests.dataplane.test_netns import Health
+from tests.fixtures.dataplane.ipvs_netlink import virtuals
 
 FIXTURES = REPO / "tests" / "fixtures" / "dataplane"
 IPTABLES = (FIXTURES / "iptables-nat.rules").read_text().splitlines()
 NFT = (FIXTURES / "nft-a-list-table.txt").read_text().splitlines()
-IPVS = (FIXTURES / "ipvsadm-Ln.txt").read_text().splitlines()
+IPVS = virtuals()
 CHECKS = settings(max_examples=300, deadline=5000,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -37,7 +38,7 @@ TOKENS = st.sampled_from(["-A", "-j", "KUBE-SVC-", "KUBE-SEP-", "KUBE-SERVICES",
                           "--to-destination", "10.0.0.1:80", "-m", "comment", "--comment",
                           '"', "statistic", "--probability", "0.5", "*nat", "COMMIT",
                           "chain", "{", "}", "map", "vmap", "numgen", "random", "mod",
-                          "dnat", "to", "goto", "jump", "TCP", "->", "Masq", "# handle",
+                          "dnat", "to", "goto", "jump", "# handle",
                           "table", "ip", "kube-proxy", "service-", "endpoint-", "\t", " "])
 LINE = st.one_of(st.text(max_size=80), st.lists(TOKENS, max_size=12).map(" ".join))
 
@@ -84,18 +85,34 @@ def test_nft_list_table(text: str) -> None:
         parse_nft_text(text)
 
 
-@CHECKS
-@given(dump_text(IPVS))
-def test_ipvsadm(text: str) -> None:
-    with contextlib.suppress(DataplaneParseError):
-        parse_ipvsadm(text)
-
-
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
                     | st.text(max_size=20),
                     lambda inner: st.lists(inner, max_size=4)
                     | st.dictionaries(st.text(max_size=10), inner, max_size=4),
                     max_leaves=20)
+
+
+@st.composite
+def ipvs_dump(draw: st.DrawFn) -> list[Virtual]:
+    """The kernel-layout fixture's decoded attributes with values swapped or dropped."""
+    dump = [(dict(service), [dict(d) for d in dests]) for service, dests in IPVS]
+    for _ in range(draw(st.integers(1, 6))):
+        service, dests = dump[draw(st.integers(0, len(dump) - 1))]
+        attrs = draw(st.sampled_from([service, *dests]))
+        key = draw(st.sampled_from([*attrs, "IPVS_SVC_ATTR_FWMARK"]))
+        if draw(st.booleans()):
+            attrs.pop(key, None)
+        else:
+            attrs[key] = draw(st.one_of(JSON, st.binary(max_size=20),
+                                        st.integers(-2**40, 2**40)))
+    return list(dump)
+
+
+@CHECKS
+@given(ipvs_dump())
+def test_ipvs_attributes(dump: list[Virtual]) -> None:
+    with contextlib.suppress(DataplaneParseError):
+        parse_ipvs(dump)
 NFT_KEYS = st.sampled_from(["add", "delete", "rule", "chain", "table", "family", "chain",
                             "handle", "expr", "name", "vmap", "jump", "goto", "dnat",
                             "numgen", "map", "data", "key", "addr", "port", "concat"])
