@@ -90,9 +90,9 @@ async def open_source(requested: Requested, *, runner: CommandRunner, clock: Clo
     reader = reader_for(mode, backend, runner, known_services, candidates)
     if mode == "nftables":
         return MonitorSource(reader=reader, runner=runner, clock=clock, metrics=metrics,
-                             tables=KubeProxyTables())
+                             tables=KubeProxyTables(), max_cpu=poll_max_cpu)
     if mode == "iptables" and backend == "nft":
         return MonitorSource(reader=reader, runner=runner, clock=clock, metrics=metrics,
-                             tables=IptablesNftTables(known_services))
+                             tables=IptablesNftTables(known_services), max_cpu=poll_max_cpu)
     return PollingSource(reader=reader, clock=clock, metrics=metrics, interval=poll_interval,
                          max_cpu=poll_max_cpu)

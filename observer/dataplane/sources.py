@@ -20,7 +20,7 @@ import contextlib
 import json
 import resource
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -55,7 +55,7 @@ from observer.episodes.model import EndpointKey, ServicePort, Timestamp
 log = structlog.get_logger("observer.dataplane")
 T = TypeVar("T")
 BURST_QUIET_SECONDS = 0.002
-_COST_WEIGHT = 0.25  # of the newest read in the polling source's moving average
+_COST_WEIGHT = 0.25  # of the newest full read in the moving average of their CPU cost
 
 
 class DataplaneMetrics(Protocol):
@@ -159,6 +159,31 @@ def reading_cpu() -> float:
     return time.thread_time() + children.ru_utime + children.ru_stime
 
 
+class ReadBudget:
+    """Full reads may take ``max_cpu`` of one core, on average: the period between their
+    starts is at least a moving average of one read's CPU seconds (``cpu``: ``reading_cpu``)
+    over that share — so one read slowed by the scheduler does not stretch the next period
+    tenfold, and a ruleset that grows makes reads rarer instead of the agent busier."""
+
+    def __init__(self, max_cpu: float, cpu: Callable[[], float] = reading_cpu) -> None:
+        self.max_cpu = max_cpu
+        self.cpu = cpu
+        self.cost: float | None = None  # CPU seconds of one full read, moving average
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[None]:
+        started = self.cpu()
+        try:
+            yield
+        finally:
+            used = self.cpu() - started
+            self.cost = used if self.cost is None else self.cost + _COST_WEIGHT * (
+                used - self.cost)
+
+    def period(self, minimum: float) -> float:
+        return max(minimum, (self.cost or 0.0) / self.max_cpu)
+
+
 class PollingSource(_ReadingSource):
     """Starts a full read every ``interval`` seconds — but spends no more than ``max_cpu`` of
     one core (10%) on reading, on average: on a large node a full read costs much (at 10,000
@@ -179,24 +204,22 @@ class PollingSource(_ReadingSource):
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         super().__init__(reader=reader, clock=clock, metrics=metrics)
         self.interval = interval
-        self.max_cpu = max_cpu
-        self.cpu = cpu
+        self.budget = ReadBudget(max_cpu, cpu)
         self.sleep = sleep
 
     async def run(self, sink: ChangeSink) -> None:
         previous = self.clock.monotonic()
-        cost: float | None = None  # moving average of a read's CPU seconds
         while True:
-            started, cpu = self.clock.monotonic(), self.cpu()
-            snapshot = await self._read()
-            now, used = self.clock.monotonic(), self.cpu() - cpu
+            started = self.clock.monotonic()
+            with self.budget.measure():
+                snapshot = await self._read()
+            now = self.clock.monotonic()
             if snapshot is not None:
                 precision = max(started - previous, now - started)
                 self._selection.replace(snapshot.selection(), self._at(started, precision),
                                         sink)
                 previous = started
-            cost = used if cost is None else cost + _COST_WEIGHT * (used - cost)
-            await self.sleep(max(0.0, max(self.interval, cost / self.max_cpu) - (now - started)))
+            await self.sleep(max(0.0, self.budget.period(self.interval) - (now - started)))
 
 
 class _Tables(Protocol):
@@ -341,30 +364,41 @@ class IptablesNftTables:
 
 class MonitorSource(_ReadingSource):
     """Event-driven, for the nf_tables-based modes (``nftables``, and ``iptables`` with the
-    nft backend): state kept from ``nft -j monitor`` events, checked by periodic full reads."""
+    nft backend): state kept from ``nft -j monitor`` events, checked by periodic full reads.
+
+    A resync is due ``resync_interval`` seconds after the last full read started, or later
+    when full reads cost more than ``max_cpu`` of one core allows (``ReadBudget``): a dump of
+    an nf_tables ruleset starts over whenever the ruleset changes under it, so under
+    kube-proxy's steady partial syncs one dump can cost many times its quiet price (and an
+    ``iptables-nft-save`` slower than the syncs' pace never finishes: the runner's timeout
+    ends it). It starts right after a burst of events — just after a kube-proxy sync, the
+    likeliest quiet moment — or when the timer runs out with no events at all."""
 
     def __init__(self, *, reader: Reader, runner: CommandRunner, clock: Clock,
-                 metrics: DataplaneMetrics, tables: _Tables,
-                 resync_interval: float = 60.0) -> None:
+                 metrics: DataplaneMetrics, tables: _Tables, resync_interval: float = 60.0,
+                 max_cpu: float = 0.1, cpu: Callable[[], float] = reading_cpu) -> None:
         super().__init__(reader=reader, clock=clock, metrics=metrics)
         self.runner = runner
         self.tables = tables
         self.resync_interval = resync_interval
+        self.budget = ReadBudget(max_cpu, cpu)
         self.monitor_latency = 0.001  # netlink to our process, the bound stated on changes
 
     async def run(self, sink: ChangeSink) -> None:
         async with self.runner.stream(["nft", "-j", "monitor"]) as events:
-            await self._full_read(sink, resync=False)  # after the monitor is listening
             loop = asyncio.get_running_loop()
-            next_resync = loop.time() + self.resync_interval
+            started = loop.time()
+            await self._full_read(sink, resync=False)  # after the monitor is listening
             while True:
-                timeout = max(0.0, next_resync - loop.time())
+                due = started + self.budget.period(self.resync_interval)
+                if loop.time() >= due:
+                    started = loop.time()
+                    await self._full_read(sink, resync=True)
+                    continue
                 try:
-                    async with asyncio.timeout(timeout):
+                    async with asyncio.timeout(due - loop.time()):
                         line = await events.readline()
                 except TimeoutError:
-                    await self._full_read(sink, resync=True)
-                    next_resync = loop.time() + self.resync_interval
                     continue
                 if not line:
                     raise CommandError("failed", "nft monitor ended")
@@ -419,7 +453,8 @@ class MonitorSource(_ReadingSource):
             self._selection.replace(self.tables.selection() or {}, at, sink)
 
     async def _load(self) -> bool:
-        return await self._scan(self._loaded()) is not None
+        with self.budget.measure():
+            return await self._scan(self._loaded()) is not None
 
     async def _loaded(self) -> bool:
         await self.tables.load(self.runner)

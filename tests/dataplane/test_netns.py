@@ -13,6 +13,7 @@ from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.detect import open_source, reader_for, resolve
 from observer.dataplane.model import DataplaneChange
+from observer.dataplane.sources import MonitorSource
 from observer.episodes.model import EndpointKey, ServicePort
 from tests.dataplane.edits import (
     IPTABLES_ADD_SVC1_EP9,
@@ -157,6 +158,67 @@ async def test_change_events(netns: Netns, mode: str) -> None:
         assert [(c.key, c.selected) for c in changes.changes[1:]] == [
             (key(1, "10.180.0.9"), True)]
         assert health.errors == []
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def until_true(check: Any, what: str, seconds: float = 10) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no {what} in {seconds} s")
+
+
+@pytest.mark.parametrize("mode", ["iptables-nft", "nftables"])
+async def test_a_resync_counts_and_corrects_drift(netns: Netns, mode: str) -> None:
+    """State kept from events that went wrong (here: told a change no rule made) is found by
+    the next full read, counted as drift, corrected, and the correction reported."""
+    load(netns, mode)
+    health, changes = Health(), Recorder()
+    source = await open_source("auto", runner=CommandRunner(netns=netns.name),
+                               clock=SystemClock(), metrics=health, poll_interval=0.05,
+                               poll_max_cpu=0.5)
+    assert isinstance(source, MonitorSource)
+    source.resync_interval = 0.3
+    task = asyncio.create_task(source.run(changes))
+    try:
+        await until_true(lambda: source.selected(key(4, "10.180.0.4")), "first read")
+        wrong = {key(4, "10.180.0.5"): True}  # 10.180.0.4 left out: as if it had gone
+        source._selection.update([key(4, "").service_port], {key(4, "").service_port: wrong},
+                                 source._now(0.001), lambda change: None)
+        assert source.selected(key(4, "10.180.0.4")) is False
+        await until_true(lambda: health.drifts, "resync")
+        assert health.drifts == [1]
+        assert source.selected(key(4, "10.180.0.4")) is True
+        assert [(c.key, c.selected) for c in changes.changes] == [(key(4, "10.180.0.4"), True)]
+        assert health.errors == []
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.parametrize(("cost", "resyncs"), [(0.0, True), (10.0, False)])
+async def test_resyncs_keep_to_the_cpu_budget(netns: Netns, cost: float, resyncs: bool) -> None:
+    """A full read said to cost 10 CPU seconds, at 0.5 of a core: the next is 20 s away, not
+    the 0.05 s resync interval; a free one comes at the interval."""
+    load(netns, "nftables")
+    spent = iter(range(1_000_000))
+    health = Health()
+    source = await open_source("auto", runner=CommandRunner(netns=netns.name),
+                               clock=SystemClock(), metrics=health, poll_interval=0.05,
+                               poll_max_cpu=0.5)
+    assert isinstance(source, MonitorSource)
+    source.resync_interval = 0.05
+    source.budget.cpu = lambda: next(spent) * cost  # each read: start and end, `cost` apart
+    task = asyncio.create_task(source.run(Recorder()))
+    try:
+        await until_true(lambda: health.scans, "first read")
+        await asyncio.sleep(1.0)
+        assert (len(health.scans) > 2) is resyncs, health.scans
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
