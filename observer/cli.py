@@ -78,8 +78,8 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument("--dataplane-poll-max-cpu", type=positive_float,
                      default=float(_env("DATAPLANE_POLL_MAX_CPU", "0.1") or 0.1),
                      help="at most this share of one core (with the dump commands) is spent "
-                          "on those reads, on average: large rule sets are read less often "
-                          "(default 0.1)")
+                          "on full reads, on average — polling, and the event-driven modes' "
+                          "resyncs: large or busy rule sets are read less often (default 0.1)")
     run.add_argument("--listen", type=host_port, default=_env("LISTEN", "127.0.0.1:9809"),
                      help="HOST:PORT for /metrics, /healthz, /readyz, /debug/episodes "
                           "(default 127.0.0.1:9809)")

@@ -287,17 +287,19 @@ class JumpState:
         touched, self.touched = self.touched, set()
         return touched
 
-    def selected_by_hash(self, h: str) -> set[EndpointKey] | None:
-        """What a service port's SVC and SVL chains select; None if a jump goes to a SEP
-        chain not known yet."""
+    def selected_by_hash(self, h: str) -> tuple[set[EndpointKey], bool]:
+        """What a service port's SVC and SVL chains select, as far as known; and whether all
+        is known (False: a jump goes to a SEP chain no full read has shown yet)."""
         chosen: set[EndpointKey] = set()
+        complete = True
         for chain in (f"KUBE-SVC-{h}", f"KUBE-SVL-{h}"):
             for sep in self.jumps.get(chain, {}).values():
                 identity = self.endpoints.get(sep)
                 if identity is None:
-                    return None
-                chosen.add(EndpointKey(*identity))
-        return chosen
+                    complete = False
+                else:
+                    chosen.add(EndpointKey(*identity))
+        return chosen, complete
 
     def learn(self, parsed: ParsedSave, known_services: Iterable[str] = ()) -> None:
         """Which endpoint each SEP chain is, from a full ``iptables-save -t nat``."""
@@ -314,14 +316,17 @@ class JumpState:
                     self.endpoints[sep_name] = (port, sep.endpoint.ip, sep.endpoint.port)
                     self.ports[h] = port
 
-    def selection(self) -> dict[EndpointKey, bool] | None:
-        """Every known endpoint and whether a jump selects it; None when a jump goes to a SEP
-        chain not known yet (a new endpoint: a full read must tell which)."""
+    def selection(self) -> tuple[dict[EndpointKey, bool], bool]:
+        """Every known endpoint and whether a jump selects it; and whether all is known
+        (False: a jump goes to a SEP chain not known yet — a new endpoint, which only a full
+        read can name)."""
         out = {EndpointKey(*identity): False for identity in self.endpoints.values()}
+        complete = True
         for rules in self.jumps.values():
             for sep in rules.values():
                 identity = self.endpoints.get(sep)
                 if identity is None:
-                    return None
-                out[EndpointKey(*identity)] = True
-        return out
+                    complete = False
+                else:
+                    out[EndpointKey(*identity)] = True
+        return out, complete

@@ -236,12 +236,13 @@ class _Tables(Protocol):
     def chain(self, verb: str, family: str, name: str) -> None:
         """A chain was added or deleted."""
 
-    def selection(self) -> dict[EndpointKey, bool] | None:
-        """The whole selection; None: something only a full read can explain."""
+    def selection(self) -> tuple[dict[EndpointKey, bool], bool]:
+        """The whole selection, as far as known; and whether all is known (False: a rule
+        names something only a full read can explain — a new endpoint chain)."""
 
-    def delta(self) -> dict[ServicePort, dict[EndpointKey, bool]] | None:
-        """The selection of the service ports events touched since the last call; None when
-        the events name something only a full read can explain."""
+    def delta(self) -> tuple[dict[ServicePort, dict[EndpointKey, bool]], bool]:
+        """The selection of the service ports events touched since the last call, as far as
+        known; and whether all is known."""
 
 
 class KubeProxyTables:
@@ -273,15 +274,15 @@ class KubeProxyTables:
         else:
             state.delete_chain(name)
 
-    def selection(self) -> dict[EndpointKey, bool] | None:
+    def selection(self) -> tuple[dict[EndpointKey, bool], bool]:
         out: dict[EndpointKey, bool] = {}
         for state in self.states.values():
             state.take_touched()
             for key, selected in state.snapshot().selection().items():
                 out[key] = out.get(key, False) or selected
-        return out
+        return out, True  # nft rules name their endpoints: never anything unknown
 
-    def delta(self) -> dict[ServicePort, dict[EndpointKey, bool]] | None:
+    def delta(self) -> tuple[dict[ServicePort, dict[EndpointKey, bool]], bool]:
         touched = set().union(*(s.take_touched() for s in self.states.values()))
         out: dict[ServicePort, dict[EndpointKey, bool]] = {}
         for identity in touched:
@@ -292,7 +293,7 @@ class KubeProxyTables:
             for state in self.states.values():  # both IP families
                 for ip, number in state.selected_by_service(identity):
                     keys[EndpointKey(port, ip, number)] = True
-        return out
+        return out, True
 
 
 class IptablesNftTables:
@@ -333,46 +334,58 @@ class IptablesNftTables:
         if verb == "delete":  # a new chain matters once a rule jumps to it
             self.states.setdefault(family, JumpState()).delete_chain(name)
 
-    def selection(self) -> dict[EndpointKey, bool] | None:
+    def selection(self) -> tuple[dict[EndpointKey, bool], bool]:
         out: dict[EndpointKey, bool] = {}
+        complete = True
         for state in self.states.values():
             state.take_touched()
-            part = state.selection()
-            if part is None:
-                return None
+            part, known = state.selection()
+            complete &= known
             for key, selected in part.items():
                 out[key] = out.get(key, False) or selected
-        return out
+        return out, complete
 
-    def delta(self) -> dict[ServicePort, dict[EndpointKey, bool]] | None:
+    def delta(self) -> tuple[dict[ServicePort, dict[EndpointKey, bool]], bool]:
         touched = set().union(*(s.take_touched() for s in self.states.values()))
         out: dict[ServicePort, dict[EndpointKey, bool]] = {}
+        complete = True
         for h in touched:
             ports = {s.ports[h] for s in self.states.values() if h in s.ports}
             if not ports:
-                return None  # a service chain no full read has named yet
+                complete = False  # a service chain no full read has named yet
+                continue
             for state in self.states.values():  # both IP families
-                chosen = state.selected_by_hash(h)
-                if chosen is None:
-                    return None
+                chosen, known = state.selected_by_hash(h)
+                complete &= known
                 for key in chosen:
                     out.setdefault(key.service_port, {})[key] = True
             for port in ports:
                 out.setdefault(port, {})
-        return out
+        return out, complete
+
+
+def _is_change(line: bytes) -> bool:
+    """Whether an ``nft -j monitor`` line announces a ruleset change (any table: the dump's
+    generation check is for the whole ruleset)."""
+    return line.startswith((b'{"add"', b'{"delete"', b'{"replace"', b'{"flush"'))
 
 
 class MonitorSource(_ReadingSource):
     """Event-driven, for the nf_tables-based modes (``nftables``, and ``iptables`` with the
     nft backend): state kept from ``nft -j monitor`` events, checked by periodic full reads.
 
-    A resync is due ``resync_interval`` seconds after the last full read started, or later
-    when full reads cost more than ``max_cpu`` of one core allows (``ReadBudget``): a dump of
-    an nf_tables ruleset starts over whenever the ruleset changes under it, so under
-    kube-proxy's steady partial syncs one dump can cost many times its quiet price (and an
-    ``iptables-nft-save`` slower than the syncs' pace never finishes: the runner's timeout
-    ends it). It starts right after a burst of events — just after a kube-proxy sync, the
-    likeliest quiet moment — or when the timer runs out with no events at all."""
+    A dump of an nf_tables ruleset starts over whenever the ruleset changes under it (the
+    kernel's generation id moves), so under kube-proxy's steady partial syncs a dump costs
+    several times its quiet price, and one slower than the syncs' pace never finishes. A full
+    read therefore starts right after a burst of events (just after a kube-proxy sync: the
+    likeliest quiet moment) or when its time comes with no events at all, and is abandoned at
+    the first change event that arrives while it runs — the dump would only start over — to
+    be tried again later, twice as late each time in a row (up to 64 times). And full reads
+    keep to ``max_cpu`` of one core on average (``ReadBudget``).
+
+    A resync is due ``resync_interval`` seconds after the last full read started; a read is
+    due sooner when a rule names what only a full read can tell (a new endpoint chain in
+    iptables-nft): as soon as the budget allows."""
 
     def __init__(self, *, reader: Reader, runner: CommandRunner, clock: Clock,
                  metrics: DataplaneMetrics, tables: _Tables, resync_interval: float = 60.0,
@@ -383,28 +396,71 @@ class MonitorSource(_ReadingSource):
         self.resync_interval = resync_interval
         self.budget = ReadBudget(max_cpu, cpu)
         self.monitor_latency = 0.001  # netlink to our process, the bound stated on changes
+        self.abandoned = 0  # full reads abandoned in a row (a change came while they ran)
+        # Since when a rule has named what only a full read can tell (a new endpoint chain);
+        # at the start, nothing is known.
+        self._unknown_since: float | None = None
 
     async def run(self, sink: ChangeSink) -> None:
         async with self.runner.stream(["nft", "-j", "monitor"]) as events:
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            await self._full_read(sink, resync=False)  # after the monitor is listening
+            started = self._unknown_since = self.clock.monotonic()  # of the last full read
+            primed = False
             while True:
-                due = started + self.budget.period(self.resync_interval)
-                if loop.time() >= due:
-                    started = loop.time()
-                    await self._full_read(sink, resync=True)
-                    continue
-                try:
-                    async with asyncio.timeout(due - loop.time()):
-                        line = await events.readline()
-                except TimeoutError:
-                    continue
-                if not line:
+                wait = self.budget.period(
+                    self.resync_interval if self._unknown_since is None else 0.0)
+                if self.abandoned:
+                    wait = max(wait, 1.0) * 2 ** min(self.abandoned, 6)
+                remaining = started + wait - self.clock.monotonic()
+                lines: list[bytes] = []
+                if remaining <= 0:
+                    # What this read finds changed since the last one started (or, for what
+                    # was unknown, since it was seen): the stamp's precision.
+                    regular = self._unknown_since is None
+                    since = started if regular else self._unknown_since
+                    started = self.clock.monotonic()
+                    loaded, lines = await self._watched_load(events)
+                    if loaded:
+                        self._install(sink, resync=primed and regular, since=since)
+                        primed = True
+                    if not lines:
+                        continue
+                else:
+                    try:
+                        async with asyncio.timeout(remaining):
+                            lines = [await events.readline()]
+                    except TimeoutError:
+                        continue
+                if not lines[-1]:
                     raise CommandError("failed", "nft monitor ended")
-                burst = [line, *await self._rest_of_burst(events)]
-                if self._apply_burst(burst):
+                if self._apply_burst([*lines, *await self._rest_of_burst(events)]):
                     await self._update(sink)
+
+    async def _watched_load(self, events: asyncio.StreamReader) -> tuple[bool, list[bytes]]:
+        """A full read that gives way to the first change event (the dump would only start
+        over): whether it ran to its end, and the event lines that came in meanwhile."""
+        load = asyncio.ensure_future(self._load())
+        line: asyncio.Future[bytes] | None = None
+        lines: list[bytes] = []
+        try:
+            while not load.done():
+                line = asyncio.ensure_future(events.readline())
+                await asyncio.wait({load, line}, return_when=asyncio.FIRST_COMPLETED)
+                if not line.done():
+                    break  # the read ended first; what comes stays in the stream
+                lines.append(line.result())
+                if not lines[-1] or _is_change(lines[-1]):
+                    self.abandoned += 1
+                    log.debug("dataplane full read abandoned: the ruleset changed under it",
+                              in_a_row=self.abandoned)
+                    return False, lines
+            self.abandoned = 0
+            return await load, lines
+        finally:
+            for task in (load, line):  # a readline cancelled while waiting has read nothing
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def _rest_of_burst(self, events: asyncio.StreamReader) -> list[bytes]:
         lines: list[bytes] = []
@@ -444,13 +500,10 @@ class MonitorSource(_ReadingSource):
         return relevant
 
     async def _update(self, sink: ChangeSink) -> None:
-        at = self._now(self.monitor_latency)
-        delta = self.tables.delta()
-        if delta is not None:
-            self._selection.update(delta.keys(), delta, at, sink)
-            return
-        if await self._load():  # something new (an endpoint chain): learn what it is
-            self._selection.replace(self.tables.selection() or {}, at, sink)
+        delta, complete = self.tables.delta()
+        self._selection.update(delta.keys(), delta, self._now(self.monitor_latency), sink)
+        if not complete and self._unknown_since is None:
+            self._unknown_since = self.clock.monotonic()
 
     async def _load(self) -> bool:
         with self.budget.measure():
@@ -460,11 +513,13 @@ class MonitorSource(_ReadingSource):
         await self.tables.load(self.runner)
         return True
 
-    async def _full_read(self, sink: ChangeSink, *, resync: bool) -> None:
-        if not await self._load():
-            return
-        drift = self._selection.replace(self.tables.selection() or {},
-                                        self._now(self.resync_interval), sink)
+    def _install(self, sink: ChangeSink, *, resync: bool, since: float) -> None:
+        """Take what a full read found; a resync counts what differs as drift."""
+        selection, complete = self.tables.selection()
+        # Not complete: a chain made between the read's two dumps; the next read will tell.
+        self._unknown_since = None if complete else self.clock.monotonic()
+        drift = self._selection.replace(
+            selection, self._now(self.clock.monotonic() - since), sink)
         if resync and drift:
             self.metrics.drift(drift)
             log.warning("dataplane resync found drift", endpoints=drift)

@@ -223,3 +223,41 @@ async def test_resyncs_keep_to_the_cpu_budget(netns: Netns, cost: float, resyncs
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_full_read_gives_way_to_a_change(netns: Netns) -> None:
+    """A change while a full read runs would make the dump start over: the read is abandoned
+    at once, the change taken from its event (not delayed behind the read), and the read
+    tried again later — twice as late each time in a row — and then taken, with no drift."""
+    load(netns, "nftables")
+    health, changes = Health(), Recorder()
+    source = await open_source("auto", runner=CommandRunner(netns=netns.name),
+                               clock=SystemClock(), metrics=health, poll_interval=0.05,
+                               poll_max_cpu=0.5)
+    assert isinstance(source, MonitorSource)
+    source.resync_interval = 0.2
+    task = asyncio.create_task(source.run(changes))
+    try:
+        await until_true(lambda: health.scans, "first read")
+        real_load, slow = source.tables.load, asyncio.Event()
+
+        async def slow_load(runner: CommandRunner) -> None:  # a dump that takes its time
+            slow.set()
+            await asyncio.sleep(1.0)
+            await real_load(runner)
+
+        source.tables.load = slow_load  # type: ignore[method-assign]
+        await asyncio.wait_for(slow.wait(), 5)
+        apply(netns, "nftables", IPTABLES_DROP_SVC4_EP4, NFT_DROP_SVC4_EP4)
+        await asyncio.wait_for(changes.arrived.wait(), 0.8)  # before the read could end
+        assert [(c.key, c.selected) for c in changes.changes] == [(key(4, "10.180.0.4"), False)]
+        assert source.abandoned == 1
+        assert len(health.scans) == 1
+        await until_true(lambda: len(health.scans) == 2, "the read tried again", 6)
+        assert source.abandoned == 0
+        assert health.drifts == []
+        assert health.errors == []
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
