@@ -12,8 +12,9 @@ import pytest
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.detect import open_source, reader_for, resolve
+from observer.dataplane.iptables import service_hash
 from observer.dataplane.model import DataplaneChange
-from observer.dataplane.sources import MonitorSource
+from observer.dataplane.sources import IptablesNftTables, MonitorSource
 from observer.episodes.model import EndpointKey, ServicePort
 from tests.dataplane.edits import (
     IPTABLES_ADD_SVC1_EP9,
@@ -261,3 +262,26 @@ async def test_a_full_read_gives_way_to_a_change(netns: Netns) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_iptables_nft_applies_what_it_knows_of_a_sync(netns: Netns) -> None:
+    """One sync removes 10.180.0.4 from svc4 and jumps to a SEP chain no full read has
+    named (a new endpoint): the removal counts at once, the new endpoint waits for a read."""
+    load(netns, "iptables-nft")
+    tables = IptablesNftTables(lambda: ())
+    await tables.load(CommandRunner(netns=netns.name))
+    svc4 = f"KUBE-SVC-{service_hash('ns4/svc4:p80', 'tcp')}"
+    jumps = tables.states["ip"].jumps[svc4]
+    (gone,) = [h for h, sep in jumps.items()
+               if tables.states["ip"].endpoints[sep][1] == "10.180.0.4"]
+    tables.states["ip"].take_touched()
+    tables.rule("delete", "ip", svc4, gone, None)
+    tables.rule("add", "ip", svc4, 9999, [{"jump": {"target": "KUBE-SEP-NEWNEWNEWNEWNEWN"}}])
+    delta, complete = tables.delta()
+    assert not complete
+    assert delta == {key(4, "").service_port: {key(4, "10.180.0.5"): True}}
+    selection, complete = tables.selection()
+    assert not complete
+    assert selection[key(4, "10.180.0.4")] is False
+    assert selection[key(4, "10.180.0.5")] is True
+    assert selection[key(1, "10.180.0.1")] is True  # the rest stays as it is
