@@ -384,8 +384,8 @@ class MonitorSource(_ReadingSource):
     keep to ``max_cpu`` of one core on average (``ReadBudget``).
 
     A resync is due ``resync_interval`` seconds after the last full read started; a read is
-    due sooner when a rule names what only a full read can tell (a new endpoint chain in
-    iptables-nft): as soon as the budget allows."""
+    due sooner — a second after the last, or as soon as the budget allows — when a rule names
+    what only a full read can tell (a new endpoint chain in iptables-nft), and at the start."""
 
     def __init__(self, *, reader: Reader, runner: CommandRunner, clock: Clock,
                  metrics: DataplaneMetrics, tables: _Tables, resync_interval: float = 60.0,
@@ -404,20 +404,23 @@ class MonitorSource(_ReadingSource):
     async def run(self, sink: ChangeSink) -> None:
         async with self.runner.stream(["nft", "-j", "monitor"]) as events:
             started = self._unknown_since = self.clock.monotonic()  # of the last full read
-            primed = False
+            primed = tried = False
             while True:
-                wait = self.budget.period(
-                    self.resync_interval if self._unknown_since is None else 0.0)
-                if self.abandoned:
-                    wait = max(wait, 1.0) * 2 ** min(self.abandoned, 6)
-                remaining = started + wait - self.clock.monotonic()
+                remaining = 0.0
+                if tried:  # the first read starts at once
+                    # At least a second between reads for what is unknown: a read that keeps
+                    # failing at once (no nft) must not spin.
+                    wait = self.budget.period(
+                        self.resync_interval if self._unknown_since is None else 1.0)
+                    remaining = started + wait * 2 ** min(self.abandoned, 6) - (
+                        self.clock.monotonic())
                 lines: list[bytes] = []
                 if remaining <= 0:
                     # What this read finds changed since the last one started (or, for what
                     # was unknown, since it was seen): the stamp's precision.
                     regular = self._unknown_since is None
-                    since = started if regular else self._unknown_since
-                    started = self.clock.monotonic()
+                    since = started if self._unknown_since is None else self._unknown_since
+                    started, tried = self.clock.monotonic(), True
                     loaded, lines = await self._watched_load(events)
                     if loaded:
                         self._install(sink, resync=primed and regular, since=since)

@@ -17,7 +17,7 @@ from observer.dataplane.commands import CommandRunner
 from observer.dataplane.detect import reader_for
 from observer.dataplane.model import DataplaneParseError
 from observer.dataplane.readers import nft_table_state, save_parsed
-from observer.dataplane.sources import PollingSource
+from observer.dataplane.sources import KubeProxyTables, MonitorSource, PollingSource
 from tests.dataplane.test_netns import Health
 
 SCRIPTS = {
@@ -74,3 +74,27 @@ async def test_a_dump_rejected_mid_stream_is_stopped_at_once(
     with pytest.raises(DataplaneParseError):
         await read
     assert not os.path.exists(f"/proc/{pid_file.read_text().strip()}")  # noqa: ASYNC240
+
+
+async def test_event_driven_reads_that_keep_failing_do_not_spin(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nft monitor` runs but every full read fails at once: a failure a second, counted,
+    the source still running — not a loop of failing reads as fast as they can fail."""
+    script = tmp_path / "nft"
+    script.write_text('#!/bin/sh\ncase "$*" in *monitor*) exec /bin/sleep 30;; esac\n'
+                      'echo "nft: no such luck" >&2\nexit 1\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    health = Health()
+    runner = CommandRunner(timeout=5)
+    source = MonitorSource(reader=reader_for("nftables", None, runner), runner=runner,
+                           clock=SystemClock(), metrics=health, tables=KubeProxyTables())
+    task = asyncio.create_task(source.run(lambda change: None))
+    try:
+        await asyncio.sleep(1.5)
+        assert health.errors in (["failed"], ["failed", "failed"])
+        assert not task.done()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
