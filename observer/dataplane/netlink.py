@@ -22,9 +22,6 @@ import socket
 import threading
 from typing import Any
 
-from pyroute2.ipvs import AsyncIPVS, IPVSService  # type: ignore[import-untyped]
-from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
-
 from observer.dataplane.commands import CommandError
 from observer.dataplane.ipvs import Attrs, Virtual
 
@@ -36,6 +33,11 @@ async def ipvs_dump(netns: str | None) -> list[Virtual]:
     """Every virtual server's attributes and its real servers'; ``CommandError`` on failure
     (``unavailable``: no IPVS in this kernel; ``permission``; ``failed``). The caller bounds
     its time."""
+    # Imported here, in IPVS mode only: pyroute2 adds 11 MiB to the agent's RSS
+    # (docs/benchmarks.md), which the other modes need not carry.
+    from pyroute2.ipvs import AsyncIPVS, IPVSService  # type: ignore[import-untyped]
+    from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
+
     sock = await _netlink_socket(netns)
     ipvs = AsyncIPVS(fileno=sock.detach())
     try:

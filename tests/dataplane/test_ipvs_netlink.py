@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,12 @@ async def test_a_namespace_that_does_not_exist() -> None:
     reader = IpvsReader(CommandRunner(netns="obs-test-no-such-namespace", timeout=10))
     with pytest.raises(CommandError, match="no network namespace 'obs-test-no-such-namespace'"):
         await reader.read()
+
+
+def test_pyroute2_is_loaded_in_ipvs_mode_only() -> None:
+    """It adds 11 MiB of RSS: the other modes (and the agent's start-up) do without it."""
+    code = ("import sys, observer.cli, observer.agent, observer.dataplane.detect; "
+            "print('pyroute2' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, timeout=60)
+    assert result.stdout.strip() == "False"
