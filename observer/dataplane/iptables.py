@@ -287,19 +287,18 @@ class JumpState:
         touched, self.touched = self.touched, set()
         return touched
 
+    def _known(self, seps: list[str]) -> tuple[list[EndpointKey], bool]:
+        """The endpoints of these SEP chains, as far as known; and whether all are (False: a
+        jump goes to a SEP chain no full read has shown yet — a new endpoint)."""
+        keys = [EndpointKey(*self.endpoints[sep]) for sep in seps if sep in self.endpoints]
+        return keys, len(keys) == len(seps)
+
     def selected_by_hash(self, h: str) -> tuple[set[EndpointKey], bool]:
         """What a service port's SVC and SVL chains select, as far as known; and whether all
-        is known (False: a jump goes to a SEP chain no full read has shown yet)."""
-        chosen: set[EndpointKey] = set()
-        complete = True
-        for chain in (f"KUBE-SVC-{h}", f"KUBE-SVL-{h}"):
-            for sep in self.jumps.get(chain, {}).values():
-                identity = self.endpoints.get(sep)
-                if identity is None:
-                    complete = False
-                else:
-                    chosen.add(EndpointKey(*identity))
-        return chosen, complete
+        is known."""
+        keys, complete = self._known([sep for chain in (f"KUBE-SVC-{h}", f"KUBE-SVL-{h}")
+                                      for sep in self.jumps.get(chain, {}).values()])
+        return set(keys), complete
 
     def learn(self, parsed: ParsedSave, known_services: Iterable[str] = ()) -> None:
         """Which endpoint each SEP chain is, from a full ``iptables-save -t nat``."""
@@ -317,16 +316,9 @@ class JumpState:
                     self.ports[h] = port
 
     def selection(self) -> tuple[dict[EndpointKey, bool], bool]:
-        """Every known endpoint and whether a jump selects it; and whether all is known
-        (False: a jump goes to a SEP chain not known yet — a new endpoint, which only a full
-        read can name)."""
+        """Every known endpoint and whether a jump selects it; and whether all is known."""
         out = {EndpointKey(*identity): False for identity in self.endpoints.values()}
-        complete = True
-        for rules in self.jumps.values():
-            for sep in rules.values():
-                identity = self.endpoints.get(sep)
-                if identity is None:
-                    complete = False
-                else:
-                    out[EndpointKey(*identity)] = True
+        chosen, complete = self._known([sep for rules in self.jumps.values()
+                                        for sep in rules.values()])
+        out.update(dict.fromkeys(chosen, True))
         return out, complete
