@@ -29,6 +29,7 @@ from observer.dataplane.model import (
     DataplaneSnapshot,
     ProgrammedEndpoint,
     ProgrammedService,
+    join_host_port,
     split_host_port,
 )
 from observer.episodes.model import EndpointKey, ServicePort
@@ -58,8 +59,7 @@ def service_hash(service: str, protocol: str) -> str:
 
 
 def endpoint_hash(service: str, protocol: str, ip: str, port: int) -> str:
-    host = f"[{ip}]" if ":" in ip else ip
-    return chain_hash(f"{service}{protocol}{host}:{port}")
+    return chain_hash(f"{service}{protocol}{join_host_port(ip, port)}")
 
 
 class _Sep(NamedTuple):

@@ -31,6 +31,7 @@ from observer.dataplane.model import (
     DataplaneSnapshot,
     ProgrammedEndpoint,
     ProgrammedService,
+    join_host_port,
 )
 from observer.episodes.model import ServicePort
 
@@ -64,7 +65,7 @@ def parse_ipvs(virtuals: Iterable[Virtual]) -> DataplaneSnapshot:
                      _number(dest, "IPVS_DEST_ATTR_ADDR_FAMILY", 0xFFFF)),
             _number(dest, "IPVS_DEST_ATTR_PORT", 0xFFFF),
             _number(dest, "IPVS_DEST_ATTR_WEIGHT") > 0) for dest in dests)
-        services.append(ProgrammedService(service=_host_port(vip, port), protocol=protocol,
+        services.append(ProgrammedService(service=join_host_port(vip, port), protocol=protocol,
                                           cluster_ip=vip, cluster=reals, local=()))
     return DataplaneSnapshot("ipvs", None, tuple(services))
 
@@ -88,10 +89,6 @@ def _address(attrs: Attrs, name: str, family: int) -> str:
     if address.version != _FAMILIES.get(family):
         raise DataplaneParseError(f"{name} {address} is not of address family {family}")
     return str(address)
-
-
-def _host_port(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 class IpvsNames:
