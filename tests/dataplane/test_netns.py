@@ -5,6 +5,8 @@ kube-proxy edits them, and the change seen by the change sources."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from observer.dataplane.iptables import service_hash
 from observer.dataplane.model import DataplaneChange
 from observer.dataplane.sources import IptablesNftTables, MonitorSource
 from observer.episodes.model import EndpointKey, ServicePort
+from tests.agent.harness import until
 from tests.dataplane.edits import (
     IPTABLES_ADD_SVC1_EP9,
     IPTABLES_DROP_SVC4_EP4,
@@ -165,81 +168,64 @@ async def test_change_events(netns: Netns, mode: str) -> None:
             await task
 
 
-async def until_true(check: Any, what: str, seconds: float = 10) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"no {what} in {seconds} s")
+@contextlib.asynccontextmanager
+async def monitoring(netns: Netns, mode: str, health: Health, changes: Recorder, *,
+                     resync_interval: float) -> AsyncIterator[MonitorSource]:
+    """kube-proxy's rules for ``mode`` loaded, and the event-driven source running on them
+    (its task starts at the caller's first await: what the caller sets before runs first)."""
+    load(netns, mode)
+    source = await open_source("auto", runner=CommandRunner(netns=netns.name),
+                               clock=SystemClock(), metrics=health, poll_interval=0.05,
+                               poll_max_cpu=0.5)
+    assert isinstance(source, MonitorSource)
+    source.resync_interval = resync_interval
+    task = asyncio.create_task(source.run(changes))
+    try:
+        yield source
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
 
 @pytest.mark.parametrize("mode", ["iptables-nft", "nftables"])
 async def test_a_resync_counts_and_corrects_drift(netns: Netns, mode: str) -> None:
     """State kept from events that went wrong (here: told a change no rule made) is found by
     the next full read, counted as drift, corrected, and the correction reported."""
-    load(netns, mode)
     health, changes = Health(), Recorder()
-    source = await open_source("auto", runner=CommandRunner(netns=netns.name),
-                               clock=SystemClock(), metrics=health, poll_interval=0.05,
-                               poll_max_cpu=0.5)
-    assert isinstance(source, MonitorSource)
-    source.resync_interval = 0.3
-    task = asyncio.create_task(source.run(changes))
-    try:
-        await until_true(lambda: source.selected(key(4, "10.180.0.4")), "first read")
+    async with monitoring(netns, mode, health, changes, resync_interval=0.3) as source:
+        await until(lambda: source.selected(key(4, "10.180.0.4")) is True, "first read")
         wrong = {key(4, "10.180.0.5"): True}  # 10.180.0.4 left out: as if it had gone
         source._selection.update([key(4, "").service_port], {key(4, "").service_port: wrong},
                                  source._now(0.001), lambda change: None)
         assert source.selected(key(4, "10.180.0.4")) is False
-        await until_true(lambda: health.drifts, "resync")
+        await until(lambda: bool(health.drifts), "resync")
         assert health.drifts == [1]
         assert source.selected(key(4, "10.180.0.4")) is True
         assert [(c.key, c.selected) for c in changes.changes] == [(key(4, "10.180.0.4"), True)]
         assert health.errors == []
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 @pytest.mark.parametrize(("cost", "resyncs"), [(0.0, True), (10.0, False)])
 async def test_resyncs_keep_to_the_cpu_budget(netns: Netns, cost: float, resyncs: bool) -> None:
     """A full read said to cost 10 CPU seconds, at 0.5 of a core: the next is 20 s away, not
     the 0.05 s resync interval; a free one comes at the interval."""
-    load(netns, "nftables")
     spent = iter(range(1_000_000))
     health = Health()
-    source = await open_source("auto", runner=CommandRunner(netns=netns.name),
-                               clock=SystemClock(), metrics=health, poll_interval=0.05,
-                               poll_max_cpu=0.5)
-    assert isinstance(source, MonitorSource)
-    source.resync_interval = 0.05
-    source.budget.cpu = lambda: next(spent) * cost  # each read: start and end, `cost` apart
-    task = asyncio.create_task(source.run(Recorder()))
-    try:
-        await until_true(lambda: health.scans, "first read")
+    async with monitoring(netns, "nftables", health, Recorder(), resync_interval=0.05) as source:
+        source.budget.cpu = lambda: next(spent) * cost  # each read: start and end, `cost` apart
+        await until(lambda: bool(health.scans), "first read")
         await asyncio.sleep(1.0)
         assert (len(health.scans) > 2) is resyncs, health.scans
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_a_full_read_gives_way_to_a_change(netns: Netns) -> None:
     """A change while a full read runs would make the dump start over: the read is abandoned
     at once, the change taken from its event (not delayed behind the read), and the read
     tried again later — twice as late each time in a row — and then taken, with no drift."""
-    load(netns, "nftables")
     health, changes = Health(), Recorder()
-    source = await open_source("auto", runner=CommandRunner(netns=netns.name),
-                               clock=SystemClock(), metrics=health, poll_interval=0.05,
-                               poll_max_cpu=0.5)
-    assert isinstance(source, MonitorSource)
-    source.resync_interval = 0.2
-    task = asyncio.create_task(source.run(changes))
-    try:
-        await until_true(lambda: health.scans, "first read")
+    async with monitoring(netns, "nftables", health, changes, resync_interval=0.2) as source:
+        await until(lambda: bool(health.scans), "first read")
         real_load, slow = source.tables.load, asyncio.Event()
 
         async def slow_load(runner: CommandRunner) -> None:  # a dump that takes its time
@@ -254,14 +240,10 @@ async def test_a_full_read_gives_way_to_a_change(netns: Netns) -> None:
         assert [(c.key, c.selected) for c in changes.changes] == [(key(4, "10.180.0.4"), False)]
         assert source.abandoned == 1
         assert len(health.scans) == 1
-        await until_true(lambda: len(health.scans) == 2, "the read tried again", 6)
+        await until(lambda: len(health.scans) == 2, "the read tried again", 6)
         assert source.abandoned == 0
         assert health.drifts == []
         assert health.errors == []
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_iptables_nft_applies_what_it_knows_of_a_sync(netns: Netns) -> None:
