@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 # Bounded label values for endpoint_propagation_dataplane_errors_total{reason}.
 ERROR_REASONS = ("missing_tool", "unavailable", "permission", "timeout", "failed", "too_large",
-                 "garbage")
+                 "garbage", "events_lost")
 
 
 class CommandError(Exception):

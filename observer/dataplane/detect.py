@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from observer.clock import Clock
 from observer.dataplane.commands import CommandError, CommandRunner
@@ -82,7 +82,7 @@ async def open_source(requested: Requested, *, runner: CommandRunner, clock: Clo
                       metrics: DataplaneMetrics, poll_interval: float, poll_max_cpu: float,
                       known_services: KnownServices = lambda: (),
                       candidates: Candidates = lambda ip, port, protocol: ()
-                      ) -> MonitorSource | PollingSource:
+                      ) -> MonitorSource[Any] | PollingSource:
     """The change source for the mode asked for (or detected): event-driven where nf_tables
     announces changes (nftables, iptables-nft), polling elsewhere (iptables-legacy, IPVS).
     ``known_services`` names iptables' hashed chains, ``candidates`` IPVS' virtual servers."""

@@ -1,5 +1,5 @@
-"""The kernel's IPVS tables over generic netlink (pyroute2), optionally in a named network
-namespace: the thin I/O shell around ``parse_ipvs``.
+"""Netlink sockets in the node's or a named network namespace; and the kernel's IPVS tables
+over generic netlink (pyroute2): the thin I/O shell around ``parse_ipvs``.
 
 The dump is what ``ipvsadm -Ln`` asks for: ``IPVS_CMD_GET_SERVICE`` with ``NLM_F_DUMP``, then
 ``IPVS_CMD_GET_DEST`` per virtual server (``include/uapi/linux/ip_vs.h``). pyroute2 resolves
@@ -26,7 +26,7 @@ from observer.dataplane.commands import CommandError
 from observer.dataplane.ipvs import Attrs, Virtual
 
 _CLONE_NEWNET = 0x40000000  # <linux/sched.h>
-_NETLINK_GENERIC = 16  # <linux/netlink.h>
+NETLINK_GENERIC = 16  # <linux/netlink.h>
 
 
 async def ipvs_dump(netns: str | None) -> list[Virtual]:
@@ -38,7 +38,10 @@ async def ipvs_dump(netns: str | None) -> list[Virtual]:
     from pyroute2.ipvs import AsyncIPVS, IPVSService  # type: ignore[import-untyped]
     from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
-    sock = await _netlink_socket(netns)
+    try:
+        sock = await netlink_socket(netns, NETLINK_GENERIC)
+    except OSError as error:
+        raise _netlink_error(error.errno or 0, str(error)) from None
     ipvs = AsyncIPVS(fileno=sock.detach())
     try:
         await ipvs.setup_endpoint()  # resolves the IPVS family
@@ -68,12 +71,11 @@ def _netlink_error(code: int, text: str) -> CommandError:
     return CommandError("failed", f"IPVS netlink: {text}")
 
 
-async def _netlink_socket(netns: str | None) -> socket.socket:
+async def netlink_socket(netns: str | None, protocol: int) -> socket.socket:
+    """A netlink socket of ``protocol``, in ``netns`` if named. Raises ``OSError`` as the
+    kernel answered, or ``CommandError`` (``failed``) for a namespace that does not exist."""
     if netns is None:
-        try:
-            return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_GENERIC)
-        except OSError as error:
-            raise _netlink_error(error.errno or 0, str(error)) from None
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, protocol)
     loop = asyncio.get_running_loop()
     made: asyncio.Future[socket.socket] = loop.create_future()
 
@@ -93,14 +95,14 @@ async def _netlink_socket(netns: str | None) -> socket.socket:
             try:
                 if ctypes.CDLL(None, use_errno=True).setns(fd, _CLONE_NEWNET) != 0:
                     code = ctypes.get_errno()
-                    raise OSError(code, os.strerror(code))
+                    raise OSError(code, f"entering {netns!r}: {os.strerror(code)}")
             finally:
                 os.close(fd)
-            result = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_GENERIC)
+            result = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, protocol)
         except FileNotFoundError:
             result = CommandError("failed", f"no network namespace {netns!r}")
         except OSError as error:
-            result = _netlink_error(error.errno or 0, f"entering {netns!r}: {error}")
+            result = error
         loop.call_soon_threadsafe(settle, result)
 
     threading.Thread(target=in_namespace, name=f"netns-{netns}", daemon=True).start()

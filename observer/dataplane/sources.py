@@ -4,13 +4,13 @@
   notification; IPVS here neither). A change is stamped with the start of the read that shows
   it; it happened between the previous read's start and this read's end, which is its stated
   precision (about one interval).
-* ``MonitorSource`` follows ``nft -j monitor`` — the kernel announces every nf_tables change
-  over netlink, including those iptables-nft makes — and re-derives selection right after each
-  burst of events (one kube-proxy transaction arrives as one burst; a 2 ms quiet gap ends it,
-  so a flushed-and-refilled chain is never seen half-way). For kube-proxy's nftables table the
-  events are applied incrementally (rules by handle); for iptables-nft, whose rules nft prints
-  only partly, a burst triggers one re-read. Either way a periodic full read checks the state
-  and counts any drift it finds.
+* ``MonitorSource`` follows the kernel's nf_tables change events — announced over netlink for
+  every change, including those iptables-nft makes — and re-derives selection right after each
+  burst of events (one kube-proxy transaction arrives as one burst, so a flushed-and-refilled
+  chain is never seen half-way). Events are applied incrementally, rules by handle: for
+  kube-proxy's nftables table as ``nft -j monitor`` prints them (a 2 ms quiet gap ends a
+  burst), for iptables-nft's jumps as the kernel sends them (``nftevents``; a transaction's end
+  ends a burst). A periodic full read checks the state and counts any drift it finds.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import contextlib
 import json
 import resource
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any, Protocol, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -36,13 +36,8 @@ from observer.dataplane.model import (
     ProgrammedService,
     ProxyMode,
 )
-from observer.dataplane.nftables import (
-    CHAIN_LINE,
-    JUMP_TARGET,
-    RULE_HANDLE,
-    ChainState,
-    targets,
-)
+from observer.dataplane.nftables import CHAIN_LINE, JUMP_TARGET, RULE_HANDLE, ChainState
+from observer.dataplane.nftevents import EventsLost, JumpEvent, nft_events
 from observer.dataplane.readers import (
     KnownServices,
     Reader,
@@ -54,6 +49,7 @@ from observer.episodes.model import EndpointKey, ServicePort, Timestamp
 
 log = structlog.get_logger("observer.dataplane")
 T = TypeVar("T")
+E = TypeVar("E")
 BURST_QUIET_SECONDS = 0.002
 _COST_WEIGHT = 0.25  # of the newest full read in the moving average of their CPU cost
 
@@ -222,20 +218,24 @@ class PollingSource(_ReadingSource):
             await self.sleep(max(0.0, self.budget.period(self.interval) - (now - started)))
 
 
-class _Tables(Protocol):
+class _Events(Protocol[E]):
+    async def burst(self) -> list[E]:
+        """The events of the next burst (one transaction); cancelling loses nothing. Raises
+        ``CommandError`` when events can no longer come, ``EventsLost`` when some were lost."""
+
+
+class _Tables(Protocol[E]):
     """The nf_tables state a MonitorSource keeps up to date from events."""
 
-    table: str
-    skip: bytes | None  # event lines holding this are of no use to the state
+    def events(self, runner: CommandRunner) -> contextlib.AbstractAsyncContextManager[
+            _Events[E]]:
+        """The change events, from the moment the block is entered."""
+
+    def apply(self, burst: list[E]) -> bool:
+        """Fold a burst of events in; whether any concerned kube-proxy's tables."""
 
     async def load(self, runner: CommandRunner) -> None:
         """Rebuild from a full read (raises CommandError / DataplaneParseError)."""
-
-    def rule(self, verb: str, family: str, chain: str, handle: int, expr: Any) -> None:
-        """A rule was added or deleted (``verb``); deletions carry no ``expr``."""
-
-    def chain(self, verb: str, family: str, name: str) -> None:
-        """A chain was added or deleted."""
 
     def selection(self) -> tuple[dict[EndpointKey, bool], bool]:
         """The whole selection, as far as known; and whether all is known (False: a rule
@@ -246,14 +246,72 @@ class _Tables(Protocol):
         known; and whether all is known."""
 
 
+class NftMonitor:
+    """``nft -j monitor``'s lines, cut into bursts at a quiet gap of ``BURST_QUIET_SECONDS``:
+    read as whatever has arrived (one timer per read, not per line: at thousands of lines a
+    second a timer each was most of the agent's CPU). A line half-written is waited for."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self.stream = stream
+        self._pieces: list[bytes] = []  # of the burst being read
+
+    async def burst(self) -> list[bytes]:
+        if not self._pieces:
+            line = await self.stream.readline()
+            if not line:
+                raise CommandError("failed", "nft monitor ended")
+            self._pieces.append(line)
+        while True:
+            try:
+                async with asyncio.timeout(BURST_QUIET_SECONDS):
+                    piece = await self.stream.read(1024 * 1024)
+            except TimeoutError:
+                if self._pieces[-1].endswith(b"\n"):
+                    break
+                continue
+            if not piece:
+                break  # the end: the next call tells it
+            self._pieces.append(piece)
+        burst, self._pieces = b"".join(self._pieces).split(b"\n"), []
+        return burst
+
+
 class KubeProxyTables:
     """kube-proxy's own ``kube-proxy`` tables (nftables mode), rules by handle."""
 
     table = "kube-proxy"
-    skip: bytes | None = None
 
     def __init__(self) -> None:
         self.states: dict[str, ChainState] = {}
+
+    @contextlib.asynccontextmanager
+    async def events(self, runner: CommandRunner) -> AsyncIterator[NftMonitor]:
+        async with runner.stream(["nft", "-j", "monitor"]) as stream:
+            yield NftMonitor(stream)
+
+    def apply(self, burst: list[bytes]) -> bool:
+        relevant = False
+        for line in burst:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # nft prints the odd non-JSON warning line; and the empty last
+            if not isinstance(event, dict) or len(event) != 1:
+                continue
+            (verb, body), = event.items()
+            if verb not in ("add", "delete") or not isinstance(body, dict) or len(body) != 1:
+                continue
+            (kind, obj), = body.items()
+            if not isinstance(obj, dict) or obj.get("table") != self.table:
+                continue
+            relevant = True
+            family = str(obj.get("family"))
+            chain, handle, name = obj.get("chain"), obj.get("handle"), obj.get("name")
+            if kind == "rule" and isinstance(chain, str) and isinstance(handle, int):
+                self.rule(verb, family, chain, handle, obj.get("expr"))
+            elif kind == "chain" and isinstance(name, str):
+                self.chain(verb, family, name)
+        return relevant
 
     async def load(self, runner: CommandRunner) -> None:
         states = {}
@@ -303,13 +361,25 @@ class IptablesNftTables:
     full ``iptables-nft-save``."""
 
     table = "nat"
-    # Events in SEP chains change no jump (what a SEP chain is comes from full reads): most of
-    # the events of a sync, not worth parsing. A format nft might change only costs the saving.
-    skip: bytes | None = b'"chain": "KUBE-SEP-'
 
     def __init__(self, known_services: KnownServices) -> None:
         self.known_services = known_services
         self.states: dict[str, JumpState] = {}
+
+    def events(self, runner: CommandRunner) -> contextlib.AbstractAsyncContextManager[
+            _Events[JumpEvent]]:
+        return nft_events(runner.netns)
+
+    def apply(self, burst: list[JumpEvent]) -> bool:
+        for event in burst:
+            state = self.states.setdefault(event.family, JumpState())
+            if event.handle is None:
+                state.delete_chain(event.chain)  # a new chain matters once a rule jumps to it
+            elif event.verb == "add":
+                state.add_rule(event.chain, event.handle, event.targets)
+            else:
+                state.delete_rule(event.chain, event.handle)
+        return bool(burst)
 
     async def load(self, runner: CommandRunner) -> None:
         states = {}
@@ -327,17 +397,6 @@ class IptablesNftTables:
                         state.add_rule(chain, int(handle.group(1)), JUMP_TARGET.findall(line))
             states[family] = state
         self.states = states
-
-    def rule(self, verb: str, family: str, chain: str, handle: int, expr: Any) -> None:
-        state = self.states.setdefault(family, JumpState())
-        if verb == "add":
-            state.add_rule(chain, handle, targets(expr))
-        else:
-            state.delete_rule(chain, handle)
-
-    def chain(self, verb: str, family: str, name: str) -> None:
-        if verb == "delete":  # a new chain matters once a rule jumps to it
-            self.states.setdefault(family, JumpState()).delete_chain(name)
 
     def selection(self) -> tuple[dict[EndpointKey, bool], bool]:
         out: dict[EndpointKey, bool] = {}
@@ -369,31 +428,26 @@ class IptablesNftTables:
         return out, complete
 
 
-def _is_change(line: bytes) -> bool:
-    """Whether an ``nft -j monitor`` line announces a ruleset change (any table: the dump's
-    generation check is for the whole ruleset)."""
-    return line.startswith((b'{"add"', b'{"delete"', b'{"replace"', b'{"flush"'))
-
-
-class MonitorSource(_ReadingSource):
+class MonitorSource(_ReadingSource, Generic[E]):
     """Event-driven, for the nf_tables-based modes (``nftables``, and ``iptables`` with the
-    nft backend): state kept from ``nft -j monitor`` events, checked by periodic full reads.
+    nft backend): state kept from the kernel's change events, checked by periodic full reads.
 
     A dump of an nf_tables ruleset starts over whenever the ruleset changes under it (the
     kernel's generation id moves), so under kube-proxy's steady partial syncs a dump costs
     several times its quiet price, and one slower than the syncs' pace never finishes. A full
     read therefore starts right after a burst of events (just after a kube-proxy sync: the
-    likeliest quiet moment) or when its time comes with no events at all, and is abandoned at
-    the first change event that arrives while it runs — the dump would only start over — to
-    be tried again later, twice as late each time in a row (up to 64 times). And full reads
+    likeliest quiet moment) or when its time comes with no events at all, and is abandoned
+    when a burst of events arrives while it runs — the dump would only start over — to be
+    tried again later, twice as late each time in a row (up to 64 times). And full reads
     keep to ``max_cpu`` of one core on average (``ReadBudget``).
 
     A resync is due ``resync_interval`` seconds after the last full read started; a read is
     due sooner — a second after the last, or as soon as the budget allows — when a rule names
-    what only a full read can tell (a new endpoint chain in iptables-nft), and at the start."""
+    what only a full read can tell (a new endpoint chain in iptables-nft), when events were
+    lost, and at the start."""
 
     def __init__(self, *, reader: Reader, runner: CommandRunner, clock: Clock,
-                 metrics: DataplaneMetrics, tables: _Tables, resync_interval: float = 60.0,
+                 metrics: DataplaneMetrics, tables: _Tables[E], resync_interval: float = 60.0,
                  max_cpu: float = 0.1, cpu: Callable[[], float] = reading_cpu) -> None:
         super().__init__(reader=reader, clock=clock, metrics=metrics)
         self.runner = runner
@@ -402,12 +456,12 @@ class MonitorSource(_ReadingSource):
         self.budget = ReadBudget(max_cpu, cpu)
         self.monitor_latency = 0.001  # netlink to our process, the bound stated on changes
         self.abandoned = 0  # full reads abandoned in a row (a change came while they ran)
-        # Since when a rule has named what only a full read can tell (a new endpoint chain);
-        # at the start, nothing is known.
+        # Since when a rule has named what only a full read can tell (a new endpoint chain),
+        # or events were lost; at the start, nothing is known.
         self._unknown_since: float | None = None
 
     async def run(self, sink: ChangeSink) -> None:
-        async with self.runner.stream(["nft", "-j", "monitor"]) as events:
+        async with self.tables.events(self.runner) as events:
             started = self._unknown_since = self.clock.monotonic()  # of the last full read
             primed = tried = False
             while True:
@@ -419,102 +473,59 @@ class MonitorSource(_ReadingSource):
                         self.resync_interval if self._unknown_since is None else 1.0)
                     remaining = started + wait * 2 ** min(self.abandoned, 6) - (
                         self.clock.monotonic())
-                lines: list[bytes] = []
+                burst: list[E] | None
                 if remaining <= 0:
                     # What this read finds changed since the last one started (or, for what
                     # was unknown, since it was seen): the stamp's precision.
                     regular = self._unknown_since is None
                     since = started if self._unknown_since is None else self._unknown_since
                     started, tried = self.clock.monotonic(), True
-                    loaded, lines = await self._watched_load(events)
+                    loaded, burst = await self._watched_load(events)
                     if loaded:
                         self._install(sink, resync=primed and regular, since=since)
                         primed = True
-                    if not lines:
-                        continue
                 else:
                     try:
                         async with asyncio.timeout(remaining):
-                            lines = [await events.readline()]
+                            burst = await self._burst(events)
                     except TimeoutError:
                         continue
-                if not lines[-1]:
-                    raise CommandError("failed", "nft monitor ended")
-                if self._apply_burst([*lines, *await self._rest_of_burst(events)]):
+                if burst is not None and self.tables.apply(burst):
                     await self._update(sink)
 
-    async def _watched_load(self, events: asyncio.StreamReader) -> tuple[bool, list[bytes]]:
-        """A full read that gives way to the first change event (the dump would only start
-        over): whether it ran to its end, and the event lines that came in meanwhile."""
-        load = asyncio.ensure_future(self._load())
-        line: asyncio.Future[bytes] | None = None
-        lines: list[bytes] = []
+    async def _burst(self, events: _Events[E]) -> list[E]:
+        """The next burst; if events were lost, what arrived of it (perhaps nothing), the loss
+        counted and a full read made due."""
         try:
-            while not load.done():
-                line = asyncio.ensure_future(events.readline())
-                await asyncio.wait({load, line}, return_when=asyncio.FIRST_COMPLETED)
-                if not line.done():
-                    break  # the read ended first; what comes stays in the stream
-                lines.append(line.result())
-                if not lines[-1] or _is_change(lines[-1]):
-                    self.abandoned += 1
-                    log.debug("dataplane full read abandoned: the ruleset changed under it",
-                              in_a_row=self.abandoned)
-                    return False, lines
-            self.abandoned = 0
-            return await load, lines
+            return await events.burst()
+        except EventsLost as lost:
+            self.metrics.error(lost.reason)
+            log.warning("dataplane events lost: a full read will tell", reason=lost.reason,
+                        error=str(lost))
+            if self._unknown_since is None:
+                self._unknown_since = self.clock.monotonic()
+            return []
+
+    async def _watched_load(self, events: _Events[E]) -> tuple[bool, list[E] | None]:
+        """A full read that gives way to the first burst of events (the dump would only
+        start over): whether it ran to its end, and the burst that stopped it."""
+        load = asyncio.ensure_future(self._load())
+        burst = asyncio.ensure_future(self._burst(events))
+        try:
+            await asyncio.wait({load, burst}, return_when=asyncio.FIRST_COMPLETED)
+            if load.done():  # a burst that came just as well is applied on top
+                self.abandoned = 0
+                return load.result(), burst.result() if burst.done() else None
+            self.abandoned += 1
+            log.debug("dataplane full read abandoned: the ruleset changed under it",
+                      in_a_row=self.abandoned)
+            return False, burst.result()
         finally:
-            for task in (load, line):  # a readline cancelled while waiting has read nothing
-                if task is not None and not task.done():
+            for task in (load, burst):  # a burst cancelled while waiting has lost nothing
+                if not task.done():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-
-    async def _rest_of_burst(self, events: asyncio.StreamReader) -> list[bytes]:
-        """The lines that follow until the monitor has been quiet for the burst window, read
-        as whatever has arrived (one timer per read, not per line: at thousands of lines a
-        second a timer each was most of the agent's CPU). A line half-written is waited for."""
-        pieces: list[bytes] = []
-        while True:
-            try:
-                async with asyncio.timeout(BURST_QUIET_SECONDS):
-                    piece = await events.read(1024 * 1024)
-            except TimeoutError:
-                if not pieces or pieces[-1].endswith(b"\n"):
-                    break
-                continue
-            if not piece:
-                break  # the end: the caller's next read tells it
-            pieces.append(piece)
-        return b"".join(pieces).split(b"\n")
-
-    def _apply_burst(self, burst: list[bytes]) -> bool:
-        """Fold a burst of events in; whether any concerned kube-proxy's tables."""
-        relevant = False
-        skip = self.tables.skip
-        for line in burst:
-            if skip is not None and skip in line:
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # nft prints the odd non-JSON warning line
-            if not isinstance(event, dict) or len(event) != 1:
-                continue
-            (verb, body), = event.items()
-            if verb not in ("add", "delete") or not isinstance(body, dict) or len(body) != 1:
-                continue
-            (kind, obj), = body.items()
-            if not isinstance(obj, dict) or obj.get("table") != self.tables.table:
-                continue
-            relevant = True
-            family = str(obj.get("family"))
-            chain, handle, name = obj.get("chain"), obj.get("handle"), obj.get("name")
-            if kind == "rule" and isinstance(chain, str) and isinstance(handle, int):
-                self.tables.rule(verb, family, chain, handle, obj.get("expr"))
-            elif kind == "chain" and isinstance(name, str):
-                self.tables.chain(verb, family, name)
-        return relevant
 
     async def _update(self, sink: ChangeSink) -> None:
         delta, complete = self.tables.delta()

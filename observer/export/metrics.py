@@ -161,8 +161,9 @@ class DataplaneHealth:
                      10.0, 30.0), registry=registry)
         self.dataplane_errors_total = Counter(
             f"{p}dataplane_errors",
-            "Failed dataplane reads, by reason (missing_tool, unavailable, permission, timeout, "
-            "failed, too_large, garbage).", ["reason"], registry=registry)
+            "Failed dataplane reads, and lost change events, by reason (missing_tool, "
+            "unavailable, permission, timeout, failed, too_large, garbage, events_lost).",
+            ["reason"], registry=registry)
         self.dataplane_drift_total = Counter(
             f"{p}dataplane_resync_drift",
             "Endpoints whose selection a periodic full read found different from the state "

@@ -96,3 +96,18 @@ add rule ip kube-proxy endpoint-NEWENDPT-ns1/svc1/tcp/p80__10.180.0.9/80 meta l4
 flush chain ip kube-proxy service-ULMVA6XW-ns1/svc1/tcp/p80
 add rule ip kube-proxy service-ULMVA6XW-ns1/svc1/tcp/p80 numgen random mod 2 vmap { 0 : goto endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 , 1 : goto endpoint-NEWENDPT-ns1/svc1/tcp/p80__10.180.0.9/80 }
 """
+
+# IPv6 (ip6tables-nft): ns6/svc6:p80 gets one endpoint, then goes: its chain flushed and
+# deleted (nothing jumps to it in this minimal set; the names are the tests' own).
+IP6TABLES_ADD_SVC6 = """*nat
+:KUBE-SVC-IP6SERVICE000000 - [0:0]
+:KUBE-SEP-IP6ENDPOINT00000 - [0:0]
+-A KUBE-SVC-IP6SERVICE000000 -m comment --comment "ns6/svc6:p80 -> [fd00::6]:80" -j KUBE-SEP-IP6ENDPOINT00000
+-A KUBE-SEP-IP6ENDPOINT00000 -m comment --comment ns6/svc6:p80 -m tcp -p tcp -j DNAT --to-destination [fd00::6]:80
+COMMIT
+"""
+IP6TABLES_DELETE_SVC6 = """*nat
+:KUBE-SVC-IP6SERVICE000000 - [0:0]
+-X KUBE-SVC-IP6SERVICE000000
+COMMIT
+"""

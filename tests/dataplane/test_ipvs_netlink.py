@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 from observer.dataplane.commands import CommandError, CommandRunner
-from observer.dataplane.netlink import _netlink_socket
+from observer.dataplane.netlink import NETLINK_GENERIC, netlink_socket
 from observer.dataplane.readers import IpvsReader
 from tests.netns import Netns
 
 
 async def test_the_socket_is_made_in_the_namespace_and_no_thread_stays(netns: Netns) -> None:
     own = os.readlink("/proc/thread-self/ns/net")
-    sock = await _netlink_socket(netns.name)
+    sock = await netlink_socket(netns.name, NETLINK_GENERIC)
     try:
         sock.bind((0, 0))  # a port id from the kernel: bound sockets are the ones listed
         inode = str(os.fstat(sock.fileno()).st_ino)

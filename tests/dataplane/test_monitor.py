@@ -1,17 +1,13 @@
-"""How the event-driven source cuts ``nft -j monitor``'s output into bursts."""
+"""How the nftables mode cuts ``nft -j monitor``'s output into bursts."""
 
 from __future__ import annotations
 
 import asyncio
 
-from observer.clock import SystemClock
-from observer.dataplane.sources import BURST_QUIET_SECONDS, KubeProxyTables, MonitorSource
-from tests.dataplane.test_netns import Health
+import pytest
 
-
-def source() -> MonitorSource:
-    return MonitorSource(reader=None, runner=None, clock=SystemClock(),  # type: ignore[arg-type]
-                         metrics=Health(), tables=KubeProxyTables())
+from observer.dataplane.commands import CommandError
+from observer.dataplane.sources import BURST_QUIET_SECONDS, NftMonitor
 
 
 async def test_a_burst_ends_after_a_quiet_gap_and_waits_for_a_half_written_line() -> None:
@@ -21,14 +17,32 @@ async def test_a_burst_ends_after_a_quiet_gap_and_waits_for_a_half_written_line(
     # The line's end comes well after the quiet window: nft is still writing it.
     loop.call_later(BURST_QUIET_SECONDS * 10, events.feed_data, b'le": {"b": 2}}}\n')
     loop.call_later(BURST_QUIET_SECONDS * 100, events.feed_data, b'{"next": "burst"}\n')
-    lines = [line for line in await source()._rest_of_burst(events) if line]
+    monitor = NftMonitor(events)
+    lines = [line for line in await monitor.burst() if line]
     assert lines == [b'{"add": {"rule": {"a": 1}}}', b'{"add": {"rule": {"b": 2}}}']
-    assert await events.readline() == b'{"next": "burst"}\n'  # left for the next burst
+    assert await monitor.burst() == [b'{"next": "burst"}', b""]  # left for the next burst
+
+
+async def test_a_burst_cut_short_is_resumed_whole() -> None:
+    """Cancelled while reading the rest of a burst (a full read ended first): nothing read
+    so far is lost."""
+    events = asyncio.StreamReader()
+    events.feed_data(b'{"add": 1}\n')
+    monitor = NftMonitor(events)
+    reading = asyncio.ensure_future(monitor.burst())
+    await asyncio.sleep(0)  # the first line is read; the rest of the burst is awaited
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    events.feed_data(b'{"add": 2}\n')
+    assert [line for line in await monitor.burst() if line] == [b'{"add": 1}', b'{"add": 2}']
 
 
 async def test_a_burst_ends_with_the_stream() -> None:
     events = asyncio.StreamReader()
     events.feed_data(b'{"add": 1}\n')
     events.feed_eof()
-    assert [line for line in await source()._rest_of_burst(events) if line] == [b'{"add": 1}']
-    assert await events.readline() == b""
+    monitor = NftMonitor(events)
+    assert [line for line in await monitor.burst() if line] == [b'{"add": 1}']
+    with pytest.raises(CommandError, match="nft monitor ended"):
+        await monitor.burst()

@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 
 from observer.clock import SystemClock
+from observer.dataplane import nftevents
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.detect import open_source, reader_for, resolve
 from observer.dataplane.iptables import service_hash
 from observer.dataplane.model import DataplaneChange
+from observer.dataplane.nftevents import JumpEvent
 from observer.dataplane.sources import IptablesNftTables, MonitorSource
 from observer.episodes.model import EndpointKey, ServicePort
 from tests.agent.harness import until
@@ -246,6 +248,29 @@ async def test_a_full_read_gives_way_to_a_change(netns: Netns) -> None:
         assert health.errors == []
 
 
+async def test_lost_events_are_counted_and_a_full_read_follows(
+        netns: Netns, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel's queue for the agent overflows (here: made as small as the kernel allows,
+    then a whole rule set rewritten at once): counted as ``events_lost``, a full read comes
+    within a few seconds (not at the resync interval), and events go on."""
+    monkeypatch.setattr(nftevents, "RECEIVE_BUFFER", 1)
+    health, changes = Health(), Recorder()
+    async with monitoring(netns, "iptables-nft", health, changes,
+                          resync_interval=3600) as source:
+        await until(lambda: source.selected(key(4, "10.180.0.4")) is True, "first read")
+        await asyncio.to_thread(load, netns, "iptables-nft")  # every rule made again
+        await until(lambda: "events_lost" in health.errors, "the overflow reported")
+        reads = len(health.scans)
+        await until(lambda: len(health.scans) > reads, "a full read", 10)
+        assert health.drifts == []  # the rules are as they were: nothing to report
+        assert changes.changes == []
+        await asyncio.to_thread(apply, netns, "iptables-nft", IPTABLES_DROP_SVC4_EP4,
+                                NFT_DROP_SVC4_EP4)
+        await asyncio.wait_for(changes.arrived.wait(), 10)
+        assert [(c.key, c.selected) for c in changes.changes] == [(key(4, "10.180.0.4"), False)]
+        assert set(health.errors) == {"events_lost"}
+
+
 async def test_iptables_nft_applies_what_it_knows_of_a_sync(netns: Netns) -> None:
     """One sync removes 10.180.0.4 from svc4 and jumps to a SEP chain no full read has
     named (a new endpoint): the removal counts at once, the new endpoint waits for a read."""
@@ -257,8 +282,8 @@ async def test_iptables_nft_applies_what_it_knows_of_a_sync(netns: Netns) -> Non
     (gone,) = [h for h, sep in jumps.items()
                if tables.states["ip"].endpoints[sep][1] == "10.180.0.4"]
     tables.states["ip"].take_touched()
-    tables.rule("delete", "ip", svc4, gone, None)
-    tables.rule("add", "ip", svc4, 9999, [{"jump": {"target": "KUBE-SEP-NEWNEWNEWNEWNEWN"}}])
+    tables.apply([JumpEvent("delete", "ip", svc4, gone),
+                  JumpEvent("add", "ip", svc4, 9999, ("KUBE-SEP-NEWNEWNEWNEWNEWN",))])
     delta, complete = tables.delta()
     assert not complete
     assert delta == {key(4, "").service_port: {key(4, "10.180.0.5"): True}}

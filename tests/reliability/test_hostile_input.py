@@ -14,22 +14,22 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from observer.clock import SystemClock
 from observer.dataplane.iptables import parse_iptables_save
 from observer.dataplane.ipvs import Virtual, parse_ipvs
 from observer.dataplane.model import DataplaneParseError
 from observer.dataplane.nftables import parse_nft_text
-from observer.dataplane.sources import IptablesNftTables, KubeProxyTables, MonitorSource
+from observer.dataplane.nftevents import JumpEvent, decode
+from observer.dataplane.sources import IptablesNftTables, KubeProxyTables
 from observer.kube.lifecycle import containers_of, grace_seconds, prestop_of
 from observer.kube.objects import MalformedObject, parse_endpoint_slice, parse_pod
 from tests.conftest import REPO
-from tests.dataplane.test_netns import Health
 from tests.fixtures.dataplane.ipvs_netlink import virtuals
 
 FIXTURES = REPO / "tests" / "fixtures" / "dataplane"
 IPTABLES = (FIXTURES / "iptables-nat.rules").read_text().splitlines()
 NFT = (FIXTURES / "nft-a-list-table.txt").read_text().splitlines()
 IPVS = virtuals()
+NFT_EVENTS = [bytes.fromhex(line) for line in (FIXTURES / "nft-events.hex").read_text().split()]
 CHECKS = settings(max_examples=300, deadline=5000,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -137,12 +137,41 @@ def nft_event(draw: st.DrawFn) -> bytes:
 
 
 @CHECKS
-@given(st.lists(nft_event(), max_size=20), st.sampled_from(["nftables", "iptables-nft"]))
-def test_nft_monitor_events(lines: list[bytes], mode: str) -> None:
-    tables = KubeProxyTables() if mode == "nftables" else IptablesNftTables(lambda: ())
-    source = MonitorSource(reader=None, runner=None, clock=SystemClock(),  # type: ignore[arg-type]
-                           metrics=Health(), tables=tables)
-    source._apply_burst(lines)
+@given(st.lists(nft_event(), max_size=20))
+def test_nft_monitor_events(lines: list[bytes]) -> None:
+    tables = KubeProxyTables()
+    tables.apply(lines)
+    tables.delta()
+    tables.selection()
+
+
+@st.composite
+def netlink_datagram(draw: st.DrawFn) -> bytes:
+    """The kernel's recorded nf_tables events with bytes overwritten, cut or inserted; and
+    plain garbage."""
+    datagram = bytearray(draw(st.sampled_from(NFT_EVENTS)))
+    for _ in range(draw(st.integers(0, 4))):
+        at = draw(st.integers(0, len(datagram)))
+        edit = draw(st.sampled_from(["overwrite", "cut", "insert"]))
+        if edit == "overwrite":
+            piece = draw(st.binary(min_size=1, max_size=4))
+            datagram[at:at + len(piece)] = piece
+        elif edit == "cut":
+            del datagram[at:at + draw(st.integers(1, 64))]
+        else:
+            datagram[at:at] = draw(st.binary(min_size=1, max_size=8))
+    return draw(st.sampled_from([bytes(datagram), draw(st.binary(max_size=200))]))
+
+
+@CHECKS
+@given(st.lists(netlink_datagram(), max_size=6))
+def test_nf_tables_netlink_events(datagrams: list[bytes]) -> None:
+    tables = IptablesNftTables(lambda: ())
+    for datagram in datagrams:
+        events: list[JumpEvent | None] = []
+        with contextlib.suppress(DataplaneParseError):
+            decode(datagram, events)
+        tables.apply([e for e in events if e is not None])
     tables.delta()
     tables.selection()
 
