@@ -21,6 +21,7 @@ import structlog
 
 from observer import __version__, logs
 from observer.clock import SystemClock
+from observer.episodes.model import join_host_port
 
 log = structlog.get_logger("observer")
 
@@ -185,10 +186,9 @@ async def _dump_dataplane(args: argparse.Namespace) -> int:
     for service in document["services"]:  # type: ignore[attr-defined]
         for path in ("cluster", "local"):
             for endpoint in service["paths"][path]:
-                host = endpoint["ip"]
-                host = f"[{host}]" if ":" in host else host
                 rows.append((service["service"], service["protocol"],
-                             service["cluster_ip"] or "-", path, f"{host}:{endpoint['port']}",
+                             service["cluster_ip"] or "-", path,
+                             join_host_port(endpoint["ip"], endpoint["port"]),
                              "yes" if endpoint["selected"] else "no"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     header = f"mode: {snapshot.mode}" + (f" ({snapshot.backend})" if snapshot.backend else "")

@@ -29,10 +29,9 @@ from observer.dataplane.model import (
     DataplaneSnapshot,
     ProgrammedEndpoint,
     ProgrammedService,
-    join_host_port,
     split_host_port,
 )
-from observer.episodes.model import EndpointKey, ServicePort
+from observer.episodes.model import EndpointKey, ServicePort, join_host_port
 
 _JUMP = re.compile(r" (?:-j|--jump) (\S+)")
 _COMMENT = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')

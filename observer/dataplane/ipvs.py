@@ -31,9 +31,8 @@ from observer.dataplane.model import (
     DataplaneSnapshot,
     ProgrammedEndpoint,
     ProgrammedService,
-    join_host_port,
 )
-from observer.episodes.model import ServicePort
+from observer.episodes.model import ServicePort, join_host_port
 
 log = structlog.get_logger("observer.dataplane")
 # (ip, port, protocol) -> the service ports whose EndpointSlices list that endpoint

@@ -59,11 +59,6 @@ def split_host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def join_host_port(ip: str, port: int) -> str:
-    """(address, port) -> ``10.0.0.1:80`` or ``[fd00::1]:80``: ``split_host_port``'s inverse."""
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
 class ProgrammedEndpoint(NamedTuple):
     """A tuple: a full read makes tens of thousands, and the garbage collector stops tracking
     tuples of plain values (a tracked object per endpoint made the collector a third of a

@@ -23,6 +23,11 @@ ABANDON_REASONS: tuple[AbandonReason, ...] = ("ready_again", "watch_gap", "ttl",
 Source = Literal["pod_watch", "slice_watch", "dataplane", "api"]
 
 
+def join_host_port(ip: str, port: int) -> str:
+    """(address, port) -> ``10.0.0.1:80`` or ``[fd00::1]:80``."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Timestamp:
     mono: float  # this process's monotonic clock, seconds
@@ -57,8 +62,7 @@ class EndpointKey:
     port: int
 
     def __str__(self) -> str:
-        host = f"[{self.ip}]" if ":" in self.ip else self.ip
-        return f"{self.service_port} -> {host}:{self.port}"
+        return f"{self.service_port} -> {join_host_port(self.ip, self.port)}"
 
 
 @dataclass(slots=True)

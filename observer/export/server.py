@@ -16,6 +16,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from observer.episodes.model import join_host_port
+
 # The page runs only its own inline script and style and talks only to this agent.
 TIMELINE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                    "connect-src 'self'; img-src 'self'")
@@ -51,8 +53,7 @@ class AgentHttp:
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
         bound_host, bound_port = self._runner.addresses[0][:2]
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        self.url = f"http://{shown}:{bound_port}"
+        self.url = f"http://{join_host_port(bound_host, bound_port)}"
         return self.url
 
     async def stop(self) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from observer.dataplane.iptables import endpoint_hash, service_hash
+from observer.episodes.model import join_host_port
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def nft_sync(services: Iterable[ServicePortRules], *, known_endpoint_chains: set
                 known_endpoint_chains.add(endpoint)
                 lines.append(f"add chain {family} kube-proxy {endpoint}")
                 lines.append(f"add rule {family} kube-proxy {endpoint} meta l4proto "
-                             f"{s.protocol} dnat to {_host(ip)}:{port}")
+                             f"{s.protocol} dnat to {join_host_port(ip, port)}")
         lines.append(f"flush chain {family} kube-proxy {chain}")
         if s.endpoints:
             entries = " , ".join(f"{i} : goto {nft_endpoint_chain(s, ip, port)}"
@@ -83,10 +84,6 @@ def nft_sync(services: Iterable[ServicePortRules], *, known_endpoint_chains: set
             lines.append(f"add rule {family} kube-proxy {chain} numgen random mod "
                          f"{len(s.endpoints)} vmap {{ {entries} }}")
     return lines
-
-
-def _host(ip: str) -> str:
-    return f"[{ip}]" if ":" in ip else ip
 
 
 # --- iptables ---------------------------------------------------------------------------------
@@ -113,11 +110,11 @@ def iptables_sync(services: Iterable[ServicePortRules], *, previous: dict[str, s
             declare.append(f":{sep} - [0:0]")
             rules.append(f"-A {sep} -m comment --comment {name} -s {ip} -j KUBE-MARK-MASQ")
             rules.append(f"-A {sep} -m comment --comment {name} -m {proto} -p {proto} -j DNAT "
-                         f"--to-destination {_host(ip)}:{port}")
+                         f"--to-destination {join_host_port(ip, port)}")
             remaining = len(s.endpoints) - i
             statistic = (f"-m statistic --mode random --probability {1 / remaining:.10f} "
                          if remaining > 1 else "")
-            rules.append(f'-A {svc} -m comment --comment "{name} -> {_host(ip)}:{port}" '
+            rules.append(f'-A {svc} -m comment --comment "{name} -> {join_host_port(ip, port)}" '
                          f"{statistic}-j {sep}")
         stale = sorted(previous.get(name, set()) - current)
         declare += [f":{sep} - [0:0]" for sep in stale]  # a chain must be empty to go

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from observer import __version__
 from observer.clock import Clock
+from observer.episodes.model import join_host_port
 from observer.lab.apiserver import discovery, errors
 from observer.lab.apiserver.errors import ApiError
 from observer.lab.apiserver.faults import Faults, StreamControl
@@ -173,8 +174,7 @@ class ApiServer:
         site = web.TCPSite(self._runner, host, port, ssl_context=self._cert.server_context())
         await site.start()
         bound_host, bound_port = self._runner.addresses[0][:2]
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        self.url = f"https://{shown}:{bound_port}"
+        self.url = f"https://{join_host_port(bound_host, bound_port)}"
         return self.url
 
     @property
