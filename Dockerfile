@@ -12,7 +12,7 @@ RUN python -m venv /opt/observer \
 
 FROM python:3.11-slim-bookworm
 # iptables: both backends (iptables-legacy-save, iptables-nft-save); nftables: nft;
-# iproute2: `ip netns exec` for --netns. IPVS is read over netlink (pyroute2): no tool.
+# iproute2: `ip netns exec` for --netns. IPVS is read over netlink: no tool.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends iptables nftables iproute2 \
     && rm -rf /var/lib/apt/lists/*

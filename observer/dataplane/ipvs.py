@@ -8,18 +8,21 @@ deleted only once its connections drain (``pkg/proxy/ipvs/graceful_termination.g
 balances, from the EndpointSlices the agent watches (the Services' cluster IPs would say it
 directly, but they are not worth a Service watch on every node).
 
-``parse_ipvs`` reads the attributes of ``IPVS_CMD_GET_SERVICE`` and ``IPVS_CMD_GET_DEST``
-dumps, as pyroute2 decodes them (``IPVS_SVC_ATTR_*``, ``IPVS_DEST_ATTR_*``): what the kernel
-puts there is ``ip_vs_genl_fill_service`` / ``ip_vs_genl_fill_dest`` in
-``net/netfilter/ipvs/ip_vs_ctl.c`` with the layout of ``include/uapi/linux/ip_vs.h``. The
-kernel of our CI machines has no IPVS module, so it is tested on messages encoded in that
-layout (``tests/fixtures/dataplane/ipvs_netlink.py``, its origin stated there).
+``service_attrs`` / ``dest_attrs`` decode the replies of ``IPVS_CMD_GET_SERVICE`` and
+``IPVS_CMD_GET_DEST`` dumps — what the kernel puts there is ``ip_vs_genl_fill_service`` /
+``ip_vs_genl_fill_dest`` in ``net/netfilter/ipvs/ip_vs_ctl.c`` with the layout of
+``include/uapi/linux/ip_vs.h`` — into the attributes ``parse_ipvs`` reads, by name
+(``IPVS_SVC_ATTR_*``, ``IPVS_DEST_ATTR_*``, the names and values pyroute2 would give them).
+The kernel of our CI machines has no IPVS module, so both are tested on messages encoded in
+that layout (``tests/fixtures/dataplane/ipvs_netlink.py``, its origin stated there), and the
+decoding against pyroute2's of the same bytes.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import replace
@@ -32,18 +35,81 @@ from observer.dataplane.model import (
     ProgrammedEndpoint,
     ProgrammedService,
 )
+from observer.dataplane.nlattrs import attributes
 from observer.episodes.model import ServicePort, join_host_port
 
 log = structlog.get_logger("observer.dataplane")
 # (ip, port, protocol) -> the service ports whose EndpointSlices list that endpoint
 Candidates = Callable[[str, int, str], Collection[ServicePort]]
-# One netlink attribute set, by name ("IPVS_SVC_ATTR_PORT": 53), as pyroute2 decodes it.
+# One netlink attribute set, by name ("IPVS_SVC_ATTR_PORT": 53).
 Attrs = Mapping[str, object]
 # A virtual server's attributes and those of its real servers.
 Virtual = tuple[Attrs, Iterable[Attrs]]
 
 _PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_SCTP: "sctp"}
 _FAMILIES = {int(socket.AF_INET): 4, int(socket.AF_INET6): 6}
+_ADDRESS_SIZES = {int(socket.AF_INET): 4, int(socket.AF_INET6): 16}
+_IPVS_CMD_ATTR_SERVICE, _IPVS_CMD_ATTR_DEST = 1, 2
+# The attributes read, by number: name, and how the payload is laid out ("addr": the 16-byte
+# union nf_inet_addr, decoded by the family attribute beside it; ports are big-endian).
+_Layout = dict[int, tuple[str, str]]
+_SERVICE: _Layout = {1: ("IPVS_SVC_ATTR_AF", "=H"), 2: ("IPVS_SVC_ATTR_PROTOCOL", "=H"),
+                     3: ("IPVS_SVC_ATTR_ADDR", "addr"), 4: ("IPVS_SVC_ATTR_PORT", ">H"),
+                     5: ("IPVS_SVC_ATTR_FWMARK", "=I")}
+_DEST: _Layout = {1: ("IPVS_DEST_ATTR_ADDR", "addr"), 2: ("IPVS_DEST_ATTR_PORT", ">H"),
+                  4: ("IPVS_DEST_ATTR_WEIGHT", "=I"), 11: ("IPVS_DEST_ATTR_ADDR_FAMILY", "=H")}
+
+
+def service_attrs(reply: bytes) -> Attrs:
+    """A ``IPVS_CMD_GET_SERVICE`` reply's attributes (after its generic netlink header)."""
+    return _decode(reply, _IPVS_CMD_ATTR_SERVICE, _SERVICE, "IPVS_SVC_ATTR_AF")
+
+
+def dest_attrs(reply: bytes) -> Attrs:
+    """A ``IPVS_CMD_GET_DEST`` reply's attributes."""
+    return _decode(reply, _IPVS_CMD_ATTR_DEST, _DEST, "IPVS_DEST_ATTR_ADDR_FAMILY")
+
+
+def service_identity(reply: bytes) -> bytes:
+    """The attributes that name a virtual server (family; protocol, address and port, or
+    firewall mark), as the kernel gave them: what ``IPVS_CMD_GET_DEST`` is asked with
+    (``ip_vs_genl_parse_service`` reads no more for a lookup)."""
+    nested = _nested(reply, _IPVS_CMD_ATTR_SERVICE)
+    return b"".join(reply[start - 4:end] + b"\0" * (-(end - start) % 4)
+                    for kind, (start, end) in attributes(reply, *nested).items()
+                    if kind in _SERVICE)
+
+
+def _nested(reply: bytes, kind: int) -> tuple[int, int]:
+    span = attributes(reply).get(kind)
+    if span is None:
+        raise DataplaneParseError(f"IPVS reply without its attribute {kind}")
+    return span
+
+
+def _decode(reply: bytes, kind: int, layout: _Layout, family_name: str) -> Attrs:
+    out: dict[str, object] = {}
+    address: tuple[str, bytes] | None = None
+    for number, (start, end) in attributes(reply, *_nested(reply, kind)).items():
+        if number not in layout:
+            continue  # scheduler, flags, thresholds, counters, statistics: not needed
+        name, form = layout[number]
+        raw = reply[start:end]
+        if form == "addr":
+            address = (name, raw)
+            continue
+        try:
+            out[name] = struct.unpack(form, raw)[0]
+        except struct.error:
+            raise DataplaneParseError(f"{name} has {len(raw)} bytes") from None
+    if address is not None:
+        name, raw = address
+        family = out.get(family_name)
+        # Undecodable without its family (as pyroute2 leaves it): parse_ipvs says so.
+        out[name] = raw
+        if isinstance(family, int) and family in _ADDRESS_SIZES and len(raw) == 16:
+            out[name] = socket.inet_ntop(family, raw[:_ADDRESS_SIZES[family]])
+    return out
 
 
 def parse_ipvs(virtuals: Iterable[Virtual]) -> DataplaneSnapshot:

@@ -32,6 +32,7 @@ from typing import NamedTuple
 from observer.dataplane.commands import CommandError
 from observer.dataplane.model import DataplaneParseError
 from observer.dataplane.netlink import netlink_socket
+from observer.dataplane.nlattrs import attributes, elements
 
 NETLINK_NETFILTER = 12  # <linux/netlink.h>
 _NFNLGRP_NFTABLES = 7  # <linux/netfilter/nfnetlink.h>
@@ -46,8 +47,6 @@ _DELCHAIN, _NEWRULE, _DELRULE, _NEWGEN = 5, 6, 8, 15  # enum nf_tables_msg_types
 _FAMILIES = {2: "ip", 10: "ip6"}  # NFPROTO_IPV4, NFPROTO_IPV6
 # nlmsghdr (host order) and nfgenmsg: length, type, flags, seq, pid; family, version, res_id.
 _HEADER = struct.Struct("=IHHIIBBH")
-_ATTR = struct.Struct("=HH")  # nla_len, nla_type (NLA_F_NESTED / NLA_F_NET_BYTEORDER above)
-_TYPE_MASK = 0x3FFF
 _HANDLE = struct.Struct(">Q")  # NFTA_RULE_HANDLE: big-endian u64
 _CODE = struct.Struct(">i")  # NFTA_VERDICT_CODE: big-endian s32
 _JUMP, _GOTO = -3, -4  # enum nft_verdicts
@@ -82,19 +81,6 @@ class EventsLost(Exception):
         self.reason = reason
 
 
-def _attrs(data: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
-    """A run of netlink attributes: type -> (payload start, payload end)."""
-    found = {}
-    while start + 4 <= end:
-        length, kind = _ATTR.unpack_from(data, start)
-        if length < 4 or start + length > end:
-            raise DataplaneParseError(f"netlink attribute of length {length} overruns its "
-                                      f"message ({end - start} bytes left)")
-        found[kind & _TYPE_MASK] = (start + 4, start + length)
-        start += (length + 3) & ~3
-    return found
-
-
 def _string(data: bytes, span: tuple[int, int] | None) -> bytes:
     if span is None:
         raise DataplaneParseError("netlink message without a name it must carry")
@@ -112,15 +98,15 @@ def _text(raw: bytes) -> str:
 def _targets(data: bytes, span: tuple[int, int]) -> tuple[str, ...]:
     """The chains an expression list jumps or goes to."""
     found = []
-    for start, end in _list(data, span):
-        expr = _attrs(data, start, end)
+    for start, end in elements(data, span, _LIST_ELEM):
+        expr = attributes(data, start, end)
         if _string(data, expr.get(_EXPR_NAME)) != b"immediate" or _EXPR_DATA not in expr:
             continue
-        immediate = _attrs(data, *expr[_EXPR_DATA]).get(_IMMEDIATE_DATA)
-        verdict = _attrs(data, *immediate).get(_DATA_VERDICT) if immediate else None
+        immediate = attributes(data, *expr[_EXPR_DATA]).get(_IMMEDIATE_DATA)
+        verdict = attributes(data, *immediate).get(_DATA_VERDICT) if immediate else None
         if verdict is None:
             continue  # a value, not a verdict
-        parts = _attrs(data, *verdict)
+        parts = attributes(data, *verdict)
         code = parts.get(_VERDICT_CODE)
         if code is None or code[1] - code[0] != 4:
             raise DataplaneParseError("netlink verdict without a 4-byte code")
@@ -129,22 +115,8 @@ def _targets(data: bytes, span: tuple[int, int]) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _list(data: bytes, span: tuple[int, int]) -> list[tuple[int, int]]:
-    """The elements of a nested ``NFTA_LIST_ELEM`` list (attributes may repeat: not a dict)."""
-    elements, start, end = [], *span
-    while start + 4 <= end:
-        length, kind = _ATTR.unpack_from(data, start)
-        if length < 4 or start + length > end:
-            raise DataplaneParseError(f"netlink list element of length {length} overruns "
-                                      "its list")
-        if kind & _TYPE_MASK == _LIST_ELEM:
-            elements.append((start + 4, start + length))
-        start += (length + 3) & ~3
-    return elements
-
-
 def _event(data: bytes, message: int, family: str, start: int, end: int) -> JumpEvent | None:
-    attrs = _attrs(data, start, end)
+    attrs = attributes(data, start, end)
     if message == _DELCHAIN:
         if _string(data, attrs.get(_CHAIN_TABLE)) != b"nat":
             return None

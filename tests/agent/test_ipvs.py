@@ -1,7 +1,8 @@
 """The agent in IPVS mode, end to end: the lab API server, real watches, the real polling
 source and IPVS reader. The kernel here has no IPVS module, so the netlink dump is the one
 thing replaced: it answers with the virtual servers the test programs, encoded in the kernel's
-message layout and decoded by pyroute2 (tests/fixtures/dataplane/ipvs_netlink.py) — as
+message layout and decoded as the agent decodes the kernel's (tests/fixtures/dataplane/
+ipvs_netlink.py) — as
 kube-proxy's IPVS proxier would program them: the service's cluster IP and node port, and a
 terminating endpoint's real server set to weight 0 (pkg/proxy/ipvs/graceful_termination.go).
 """

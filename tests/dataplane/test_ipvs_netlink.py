@@ -2,21 +2,21 @@
 
 This project's machines have no IPVS module, so what can be real here is: the socket made in
 the right namespace (and no thread of ours left there), and the kernel's own answer to the
-IPVS family lookup. The parse of the kernel's messages is tested on the kernel-layout fixture
-(tests/dataplane/test_parsers.py)."""
+IPVS family lookup, and the generic netlink framing on the controller family. The decoding of
+IPVS's messages is tested on the kernel-layout fixture (tests/dataplane/test_parsers.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from observer.dataplane.commands import CommandError, CommandRunner
-from observer.dataplane.netlink import NETLINK_GENERIC, netlink_socket
+from observer.dataplane.netlink import NETLINK_GENERIC, GenericNetlink, netlink_socket
+from observer.dataplane.nlattrs import attributes
 from observer.dataplane.readers import IpvsReader
 from tests.netns import Netns
 
@@ -56,10 +56,24 @@ async def test_a_namespace_that_does_not_exist() -> None:
         await reader.read()
 
 
-def test_pyroute2_is_loaded_in_ipvs_mode_only() -> None:
-    """It adds 11 MiB of RSS: the other modes (and the agent's start-up) do without it."""
-    code = ("import sys, observer.cli, observer.agent, observer.dataplane.detect; "
-            "print('pyroute2' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, timeout=60)
-    assert result.stdout.strip() == "False"
+async def test_generic_netlink_requests_and_dumps_against_the_kernel(netns: Netns) -> None:
+    """The request/reply framing the IPVS dump uses, on the one generic netlink family every
+    kernel has, the controller: a family looked up by name, a dump read to its end, and the
+    kernel's refusal as an errno."""
+    sock = await netlink_socket(netns.name, NETLINK_GENERIC)
+    try:
+        sock.setblocking(False)
+        sock.bind((0, 0))
+        genl = GenericNetlink(sock)
+        assert await genl.family("nlctrl") == 16  # GENL_ID_CTRL
+        families = await genl.dump(16, 3, version=1)  # CTRL_CMD_GETFAMILY, every family
+        names = {reply[start:end].rstrip(b"\0").decode() for reply in families
+                 for start, end in [attributes(reply)[2]]}  # CTRL_ATTR_FAMILY_NAME
+        assert "nlctrl" in names, names
+        assert len(families) == len(names) > 1
+        with pytest.raises(OSError, match="No such file") as refused:
+            await genl.family("obs-nofamily")  # as IPVS is here: no such family
+        assert refused.value.errno == errno.ENOENT
+        assert await genl.family("nlctrl") == 16  # the socket is still in step
+    finally:
+        sock.close()

@@ -13,15 +13,16 @@ from observer.dataplane.iptables import (
     service_hash,
     snapshot_of,
 )
-from observer.dataplane.ipvs import Attrs, parse_ipvs
+from observer.dataplane.ipvs import Attrs, dest_attrs, parse_ipvs, service_attrs, service_identity
 from observer.dataplane.model import DataplaneParseError
 from observer.dataplane.nftables import endpoint_from_chain, parse_nft_text, service_from_chain
 from tests.dataplane.edits import IPTABLES_RULES, without_endpoint_comments
 from tests.fixtures.dataplane.ipvs_netlink import (
     KUBE_DNS,
-    decode,
     dest_message,
     nla,
+    payload,
+    pyroute2_decode,
     service_message,
     u16,
     u32,
@@ -145,10 +146,9 @@ def test_ipvs_weight_zero_is_not_selected() -> None:
 
 
 def test_ipvs_firewall_mark_services_are_left_out() -> None:
-    fwmark = decode(service_message(KUBE_DNS[0], attrs=u16(1, socket.AF_INET) + u32(5, 0x4000)
-                                    + nla(6, b"rr\0")), "IPVS_CMD_ATTR_SERVICE")
-    assert fwmark == {"IPVS_SVC_ATTR_AF": 2, "IPVS_SVC_ATTR_FWMARK": 0x4000,
-                      "IPVS_SVC_ATTR_SCHED_NAME": "rr"}
+    fwmark = service_attrs(payload(service_message(
+        KUBE_DNS[0], attrs=u16(1, socket.AF_INET) + u32(5, 0x4000) + nla(6, b"rr\0"))))
+    assert fwmark == {"IPVS_SVC_ATTR_AF": 2, "IPVS_SVC_ATTR_FWMARK": 0x4000}
     assert parse_ipvs([(fwmark, [])]).services == ()
 
 
@@ -164,10 +164,50 @@ GOOD_SERVICE, (GOOD_DEST, _) = virtuals()[1]
     (GOOD_SERVICE, {**GOOD_DEST, "IPVS_DEST_ATTR_WEIGHT": "1"}),
     (GOOD_SERVICE, {**GOOD_DEST, "IPVS_DEST_ATTR_WEIGHT": True}),
     (GOOD_SERVICE, {**GOOD_DEST, "IPVS_DEST_ATTR_PORT": -1}),
-    # No ADDR_FAMILY: pyroute2 cannot tell the address's family and leaves it undecoded.
-    (GOOD_SERVICE, decode(dest_message(KUBE_DNS[1].reals[0], with_family=False),
-                          "IPVS_CMD_ATTR_DEST")),
+    # No ADDR_FAMILY: the address's family cannot be told; it stays undecoded.
+    (GOOD_SERVICE, dest_attrs(payload(dest_message(KUBE_DNS[1].reals[0],
+                                                   with_family=False)))),
 ])
 def test_ipvs_garbage(service: Attrs, dest: Attrs) -> None:
     with pytest.raises(DataplaneParseError):
         parse_ipvs([(service, [dest])])
+
+
+def test_ipvs_decoding_agrees_with_pyroute2() -> None:
+    """Every attribute the agent decodes from the kernel-layout messages is what pyroute2
+    makes of the same bytes (and nothing it needs is missing)."""
+    for service in KUBE_DNS:
+        message = service_message(service)
+        ours = service_attrs(payload(message))
+        assert set(ours) >= {"IPVS_SVC_ATTR_AF", "IPVS_SVC_ATTR_PROTOCOL",
+                             "IPVS_SVC_ATTR_ADDR", "IPVS_SVC_ATTR_PORT"}
+        theirs = pyroute2_decode(message, "IPVS_CMD_ATTR_SERVICE")
+        assert ours == {name: theirs[name] for name in ours}
+        for real in service.reals:
+            message = dest_message(real)
+            ours = dest_attrs(payload(message))
+            assert len(ours) == 4
+            theirs = pyroute2_decode(message, "IPVS_CMD_ATTR_DEST")
+            assert ours == {name: theirs[name] for name in ours}
+
+
+def test_a_virtual_server_is_asked_for_by_the_attributes_the_kernel_gave() -> None:
+    """IPVS_CMD_GET_DEST names its virtual server by family, protocol, address and port, the
+    bytes of the service reply (the kernel's lookup reads those: ip_vs_genl_parse_service)."""
+    message = service_message(KUBE_DNS[4])  # IPv6
+    asked = service_identity(payload(message))
+    assert asked == (u16(1, socket.AF_INET6) + u16(2, socket.IPPROTO_TCP)
+                     + nla(3, socket.inet_pton(socket.AF_INET6, "fd00:10:96::a"))
+                     + nla(4, (53).to_bytes(2, "big")))
+
+
+@pytest.mark.parametrize("cut", [21, 30, 60])
+def test_ipvs_replies_cut_short(cut: int) -> None:
+    with pytest.raises(DataplaneParseError):
+        service_attrs(payload(service_message(KUBE_DNS[0]))[:cut])
+
+
+def test_ipvs_attribute_of_the_wrong_size() -> None:
+    with pytest.raises(DataplaneParseError, match="IPVS_DEST_ATTR_WEIGHT has 2 bytes"):
+        dest_attrs(payload(dest_message(KUBE_DNS[0].reals[0]).replace(
+            u32(4, 1), u16(4, 1))))  # as long, padded: the framing still holds

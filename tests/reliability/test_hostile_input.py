@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from observer.dataplane.iptables import parse_iptables_save
-from observer.dataplane.ipvs import Virtual, parse_ipvs
+from observer.dataplane.ipvs import Virtual, dest_attrs, parse_ipvs, service_attrs, service_identity
 from observer.dataplane.model import DataplaneParseError
 from observer.dataplane.nftables import parse_nft_text
 from observer.dataplane.nftevents import JumpEvent, decode
@@ -23,7 +23,13 @@ from observer.dataplane.sources import IptablesNftTables, KubeProxyTables
 from observer.kube.lifecycle import containers_of, grace_seconds, prestop_of
 from observer.kube.objects import MalformedObject, parse_endpoint_slice, parse_pod
 from tests.conftest import REPO
-from tests.fixtures.dataplane.ipvs_netlink import virtuals
+from tests.fixtures.dataplane.ipvs_netlink import (
+    KUBE_DNS,
+    dest_message,
+    payload,
+    service_message,
+    virtuals,
+)
 
 FIXTURES = REPO / "tests" / "fixtures" / "dataplane"
 IPTABLES = (FIXTURES / "iptables-nat.rules").read_text().splitlines()
@@ -113,6 +119,38 @@ def ipvs_dump(draw: st.DrawFn) -> list[Virtual]:
 def test_ipvs_attributes(dump: list[Virtual]) -> None:
     with contextlib.suppress(DataplaneParseError):
         parse_ipvs(dump)
+
+
+@st.composite
+def mangled_bytes(draw: st.DrawFn, originals: list[bytes]) -> bytes:
+    """Real bytes with some overwritten, cut or inserted; or plain garbage."""
+    data = bytearray(draw(st.sampled_from(originals)))
+    for _ in range(draw(st.integers(0, 4))):
+        at = draw(st.integers(0, len(data)))
+        edit = draw(st.sampled_from(["overwrite", "cut", "insert"]))
+        if edit == "overwrite":
+            piece = draw(st.binary(min_size=1, max_size=4))
+            data[at:at + len(piece)] = piece
+        elif edit == "cut":
+            del data[at:at + draw(st.integers(1, 64))]
+        else:
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+    return draw(st.sampled_from([bytes(data), draw(st.binary(max_size=200))]))
+
+
+IPVS_REPLIES = [payload(service_message(s)) for s in KUBE_DNS]
+IPVS_DEST_REPLIES = [payload(dest_message(r)) for s in KUBE_DNS for r in s.reals]
+
+
+@CHECKS
+@given(mangled_bytes(IPVS_REPLIES), st.lists(mangled_bytes(IPVS_DEST_REPLIES), max_size=3))
+def test_ipvs_netlink_replies(service: bytes, dests: list[bytes]) -> None:
+    with contextlib.suppress(DataplaneParseError):
+        service_identity(service)
+    with contextlib.suppress(DataplaneParseError):
+        parse_ipvs([(service_attrs(service), [dest_attrs(d) for d in dests])])
+
+
 NFT_KEYS = st.sampled_from(["add", "delete", "rule", "chain", "table", "family", "chain",
                             "handle", "expr", "name", "vmap", "jump", "goto", "dnat",
                             "numgen", "map", "data", "key", "addr", "port", "concat"])
@@ -145,26 +183,8 @@ def test_nft_monitor_events(lines: list[bytes]) -> None:
     tables.selection()
 
 
-@st.composite
-def netlink_datagram(draw: st.DrawFn) -> bytes:
-    """The kernel's recorded nf_tables events with bytes overwritten, cut or inserted; and
-    plain garbage."""
-    datagram = bytearray(draw(st.sampled_from(NFT_EVENTS)))
-    for _ in range(draw(st.integers(0, 4))):
-        at = draw(st.integers(0, len(datagram)))
-        edit = draw(st.sampled_from(["overwrite", "cut", "insert"]))
-        if edit == "overwrite":
-            piece = draw(st.binary(min_size=1, max_size=4))
-            datagram[at:at + len(piece)] = piece
-        elif edit == "cut":
-            del datagram[at:at + draw(st.integers(1, 64))]
-        else:
-            datagram[at:at] = draw(st.binary(min_size=1, max_size=8))
-    return draw(st.sampled_from([bytes(datagram), draw(st.binary(max_size=200))]))
-
-
 @CHECKS
-@given(st.lists(netlink_datagram(), max_size=6))
+@given(st.lists(mangled_bytes(NFT_EVENTS), max_size=6))
 def test_nf_tables_netlink_events(datagrams: list[bytes]) -> None:
     tables = IptablesNftTables(lambda: ())
     for datagram in datagrams:
