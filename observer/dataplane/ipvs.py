@@ -35,7 +35,7 @@ from observer.dataplane.model import (
     ProgrammedEndpoint,
     ProgrammedService,
 )
-from observer.dataplane.nlattrs import attributes
+from observer.dataplane.nlwire import attributes
 from observer.episodes.model import ServicePort, join_host_port
 
 log = structlog.get_logger("observer.dataplane")

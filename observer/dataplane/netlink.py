@@ -30,11 +30,10 @@ import threading
 from observer.dataplane.commands import CommandError
 from observer.dataplane.ipvs import Virtual, dest_attrs, service_attrs, service_identity
 from observer.dataplane.model import DataplaneParseError
-from observer.dataplane.nlattrs import attribute, attributes
+from observer.dataplane.nlwire import HEADER, attribute, attributes, messages
 
 _CLONE_NEWNET = 0x40000000  # <linux/sched.h>
 NETLINK_GENERIC = 16  # <linux/netlink.h>
-_HEADER = struct.Struct("=IHHII")  # nlmsghdr, host order: length, type, flags, seq, port id
 _GENL = struct.Struct("=BBH")  # genlmsghdr: command, version, reserved
 _U16 = struct.Struct("=H")
 _ERROR_CODE = struct.Struct("=i")
@@ -75,27 +74,21 @@ class GenericNetlink:
         body = _GENL.pack(command, version, 0) + payload
         flags = _NLM_F_REQUEST | (_NLM_F_DUMP if dump else 0)
         loop = asyncio.get_running_loop()
-        await loop.sock_sendall(self.sock, _HEADER.pack(_HEADER.size + len(body), family,
-                                                         flags, self._seq, 0) + body)
+        await loop.sock_sendall(self.sock, HEADER.pack(HEADER.size + len(body), family, flags,
+                                                        self._seq, 0) + body)
         replies: list[bytes] = []
         while True:
             size = await loop.sock_recv_into(self.sock, self._buffer)
             data = bytes(self._buffer[:size])
-            offset = 0
-            while offset + _HEADER.size <= size:
-                length, kind, _, seq, _ = _HEADER.unpack_from(data, offset)
-                if length < _HEADER.size or offset + length > size:
-                    raise DataplaneParseError(f"netlink message of length {length} in a "
-                                              f"datagram of {size - offset} bytes")
-                start, offset = offset + _HEADER.size, offset + ((length + 3) & ~3)
+            for kind, seq, start, end in messages(data):
                 if seq != self._seq:
                     continue  # a late answer to an earlier request
                 if kind in (_NLMSG_ERROR, _NLMSG_DONE):
-                    code = _ERROR_CODE.unpack_from(data, start)[0] if length >= 20 else 0
+                    code = _ERROR_CODE.unpack_from(data, start)[0] if end - start >= 4 else 0
                     if code < 0:
                         raise OSError(-code, os.strerror(-code))
                     return replies  # the end of a dump, or an acknowledgement
-                replies.append(data[start + _GENL.size:start - _HEADER.size + length])
+                replies.append(data[start + _GENL.size:end])
             if replies and not dump:
                 return replies
 

@@ -32,7 +32,7 @@ from typing import NamedTuple
 from observer.dataplane.commands import CommandError
 from observer.dataplane.model import DataplaneParseError
 from observer.dataplane.netlink import netlink_socket
-from observer.dataplane.nlattrs import attributes, elements
+from observer.dataplane.nlwire import attributes, elements, messages
 
 NETLINK_NETFILTER = 12  # <linux/netlink.h>
 _NFNLGRP_NFTABLES = 7  # <linux/netfilter/nfnetlink.h>
@@ -45,8 +45,7 @@ _DATAGRAM = 1024 * 1024  # larger than any one notification skb (NLMSG_GOODSIZE,
 _NFNL_SUBSYS_NFTABLES = 10
 _DELCHAIN, _NEWRULE, _DELRULE, _NEWGEN = 5, 6, 8, 15  # enum nf_tables_msg_types
 _FAMILIES = {2: "ip", 10: "ip6"}  # NFPROTO_IPV4, NFPROTO_IPV6
-# nlmsghdr (host order) and nfgenmsg: length, type, flags, seq, pid; family, version, res_id.
-_HEADER = struct.Struct("=IHHIIBBH")
+_NFGENMSG_SIZE = 4
 _HANDLE = struct.Struct(">Q")  # NFTA_RULE_HANDLE: big-endian u64
 _CODE = struct.Struct(">i")  # NFTA_VERDICT_CODE: big-endian s32
 _JUMP, _GOTO = -3, -4  # enum nft_verdicts
@@ -144,25 +143,18 @@ def decode(data: bytes, out: list[JumpEvent | None]) -> None:
     """The events of one datagram appended to ``out``, in order, and ``None`` where a
     transaction ended. A malformed message raises ``DataplaneParseError``; what came before
     it is in ``out`` (what follows cannot be framed)."""
-    offset, end = 0, len(data)
-    while offset < end:
-        if end - offset < _HEADER.size:
-            raise DataplaneParseError(f"netlink message header truncated ({end - offset} "
-                                      "bytes)")
-        length, kind, _, _, _, family, _, _ = _HEADER.unpack_from(data, offset)
-        if length < _HEADER.size or offset + length > end:
-            raise DataplaneParseError(f"netlink message of length {length} in a datagram "
-                                      f"of {end - offset} bytes")
-        if kind >> 8 == _NFNL_SUBSYS_NFTABLES:
-            message = kind & 0xFF
-            if message == _NEWGEN:
-                out.append(None)
-            elif message in (_NEWRULE, _DELRULE, _DELCHAIN) and family in _FAMILIES:
-                event = _event(data, message, _FAMILIES[family], offset + _HEADER.size,
-                               offset + length)
+    for kind, _, start, end in messages(data):
+        if kind >> 8 != _NFNL_SUBSYS_NFTABLES:
+            continue
+        message = kind & 0xFF
+        if message == _NEWGEN:
+            out.append(None)
+        elif message in (_NEWRULE, _DELRULE, _DELCHAIN) and end - start >= _NFGENMSG_SIZE:
+            family = _FAMILIES.get(data[start])  # nfgenmsg: family, version, resource id
+            if family is not None:
+                event = _event(data, message, family, start + _NFGENMSG_SIZE, end)
                 if event is not None:
                     out.append(event)
-        offset += (length + 3) & ~3
 
 
 class NftEvents:

@@ -16,7 +16,7 @@ import pytest
 
 from observer.dataplane.commands import CommandError, CommandRunner
 from observer.dataplane.netlink import NETLINK_GENERIC, GenericNetlink, netlink_socket
-from observer.dataplane.nlattrs import attributes
+from observer.dataplane.nlwire import attributes
 from observer.dataplane.readers import IpvsReader
 from tests.netns import Netns
 

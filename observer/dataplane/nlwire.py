@@ -1,17 +1,37 @@
-"""Netlink attributes (``struct nlattr``, ``include/uapi/linux/netlink.h``): a 4-byte header
-— length including itself, type with the ``NLA_F_NESTED`` / ``NLA_F_NET_BYTEORDER`` flags in
-its top bits — then the payload, padded to 4 bytes. Host byte order unless the family's
-header says otherwise for a given attribute."""
+"""Netlink on the wire (``include/uapi/linux/netlink.h``). A datagram holds messages, each a
+16-byte ``struct nlmsghdr`` (length including itself, type, flags, sequence number, port id;
+host byte order) and its payload, padded to 4 bytes. Payloads end in attributes
+(``struct nlattr``): a 4-byte header — length including itself, type with the
+``NLA_F_NESTED`` / ``NLA_F_NET_BYTEORDER`` flags in its top bits — then the payload, padded to
+4 bytes; host byte order unless the family says otherwise for a given attribute."""
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 from observer.dataplane.model import DataplaneParseError
 
+HEADER = struct.Struct("=IHHII")
 _ATTR = struct.Struct("=HH")
 _TYPE_MASK = 0x3FFF
 _NLA_F_NESTED = 0x8000
+
+
+def messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """Each message of a datagram: (type, sequence number, payload start, payload end).
+    Raises ``DataplaneParseError`` at one that does not fit (what follows cannot be framed)."""
+    offset, end = 0, len(data)
+    while offset < end:
+        if end - offset < HEADER.size:
+            raise DataplaneParseError(f"netlink message header truncated ({end - offset} "
+                                      "bytes)")
+        length, kind, _, seq, _ = HEADER.unpack_from(data, offset)
+        if length < HEADER.size or offset + length > end:
+            raise DataplaneParseError(f"netlink message of length {length} in a datagram "
+                                      f"of {end - offset} bytes")
+        yield kind, seq, offset + HEADER.size, offset + length
+        offset += (length + 3) & ~3
 
 
 def attributes(data: bytes, start: int = 0, end: int | None = None
