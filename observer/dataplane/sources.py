@@ -246,6 +246,15 @@ class _Tables(Protocol[E]):
         known; and whether all is known."""
 
 
+def _either_family(parts: Iterable[dict[EndpointKey, bool]]) -> dict[EndpointKey, bool]:
+    """The IP families' selections as one: an endpoint is selected if either selects it."""
+    out: dict[EndpointKey, bool] = {}
+    for part in parts:
+        for key, selected in part.items():
+            out[key] = out.get(key, False) or selected
+    return out
+
+
 class NftMonitor:
     """``nft -j monitor``'s lines, cut into bursts at a quiet gap of ``BURST_QUIET_SECONDS``:
     read as whatever has arrived (one timer per read, not per line: at thousands of lines a
@@ -335,12 +344,11 @@ class KubeProxyTables:
             state.delete_chain(name)
 
     def selection(self) -> tuple[dict[EndpointKey, bool], bool]:
-        out: dict[EndpointKey, bool] = {}
+        parts = []
         for state in self.states.values():
             state.take_touched()
-            for key, selected in state.snapshot().selection().items():
-                out[key] = out.get(key, False) or selected
-        return out, True  # nft rules name their endpoints: never anything unknown
+            parts.append(state.snapshot().selection())
+        return _either_family(parts), True  # nft rules name their endpoints: nothing unknown
 
     def delta(self) -> tuple[dict[ServicePort, dict[EndpointKey, bool]], bool]:
         touched = set().union(*(s.take_touched() for s in self.states.values()))
@@ -399,15 +407,13 @@ class IptablesNftTables:
         self.states = states
 
     def selection(self) -> tuple[dict[EndpointKey, bool], bool]:
-        out: dict[EndpointKey, bool] = {}
-        complete = True
+        parts, complete = [], True
         for state in self.states.values():
             state.take_touched()
             part, known = state.selection()
+            parts.append(part)
             complete &= known
-            for key, selected in part.items():
-                out[key] = out.get(key, False) or selected
-        return out, complete
+        return _either_family(parts), complete
 
     def delta(self) -> tuple[dict[ServicePort, dict[EndpointKey, bool]], bool]:
         touched = set().union(*(s.take_touched() for s in self.states.values()))
