@@ -30,7 +30,7 @@ import threading
 from observer.dataplane.commands import CommandError
 from observer.dataplane.ipvs import Virtual, dest_attrs, service_attrs, service_identity
 from observer.dataplane.model import DataplaneParseError
-from observer.dataplane.nlwire import HEADER, attribute, attributes, messages
+from observer.dataplane.nlwire import DATAGRAM, HEADER, attribute, attributes, messages
 
 _CLONE_NEWNET = 0x40000000  # <linux/sched.h>
 NETLINK_GENERIC = 16  # <linux/netlink.h>
@@ -43,7 +43,6 @@ _GENL_ID_CTRL, _CTRL_CMD_GETFAMILY = 16, 3  # <linux/genetlink.h>
 _CTRL_ATTR_FAMILY_ID, _CTRL_ATTR_FAMILY_NAME = 1, 2
 _IPVS_CMD_GET_SERVICE, _IPVS_CMD_GET_DEST, _IPVS_CMD_ATTR_SERVICE = 4, 8, 1  # <linux/ip_vs.h>
 _IPVS_GENL_VERSION = 1
-_DATAGRAM = 1024 * 1024
 
 
 class GenericNetlink:
@@ -53,7 +52,7 @@ class GenericNetlink:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._seq = 0
-        self._buffer = bytearray(_DATAGRAM)
+        self._buffer = bytearray(DATAGRAM)
 
     async def family(self, name: str) -> int:
         (reply,) = await self._request(_GENL_ID_CTRL, _CTRL_CMD_GETFAMILY, attribute(
@@ -100,10 +99,8 @@ async def ipvs_dump(netns: str | None) -> list[Virtual]:
     try:
         sock = await netlink_socket(netns, NETLINK_GENERIC)
     except OSError as error:
-        raise _netlink_error(error.errno or 0, str(error)) from None
+        raise _ipvs_error(error) from None
     try:
-        sock.setblocking(False)
-        sock.bind((0, 0))
         genl = GenericNetlink(sock)
         family = await genl.family("IPVS")
         virtuals: list[Virtual] = []
@@ -115,24 +112,42 @@ async def ipvs_dump(netns: str | None) -> list[Virtual]:
             virtuals.append((service_attrs(service), [dest_attrs(d) for d in dests]))
         return virtuals
     except OSError as error:
-        raise _netlink_error(error.errno or 0, str(error)) from None
+        raise _ipvs_error(error) from None
     finally:
         sock.close()
 
 
-def _netlink_error(code: int, text: str) -> CommandError:
-    if code == errno.ENOENT:
+def _ipvs_error(error: OSError) -> CommandError:
+    if error.errno == errno.ENOENT:
         return CommandError("unavailable", "the kernel has no IPVS (ip_vs module not loaded)")
-    if code in (errno.EPERM, errno.EACCES):
-        return CommandError("permission", f"IPVS netlink: {text} (needs CAP_NET_ADMIN)")
-    return CommandError("failed", f"IPVS netlink: {text}")
+    return netlink_error(error, "IPVS netlink")
+
+
+def netlink_error(error: OSError, what: str) -> CommandError:
+    """A netlink failure as a dataplane error: ``permission`` or ``failed``."""
+    if error.errno in (errno.EPERM, errno.EACCES):
+        return CommandError("permission", f"{what}: {error} (needs CAP_NET_ADMIN)")
+    return CommandError("failed", f"{what}: {error}")
 
 
 async def netlink_socket(netns: str | None, protocol: int) -> socket.socket:
-    """A netlink socket of ``protocol``, in ``netns`` if named. Raises ``OSError`` as the
-    kernel answered, or ``CommandError`` (``failed``) for a namespace that does not exist."""
+    """A bound, non-blocking netlink socket of ``protocol``, in ``netns`` if named. Raises
+    ``OSError`` as the kernel answered, or ``CommandError`` (``failed``) for a namespace that
+    does not exist."""
     if netns is None:
-        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, protocol)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, protocol)
+    else:
+        sock = await _made_in(netns, protocol)
+    try:
+        sock.setblocking(False)
+        sock.bind((0, 0))  # a port id from the kernel
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _made_in(netns: str, protocol: int) -> socket.socket:
     loop = asyncio.get_running_loop()
     made: asyncio.Future[socket.socket] = loop.create_future()
 

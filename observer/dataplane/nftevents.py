@@ -29,10 +29,9 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
-from observer.dataplane.commands import CommandError
 from observer.dataplane.model import DataplaneParseError
-from observer.dataplane.netlink import netlink_socket
-from observer.dataplane.nlwire import attributes, elements, messages
+from observer.dataplane.netlink import netlink_error, netlink_socket
+from observer.dataplane.nlwire import DATAGRAM, attributes, elements, messages
 
 NETLINK_NETFILTER = 12  # <linux/netlink.h>
 _NFNLGRP_NFTABLES = 7  # <linux/netfilter/nfnetlink.h>
@@ -40,7 +39,6 @@ _SOL_NETLINK = 270
 _NETLINK_ADD_MEMBERSHIP = 1
 _SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>: beyond net.core.rmem_max, with CAP_NET_ADMIN
 RECEIVE_BUFFER = 16 * 1024 * 1024  # the kernel's queue for us; overflowing it loses events
-_DATAGRAM = 1024 * 1024  # larger than any one notification skb (NLMSG_GOODSIZE, one message)
 
 _NFNL_SUBSYS_NFTABLES = 10
 _DELCHAIN, _NEWRULE, _DELRULE, _NEWGEN = 5, 6, 8, 15  # enum nf_tables_msg_types
@@ -162,7 +160,7 @@ class NftEvents:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self._buffer = bytearray(_DATAGRAM)
+        self._buffer = bytearray(DATAGRAM)
         self._pending: list[JumpEvent] = []  # of a transaction not ended yet
         self._ended: deque[list[JumpEvent]] = deque()
 
@@ -178,7 +176,7 @@ class NftEvents:
                 if error.errno == errno.ENOBUFS:
                     raise EventsLost("events_lost", "nf_tables events lost: the kernel's "
                                      "queue for this socket overflowed") from None
-                raise CommandError("failed", f"nf_tables events: {error}") from None
+                raise netlink_error(error, "nf_tables events") from None
             items: list[JumpEvent | None] = []
             try:
                 decode(bytes(self._buffer[:size]), items)
@@ -204,24 +202,16 @@ async def nft_events(netns: str | None) -> AsyncIterator[NftEvents]:
     try:
         sock = await netlink_socket(netns, NETLINK_NETFILTER)
     except OSError as error:
-        raise _setup_error(error) from None
+        raise netlink_error(error, "nf_tables events") from None
     try:
         try:
-            sock.setblocking(False)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RECEIVE_BUFFER)
             except PermissionError:  # without CAP_NET_ADMIN: capped by net.core.rmem_max
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-            sock.bind((0, 0))
             sock.setsockopt(_SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP, _NFNLGRP_NFTABLES)
         except OSError as error:
-            raise _setup_error(error) from None
+            raise netlink_error(error, "nf_tables events") from None
         yield NftEvents(sock)
     finally:
         sock.close()
-
-
-def _setup_error(error: OSError) -> CommandError:
-    if error.errno in (errno.EPERM, errno.EACCES):
-        return CommandError("permission", f"nf_tables events: {error} (needs CAP_NET_ADMIN)")
-    return CommandError("failed", f"nf_tables events: {error}")

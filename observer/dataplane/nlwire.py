@@ -13,6 +13,9 @@ from collections.abc import Iterator
 from observer.dataplane.model import DataplaneParseError
 
 HEADER = struct.Struct("=IHHII")
+# A receive buffer larger than any datagram the kernel sends here (a dump's or a notification's
+# skb: NLMSG_GOODSIZE, or one message that needs more).
+DATAGRAM = 1024 * 1024
 _ATTR = struct.Struct("=HH")
 _TYPE_MASK = 0x3FFF
 _NLA_F_NESTED = 0x8000

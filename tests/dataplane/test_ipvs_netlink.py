@@ -25,7 +25,7 @@ async def test_the_socket_is_made_in_the_namespace_and_no_thread_stays(netns: Ne
     own = os.readlink("/proc/thread-self/ns/net")
     sock = await netlink_socket(netns.name, NETLINK_GENERIC)
     try:
-        sock.bind((0, 0))  # a port id from the kernel: bound sockets are the ones listed
+        # It comes bound (a port id from the kernel): bound sockets are the ones listed.
         inode = str(os.fstat(sock.fileno()).st_ino)
         # /proc/net/netlink lists the netlink sockets of the reader's namespace (Inode column).
         inside = netns.run("cat", "/proc/net/netlink")
@@ -62,8 +62,6 @@ async def test_generic_netlink_requests_and_dumps_against_the_kernel(netns: Netn
     kernel's refusal as an errno."""
     sock = await netlink_socket(netns.name, NETLINK_GENERIC)
     try:
-        sock.setblocking(False)
-        sock.bind((0, 0))
         genl = GenericNetlink(sock)
         assert await genl.family("nlctrl") == 16  # GENL_ID_CTRL
         families = await genl.dump(16, 3, version=1)  # CTRL_CMD_GETFAMILY, every family
