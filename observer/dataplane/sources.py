@@ -508,8 +508,7 @@ class MonitorSource(_ReadingSource, Generic[E]):
             self.metrics.error(lost.reason)
             log.warning("dataplane events lost: a full read will tell", reason=lost.reason,
                         error=str(lost))
-            if self._unknown_since is None:
-                self._unknown_since = self.clock.monotonic()
+            self._full_read_due()
             return []
 
     async def _watched_load(self, events: _Events[E]) -> tuple[bool, list[E] | None]:
@@ -536,7 +535,13 @@ class MonitorSource(_ReadingSource, Generic[E]):
     async def _update(self, sink: ChangeSink) -> None:
         delta, complete = self.tables.delta()
         self._selection.update(delta.keys(), delta, self._now(self.monitor_latency), sink)
-        if not complete and self._unknown_since is None:
+        if not complete:
+            self._full_read_due()
+
+    def _full_read_due(self) -> None:
+        """Something only a full read can tell: one is due soon (``run``), and what it finds
+        is stamped with the time since this was first noticed."""
+        if self._unknown_since is None:
             self._unknown_since = self.clock.monotonic()
 
     async def _load(self) -> bool:
