@@ -43,6 +43,7 @@ from observer.dataplane.detect import open_source, reader_for
 from observer.dataplane.model import DataplaneChange
 from observer.dataplane.sources import MonitorSource
 from observer.lab.rules import ServicePortRules, iptables_sync, nft_sync
+from observer.tasks import cancel_and_wait
 
 
 def service(s: int, per: int, *, drop_first: bool = False) -> ServicePortRules:
@@ -246,9 +247,7 @@ async def bench_mode(mode: str, services: int, per: int, samples: int,
                                "agent_cpu_percent_of_one_core": round(100 * cpu / wall, 1),
                                "writers_cpu_percent": round(100 * writers / wall, 1)}
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
     return result
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ from observer.episodes.tracker import EpisodeTracker
 from observer.export.metrics import AgentMetrics, DataplaneHealth, StateCollector
 from observer.export.server import AgentHttp
 from observer.kube.watch import Requester, ResourceWatch, WatchSettings
+from observer.tasks import cancel_and_wait
 
 log = structlog.get_logger("observer.agent")
 
@@ -129,12 +129,10 @@ class Agent:
                     failed = task.exception() or RuntimeError(f"{task!r} ended")
         finally:
             self._stopping = True
-            for task in [*tasks, stopper]:
-                task.cancel()
-            for task in [*tasks, stopper]:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await self.http.stop()
+            try:
+                await cancel_and_wait(*tasks, stopper)
+            finally:
+                await self.http.stop()
         if failed is not None:
             log.error("agent stopping: a background task failed", error=repr(failed))
             raise failed

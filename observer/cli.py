@@ -22,6 +22,7 @@ import structlog
 from observer import __version__, logs
 from observer.clock import SystemClock
 from observer.episodes.model import join_host_port
+from observer.tasks import cancel_and_wait
 
 log = structlog.get_logger("observer")
 
@@ -344,15 +345,10 @@ async def _run_lab(args: argparse.Namespace) -> int:
     if not scenario.done() and serving.is_set():
         await asyncio.wait([scenario])  # Ctrl-C while serving is the normal end: it cleans up
     if not scenario.done():
-        scenario.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await scenario
-        interrupted.cancel()
+        await cancel_and_wait(scenario, interrupted)
         print("observer lab: interrupted; everything it started is stopped", file=sys.stderr)
         return 130
-    interrupted.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await interrupted
+    await cancel_and_wait(interrupted)
     try:
         run = scenario.result()
     except TimeoutError as error:

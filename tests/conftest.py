@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from types import FrameType
+from typing import Any, NoReturn
 
 import pytest
 from kubernetes_asyncio import client, config
@@ -21,6 +25,56 @@ from tests.netns import Netns
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (what `timeout`, CI runners and the kubelet send) ends the run as Ctrl-C does:
+    pytest then tears down every fixture still set up, so network namespaces, servers and
+    child processes are removed rather than left behind by a process that just died."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def dump_tasks(out: Any) -> None:
+    """Every thread's stack and every asyncio task's (where each ``await`` waits): the state of
+    a test that hangs."""
+    out.write("\n+++ threads +++\n")
+    out.flush()
+    faulthandler.dump_traceback(file=out, all_threads=True)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    for task in asyncio.all_tasks(loop):
+        out.write(f"\n+++ {task!r}\n")
+        task.print_stack(file=out)
+    out.flush()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """pytest-timeout's signal method, dumping asyncio tasks as well as threads when it fires
+    (a thread dump alone shows only the event loop waiting in ``select``)."""
+    if settings.method != "signal" or threading.current_thread() is not threading.main_thread():
+        return None  # pytest-timeout's own handling (the thread method)
+
+    def fire(signum: int, frame: FrameType | None) -> None:
+        dump_tasks(sys.__stderr__)
+        pytest.fail(f"Timeout: the test ran for more than {settings.timeout} s (its threads "
+                    f"and tasks are printed above)", pytrace=False)
+
+    def cancel() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+    item.cancel_timeout = cancel  # type: ignore[attr-defined]  # pytest-timeout calls it
+    signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, settings.timeout)
+    return True
 
 
 @dataclass

@@ -8,6 +8,8 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from observer.tasks import cancel_and_wait
+
 # Bounded label values for endpoint_propagation_dataplane_errors_total{reason}.
 ERROR_REASONS = ("missing_tool", "unavailable", "permission", "timeout", "failed", "too_large",
                  "garbage", "events_lost")
@@ -88,9 +90,7 @@ class CommandRunner:
             await proc.wait()
             return b"".join(chunks), await stderr_task
         finally:
-            stderr_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stderr_task
+            await cancel_and_wait(stderr_task)
 
     async def chunks(self, command: Sequence[str]) -> AsyncGenerator[bytes, None]:
         """stdout as it is written, in pieces of whole lines (a large dump is never held
@@ -133,9 +133,7 @@ class CommandRunner:
                 raise CommandError("permission" if "ermission denied" in text else "failed",
                                    f"{command[0]} exited {proc.returncode}: {text}")
         finally:
-            stderr_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stderr_task
+            await cancel_and_wait(stderr_task)
             await _reap(proc)
 
     async def lines(self, command: Sequence[str]) -> AsyncGenerator[bytes, None]:

@@ -46,6 +46,7 @@ from observer.dataplane.readers import (
     save_parsed,
 )
 from observer.episodes.model import EndpointKey, ServicePort, Timestamp
+from observer.tasks import cancel_and_wait
 
 log = structlog.get_logger("observer.dataplane")
 T = TypeVar("T")
@@ -525,12 +526,8 @@ class MonitorSource(_ReadingSource, Generic[E]):
             log.debug("dataplane full read abandoned: the ruleset changed under it",
                       in_a_row=self.abandoned)
             return False, burst.result()
-        finally:
-            for task in (load, burst):  # a burst cancelled while waiting has lost nothing
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+        finally:  # a burst cancelled while waiting has lost nothing
+            await cancel_and_wait(*(task for task in (load, burst) if not task.done()))
 
     async def _update(self, sink: ChangeSink) -> None:
         delta, complete = self.tables.delta()

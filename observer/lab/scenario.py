@@ -46,6 +46,7 @@ from observer.lab.kubeproxy import (
 )
 from observer.lab.netns import Namespaces, can_use_namespaces
 from observer.lab.truth import Truth
+from observer.tasks import cancel_and_wait
 
 log = structlog.get_logger("observer.lab")
 Hook = Callable[["LabRun"], Awaitable[None]]
@@ -234,22 +235,19 @@ class Lab:
                 await serve(run)
             return run
         finally:
-            try:
+            # Each step runs even when one before it fails or is cancelled (the stack runs
+            # them last to first): nothing may outlive the lab.
+            async with contextlib.AsyncExitStack() as cleanup:
+                cleanup.callback(self._tmp.cleanup)
+                cleanup.push_async_callback(self.namespaces.close)
+                cleanup.push_async_callback(self.server.stop)
+                if api is not None:
+                    cleanup.push_async_callback(api.close)
+                cleanup.push_async_callback(cancel_and_wait, *agent_tasks, *tasks)
                 for stop in stops:
                     stop.set()
                 if agent_tasks:  # they stop themselves (readyz, watches, HTTP) in their bound
                     await asyncio.wait(agent_tasks, timeout=15)
-                for task in [*agent_tasks, *tasks]:
-                    task.cancel()
-                for task in [*agent_tasks, *tasks]:
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
-                if api is not None:
-                    await api.close()
-                await self.server.stop()
-            finally:  # even when the above was cancelled: nothing may outlive the lab
-                await self.namespaces.close()
-                self._tmp.cleanup()
 
     async def _agent(self, node: Node, api: client.ApiClient) -> Agent:
         registry = CollectorRegistry()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 
 from observer.dataplane.commands import CommandError, CommandRunner
+from observer.tasks import cancel_and_wait
 
 
 async def test_output_is_returned() -> None:
@@ -42,10 +42,8 @@ async def test_cancelled_while_starting_never_hangs(steps: int) -> None:
         task = asyncio.create_task(CommandRunner().run(["cat"], stdin=b"x"))
         for _ in range(steps):
             await asyncio.sleep(0)
-        task.cancel()
         async with asyncio.timeout(10):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
 
 async def test_leaving_a_stream_unread_never_hangs() -> None:

@@ -1,13 +1,19 @@
-"""How the nftables mode cuts ``nft -j monitor``'s output into bursts."""
+"""How the nftables mode cuts ``nft -j monitor``'s output into bursts, and how the event-driven
+source ends when cancelled."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 
-from observer.dataplane.commands import CommandError
-from observer.dataplane.sources import BURST_QUIET_SECONDS, NftMonitor
+from observer.clock import SystemClock
+from observer.dataplane.commands import CommandError, CommandRunner
+from observer.dataplane.readers import NftablesReader
+from observer.dataplane.sources import BURST_QUIET_SECONDS, MonitorSource, NftMonitor
+from observer.episodes.model import EndpointKey, ServicePort
 
 
 async def test_a_burst_ends_after_a_quiet_gap_and_waits_for_a_half_written_line() -> None:
@@ -46,3 +52,68 @@ async def test_a_burst_ends_with_the_stream() -> None:
     assert [line for line in await monitor.burst() if line] == [b'{"add": 1}']
     with pytest.raises(CommandError, match="nft monitor ended"):
         await monitor.burst()
+
+
+class _SlowToStopEvents:
+    """Change events whose reader takes a while to unwind when cancelled (it holds the
+    cancellation until ``release`` is set), and that never delivers a burst."""
+
+    def __init__(self) -> None:
+        self.unwinding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def burst(self) -> list[bytes]:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.unwinding.set()
+            await self.release.wait()
+            raise
+        raise AssertionError("unreachable")
+
+
+class _InstantTables:
+    """A ruleset whose full read returns at once, with nothing in it."""
+
+    def __init__(self, events: _SlowToStopEvents) -> None:
+        self._events = events
+
+    @contextlib.asynccontextmanager
+    async def events(self, runner: CommandRunner) -> AsyncIterator[_SlowToStopEvents]:
+        yield self._events
+
+    def apply(self, burst: list[bytes]) -> bool:
+        return bool(burst)
+
+    async def load(self, runner: CommandRunner) -> None:
+        return None
+
+    def selection(self) -> tuple[dict[EndpointKey, bool], bool]:
+        return {}, True
+
+    def delta(self) -> tuple[dict[ServicePort, dict[EndpointKey, bool]], bool]:
+        return {}, True
+
+
+class _NoMetrics:
+    def scan(self, seconds: float) -> None: ...
+
+    def error(self, reason: str) -> None: ...
+
+    def drift(self, count: int) -> None: ...
+
+
+async def test_a_cancel_while_a_finished_read_stops_its_event_reader_ends_the_source() -> None:
+    """The full read ends first; while the source waits for the event reader it cancelled to
+    unwind, the source itself is cancelled. That cancellation must end it (it was once taken
+    for the reader's own and swallowed: the source ran on, and the agent never stopped)."""
+    events = _SlowToStopEvents()
+    source = MonitorSource(reader=NftablesReader(CommandRunner()),
+                           runner=CommandRunner(), clock=SystemClock(), metrics=_NoMetrics(),
+                           tables=_InstantTables(events))
+    task = asyncio.create_task(source.run(lambda change: None))
+    await events.unwinding.wait()  # the read is done; its event reader is being stopped
+    task.cancel()
+    events.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task

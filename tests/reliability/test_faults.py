@@ -13,7 +13,6 @@ docs/reliability.md has the table of what each fault did."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from observer.lab.config import Delay, LabConfig
 from observer.lab.controller import NAMESPACE
 from observer.lab.results import Accounting, accounting
 from observer.lab.scenario import Lab, LabRun
+from observer.tasks import cancel_and_wait
 
 NODES = 2
 DELETIONS = 60
@@ -118,11 +118,7 @@ async def with_fault(inject: Inject, clock: SystemClock | None = None) -> Outcom
         tasks.append(asyncio.create_task(faulty()))
 
     async def stop_tasks() -> None:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
 
     async def serve(run: LabRun) -> None:
         await stop_tasks()  # before the lab stops the agents: scraping ends while they serve

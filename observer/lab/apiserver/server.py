@@ -548,8 +548,7 @@ class ApiServer:
                     next_bookmark = now + self.bookmark_interval
                 wake_at = min(deadline, next_bookmark) if bookmarks else deadline
                 await watcher.wait(max(wake_at - now, 0.0))
-        except (ConnectionResetError, asyncio.CancelledError):
-            # The client went away; nothing to finish.
+        except ConnectionResetError:  # the client went away; nothing to finish
             return response
         finally:
             self.store.unwatch(watcher)
