@@ -239,7 +239,7 @@ def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     source = report.add_mutually_exclusive_group(required=True)
     source.add_argument("--prometheus", metavar="URL",
                         help="read the histograms through this Prometheus (production)")
-    source.add_argument("--agent", metavar="URL", nargs="+", dest="agents",
+    source.add_argument("--agent", metavar="URL", nargs="+", action="extend", dest="agents",
                         help="scrape these agents' /metrics directly and merge them (the lab, "
                              "small clusters); each agent is one node")
     report.add_argument("--kubeconfig", default=_env("KUBECONFIG"),

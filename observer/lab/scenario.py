@@ -285,14 +285,17 @@ class Lab:
 
     async def _deletions(self, run: LabRun) -> None:
         pending: set[asyncio.Task[None]] = set()  # only the unfinished: long runs stay bounded
-        for i in range(self.config.deletions):
-            workload = ("careful", "hasty")[i % 2]
-            rolling = i % 4 != 3
-            task = asyncio.create_task(self._replace(workload, run.nodes, rolling))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            await asyncio.sleep(self.config.spacing)
-        await asyncio.gather(*pending)
+        try:
+            for i in range(self.config.deletions):
+                workload = ("careful", "hasty")[i % 2]
+                rolling = i % 4 != 3
+                task = asyncio.create_task(self._replace(workload, run.nodes, rolling))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                await asyncio.sleep(self.config.spacing)
+            await asyncio.gather(*pending)
+        finally:  # cancelled (or one failed): the others end with it
+            await cancel_and_wait(*pending)
         # Every episode ends: the pods are gone and every agent has finished with them.
         await self._until(lambda: all(e.stopped is not None
                                       for e in self.truth.episodes.values()),

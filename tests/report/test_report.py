@@ -4,11 +4,14 @@ way the inputs can fail — a message and a documented exit code, never a traceb
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import io
 import json
 import math
 import re
-from collections.abc import AsyncIterator, Callable
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +293,40 @@ def test_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -
         cli.main(argv)
     assert exited.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("form", ["repeated", "listed"])
+async def test_every_agent_is_read_however_they_are_given(
+        agents: Agents, apiserver: ApiServer, kubeconfig: Path, form: str) -> None:
+    """``--agent A --agent B`` once kept only B (15 deletions: refused below the minimum of
+    20); ``--agent A B`` always worked. The console command itself, both ways."""
+    urls = [await agents.add(observations(controller=[0.1] * 15, dataplane=[0.2] * 15))
+            for _ in range(2)]
+    given = (["--agent", urls[0], "--agent", urls[1]] if form == "repeated"
+             else ["--agent", *urls])
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "observer"), "report", *given, "--kubeconfig",
+        str(kubeconfig), "--json", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["recommendation"]["source"].startswith("2 agent(s),")
+
+
+def test_no_option_that_takes_several_values_keeps_only_the_last_use() -> None:
+    """Every option of every command that takes a list adds to it when repeated."""
+    def parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    listed = [(action.option_strings, type(action).__name__)
+              for parser in parsers(cli._parser()) for action in parser._actions
+              if action.option_strings and action.nargs in ("+", "*")]
+    assert listed  # --agent at least
+    assert all(kind == "_ExtendAction" for _, kind in listed), listed
 
 
 def test_quantile_is_promqls() -> None:
