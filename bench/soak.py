@@ -7,8 +7,8 @@ Runs the lab with short delays so deletions follow each other quickly (the API s
 EndpointSlice controller, kubelets and kube-proxies with the in-memory dataplane, a real agent
 per node, all in this process) and samples, every second: the process's RSS, the episodes in
 flight across the agents, open file descriptors and asyncio tasks. Episodes are counted from
-the agents' own metrics: measured (a dataplane stage observed), kept by kube-proxy's fallback,
-or abandoned with a reason. Results: docs/reliability.md.
+the agents' own metrics: ``episodes_total{outcome}`` (measured, partial, abandoned, fallback)
+and those in flight. Results: docs/reliability.md.
 """
 
 from __future__ import annotations

@@ -36,6 +36,8 @@ class AgentConfig:
     listen: tuple[str, int] = ("127.0.0.1", 9809)
     episode_ttl: float = 600.0
     max_in_flight: int = 10_000
+    # Seconds: a stage whose watch readings are less precise than this is not observed.
+    max_stage_uncertainty: float = 0.05
     keep_finished: int = 500
     debug_endpoints: bool = True
     housekeeping_interval: float = 1.0
@@ -65,7 +67,8 @@ class Agent:
             measure_dataplane=dataplane is not None,
             dataplane_selected=dataplane.selected if dataplane is not None else None,
             ttl=config.episode_ttl, max_in_flight=config.max_in_flight,
-            keep_finished=config.keep_finished, index_endpoints=self.proxy_mode == "ipvs")
+            keep_finished=config.keep_finished, index_endpoints=self.proxy_mode == "ipvs",
+            max_stage_uncertainty=config.max_stage_uncertainty)
         def watch(feed: SliceFeed | PodFeed, request: Requester, *, field_selector: str = "",
                   label_selector: str = "") -> ResourceWatch:
             return ResourceWatch(resource=feed.resource, request=request, sink=feed,

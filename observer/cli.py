@@ -95,6 +95,12 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                      default=float(_env("WATCH_INACTIVITY_TIMEOUT", "90") or 90),
                      help="seconds without any watch line (bookmarks included) before a "
                           "stream is treated as stalled and resumed")
+    run.add_argument("--max-stage-uncertainty", type=positive_float,
+                     default=float(_env("MAX_STAGE_UNCERTAINTY", "0.05") or 0.05),
+                     help="a stage whose watch readings may be further than this many seconds "
+                          "from when things happened (events received on catch-up after a "
+                          "watch reconnected) is not observed but counted as unmeasured "
+                          "(default 0.05)")
     run.add_argument("--debug-endpoints", action=argparse.BooleanOptionalAction,
                      default=_env("DEBUG_ENDPOINTS", "true") == "true",
                      help="serve /debug/episodes and the /timeline page drawing them "
@@ -128,6 +134,7 @@ async def _run_agent(args: argparse.Namespace) -> int:
     settings = AgentConfig(
         node_name=args.node_name, listen=args.listen, episode_ttl=args.episode_ttl,
         max_in_flight=args.max_in_flight, debug_endpoints=args.debug_endpoints,
+        max_stage_uncertainty=args.max_stage_uncertainty,
         terminal_pod_watch=args.terminal_pod_watch,
         watch=WatchSettings(inactivity_timeout=args.watch_inactivity_timeout))
     clock = SystemClock()

@@ -125,6 +125,14 @@ def overview() -> dict[str, Any]:
               "p99 app exit after SIGTERM (6h)",
               "Pod shutdown minus its preStop: what the grace period must cover beyond the "
               "preStop."),
+        _stat(f'sum(increase(endpoint_propagation_episodes_total{{outcome="measured", {SEL}}}'
+              f"[6h])) / sum(increase(endpoint_propagation_episodes_total{{{SEL}}}[6h]))",
+              "Episodes measured in full (6h)",
+              "Share of ended episodes with every stage timed. The rest: partial (a stage "
+              "not seen, or seen only on a watch's catch-up after a gap), abandoned, or kept "
+              "by kube-proxy's fallback (Agent health dashboard). Below 80 % the "
+              "recommendation rests on a biased sample: `observer report` warns.",
+              unit="percentunit"),
         {"type": "text", "title": "What workloads have configured",
          "description": "Per-workload preStop and grace periods are not metrics.",
          "options": {"mode": "markdown", "content":
@@ -159,7 +167,7 @@ def overview() -> dict[str, Any]:
          _query_variable("node", "Node", 'label_values(endpoint_propagation_build_info'
                                          '{proxy_mode=~"$proxy_mode"}, node)'),
          _cause_variable()],
-        _layout(panels, [5, 5, 5, 5, 4, 12, 12, 12, 12, 12, 12]))
+        _layout(panels, [4, 4, 4, 4, 4, 4, 12, 12, 12, 12, 12, 12]))
 
 
 def node() -> dict[str, Any]:
@@ -219,6 +227,15 @@ def health() -> dict[str, Any]:
         _counter(f"sum by (reason) (increase(endpoint_propagation_abandoned_total{{{SEL}}}"
                  "[$__rate_interval]))", "{{reason}}", "Abandoned episodes",
                  "ready_again, watch_gap, ttl, in_flight_cap."),
+        _counter(f"sum by (outcome) (increase(endpoint_propagation_episodes_total{{{SEL}}}"
+                 "[$__rate_interval]))", "{{outcome}}", "Episodes by outcome",
+                 "Every ended episode once: measured, partial, abandoned, fallback."),
+        _counter(f"sum by (stage, reason) (increase("
+                 f"endpoint_propagation_stage_unmeasured_total{{{SEL}}}[$__rate_interval]))",
+                 "{{stage}} {{reason}}", "Stages not timed",
+                 "Stages of partial episodes: not_seen (a reading never came), uncertain (a "
+                 "watch reading came on catch-up after a gap wider than "
+                 "--max-stage-uncertainty), untracked (never selected here)."),
         _counter(f"sum by (resource, reason) (increase("
                  f"endpoint_propagation_invalid_input_total{{{SEL}}}[$__rate_interval]))",
                  "{{resource}} {{reason}}", "Invalid input",
@@ -238,7 +255,7 @@ def health() -> dict[str, Any]:
         "observer-health", "observer / Agent health",
         "Is every agent watching, reading its dataplane, and keeping up?",
         [_query_variable("node", "Node", "label_values(endpoint_propagation_build_info, node)")],
-        _layout(panels, [12] * 10))
+        _layout(panels, [12] * 12))
 
 
 DASHBOARDS = {"observer-overview.json": overview, "observer-node.json": node,

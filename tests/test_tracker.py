@@ -76,6 +76,62 @@ def test_slice_update_before_pod_event_clamps_controller_to_zero(clock: ManualCl
     assert rec.shutdowns == [(2.0, 0)]
 
 
+def test_a_deletion_received_on_catch_up_times_no_stage_from_it(clock: ManualClock) -> None:
+    """The pod watch was away: the deletion arrives 0.5 s late, after the slice update, and
+    says so (its precision is the gap). Its controller stage would have come out 0 s; it is
+    not timed but counted; the dataplane stage, on live readings, is."""
+    rec = Recorder()
+    t = tracker(clock, rec)
+    t.slices_listed([eps()], t.now("slice_watch"), relist=False)
+    t.pods_listed([pod()], t.now("pod_watch"), relist=False)
+    clock.advance(1)
+    t.slice_changed(eps(ready=False, terminating=True), t.now("slice_watch"))
+    clock.advance(0.5)
+    t.pod_changed(pod(deleting=True), t.now("pod_watch", precision=1.5))
+    t.dataplane_changed(DataplaneChange(KEY, False, t.now("dataplane", 0.001)))
+    clock.advance(1)
+    t.pod_changed(pod(deleting=True, terminated=True), t.now("pod_watch"))
+    (episode,) = rec.finished_episodes
+    assert episode.stages == {"dataplane": 0.5}
+    assert episode.unmeasured == {"controller": "uncertain", "total": "uncertain"}
+    assert episode.headroom == 1.0
+    assert episode.outcome == "partial"
+
+
+def test_a_deletion_never_seen_on_the_pods_node_is_partial(clock: ManualClock) -> None:
+    """The endpoint went and the pod stopped while this node's pod watch saw nothing of it."""
+    rec = Recorder()
+    t = tracker(clock, rec)
+    t.slices_listed([eps()], t.now("slice_watch"), relist=False)
+    clock.advance(1)
+    t.slice_changed(eps(ready=False, terminating=True), t.now("slice_watch"))
+    clock.advance(0.25)
+    t.dataplane_changed(DataplaneChange(KEY, False, t.now("dataplane", 0.001)))
+    t.slice_changed(EndpointSlice("ns", "web-1", "web", "IPv4", (PortRef("http", 80, "TCP"),),
+                                  (), "2"), t.now("slice_watch"))  # the endpoint is gone
+    (episode,) = rec.finished_episodes
+    assert episode.stages == {"dataplane": 0.25}
+    assert episode.unmeasured == {"controller": "not_seen", "total": "not_seen"}
+    assert episode.outcome == "partial"
+
+
+def test_a_stage_within_the_uncertainty_is_timed(clock: ManualClock) -> None:
+    rec = Recorder()
+    t = EpisodeTracker(node_name="node-a", clock=clock, sink=rec, measure_dataplane=True,
+                       max_stage_uncertainty=0.05)
+    t.slices_listed([eps(node="node-b")], t.now("slice_watch"), relist=False)
+    clock.advance(1)
+    t.slice_changed(eps(ready=False, terminating=True, node="node-b"),
+                    t.now("slice_watch", precision=0.05))
+    clock.advance(0.5)
+    t.dataplane_changed(DataplaneChange(KEY, False, t.now("dataplane", 2.0)))  # a poll's
+    t.slice_changed(EndpointSlice("ns", "web-1", "web", "IPv4", (PortRef("http", 80, "TCP"),),
+                                  (), "2"), t.now("slice_watch"))
+    (episode,) = rec.finished_episodes
+    assert episode.stages == {"dataplane": 0.5}
+    assert episode.outcome == "measured"
+
+
 def test_pod_relist_that_missed_a_deletion_is_a_gap(clock: ManualClock) -> None:
     rec = Recorder()
     t = tracker(clock, rec)

@@ -64,8 +64,8 @@ class _Feed(ABC, Generic[T]):
         pending, self._pending = self._pending, []
         self._listed(pending, self.tracker.now(self.source), relist)
 
-    def event(self, event_type: str, obj: dict[str, Any]) -> None:
-        at = self.tracker.now(self.source)
+    def event(self, event_type: str, obj: dict[str, Any], *, precision: float) -> None:
+        at = self.tracker.now(self.source, precision)
         item = self._parse(obj)
         if item is not None:
             (self._deleted if event_type == "DELETED" else self._changed)(item, at)

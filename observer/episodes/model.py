@@ -17,6 +17,15 @@ Cause = Literal["deletion", "not_ready"]
 AbandonReason = Literal["ready_again", "watch_gap", "ttl", "in_flight_cap"]
 ABANDON_REASONS: tuple[AbandonReason, ...] = ("ready_again", "watch_gap", "ttl", "in_flight_cap")
 
+# The stages of an episode (observer/episodes/stages.py), the reasons one can go unmeasured,
+# and how an episode ended. Closed sets: they are metric labels.
+Stage = Literal["controller", "dataplane", "total", "termination"]
+STAGES: tuple[Stage, ...] = ("controller", "dataplane", "total", "termination")
+UnmeasuredReason = Literal["not_seen", "uncertain", "untracked"]
+UNMEASURED_REASONS: tuple[UnmeasuredReason, ...] = ("not_seen", "uncertain", "untracked")
+Outcome = Literal["measured", "partial", "abandoned", "fallback"]
+OUTCOMES: tuple[Outcome, ...] = ("measured", "partial", "abandoned", "fallback")
+
 # Where a timestamp came from. Watch receipts are when this process read the event off the
 # stream; dataplane times are when a reader noticed the change (precision: its poll interval,
 # or the netlink notification latency).
@@ -83,13 +92,28 @@ class Episode:
     dataplane_untracked: bool = False  # not selected here when it started: nothing to time
     gap: bool = False  # a watch gap hid part of its history; it will be abandoned
     abandoned: AbandonReason | None = None
-    stages: dict[str, float] = field(default_factory=dict)
+    ended: bool = False  # finished or abandoned
+    stages: dict[Stage, float] = field(default_factory=dict)
     unsafe_window: float | None = None
     headroom: float | None = None
+    unmeasured: dict[Stage, UnmeasuredReason] = field(default_factory=dict)
 
     @property
     def unsafe(self) -> bool:
         return self.unsafe_window is not None
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """How it ended (None while in flight): every stage due was timed (``measured``), some
+        could not be (``partial``: ``unmeasured`` says which and why), ``abandoned``, or kept by
+        kube-proxy's ``fallback``."""
+        if self.abandoned is not None:
+            return "abandoned"
+        if not self.ended:
+            return None
+        if self.fallback:
+            return "fallback"
+        return "partial" if self.unmeasured else "measured"
 
     def to_dict(self) -> dict[str, Any]:
         stamps = {name: getattr(self, name) for name in ("deleted", "not_ready", "dataplane",
@@ -102,8 +126,9 @@ class Episode:
             "api_delete_requested": self.api_delete_requested,
             "fallback": self.fallback,
             "outcome": f"abandoned:{self.abandoned}" if self.abandoned else (
-                "measured" if self.stages or self.unsafe_window is not None else "in_flight"),
+                self.outcome or "in_flight"),
             "stages_seconds": {k: round(v, 6) for k, v in self.stages.items()},
+            "unmeasured": dict(self.unmeasured),
             "unsafe": self.unsafe,
             "unsafe_window_seconds": self.unsafe_window,
             "headroom_seconds": self.headroom,

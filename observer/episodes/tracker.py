@@ -12,10 +12,7 @@ Ready stops being Ready (or leaves every slice). Then, each from this process's 
   failed, which a well-behaved app does on SIGTERM while it still serves (counting it made
   other nodes report unsafe terminations that did not happen; docs/lab.md).
 
-Stages: ``controller = not_ready - deleted``, ``dataplane = dataplane - not_ready``,
-``total = dataplane - deleted``. A stage whose two readings come from different watches can
-come out negative when one stream lags the other; it is recorded as 0 (the true value cannot be
-negative). Unsafe: ``stopped`` before ``dataplane``; headroom: ``stopped - dataplane``.
+Once an episode has what it waits for, its stages are timed in ``observer.episodes.stages``.
 
 kube-proxy falls back to serving-and-terminating endpoints when a service port has no Ready
 endpoint left (``pkg/proxy/topology.go`` CategorizeEndpoints, KEP-1669). Such an endpoint
@@ -43,6 +40,7 @@ from observer.episodes.model import (
     Source,
     Timestamp,
 )
+from observer.episodes.stages import time_stages
 from observer.kube.objects import Endpoint, EndpointSlice, Pod
 
 ServiceId = tuple[str, str]  # (namespace, service name)
@@ -81,8 +79,10 @@ class EpisodeTracker:
                  measure_dataplane: bool,
                  dataplane_selected: Callable[[EndpointKey], bool | None] | None = None,
                  ttl: float = 600.0, max_in_flight: int = 10_000,
-                 keep_finished: int = 500, index_endpoints: bool = False) -> None:
+                 keep_finished: int = 500, index_endpoints: bool = False,
+                 max_stage_uncertainty: float = 0.05) -> None:
         self.node_name = node_name
+        self.max_stage_uncertainty = max_stage_uncertainty
         self.clock = clock
         self.sink = sink
         self.measure_dataplane = measure_dataplane
@@ -323,26 +323,15 @@ class EpisodeTracker:
         if episode.gap:
             self._abandon(episode, "watch_gap")
             return
-        if episode.deleted is not None:
-            episode.stages["controller"] = max(0.0, episode.not_ready.mono - episode.deleted.mono)
-        if self._needs_dataplane(episode) and episode.dataplane is not None:
-            dataplane = episode.dataplane.mono
-            episode.stages["dataplane"] = max(0.0, dataplane - episode.not_ready.mono)
-            if episode.deleted is not None:
-                episode.stages["total"] = max(0.0, dataplane - episode.deleted.mono)
-            if episode.cause == "deletion" and episode.stopped is not None:
-                # Termination safety: a pod that merely failed readiness was not terminated.
-                gap = episode.stopped.mono - dataplane
-                if gap < 0:
-                    episode.unsafe_window = -gap
-                else:
-                    episode.headroom = gap
+        time_stages(episode, measure_dataplane=self.measure_dataplane,
+                    max_uncertainty=self.max_stage_uncertainty)
+        episode.ended = True
         self._forget(episode)
         self.finished.append(episode)
         self.sink.finished(episode)
 
     def _abandon(self, episode: Episode, reason: AbandonReason) -> None:
-        episode.abandoned = reason
+        episode.abandoned, episode.ended = reason, True
         self._forget(episode)
         self.finished.append(episode)
         self.sink.abandoned(reason, episode)

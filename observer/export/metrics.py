@@ -17,7 +17,14 @@ from prometheus_client.registry import Collector
 
 from observer import __version__
 from observer.dataplane.commands import ERROR_REASONS
-from observer.episodes.model import ABANDON_REASONS, AbandonReason, Episode
+from observer.episodes.model import (
+    ABANDON_REASONS,
+    OUTCOMES,
+    STAGES,
+    UNMEASURED_REASONS,
+    AbandonReason,
+    Episode,
+)
 from observer.kube.watch import RESTART_REASONS
 
 log = structlog.get_logger("observer.episodes")
@@ -28,7 +35,7 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 
                     20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0)
 SHUTDOWN_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
                     90.0, 120.0, 180.0, 300.0, 600.0)
-RESOURCES = ("pods", "endpointslices")
+RESOURCES = ("pods", "terminal_pods", "endpointslices")
 INVALID_INPUT_REASONS = ("malformed", "malformed_event", "no_service_label",
                          "unsupported_address_type", "duplicate_endpoint", "no_target_ref")
 
@@ -60,6 +67,19 @@ class AgentMetrics:
             f"{p}headroom_seconds",
             "How long a pod kept serving after this node's dataplane stopped selecting it: "
             "preStop delay that was not needed.", buckets=DURATION_BUCKETS, registry=registry)
+        self.episodes_total = Counter(
+            f"{p}episodes",
+            "Episodes that ended, by outcome: measured (every stage due was timed), partial "
+            "(ended, but a stage could not be timed: see stage_unmeasured_total), abandoned, "
+            "fallback (kept by kube-proxy's fallback). Deletions seen = their sum + in_flight.",
+            ["outcome"], registry=registry)
+        self.stage_unmeasured_total = Counter(
+            f"{p}stage_unmeasured",
+            "Stages of ended episodes that could not be timed, by stage (controller, dataplane, "
+            "total, termination: the unsafe/headroom verdict) and reason (not_seen: a reading "
+            "never arrived; uncertain: a watch reading was received on catch-up after a gap, "
+            "its bound wider than --max-stage-uncertainty; untracked: this node's dataplane "
+            "never selected the endpoint).", ["stage", "reason"], registry=registry)
         self.abandoned_total = Counter(
             f"{p}abandoned",
             "Episodes that ended without a measurement, by reason (ready_again, watch_gap, ttl, "
@@ -95,6 +115,11 @@ class AgentMetrics:
             "Objects or parts of objects the agent could not use, by resource and reason.",
             ["resource", "reason"], registry=registry)
         # Every bounded label value exists from the start: dashboards see zeros, not gaps.
+        for outcome in OUTCOMES:
+            self.episodes_total.labels(outcome)
+        for stage in STAGES:
+            for why in UNMEASURED_REASONS:
+                self.stage_unmeasured_total.labels(stage, why)
         for abandon in ABANDON_REASONS:
             self.abandoned_total.labels(abandon)
         for resource in RESOURCES:
@@ -114,10 +139,16 @@ class AgentMetrics:
             self.unsafe_window.observe(episode.unsafe_window)
         if episode.headroom is not None:
             self.headroom.observe(episode.headroom)
+        for stage, why in episode.unmeasured.items():
+            self.stage_unmeasured_total.labels(stage, why).inc()
+        outcome = episode.outcome
+        assert outcome is not None, "a finished episode has ended"
+        self.episodes_total.labels(outcome).inc()
         log.info("episode finished", **_log_fields(episode))
 
     def abandoned(self, reason: AbandonReason, episode: Episode | None) -> None:
         self.abandoned_total.labels(reason).inc()
+        self.episodes_total.labels("abandoned").inc()
         if episode is not None:
             log.info("episode abandoned", reason=reason, **_log_fields(episode))
         else:
@@ -190,6 +221,7 @@ def _log_fields(episode: Episode) -> dict[str, object]:
         "fallback": episode.fallback, "unsafe": episode.unsafe,
     }
     fields.update({f"{stage}_seconds": round(v, 6) for stage, v in episode.stages.items()})
+    fields.update({f"{stage}_unmeasured": why for stage, why in episode.unmeasured.items()})
     if episode.unsafe_window is not None:
         fields["unsafe_window_seconds"] = round(episode.unsafe_window, 6)
     if episode.headroom is not None:

@@ -11,6 +11,16 @@
    corrupted line may have swallowed a real event. An event whose *object* the agent cannot
    use is counted and skipped instead: the server would send the same object again.
 
+A resumed stream first replays what happened while no stream was open (the catch-up): those
+events were received late, at some moment after the last line of the stream before. Each event
+is handed over with how long before its receipt it may have happened (its precision): 0 on a
+live stream, the time since the last line before the gap for a catch-up event. Which events are
+catch-up is told by the resourceVersion: before resuming, a list of one item gives the current
+one, and events up to it happened during the gap (versions of one resource compare as integers:
+KEP-5504, GA in Kubernetes 1.35, and etcd revisions before that; "Resource versions" in
+api-concepts). One small request per reconnect buys stages that are never timed from a late
+receipt as if it were live.
+
 Requests go through kubernetes_asyncio's generated API functions (its configuration, auth and
 TLS) with ``_preload_content=False``: the agent parses the JSON itself into plain dicts, which
 is several times faster than building the generated model objects and keeps unknown fields.
@@ -91,8 +101,9 @@ class WatchSink(Protocol):
         """The pages since the first one are a complete, consistent list; ``relist`` after a
         gap in the watch."""
 
-    def event(self, event_type: str, obj: dict[str, Any]) -> None:
-        """One ADDED, MODIFIED or DELETED event."""
+    def event(self, event_type: str, obj: dict[str, Any], *, precision: float) -> None:
+        """One ADDED, MODIFIED or DELETED event, received now; ``precision``: how many seconds
+        before now it may have happened (0 live, the gap's length on catch-up)."""
 
 
 class WatchMetrics(Protocol):
@@ -111,6 +122,13 @@ class WatchSettings:
     page_size: int = 500  # list in chunks of this many items (limit/continue)
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+
+
+def _version_number(version: object) -> int | None:
+    """A resourceVersion as the integer it is on Kubernetes (KEP-5504); None if it is not."""
+    if isinstance(version, str) and version.isdigit() and not version.startswith("0"):
+        return int(version)
+    return None
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -144,6 +162,11 @@ class ResourceWatch:
         self.last_event_wall: float | None = None
         self._listed_once = False
         self._version = ""
+        # Monotonic time of the last sign that the stream delivered: a line, or a list's end.
+        self._alive = clock.monotonic()
+        # On a resumed stream: (the gap's start, the last version of the catch-up; None if the
+        # server's versions are not integers: then every event of the stream is catch-up).
+        self._catch_up: tuple[float, int | None] | None = None
 
     @property
     def version(self) -> str:
@@ -225,18 +248,36 @@ class ResourceWatch:
                 version = str(meta.get("resourceVersion", ""))
                 break
         self._version = version
+        self._alive, self._catch_up = self.clock.monotonic(), None
         self.sink.listed(relist=self._listed_once)
         self._listed_once = True
         self.synced.set()
         self.last_event_wall = self.clock.wall()
+
+    async def _mark_catch_up(self) -> None:
+        """Before resuming after a gap: where the events that happened during it end (the
+        current resourceVersion, from a list of one item)."""
+        gap_start = self._alive
+        response = await self._get(limit=1, _request_timeout=self.settings.request_timeout)
+        try:
+            body = json.loads(await response.read())
+        finally:
+            response.release()
+        meta = body.get("metadata") if isinstance(body, dict) else None
+        version = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        self._catch_up = (gap_start, _version_number(version))
 
     # layer 2 ---------------------------------------------------------------------------------
 
     async def _watch_from(self) -> None:
         """Watch from the listed version for ever; only ``Expired`` gets out."""
         delay = self.settings.backoff_initial
+        resumed = False  # the first stream follows the list: nothing to catch up
         while True:
             try:
+                if resumed:
+                    await self._mark_catch_up()
+                resumed = True
                 await self._stream()
                 self._restart("closed")  # the server ended the request (timeoutSeconds)
                 delay = self.settings.backoff_initial
@@ -294,12 +335,27 @@ class ResourceWatch:
         if event_type not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
             self._malformed(line, f"unknown event type {event_type!r}")
             raise Corrupted(f"unknown event type {event_type!r}")
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        precision = self._precision(version)
         if event_type != "BOOKMARK":
             self.metrics.event(self.resource)
-            self.sink.event(event_type, obj)
-        version = (obj.get("metadata") or {}).get("resourceVersion")
+            self.sink.event(event_type, obj, precision=precision)
         if version:
             self._version = str(version)
+        self._alive = self.clock.monotonic()
+
+    def _precision(self, version: object) -> float:
+        """How long before now an event of this version may have happened: the gap's length
+        for one of the catch-up, else 0. Events come in version order, so the first one past
+        the catch-up (a bookmark too) ends it."""
+        if self._catch_up is None:
+            return 0.0
+        gap_start, last = self._catch_up
+        number = _version_number(version)
+        if last is not None and number is not None and number > last:
+            self._catch_up = None
+            return 0.0
+        return self.clock.monotonic() - gap_start
 
     def _malformed(self, line: bytes, why: str) -> None:
         self.metrics.malformed(self.resource)

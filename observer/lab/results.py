@@ -171,17 +171,23 @@ def recommend(controller: list[float],
 
 @dataclass
 class Accounting:
-    """What the agents did with the episodes they saw, from their own metrics: measured (a
-    dataplane stage observed), kept by kube-proxy's fallback, or abandoned with a reason — the
-    accounting rule of docs/reliability.md."""
+    """What the agents did with the episodes they saw, from their own metrics
+    (``episodes_total{outcome}``, ``abandoned_total{reason}``, ``stage_unmeasured_total``,
+    ``in_flight``) — the accounting identity of docs/reliability.md: episodes seen = the sum of
+    the outcomes + those in flight."""
 
-    measured: int = 0
-    fallback: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
     abandoned: dict[str, int] = field(default_factory=dict)
+    unmeasured: dict[tuple[str, str], int] = field(default_factory=dict)  # (stage, reason)
+    in_flight: int = 0
+
+    @property
+    def measured(self) -> int:
+        return self.outcomes.get("measured", 0)
 
     @property
     def episodes(self) -> int:
-        return self.measured + self.fallback + sum(self.abandoned.values())
+        return sum(self.outcomes.values()) + self.in_flight
 
 
 def accounting(registries: Iterable[CollectorRegistry]) -> Accounting:
@@ -189,12 +195,16 @@ def accounting(registries: Iterable[CollectorRegistry]) -> Accounting:
     for registry in registries:
         for family in registry.collect():
             for sample in family.samples:
-                if sample.name == "endpoint_propagation_duration_seconds_count" and \
-                        sample.labels.get("stage") == "dataplane":
-                    out.measured += int(sample.value)
-                elif sample.name == "endpoint_propagation_fallback_total":
-                    out.fallback += int(sample.value)
+                value = int(sample.value)
+                if sample.name == "endpoint_propagation_episodes_total":
+                    outcome = sample.labels["outcome"]
+                    out.outcomes[outcome] = out.outcomes.get(outcome, 0) + value
                 elif sample.name == "endpoint_propagation_abandoned_total":
                     reason = sample.labels["reason"]
-                    out.abandoned[reason] = out.abandoned.get(reason, 0) + int(sample.value)
+                    out.abandoned[reason] = out.abandoned.get(reason, 0) + value
+                elif sample.name == "endpoint_propagation_stage_unmeasured_total" and value:
+                    which = (sample.labels["stage"], sample.labels["reason"])
+                    out.unmeasured[which] = out.unmeasured.get(which, 0) + value
+                elif sample.name == "endpoint_propagation_in_flight":
+                    out.in_flight += value
     return out

@@ -111,6 +111,8 @@ def to_json(rec: Recommendation, advice: Sequence[ContainerAdvice],
             "slowest_node": rec.slowest_node, "dataplane_seconds_by_node": rec.nodes,
             "app_shutdown_seconds": rec.app_shutdown,
             "app_shutdown_pods": round(rec.app_shutdown_pods),
+            "episodes_by_outcome": {k: round(v) for k, v in sorted(evidence.outcomes.items())},
+            "measured_share": evidence.measured_share,
             "source": evidence.source, "warnings": evidence.warnings,
         },
         "workloads": [a.to_dict() for a in advice],
@@ -134,6 +136,10 @@ def _seconds(value: float | None) -> str:
 def to_text(rec: Recommendation, advice: Sequence[ContainerAdvice], evidence: Evidence, *,
             colour: bool = False) -> str:
     lines = [summary(rec, advice), f"  basis: {rec.basis}", f"  source: {evidence.source}"]
+    if (share := evidence.measured_share) is not None:
+        counts = ", ".join(f"{outcome} {round(n)}" for outcome, n in
+                           sorted(evidence.outcomes.items()) if n)
+        lines.append(f"  episodes: {share:.0%} measured in full ({counts})")
     if rec.app_shutdown is not None:
         lines.append(f"  apps exit p{rec.quantile * 100:g} {rec.app_shutdown:.2f} s after "
                      f"SIGTERM ({round(rec.app_shutdown_pods)} pods): grace periods are "

@@ -6,7 +6,10 @@ What is read (metric names from docs/metrics.md):
 - ``controller``: ``endpoint_propagation_duration_seconds{stage="controller"}``, cluster-wide
   (each deletion is measured once, on the pod's node);
 - ``dataplane``: ``…{stage="dataplane"}`` per node (every node measures every episode);
-- ``app_shutdown``: ``endpoint_propagation_app_shutdown_seconds``, cluster-wide.
+- ``app_shutdown``: ``endpoint_propagation_app_shutdown_seconds``, cluster-wide;
+- ``outcomes``: ``endpoint_propagation_episodes_total`` by outcome, every node: how many of
+  the episodes that ended were measured in full — the sample the quantiles come from. When
+  that share is low the report says so (``LOW_MEASURED_SHARE``).
 
 Both causes (deletion, readiness lost) count: propagation does not depend on why an endpoint
 stopped being ready. Agents' counters run from each agent's start; Prometheus reads the
@@ -27,6 +30,10 @@ from observer.report.histograms import Histogram
 
 DURATION = "endpoint_propagation_duration_seconds"
 APP_SHUTDOWN = "endpoint_propagation_app_shutdown_seconds"
+EPISODES = "endpoint_propagation_episodes"
+# Below this share of ended episodes measured in full, the report warns: the quantiles then come
+# from a sample that may not be like the rest (e.g. deletions during API server trouble).
+LOW_MEASURED_SHARE = 0.8
 _TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
@@ -39,8 +46,26 @@ class Evidence:
     controller: Histogram = field(default_factory=Histogram)
     dataplane: dict[str, Histogram] = field(default_factory=dict)  # by node
     app_shutdown: Histogram = field(default_factory=Histogram)
+    outcomes: dict[str, float] = field(default_factory=dict)  # ended episodes by outcome
     source: str = ""
     warnings: list[str] = field(default_factory=list)  # partial data, said out loud
+
+    @property
+    def measured_share(self) -> float | None:
+        """Of the episodes that ended, the share measured in full (None: none ended)."""
+        ended = sum(self.outcomes.values())
+        return self.outcomes.get("measured", 0.0) / ended if ended else None
+
+    def check_measured_share(self) -> None:
+        """Warn, with the counts, when too few episodes were measured in full."""
+        share = self.measured_share
+        if share is not None and share < LOW_MEASURED_SHARE:
+            others = ", ".join(f"{outcome} {round(n)}" for outcome, n in
+                               sorted(self.outcomes.items()) if outcome != "measured" and n)
+            self.warnings.append(
+                f"only {share:.0%} of the {round(sum(self.outcomes.values()))} episodes that "
+                f"ended were measured in full ({others}): the quantiles rest on the rest; "
+                "see stage_unmeasured_total and abandoned_total (Agent health dashboard)")
 
 
 def _le(value: str) -> float:
@@ -54,6 +79,12 @@ def parse_agent_metrics(text: str, node: str, into: Evidence) -> None:
     except ValueError as error:
         raise EvidenceError(f"not Prometheus text exposition: {error}") from None
     for family in families:
+        if family.name == EPISODES:
+            for sample in family.samples:
+                if sample.name == f"{EPISODES}_total" and "outcome" in sample.labels:
+                    outcome = sample.labels["outcome"]
+                    into.outcomes[outcome] = into.outcomes.get(outcome, 0.0) + sample.value
+            continue
         if family.name not in (DURATION, APP_SHUTDOWN):
             continue
         for sample in family.samples:
@@ -90,6 +121,7 @@ async def from_agents(urls: Sequence[str], session: aiohttp.ClientSession) -> Ev
         raise EvidenceError("no agent answered: " + "; ".join(evidence.warnings))
     if evidence.warnings:
         evidence.source += f" ({answered} of {len(urls)} answered)"
+    evidence.check_measured_share()
     return evidence
 
 
@@ -156,10 +188,16 @@ async def from_prometheus(url: str, window: str, node_label: str,
     dataplane = await prometheus.query(
         increase(DURATION, 'stage="dataplane"', f"{node_label}, le"))
     app = await prometheus.query(increase(APP_SHUTDOWN, "", "le"))
-    return Evidence(
+    outcomes = await prometheus.query(
+        f"sum by (outcome) (increase({EPISODES}_total[{window}]))")
+    evidence = Evidence(
         controller=_buckets(controller, None).get("", Histogram()),
         dataplane={node or f"(no {node_label} label)": h
                    for node, h in _buckets(dataplane, node_label).items()},
         app_shutdown=_buckets(app, None).get("", Histogram()),
+        outcomes={labels.get("outcome", ""): value for labels, value in outcomes
+                  if not math.isnan(value)},
         source=f"Prometheus {prometheus.url}, increase over {window}",
         warnings=[f"Prometheus: {w}" for w in prometheus.warnings])
+    evidence.check_measured_share()
+    return evidence

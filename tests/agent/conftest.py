@@ -29,11 +29,14 @@ async def env(apiserver: ApiServer, kubeconfig: Path, clock: ManualClock,
     configuration = await client_configuration(kubeconfig)
     dataplane = MemoryDataplane(clock=clock, mode="nftables")
     sleeps: list[float] = []
+    reconnects = asyncio.Event()  # cleared by a test: backoffs wait until it is set again
+    reconnects.set()
 
     async def fast_sleep(seconds: float) -> None:
         # Backoff waits are recorded, not waited out: the test checks what was asked for.
         sleeps.append(seconds)
         await asyncio.sleep(0.01)
+        await reconnects.wait()
 
     async with client.ApiClient(configuration) as api:
         agent = Agent(config=agent_config, api=api, clock=clock, dataplane=dataplane,
@@ -42,7 +45,7 @@ async def env(apiserver: ApiServer, kubeconfig: Path, clock: ManualClock,
         task = asyncio.create_task(agent.run(stop))
         try:
             await until(agent.ready, "agent ready")
-            yield AgentEnv(agent, dataplane, Cluster(apiserver), api, sleeps)
+            yield AgentEnv(agent, dataplane, Cluster(apiserver), api, sleeps, reconnects)
         finally:
             stop.set()
             await asyncio.wait_for(task, 10)

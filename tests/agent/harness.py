@@ -144,6 +144,14 @@ class AgentEnv:
     cluster: Cluster
     api: client.ApiClient
     sleeps: list[float]
+    reconnects: asyncio.Event  # clear it to hold the watches' reconnections
+
+    def unmeasured(self, stage: str, reason: str) -> float:
+        return self.sample("endpoint_propagation_stage_unmeasured_total", stage=stage,
+                           reason=reason) or 0.0
+
+    def outcome(self, outcome: str) -> float:
+        return self.sample("endpoint_propagation_episodes_total", outcome=outcome) or 0.0
 
     def sample(self, name: str, **labels: str) -> float | None:
         return self.agent.registry.get_sample_value(name, labels)

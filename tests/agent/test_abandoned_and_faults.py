@@ -57,12 +57,18 @@ async def test_relist_after_410_abandons_what_the_gap_hid(env: AgentEnv) -> None
 
 async def test_dropped_stream_resumes_without_relisting(env: AgentEnv,
                                                         clock: ManualClock) -> None:
+    """An update written while the stream is down arrives on catch-up, 1 s after the last line
+    before the gap: it happened at some moment in that second. A stage timed from it is not
+    observed (its bound is wider than --max-stage-uncertainty) but counted; the next update,
+    on the live stream again, is timed as usual."""
     await ready_service(env, node="node-b")
     await env.watching("endpointslices")
+    env.reconnects.clear()
     env.cluster.server.faults.drop_streams("endpointslices")
     clock.advance(1.0)
     env.cluster.set_endpoint("web-abc", "10.0.0.1", ready=False, terminating=True,
                              serving=False)  # written while the agent is disconnected
+    env.reconnects.set()
     await env.settle_episode(key("web", "10.0.0.1"))
     clock.advance(0.5)
     env.dataplane.set(key("web", "10.0.0.1"), False)
@@ -71,7 +77,22 @@ async def test_dropped_stream_resumes_without_relisting(env: AgentEnv,
     assert env.restarts("endpointslices", "connection") >= 1
     assert env.restarts("endpointslices", "expired") == 0
     assert env.abandoned("watch_gap") == 0
+    (episode,) = env.agent.tracker.finished
+    assert episode.not_ready.precision == 1.0
+    assert env.stage_count("dataplane") is None
+    assert episode.unmeasured == {"dataplane": "uncertain"}  # its stop came live
+    assert env.unmeasured("dataplane", "uncertain") == 1
+    assert env.outcome("partial") == 1
+    # Live again: timed as usual.
+    env.cluster.set_endpoint("web-abc", "10.0.0.2", ready=False, terminating=True,
+                             serving=False)
+    await env.settle_episode(key("web", "10.0.0.2"))
+    clock.advance(0.5)
+    env.dataplane.set(key("web", "10.0.0.2"), False)
+    env.cluster.pod_terminated("web-1")
+    await env.settle_finished(2)
     assert env.stage_sum("dataplane") == 0.5
+    assert env.outcome("measured") == 1
 
 
 async def test_retry_after_is_a_floor_for_the_backoff(env: AgentEnv) -> None:

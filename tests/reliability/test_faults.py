@@ -4,9 +4,9 @@ server; then the fault stops. For every fault:
 
 - /metrics keeps answering on every agent, all along;
 - the agents recover on their own (ready again, the later deletions measured);
-- no episode disappears: every deletion is, on every node, either measured, kept by
-  kube-proxy's fallback, or counted as abandoned with a reason —
-  measured + fallback + abandoned == nodes x pods deleted.
+- no episode disappears: every deletion is, on every node, in exactly one outcome of
+  ``episodes_total`` (measured, partial, abandoned, fallback) or still in flight —
+  the outcomes + in flight == nodes x pods deleted.
 
 docs/reliability.md has the table of what each fault did."""
 

@@ -65,8 +65,11 @@ async def agents() -> AsyncIterator[Agents]:
 
 
 def observations(controller: list[float] = (), dataplane: list[float] = (),  # type: ignore[assignment]
-                 app_shutdown: list[float] = ()) -> Observe:  # type: ignore[assignment]
+                 app_shutdown: list[float] = (),  # type: ignore[assignment]
+                 outcomes: dict[str, int] | None = None) -> Observe:
     def observe(metrics: AgentMetrics) -> None:
+        for outcome, count in (outcomes or {}).items():
+            metrics.episodes_total.labels(outcome).inc(count)
         for seconds in controller:
             metrics.duration.labels("controller", "deletion", "nftables").observe(seconds)
         for seconds in dataplane:
@@ -293,6 +296,29 @@ def test_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -
         cli.main(argv)
     assert exited.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("outcomes", "share", "warned"), [
+    ({"measured": 19, "partial": 1}, 0.95, False),
+    ({"measured": 12, "partial": 6, "abandoned": 2}, 0.6, True),
+])
+async def test_the_share_of_episodes_measured_in_full_is_shown_and_warned_when_low(
+        agents: Agents, kubeconfig: Path, outcomes: dict[str, int], share: float,
+        warned: bool) -> None:
+    url = await agents.add(observations(controller=[0.1] * 20, dataplane=[0.1] * 20,
+                                        outcomes=outcomes))
+    code, out, err = await run(options(agents=(url,), kubeconfig=str(kubeconfig)))
+    assert code == 0
+    rec = json.loads(out)["recommendation"]
+    assert rec["measured_share"] == share
+    outcome_names = ("abandoned", "fallback", "measured", "partial")
+    assert rec["episodes_by_outcome"] == {**dict.fromkeys(outcome_names, 0), **outcomes}
+    warning = "only 60% of the 20 episodes that ended were measured in full (abandoned 2, " \
+              "partial 6)"
+    assert (warning in err) is warned, err
+    assert any(warning in w for w in rec["warnings"]) is warned
+    _, text, _ = await run(options(agents=(url,), kubeconfig=str(kubeconfig), as_json=False))
+    assert f"episodes: {share:.0%} measured in full" in text
 
 
 @pytest.mark.parametrize("form", ["repeated", "listed"])
