@@ -1,20 +1,36 @@
 # The observer image: the agent (`observer run`) and the tools that read kube-proxy's rules.
-# Capabilities each dataplane mode needs, and why the DaemonSet runs as UID 0 for them:
-# docs/deploy.md. The root filesystem can be read-only (the DaemonSet mounts /run and /tmp).
+# Everything in it comes from Debian's packages (the base, Python, the dataplane tools) and from
+# the project's wheel with its dependencies. Capabilities each dataplane mode needs, and why the
+# DaemonSet runs as UID 0 for them: docs/deploy.md. The root filesystem can be read-only (the
+# DaemonSet mounts /run and /tmp).
+#
+# Build: `docker build -t observer .`, or where there is no Docker engine, scripts/image.sh
+# (the base made with debootstrap, the same Dockerfile built by buildah, then run).
 
-FROM python:3.11-slim-bookworm AS build
+FROM debian:bookworm-slim AS build
+# Python from Debian (the runtime stage has the same interpreter at the same path, so the
+# virtual environment made here runs there unchanged).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# Behind a TLS-intercepting proxy, its CA bundle (mounted into the build) for pip:
+# `--build-arg PIP_CERT=/path/in/the/build` (scripts/image.sh does it when the host's pip has one).
+ARG PIP_CERT=""
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY observer ./observer
-RUN python -m venv /opt/observer \
-    && /opt/observer/bin/pip install --no-compile ./
+# pip and setuptools only install: the runtime stage does without them.
+RUN python3 -m venv /opt/observer \
+    && /opt/observer/bin/pip install --no-compile ${PIP_CERT:+--cert "$PIP_CERT"} ./ \
+    && /opt/observer/bin/pip uninstall -y -q pip setuptools
 
-FROM python:3.11-slim-bookworm
-# iptables: both backends (iptables-legacy-save, iptables-nft-save); nftables: nft;
-# iproute2: `ip netns exec` for --netns. IPVS is read over netlink: no tool.
+FROM debian:bookworm-slim
+# python3: the interpreter the environment was made with; iptables: both backends
+# (iptables-legacy-save, iptables-nft-save); nftables: nft; iproute2: `ip netns exec` for
+# --netns. IPVS is read over netlink: no tool.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iptables nftables iproute2 \
+    && apt-get install -y --no-install-recommends python3 iptables nftables iproute2 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/observer /opt/observer
 ENV PATH=/opt/observer/bin:$PATH \

@@ -173,9 +173,13 @@ def test_dockerfile_is_hadolint_clean() -> None:
 
 
 def test_dockerfile_installs_the_dataplane_tools() -> None:
+    """In the runtime stage (the last): the interpreter and the dataplane tools, from Debian.
+    (scripts/image.sh builds the image and runs it; .ci/run runs that.)"""
     text = (REPO / "Dockerfile").read_text()
-    install = re.search(r"apt-get install[^\n]*", text)
+    runtime = text[text.rindex("\nFROM "):]
+    assert runtime.startswith("\nFROM debian:bookworm-slim\n")
+    install = re.search(r"apt-get install[^\n]*", runtime)
     assert install is not None
-    for package in ("iptables", "nftables", "iproute2"):
-        assert package in install.group(0)
-    assert re.search(r"^USER 65532", text, re.MULTILINE)
+    for package in ("python3", "iptables", "nftables", "iproute2"):
+        assert package in install.group(0).split()
+    assert re.search(r"^USER 65532", runtime, re.MULTILINE)

@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Build the container image where there is no Docker engine, and run it as a cluster would.
+# As root, on Debian:
+#   1. the base, debian:bookworm-slim, made locally by debootstrap (minimal variant, without
+#      the documentation, man pages and translations the official slim images leave out) and
+#      stored under the exact name the Dockerfile's FROM uses;
+#   2. the project's own Dockerfile built by buildah (vfs storage, chroot isolation: no daemon);
+#   3. the built image's entrypoint run three ways: `observer --version` (as the image's own
+#      non-root user); `observer dataplane --json` inside a network namespace holding
+#      kube-proxy's rules, as UID 0 with NET_ADMIN and NET_RAW (as the DaemonSet runs it); and
+#      `observer run` against the lab API server for a few seconds, its /metrics scraped.
+# Storage lives in .image/ (images kept for `buildah push`); a second run reuses the base.
+# The image: localhost/observer:<version>. Its size is printed (docs/deploy.md records it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ "$(id -u)" -eq 0 ] || { echo "image: run as root (debootstrap and buildah need it)" >&2; exit 1; }
+bash scripts/setup.sh >&2  # the venv: the lab API server and the rule fixtures come from it
+
+need=()
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v buildah >/dev/null 2>&1 || need+=(buildah)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "image: installing Debian packages: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" \
+    >/dev/null
+fi
+
+SUITE=bookworm
+BASE=docker.io/library/debian:$SUITE-slim
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+VERSION=$(.venv/bin/observer --version | awk '{print $2}')
+IMAGE=localhost/observer:$VERSION
+STATE=$PWD/.image
+export BUILDAH_ISOLATION=chroot  # `bud` and `run` alike: no OCI runtime, no daemon
+BUILDAH=("$(command -v buildah)" --root "$STATE/storage" --runroot "$STATE/run" --storage-driver vfs)
+buildah() { "${BUILDAH[@]}" "$@"; }
+
+containers=() pids=() netns=""
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for ctr in "${containers[@]}"; do buildah rm "$ctr" >/dev/null 2>&1 || true; done
+  [ -n "$netns" ] && ip netns del "$netns" 2>/dev/null || true
+  rm -rf "$STATE/rootfs" "$STATE/kube"
+}
+trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+mkdir -p "$STATE"
+
+# 1. The base ----------------------------------------------------------------------------------
+if ! buildah inspect --type image "$BASE" >/dev/null 2>&1; then
+  echo "image: making $BASE with debootstrap ($MIRROR)"
+  rm -rf "$STATE/rootfs"
+  debootstrap --variant=minbase "$SUITE" "$STATE/rootfs" "$MIRROR" >"$STATE/debootstrap.log" 2>&1 \
+    || { tail -20 "$STATE/debootstrap.log" >&2; exit 1; }
+  # What the slim images leave out, now and for every package installed later (dpkg's
+  # path-exclude; copyright files stay, as Debian's licences ask).
+  cat >"$STATE/rootfs/etc/dpkg/dpkg.cfg.d/slim" <<'EOF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/locale/*
+EOF
+  # apt keeps no package caches or downloaded packages in an image (as the official ones do).
+  cat >"$STATE/rootfs/etc/apt/apt.conf.d/slim" <<'EOF'
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+Acquire::Languages "none";
+Acquire::GzipIndexes "true";
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+EOF
+  find "$STATE/rootfs/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+  find "$STATE/rootfs/usr/share/doc" -mindepth 1 -type d -empty -delete
+  rm -rf "$STATE"/rootfs/usr/share/{man,info,groff,linda,lintian,locale}/* \
+    "$STATE"/rootfs/var/cache/apt/archives/*.deb "$STATE"/rootfs/var/cache/apt/*.bin \
+    "$STATE"/rootfs/var/lib/apt/lists/* \
+    "$STATE"/rootfs/var/log/*.log "$STATE"/rootfs/var/log/apt/*
+  ctr=$(buildah from scratch)
+  containers+=("$ctr")
+  tar -C "$STATE/rootfs" -c . | tar -C "$(buildah mount "$ctr")" -x
+  buildah umount "$ctr" >/dev/null
+  buildah config --cmd bash --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --created-by "scripts/image.sh: debootstrap --variant=minbase $SUITE, slimmed" "$ctr"
+  buildah commit -q "$ctr" "$BASE" >/dev/null
+  rm -rf "$STATE/rootfs"
+fi
+
+# 2. The project's Dockerfile ------------------------------------------------------------------
+build=(bud --pull=false --layers=false -t "$IMAGE")
+# Behind a TLS-intercepting proxy the host's pip trusts its CA: so must the build's.
+ca=${PIP_CERT:-$(.venv/bin/python -m pip config get global.cert 2>/dev/null || true)}
+if [ -n "$ca" ] && [ -f "$ca" ]; then
+  build+=(--volume "$ca:/run/host-ca.pem:ro" --build-arg PIP_CERT=/run/host-ca.pem)
+fi
+echo "image: building $IMAGE from Dockerfile"
+buildah "${build[@]}" . >"$STATE/build.log" 2>&1 || { tail -30 "$STATE/build.log" >&2; exit 1; }
+buildah rmi --prune >/dev/null 2>&1 || true  # what an earlier build of the same tag left
+
+# 3. Run it ------------------------------------------------------------------------------------
+ctr=$(buildah from --pull=false "$IMAGE")
+containers+=("$ctr")
+
+echo "image: observer --version, as the image's own user"
+version=$(buildah run "$ctr" -- observer --version)
+[ "$version" = "observer $VERSION" ] || { echo "image: --version said: $version" >&2; exit 1; }
+uid=$(buildah run "$ctr" -- python3 -c 'import os; print(os.getuid())')
+[ "$uid" = 65532 ] || { echo "image: runs as UID $uid by default, not 65532" >&2; exit 1; }
+
+# buildah's `--cap-drop all` would also drop what --cap-add adds: drop its defaults one by one.
+as_daemonset=(--network host --user 0:0 --cap-add CAP_NET_ADMIN --cap-add CAP_NET_RAW)
+for cap in CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE \
+           SYS_CHROOT SETFCAP; do
+  as_daemonset+=(--cap-drop "CAP_$cap")
+done
+caps=$(buildah run "${as_daemonset[@]}" "$ctr" -- python3 -c \
+  'print([l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0])')
+# NET_ADMIN is bit 12, NET_RAW bit 13 (linux/capability.h).
+[ "$caps" = 0000000000003000 ] || { echo "image: capabilities $caps, not NET_ADMIN+NET_RAW" >&2; exit 1; }
+netns=obs-image-$$
+ip netns add "$netns"
+for mode in nftables iptables-legacy; do
+  echo "image: observer dataplane --json in a network namespace with kube-proxy's $mode rules"
+  ip netns exec "$netns" nft flush ruleset
+  ip netns exec "$netns" iptables-legacy -t nat -F
+  if [ "$mode" = nftables ]; then
+    ip netns exec "$netns" nft -f tests/fixtures/dataplane/nftables.nft
+  else
+    ip netns exec "$netns" iptables-legacy-restore <tests/fixtures/dataplane/iptables-nat.rules
+  fi
+  # As the DaemonSet runs it: UID 0, with NET_ADMIN and NET_RAW only (docs/deploy.md).
+  ip netns exec "$netns" "${BUILDAH[@]}" run "${as_daemonset[@]}" "$ctr" -- \
+    observer dataplane --json >"$STATE/dataplane.json"
+  .venv/bin/python - "$STATE/dataplane.json" "${mode%%-*}" <<'EOF'
+import json, sys
+document = json.load(open(sys.argv[1]))
+services = sorted(s["service"] for s in document["services"])
+assert document["mode"] == sys.argv[2], document["mode"]
+assert services == [f"ns{n}/svc{n}:p80" for n in range(1, 6)], services
+print(f"image:   mode {document['mode']}, backend {document['backend']}: {len(services)} services")
+EOF
+done
+
+echo "image: observer run against the lab API server, /metrics scraped"
+mkdir -p "$STATE/kube"
+.venv/bin/observer lab apiserver --kubeconfig-out "$STATE/kube/kubeconfig" >"$STATE/apiserver.log" 2>&1 &
+pids+=($!)
+port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+for _ in $(seq 300); do [ -s "$STATE/kube/kubeconfig" ] && break; sleep 0.1; done
+chmod 0644 "$STATE/kube/kubeconfig"  # read by the image's own user
+buildah run --network host --volume "$STATE/kube:/kube:ro" "$ctr" -- observer run \
+  --kubeconfig /kube/kubeconfig \
+  --node-name image-test --dataplane none --listen "127.0.0.1:$port" >"$STATE/agent.log" 2>&1 &
+agent=$!
+pids+=("$agent")
+.venv/bin/python - "$port" <<'EOF'
+import sys, time, urllib.request
+base = f"http://127.0.0.1:{sys.argv[1]}"
+deadline = time.monotonic() + 120
+while True:
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as ready:
+            if ready.status == 200:
+                break
+    except OSError:
+        pass
+    if time.monotonic() > deadline:
+        sys.exit("image: the agent in the image never became ready (see .image/agent.log)")
+    time.sleep(0.2)
+with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+    text = response.read().decode()
+assert 'endpoint_propagation_build_info{proxy_mode="none"' in text, text[:2000]
+assert "endpoint_propagation_episodes_total" in text
+print(f"image:   ready; /metrics: {len(text.splitlines())} lines")
+EOF
+# SIGTERM to the agent itself, as the kubelet sends it (buildah run does not pass signals on).
+pkill -TERM -f "^/opt/observer/bin/python3? /opt/observer/bin/observer run --kubeconfig /kube/"
+status=0
+wait "$agent" || status=$?
+if [ "$status" -ne 0 ] || ! grep -q '"agent stopped"' "$STATE/agent.log"; then
+  tail -20 "$STATE/agent.log" >&2
+  echo "image: the agent did not stop cleanly on SIGTERM (exit $status)" >&2
+  exit 1
+fi
+echo "image: $IMAGE passed, $(buildah images --format '{{.Size}}' "$IMAGE")"
