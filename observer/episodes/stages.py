@@ -31,12 +31,15 @@ def time_stages(episode: Episode, *, measure_dataplane: bool, max_uncertainty: f
     kept the endpoint, which is not slowness)."""
     dataplane_due = measure_dataplane and not episode.fallback
     deletion = episode.cause == "deletion"
+    # The deletion is seen by the pod's own node only (its pod watch): a reading of it says
+    # this node is the pod's, whatever the slice said of its node.
+    on_pods_node = deletion and (episode.local or episode.deleted is not None)
     due: dict[Stage, tuple[Timestamp | None, Timestamp | None]] = {}
-    if episode.local and deletion:
+    if on_pods_node:
         due["controller"] = (episode.deleted, episode.not_ready)
     if dataplane_due:
         due["dataplane"] = (episode.not_ready, episode.dataplane)
-        if episode.local and deletion:
+        if on_pods_node:
             due["total"] = (episode.deleted, episode.dataplane)
         if deletion:
             due["termination"] = (episode.dataplane, episode.stopped)
