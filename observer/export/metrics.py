@@ -37,7 +37,8 @@ SHUTDOWN_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 3
                     90.0, 120.0, 180.0, 300.0, 600.0)
 RESOURCES = ("pods", "terminal_pods", "endpointslices")
 INVALID_INPUT_REASONS = ("malformed", "malformed_event", "no_service_label",
-                         "unsupported_address_type", "duplicate_endpoint", "no_target_ref")
+                         "unsupported_address_type", "duplicate_endpoint", "no_target_ref",
+                         "unhandled")
 
 
 class AgentMetrics:

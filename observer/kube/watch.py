@@ -113,6 +113,8 @@ class WatchMetrics(Protocol):
 
     def malformed(self, resource: str) -> None: ...
 
+    def invalid_input(self, resource: str, reason: str) -> None: ...
+
 
 @dataclass(frozen=True)
 class WatchSettings:
@@ -339,10 +341,25 @@ class ResourceWatch:
         precision = self._precision(version)
         if event_type != "BOOKMARK":
             self.metrics.event(self.resource)
-            self.sink.event(event_type, obj, precision=precision)
+            self._deliver(event_type, obj, precision)
         if version:
             self._version = str(version)
         self._alive = self.clock.monotonic()
+
+    def _deliver(self, event_type: str, obj: dict[str, Any], precision: float) -> None:
+        """Hand one event to the sink. A failure there is not the stream's: resuming would
+        replay the same event to fail again, for ever. It is counted, logged with the object,
+        and the stream goes on."""
+        try:
+            self.sink.event(event_type, obj, precision=precision)
+        except Exception as error:
+            self.metrics.invalid_input(self.resource, "unhandled")
+            meta = obj.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
+            log.exception("watch event could not be handled: skipped", resource=self.resource,
+                          event_type=event_type, object=f"{meta.get('namespace')}/"
+                                                        f"{meta.get('name')}",
+                          resource_version=meta.get("resourceVersion"), error=repr(error))
 
     def _precision(self, version: object) -> float:
         """How long before now an event of this version may have happened: the gap's length

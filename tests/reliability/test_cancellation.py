@@ -64,6 +64,8 @@ class _Nothing:
 
     def malformed(self, resource: str) -> None: ...
 
+    def invalid_input(self, resource: str, reason: str) -> None: ...
+
 
 class _Discard:
     """A watch sink that keeps nothing."""
