@@ -32,6 +32,7 @@ from observer import logs
 from observer.agent import Agent, AgentConfig
 from observer.clock import SystemClock
 from observer.dataplane.memory import MemoryDataplane
+from observer.export.metrics import configure_exposition
 
 
 def serve_in_child(*args: Any) -> None:
@@ -116,6 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     with open(os.devnull, "w") as devnull:
         logs.configure("json", stream=devnull)
+        configure_exposition()
         print(json.dumps(asyncio.run(run(args)), indent=2))
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from observer import logs
 from observer.clock import SystemClock
+from observer.export.metrics import configure_exposition
 from observer.lab.config import LabConfig
 from observer.lab.results import compare
 from observer.lab.scenario import Lab
@@ -43,11 +44,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deletions", type=int, default=200)
     parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--dataplanes", nargs="+",
-                        default=["nftables", "iptables", "iptables-legacy"])
+    parser.add_argument("--dataplanes", nargs="+", action="extend",
+                        help="default: nftables iptables iptables-legacy")
     args = parser.parse_args()
     logs.configure("json", stream=io.StringIO())
-    for dataplane in args.dataplanes:
+    configure_exposition()
+    for dataplane in args.dataplanes or ["nftables", "iptables", "iptables-legacy"]:
         print(json.dumps(asyncio.run(one(dataplane, args.deletions, args.nodes))), flush=True)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from observer import logs
 from observer.clock import SystemClock
+from observer.export.metrics import configure_exposition
 from observer.lab.config import Delay, LabConfig
 from observer.lab.results import Accounting, accounting
 from observer.lab.scenario import Lab, LabRun
@@ -143,6 +144,7 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=2)
     args = parser.parse_args()
     logs.configure("console", level=logging.WARNING, stream=sys.stderr)
+    configure_exposition()
     result = asyncio.run(soak(args.deletions, args.nodes))
     json.dump(result.to_dict(), sys.stdout, indent=1)
     print()

@@ -438,6 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenario = args.command == "lab" and args.lab_command is None
     # The lab's agents would log every episode; its report is the point, so warnings only.
     logs.configure(args.log_format, level=logging.WARNING if scenario else logging.INFO)
+    from observer.export.metrics import configure_exposition  # prometheus_client: not for --help
+
+    configure_exposition()
     if args.command == "run":
         return asyncio.run(_run_agent(args))
     if args.command == "dataplane":

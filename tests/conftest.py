@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import pytest
 from kubernetes_asyncio import client, config
 
+from observer.export.metrics import configure_exposition
 from observer.lab.apiserver.server import ApiServer
 from tests.netns import Netns
 
@@ -32,11 +33,13 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """SIGTERM (what `timeout`, CI runners and the kubelet send) ends the run as Ctrl-C does:
-    pytest then tears down every fixture still set up, so network namespaces, servers and
-    child processes are removed rather than left behind by a process that just died."""
+    """Process-wide settings, as `observer` makes them at its start. And: SIGTERM (what
+    `timeout`, CI runners and the kubelet send) ends the run as Ctrl-C does: pytest then tears
+    down every fixture still set up, so network namespaces, servers and child processes are
+    removed rather than left behind by a process that just died."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
+    configure_exposition()  # as `observer` does at its start
 
 
 def dump_tasks(out: Any) -> None:

@@ -1,5 +1,5 @@
-"""One full read of a node's dataplane, per mode, and the detection of which mode kube-proxy
-uses there."""
+"""One full read of a node's dataplane, per mode (which mode kube-proxy uses there:
+``detect``)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 termination verdict (unsafe window or headroom), and, for each stage that should have been
 timed and was not, why.
 
-Stages (../shared/BRIEF.md §4), each the difference of two monotonic readings:
+Stages (docs/agent.md, "Episodes"), each the difference of two monotonic readings:
 ``controller = not_ready - deleted`` (pod's node), ``dataplane = dataplane - not_ready`` (every
 node), ``total = dataplane - deleted`` (pod's node); and the termination verdict, ``stopped``
 against ``dataplane``: unsafe when the pod stopped first, else headroom.

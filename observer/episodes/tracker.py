@@ -1,6 +1,6 @@
 """The episode state machine: slice, pod and dataplane changes in, timed episodes out.
 
-Model (../shared/BRIEF.md §4): an episode starts when an endpoint of a service port that was
+Model (docs/agent.md, "Episodes"): an episode starts when an endpoint of a service port that was
 Ready stops being Ready (or leaves every slice). Then, each from this process's monotonic clock:
 
 * ``deleted``   — this node's pod watch first saw the pod with a deletionTimestamp (pod's node);

@@ -24,10 +24,11 @@ from observer.episodes.model import (
     UNMEASURED_REASONS,
     AbandonReason,
     Episode,
+    join_host_port,
 )
 from observer.kube.watch import RESTART_REASONS
 
-log = structlog.get_logger("observer.episodes")
+log = structlog.get_logger("observer.export")
 
 # Dense below 2 s, where preStop delays are decided; up to 300 s for pathological cases.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6,
@@ -41,13 +42,17 @@ INVALID_INPUT_REASONS = ("malformed", "malformed_event", "no_service_label",
                          "unhandled")
 
 
+def configure_exposition() -> None:
+    """Process-wide, once, where the program starts (as logging is): no ``*_created`` series.
+    They double the series count and carry nothing the agent's users need; prometheus_client
+    has only a process-wide switch for them."""
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
 class AgentMetrics:
     """Counters and histograms the agent updates as things happen."""
 
     def __init__(self, registry: CollectorRegistry, *, proxy_mode: str) -> None:
-        # *_created series double the series count and carry nothing the agent's users need.
-        # (A process-wide switch of prometheus_client; the agent is the only exporter here.)
-        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.proxy_mode = proxy_mode
         p = "endpoint_propagation_"
         self.duration = Histogram(
@@ -216,8 +221,8 @@ class DataplaneHealth:
 def _log_fields(episode: Episode) -> dict[str, object]:
     """The canonical line for one episode: everything about it, flat."""
     fields: dict[str, object] = {
-        "service": str(episode.key.service_port), "endpoint": f"{episode.key.ip}:"
-                                                              f"{episode.key.port}",
+        "service": str(episode.key.service_port),
+        "endpoint": join_host_port(episode.key.ip, episode.key.port),
         "pod": episode.pod, "local": episode.local, "cause": episode.cause,
         "fallback": episode.fallback, "unsafe": episode.unsafe,
     }
