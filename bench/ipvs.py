@@ -28,7 +28,7 @@ from typing import Any
 
 from observer.dataplane.ipvs import IpvsNames, Virtual, dest_attrs, parse_ipvs, service_attrs
 from observer.dataplane.model import DataplaneSnapshot
-from observer.episodes.model import ServicePort
+from observer.values import ServicePort
 from tests.fixtures.dataplane.ipvs_netlink import (
     Real,
     Service,

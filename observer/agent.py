@@ -12,13 +12,14 @@ from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry
 
 from observer.clock import Clock
-from observer.dataplane.model import DataplaneSource, ProxyMode
+from observer.dataplane.model import DataplaneSource
 from observer.episodes.feeds import PodFeed, SliceFeed, TerminalPodFeed
 from observer.episodes.tracker import EpisodeTracker
 from observer.export.metrics import AgentMetrics, DataplaneHealth, StateCollector
 from observer.export.server import AgentHttp
 from observer.kube.watch import Requester, ResourceWatch, WatchSettings
 from observer.tasks import cancel_and_wait
+from observer.values import ProxyMode
 
 log = structlog.get_logger("observer.agent")
 

@@ -21,17 +21,18 @@ import structlog
 
 from observer import __version__, logs
 from observer.clock import SystemClock
-from observer.episodes.model import join_host_port
 from observer.tasks import cancel_and_wait
+from observer.values import join_host_port, split_host_port
 
 log = structlog.get_logger("observer")
 
 
 def host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    """HOST:PORT, [IPv6]:PORT, or :PORT (127.0.0.1)."""
+    try:
+        return split_host_port(f"127.0.0.1{text}" if text.startswith(":") else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}") from None
 
 
 def positive_float(text: str) -> float:

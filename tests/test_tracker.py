@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from observer.dataplane.model import DataplaneChange
-from observer.episodes.model import AbandonReason, EndpointKey, Episode, ServicePort
+from observer.episodes.model import AbandonReason, Episode
 from observer.episodes.tracker import EpisodeTracker
 from observer.kube.objects import ContainerState, Endpoint, EndpointSlice, Pod, PortRef
+from observer.values import EndpointKey, ServicePort
 from tests.conftest import ManualClock
 
 SP = ServicePort("ns", "web", "http", "TCP")

@@ -12,7 +12,6 @@ from observer.dataplane.readers import (
     IptablesReader,
     IpvsReader,
     KnownServices,
-    Mode,
     NftablesReader,
     Reader,
     decode_output,
@@ -24,6 +23,7 @@ from observer.dataplane.sources import (
     MonitorSource,
     PollingSource,
 )
+from observer.values import Mode
 
 Requested = Literal["auto", "iptables", "nftables", "ipvs"]
 

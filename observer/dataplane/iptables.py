@@ -29,9 +29,8 @@ from observer.dataplane.model import (
     DataplaneSnapshot,
     ProgrammedEndpoint,
     ProgrammedService,
-    split_host_port,
 )
-from observer.episodes.model import EndpointKey, ServicePort, join_host_port
+from observer.values import EndpointKey, ServicePort, join_host_port, split_host_port
 
 _JUMP = re.compile(r" (?:-j|--jump) (\S+)")
 _COMMENT = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
@@ -148,8 +147,11 @@ class SaveParser:
                 if comment and " -> " in comment:
                     parsed.names[h] = comment.split(" -> ", 1)[0]
         for chain, rule, destination in _SEP_DNAT.findall(text, start, end):
-            parsed.seps[chain] = _Sep(ProgrammedEndpoint(*split_host_port(destination), True),
-                                      rule)
+            try:
+                ip, port = split_host_port(destination)
+            except ValueError as error:
+                raise DataplaneParseError(str(error)) from None
+            parsed.seps[chain] = _Sep(ProgrammedEndpoint(ip, port, True), rule)
 
     def finish(self) -> ParsedSave:
         if self._in_nat and not self._committed:

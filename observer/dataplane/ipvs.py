@@ -36,7 +36,7 @@ from observer.dataplane.model import (
     ProgrammedService,
 )
 from observer.dataplane.nlwire import attributes
-from observer.episodes.model import ServicePort, join_host_port
+from observer.values import ServicePort, join_host_port
 
 log = structlog.get_logger("observer.dataplane")
 # (ip, port, protocol) -> the service ports whose EndpointSlices list that endpoint

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from observer.clock import Clock
-from observer.dataplane.model import ChangeSink, DataplaneChange, ProxyMode
-from observer.episodes.model import EndpointKey, ServicePort, Timestamp
+from observer.dataplane.model import ChangeSink, DataplaneChange
+from observer.values import EndpointKey, ProxyMode, ServicePort, Timestamp
 
 
 class MemoryDataplane:

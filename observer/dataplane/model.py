@@ -12,9 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
-from observer.episodes.model import EndpointKey, ServicePort, Timestamp
-
-ProxyMode = Literal["iptables", "nftables", "ipvs", "none"]
+from observer.values import EndpointKey, Mode, ProxyMode, ServicePort, Timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +47,6 @@ Backend = Literal["legacy", "nft"]
 class DataplaneParseError(ValueError):
     """Dump output the parser cannot read (garbage, truncated, inconsistent). The only
     exception a parser raises on bad input."""
-
-
-def split_host_port(text: str) -> tuple[str, int]:
-    """``10.0.0.1:80`` or ``[fd00::1]:80`` -> (address, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise DataplaneParseError(f"{text!r} is not address:port")
-    return host.strip("[]"), int(port)
 
 
 class ProgrammedEndpoint(NamedTuple):
@@ -97,7 +87,7 @@ def _endpoint_order(e: ProgrammedEndpoint) -> tuple[int, bytes, int]:
 
 @dataclass(frozen=True, slots=True)
 class DataplaneSnapshot:
-    mode: Literal["iptables", "nftables", "ipvs"]
+    mode: Mode
     backend: Backend | None
     services: tuple[ProgrammedService, ...]
 

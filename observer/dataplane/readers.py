@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from observer.dataplane.commands import CommandError, CommandRunner
 from observer.dataplane.iptables import ParsedSave, SaveParser, snapshot_of
@@ -20,8 +20,8 @@ from observer.dataplane.model import (
 )
 from observer.dataplane.netlink import ipvs_dump
 from observer.dataplane.nftables import ChainState, NftTextParser
+from observer.values import Mode
 
-Mode = Literal["iptables", "nftables", "ipvs"]
 KnownServices = Callable[[], Iterable[str]]
 
 

@@ -34,7 +34,6 @@ from observer.dataplane.model import (
     DataplaneParseError,
     DataplaneSnapshot,
     ProgrammedService,
-    ProxyMode,
 )
 from observer.dataplane.nftables import CHAIN_LINE, JUMP_TARGET, RULE_HANDLE, ChainState
 from observer.dataplane.nftevents import EventsLost, JumpEvent, nft_events
@@ -45,8 +44,8 @@ from observer.dataplane.readers import (
     nft_table_state,
     save_parsed,
 )
-from observer.episodes.model import EndpointKey, ServicePort, Timestamp
 from observer.tasks import cancel_and_wait
+from observer.values import EndpointKey, ProxyMode, ServicePort, Timestamp
 
 log = structlog.get_logger("observer.dataplane")
 T = TypeVar("T")

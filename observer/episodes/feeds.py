@@ -9,7 +9,6 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
-from observer.episodes.model import Source, Timestamp
 from observer.episodes.tracker import EpisodeTracker
 from observer.kube.objects import (
     EndpointSlice,
@@ -18,6 +17,7 @@ from observer.kube.objects import (
     parse_endpoint_slice,
     parse_pod,
 )
+from observer.values import Source, Timestamp
 
 log = structlog.get_logger("observer.feeds")
 T = TypeVar("T")

@@ -1,16 +1,14 @@
-"""The records the tracker produces: timestamps that know their clock, and episodes.
-
-Clocks (``observer.clock``): every ``Timestamp`` carries a reading of this process's monotonic
-clock (``mono``), used for every duration, and the wall clock read at the same instant
-(``wall``), used only for display and export. API timestamps (``metav1.Time``) are wall-clock
-times from the API server with whole-second precision; they are kept apart (``api_*`` fields)
-and never subtracted from monotonic readings.
-"""
+"""The records the tracker produces: episodes, each with its timestamps (``observer.values``)
+and, once ended, its stages and outcome. API timestamps (``metav1.Time``) are wall-clock times
+from the API server with whole-second precision; they are kept apart (``api_*`` fields) and
+never subtracted from monotonic readings."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from observer.values import EndpointKey, Timestamp
 
 Cause = Literal["deletion", "not_ready"]
 # Why an episode ended without an answer. A small closed set: it is a metric label.
@@ -25,54 +23,6 @@ UnmeasuredReason = Literal["not_seen", "uncertain", "untracked"]
 UNMEASURED_REASONS: tuple[UnmeasuredReason, ...] = ("not_seen", "uncertain", "untracked")
 Outcome = Literal["measured", "partial", "abandoned", "fallback"]
 OUTCOMES: tuple[Outcome, ...] = ("measured", "partial", "abandoned", "fallback")
-
-# Where a timestamp came from. Watch receipts are when this process read the event off the
-# stream; dataplane times are when a reader noticed the change (precision: its poll interval,
-# or the netlink notification latency).
-Source = Literal["pod_watch", "slice_watch", "dataplane", "api"]
-
-
-def join_host_port(ip: str, port: int) -> str:
-    """(address, port) -> ``10.0.0.1:80`` or ``[fd00::1]:80``."""
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
-@dataclass(frozen=True, slots=True)
-class Timestamp:
-    mono: float  # this process's monotonic clock, seconds
-    wall: float  # wall clock at the same instant, seconds since the epoch (display only)
-    source: Source
-    precision: float  # seconds: how far the reading may be from when the change really happened
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"wall": round(self.wall, 6), "source": self.source,
-                "precision_seconds": self.precision}
-
-
-@dataclass(frozen=True, slots=True)
-class ServicePort:
-    """One port of one service: what kube-proxy programs as a unit."""
-
-    namespace: str
-    service: str
-    port_name: str  # "" for an unnamed port
-    protocol: str  # upper case: TCP, UDP, SCTP
-
-    def __str__(self) -> str:
-        """``ns/name:port``, or ``ns/name`` for an unnamed port (kube-proxy's ServicePortName)."""
-        base = f"{self.namespace}/{self.service}"
-        return f"{base}:{self.port_name}" if self.port_name else base
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointKey:
-    service_port: ServicePort
-    ip: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.service_port} -> {join_host_port(self.ip, self.port)}"
-
 
 @dataclass(slots=True)
 class Episode:

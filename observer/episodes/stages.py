@@ -22,7 +22,8 @@ lags the other; it is recorded as 0 (the true value cannot be negative).
 
 from __future__ import annotations
 
-from observer.episodes.model import Episode, Stage, Timestamp, UnmeasuredReason
+from observer.episodes.model import Episode, Stage, UnmeasuredReason
+from observer.values import Timestamp
 
 
 def time_stages(episode: Episode, *, measure_dataplane: bool, max_uncertainty: float) -> None:

@@ -32,16 +32,10 @@ from typing import Protocol
 
 from observer.clock import Clock
 from observer.dataplane.model import DataplaneChange
-from observer.episodes.model import (
-    AbandonReason,
-    EndpointKey,
-    Episode,
-    ServicePort,
-    Source,
-    Timestamp,
-)
+from observer.episodes.model import AbandonReason, Episode
 from observer.episodes.stages import time_stages
 from observer.kube.objects import Endpoint, EndpointSlice, Pod
+from observer.values import EndpointKey, ServicePort, Source, Timestamp
 
 ServiceId = tuple[str, str]  # (namespace, service name)
 SliceId = tuple[str, str]  # (namespace, slice name)

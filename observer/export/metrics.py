@@ -24,9 +24,9 @@ from observer.episodes.model import (
     UNMEASURED_REASONS,
     AbandonReason,
     Episode,
-    join_host_port,
 )
 from observer.kube.watch import RESTART_REASONS
+from observer.values import join_host_port
 
 log = structlog.get_logger("observer.export")
 

@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from observer.episodes.model import join_host_port
+from observer.values import join_host_port
 
 # The page runs only its own inline script and style and talks only to this agent.
 TIMELINE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "

@@ -18,11 +18,11 @@ from typing import Any, Protocol
 from observer.clock import Clock
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.memory import MemoryDataplane
-from observer.episodes.model import EndpointKey, ServicePort
 from observer.lab.config import LabConfig
 from observer.lab.controller import NAMESPACE
 from observer.lab.rules import ServicePortRules, iptables_sync, nft_sync
 from observer.lab.truth import Truth
+from observer.values import EndpointKey, ServicePort
 
 
 class Programmer(Protocol):

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from observer.dataplane.iptables import endpoint_hash, service_hash
-from observer.episodes.model import join_host_port
+from observer.values import join_host_port
 
 
 @dataclass(frozen=True)

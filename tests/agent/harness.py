@@ -12,9 +12,9 @@ from kubernetes_asyncio import client
 
 from observer.agent import Agent
 from observer.dataplane.memory import MemoryDataplane
-from observer.episodes.model import EndpointKey, ServicePort
 from observer.lab.apiserver.registry import DeleteOptions, WriteOptions
 from observer.lab.apiserver.server import ApiServer
+from observer.values import EndpointKey, ServicePort
 
 NS = "default"
 

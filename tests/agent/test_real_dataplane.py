@@ -14,10 +14,10 @@ from observer.agent import Agent, AgentConfig
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.detect import open_source
-from observer.episodes.model import EndpointKey, ServicePort
 from observer.export.metrics import DataplaneHealth
 from observer.lab.apiserver.registry import WriteOptions
 from observer.lab.apiserver.server import ApiServer
+from observer.values import EndpointKey, ServicePort
 from tests.agent.harness import Endpoint, until
 from tests.conftest import client_configuration
 from tests.dataplane.edits import NFT_DROP_SVC4_EP4, load

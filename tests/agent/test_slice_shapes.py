@@ -3,8 +3,8 @@ another episode its measurement."""
 
 from __future__ import annotations
 
-from observer.episodes.model import EndpointKey
 from observer.lab.apiserver.registry import WriteOptions
+from observer.values import EndpointKey
 from tests.agent.harness import NS, AgentEnv, Endpoint, key
 from tests.conftest import ManualClock
 

@@ -7,7 +7,7 @@ from collections.abc import Collection
 
 from observer.dataplane.ipvs import IpvsNames, parse_ipvs
 from observer.dataplane.model import DataplaneSnapshot
-from observer.episodes.model import EndpointKey, ServicePort
+from observer.values import EndpointKey, ServicePort
 from tests.fixtures.dataplane.ipvs_netlink import KUBE_DNS, Service, virtuals
 
 DNS = ServicePort("kube-system", "kube-dns", "dns", "UDP")

@@ -13,7 +13,7 @@ from observer.clock import SystemClock
 from observer.dataplane.commands import CommandError, CommandRunner
 from observer.dataplane.readers import NftablesReader
 from observer.dataplane.sources import BURST_QUIET_SECONDS, MonitorSource, NftMonitor
-from observer.episodes.model import EndpointKey, ServicePort
+from observer.values import EndpointKey, ServicePort
 
 
 async def test_a_burst_ends_after_a_quiet_gap_and_waits_for_a_half_written_line() -> None:

@@ -19,7 +19,7 @@ from observer.dataplane.iptables import service_hash
 from observer.dataplane.model import DataplaneChange
 from observer.dataplane.nftevents import JumpEvent
 from observer.dataplane.sources import IptablesNftTables, MonitorSource
-from observer.episodes.model import EndpointKey, ServicePort
+from observer.values import EndpointKey, ServicePort
 from tests.agent.harness import until
 from tests.dataplane.edits import (
     IPTABLES_ADD_SVC1_EP9,

@@ -20,8 +20,8 @@ from observer.dataplane.model import (
     ProgrammedEndpoint,
     ProgrammedService,
 )
-from observer.dataplane.readers import Mode
 from observer.dataplane.sources import PollingSource, reading_cpu
+from observer.values import Mode
 from tests.conftest import ManualClock
 from tests.dataplane.test_netns import Health
 

@@ -23,7 +23,6 @@ from aiohttp import web
 
 from observer import __version__
 from observer.clock import Clock
-from observer.episodes.model import join_host_port
 from observer.lab.apiserver import discovery, errors
 from observer.lab.apiserver.errors import ApiError
 from observer.lab.apiserver.faults import Faults, StreamControl
@@ -38,6 +37,7 @@ from observer.lab.apiserver.selectors import (
 )
 from observer.lab.apiserver.store import Obj, Store, TooOld
 from observer.lab.apiserver.tls import ServingCert, self_signed
+from observer.values import join_host_port
 
 MAX_BODY_BYTES = 3 * 1024 * 1024  # apiserver's default --max-request-body-bytes is 3 MiB
 DEFAULT_WATCH_TIMEOUT = 1800.0  # the real server picks [minRequestTimeout, 2x); 1800 s default
