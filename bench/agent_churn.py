@@ -26,10 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client, config
-from prometheus_client import CollectorRegistry
 
 from observer import logs
-from observer.agent import Agent, AgentConfig
+from observer.agent import (
+    AgentConfig,
+    build_agent,
+    given,
+)
 from observer.clock import SystemClock
 from observer.dataplane.memory import MemoryDataplane
 from observer.export.metrics import configure_exposition
@@ -65,10 +68,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                           client_configuration=configuration)
             clock = SystemClock()
             async with client.ApiClient(configuration) as api:
-                agent = Agent(config=AgentConfig(node_name="node-0", listen=("127.0.0.1", 0)),
-                              api=api, clock=clock,
-                              dataplane=MemoryDataplane(clock=clock, mode="nftables"),
-                              registry=CollectorRegistry())
+                agent = await build_agent(
+                    AgentConfig(node_name="node-0", listen=("127.0.0.1", 0)), api=api,
+                    clock=clock, dataplane=given(MemoryDataplane(clock=clock, mode="nftables")))
                 rss_before = rss_mib()
                 stop = asyncio.Event()
                 wall, cpu = time.monotonic(), time.process_time()

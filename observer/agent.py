@@ -1,19 +1,25 @@
-"""The composition root of ``observer run``: watches, tracker, dataplane, metrics, HTTP."""
+"""The agent, built in one place (``build_agent``) from its settings: watches, the merged slice
+view, the tracker, the dataplane source, metrics, HTTP. ``observer run``, the lab, the
+benchmarks and the tests all build it there; what differs (the lab's in-memory dataplane, a
+test's stand-in for a kernel without IPVS) is handed in as the way the dataplane is opened."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry
 
 from observer.clock import Clock
+from observer.dataplane.commands import CommandRunner
+from observer.dataplane.detect import Requested, open_source
 from observer.dataplane.model import DataplaneSource
 from observer.episodes.feeds import PodFeed, SliceFeed, TerminalPodFeed
+from observer.episodes.slices import SliceView
 from observer.episodes.tracker import EpisodeTracker
 from observer.export.metrics import AgentMetrics, DataplaneHealth, StateCollector
 from observer.export.server import AgentHttp
@@ -32,6 +38,16 @@ TERMINAL_PODS = "status.phase!=Pending,status.phase!=Running,status.phase!=Unkno
 
 
 @dataclass(frozen=True)
+class DataplaneSettings:
+    """Which dataplane to read and how (``--dataplane``, ``--netns``, ``--dataplane-poll-*``)."""
+
+    mode: Requested | Literal["none"] = "auto"
+    netns: str | None = None
+    poll_interval: float = 0.1
+    poll_max_cpu: float = 0.1
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     node_name: str
     listen: tuple[str, int] = ("127.0.0.1", 9809)
@@ -47,28 +63,77 @@ class AgentConfig:
     # only from the slice, a controller reaction later: more missed unsafe terminations).
     terminal_pod_watch: bool = True
     watch: WatchSettings = field(default_factory=WatchSettings)
+    dataplane: DataplaneSettings = field(default_factory=DataplaneSettings)
+
+
+@dataclass(frozen=True)
+class DataplaneWiring:
+    """What a dataplane source is opened with: its settings, the clock, the metrics of its
+    reads, and the catalog of services the slices name (to name what the rules do not)."""
+
+    settings: DataplaneSettings
+    clock: Clock
+    health: DataplaneHealth
+    catalog: SliceView
+
+
+OpenDataplane = Callable[[DataplaneWiring], Awaitable[DataplaneSource | None]]
+
+
+async def open_dataplane(wiring: DataplaneWiring) -> DataplaneSource | None:
+    """The source the settings ask for (None for ``none``); ``CommandError`` when this node's
+    dataplane cannot be read."""
+    settings = wiring.settings
+    if settings.mode == "none":
+        return None
+    return await open_source(
+        settings.mode, runner=CommandRunner(netns=settings.netns), clock=wiring.clock,
+        metrics=wiring.health, poll_interval=settings.poll_interval,
+        poll_max_cpu=settings.poll_max_cpu, known_services=wiring.catalog.service_port_names,
+        candidates=wiring.catalog.service_ports_of)
+
+
+def given(source: DataplaneSource) -> OpenDataplane:
+    """A dataplane source made elsewhere (the lab's in-memory dataplane, a test's stand-in)."""
+    async def open_given(wiring: DataplaneWiring) -> DataplaneSource:
+        return source
+    return open_given
+
+
+async def build_agent(config: AgentConfig, *, api: client.ApiClient, clock: Clock,
+                      registry: CollectorRegistry | None = None,
+                      dataplane: OpenDataplane = open_dataplane,
+                      sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> Agent:
+    """An agent, ready to ``run``. ``dataplane`` opens its dataplane source (by default as the
+    settings say); ``CommandError`` if it cannot."""
+    registry = registry if registry is not None else CollectorRegistry()
+    health = DataplaneHealth(registry)  # exported whatever the mode: zeros, not gaps
+    catalog = SliceView()
+    source = await dataplane(DataplaneWiring(config.dataplane, clock, health, catalog))
+    return Agent(config=config, api=api, clock=clock, dataplane=source, slices=catalog,
+                 registry=registry, sleep=sleep)
 
 
 class Agent:
+    """Made by ``build_agent``."""
+
     def __init__(self, *, config: AgentConfig, api: client.ApiClient, clock: Clock,
-                 dataplane: DataplaneSource | None,
-                 registry: CollectorRegistry | None = None,
-                 dataplane_health: DataplaneHealth | None = None,
+                 dataplane: DataplaneSource | None, slices: SliceView,
+                 registry: CollectorRegistry,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.config = config
         self.clock = clock
         self.dataplane = dataplane
         self.proxy_mode: ProxyMode = dataplane.mode if dataplane is not None else "none"
-        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry = registry
         self.metrics = AgentMetrics(self.registry, proxy_mode=self.proxy_mode)
-        # Exported whatever the mode, so dashboards see zeros rather than no series.
-        self.dataplane_health = dataplane_health or DataplaneHealth(self.registry)
+        self.catalog = slices  # the merged slice view, as the dataplane readers see it
         self.tracker = EpisodeTracker(
-            node_name=config.node_name, clock=clock, sink=self.metrics,
+            node_name=config.node_name, clock=clock, sink=self.metrics, slices=slices,
             measure_dataplane=dataplane is not None,
             dataplane_selected=dataplane.selected if dataplane is not None else None,
             ttl=config.episode_ttl, max_in_flight=config.max_in_flight,
-            keep_finished=config.keep_finished, index_endpoints=self.proxy_mode == "ipvs",
+            keep_finished=config.keep_finished,
             max_stage_uncertainty=config.max_stage_uncertainty)
         def watch(feed: SliceFeed | PodFeed, request: Requester, *, field_selector: str = "",
                   label_selector: str = "") -> ResourceWatch:

@@ -115,12 +115,9 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 async def _run_agent(args: argparse.Namespace) -> int:
     from kubernetes_asyncio import client, config
-    from prometheus_client import CollectorRegistry
 
-    from observer.agent import Agent, AgentConfig
-    from observer.dataplane.commands import CommandError, CommandRunner
-    from observer.dataplane.detect import open_source
-    from observer.export.metrics import DataplaneHealth
+    from observer.agent import AgentConfig, DataplaneSettings, build_agent
+    from observer.dataplane.commands import CommandError
     from observer.kube.connect import load_api_config
     from observer.kube.watch import WatchSettings
 
@@ -137,31 +134,19 @@ async def _run_agent(args: argparse.Namespace) -> int:
         max_in_flight=args.max_in_flight, debug_endpoints=args.debug_endpoints,
         max_stage_uncertainty=args.max_stage_uncertainty,
         terminal_pod_watch=args.terminal_pod_watch,
-        watch=WatchSettings(inactivity_timeout=args.watch_inactivity_timeout))
-    clock = SystemClock()
-    registry = CollectorRegistry()
-    health = DataplaneHealth(registry)
-    dataplane = None
-    if args.dataplane != "none":
-        runner = CommandRunner(netns=args.netns)
+        watch=WatchSettings(inactivity_timeout=args.watch_inactivity_timeout),
+        dataplane=DataplaneSettings(mode=args.dataplane, netns=args.netns,
+                                    poll_interval=args.dataplane_poll_interval,
+                                    poll_max_cpu=args.dataplane_poll_max_cpu))
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    async with client.ApiClient(configuration) as api:
         try:
-            dataplane = await open_source(
-                args.dataplane, runner=runner, clock=clock, metrics=health,
-                poll_interval=args.dataplane_poll_interval,
-                poll_max_cpu=args.dataplane_poll_max_cpu,
-                # Late-bound: first called from agent.run(), once `agent` below exists.
-                known_services=lambda: agent.tracker.service_port_names(),
-                candidates=lambda ip, port, protocol: agent.tracker.service_ports_of(
-                    ip, port, protocol))
+            agent = await build_agent(settings, api=api, clock=SystemClock())
         except CommandError as error:
             log.error("cannot read the dataplane; pass --dataplane none to measure the "
                       "controller stage only", mode=args.dataplane, error=str(error))
             return 2
-    stop = asyncio.Event()
-    _stop_on_signals(stop)
-    async with client.ApiClient(configuration) as api:
-        agent = Agent(config=settings, api=api, clock=clock, dataplane=dataplane,
-                      registry=registry, dataplane_health=health)
         await agent.run(stop)
     return 0
 

@@ -19,8 +19,8 @@ endpoint left (``pkg/proxy/topology.go`` CategorizeEndpoints, KEP-1669). Such an
 legitimately stays in the dataplane until the pod stops; the episode is marked ``fallback``
 and its dataplane stage is not reported as slowness.
 
-Several slices may list the same endpoint (while the controller moves it between slices); the
-merged view prefers a Ready copy, as kube-proxy's EndpointSliceCache does.
+Slice events enter through the merged view of the slices (``observer.episodes.slices``), which
+is also the service catalog the dataplane readers are handed.
 """
 
 from __future__ import annotations
@@ -33,12 +33,10 @@ from typing import Protocol
 from observer.clock import Clock
 from observer.dataplane.model import DataplaneChange
 from observer.episodes.model import AbandonReason, Episode
+from observer.episodes.slices import Merged, SliceView, Update
 from observer.episodes.stages import time_stages
 from observer.kube.objects import Endpoint, EndpointSlice, Pod
-from observer.values import EndpointKey, ServicePort, Source, Timestamp
-
-ServiceId = tuple[str, str]  # (namespace, service name)
-SliceId = tuple[str, str]  # (namespace, slice name)
+from observer.values import EndpointKey, Source, Timestamp
 
 _RECENT_DROP_SECONDS = 30.0  # how long a dataplane removal waits for its slice update
 
@@ -73,8 +71,8 @@ class EpisodeTracker:
                  measure_dataplane: bool,
                  dataplane_selected: Callable[[EndpointKey], bool | None] | None = None,
                  ttl: float = 600.0, max_in_flight: int = 10_000,
-                 keep_finished: int = 500, index_endpoints: bool = False,
-                 max_stage_uncertainty: float = 0.05) -> None:
+                 keep_finished: int = 500, max_stage_uncertainty: float = 0.05,
+                 slices: SliceView | None = None) -> None:
         self.node_name = node_name
         self.max_stage_uncertainty = max_stage_uncertainty
         self.clock = clock
@@ -85,9 +83,7 @@ class EpisodeTracker:
         self.max_in_flight = max_in_flight
         self.episodes: dict[EndpointKey, Episode] = {}
         self.finished: deque[Episode] = deque(maxlen=keep_finished)
-        self._slices: dict[SliceId, EndpointSlice] = {}
-        self._service_slices: dict[ServiceId, set[str]] = {}
-        self._merged: dict[ServiceId, dict[EndpointKey, Endpoint]] = {}
+        self.slices = slices if slices is not None else SliceView()
         self._pods: dict[str, Pod] = {}  # local pods by uid
         self._pod_by_ip: dict[str, str] = {}
         self._pod_records: dict[str, _PodRecord] = {}
@@ -96,32 +92,6 @@ class EpisodeTracker:
         # Pods of other nodes seen terminal, by uid: (when, seen only on a re-list). Bounded
         # by the TTL and the in-flight cap; oldest first.
         self._remote_stops: dict[str, tuple[Timestamp, bool]] = {}
-        # (ip, port, protocol) -> the service ports listing it; kept only where a dataplane
-        # names no services (IPVS), to name its virtual servers.
-        self._by_endpoint: dict[tuple[str, int, str], set[ServicePort]] | None = \
-            {} if index_endpoints else None
-
-    def service_ports_of(self, ip: str, port: int, protocol: str) -> set[ServicePort]:
-        """The service ports whose slices list this endpoint (``index_endpoints`` only)."""
-        if self._by_endpoint is None:
-            raise RuntimeError("the tracker keeps no endpoint index (index_endpoints=False)")
-        return self._by_endpoint.get((ip, port, protocol.upper()), set())
-
-    def _index(self, key: EndpointKey, present: bool) -> None:
-        if self._by_endpoint is None:
-            return
-        ident = (key.ip, key.port, key.service_port.protocol)
-        if present:
-            self._by_endpoint.setdefault(ident, set()).add(key.service_port)
-        elif (ports := self._by_endpoint.get(ident)) is not None:
-            ports.discard(key.service_port)
-            if not ports:
-                del self._by_endpoint[ident]
-
-    def service_port_names(self) -> set[str]:
-        """``ns/name:port`` of every service port the slices name (for resolving the chain
-        hashes of kube-proxy's large-cluster mode)."""
-        return {str(key.service_port) for merged in self._merged.values() for key in merged}
 
     # timestamps ----------------------------------------------------------------------------
 
@@ -134,88 +104,23 @@ class EpisodeTracker:
                       relist: bool) -> None:
         """A complete list. After a watch gap (``relist``) changes that happened unseen cannot
         be timed: episodes they would start or touch are abandoned as ``watch_gap``."""
-        new = {(s.namespace, s.name): s for s in slices}
-        touched = {self._service_of(s) for s in self._slices.values()}
-        self._slices = {}
-        self._service_slices = {}
-        for slice_id, eps in new.items():
-            self._add_slice(slice_id, eps)
-        touched |= {self._service_of(s) for s in new.values()}
-        for service in touched:
-            self._recompute(service, at, relist=relist)
+        self._apply(self.slices.listed(slices), at, relist=relist)
 
     def slice_changed(self, eps: EndpointSlice, at: Timestamp) -> None:
-        slice_id = (eps.namespace, eps.name)
-        old = self._slices.pop(slice_id, None)
-        if old is not None:
-            self._drop_slice(slice_id, old)
-        self._add_slice(slice_id, eps)
-        services = {self._service_of(eps)}
-        if old is not None:
-            services.add(self._service_of(old))
-        for service in services:
-            self._recompute(service, at, relist=False)
+        self._apply(self.slices.changed(eps), at, relist=False)
 
     def slice_deleted(self, namespace: str, name: str, at: Timestamp) -> None:
-        old = self._slices.pop((namespace, name), None)
-        if old is not None:
-            self._drop_slice((namespace, name), old)
-            self._recompute(self._service_of(old), at, relist=False)
+        self._apply(self.slices.deleted(namespace, name), at, relist=False)
 
-    @staticmethod
-    def _service_of(eps: EndpointSlice) -> ServiceId:
-        return (eps.namespace, eps.service)
-
-    def _add_slice(self, slice_id: SliceId, eps: EndpointSlice) -> None:
-        if not eps.service:
-            self.sink.invalid_input("endpointslices", "no_service_label")
-            return
-        if eps.address_type not in ("IPv4", "IPv6"):
-            self.sink.invalid_input("endpointslices", "unsupported_address_type")
-            return
-        self._slices[slice_id] = eps
-        self._service_slices.setdefault(self._service_of(eps), set()).add(eps.name)
-
-    def _drop_slice(self, slice_id: SliceId, eps: EndpointSlice) -> None:
-        names = self._service_slices.get(self._service_of(eps))
-        if names is not None:
-            names.discard(slice_id[1])
-            if not names:
-                del self._service_slices[self._service_of(eps)]
-
-    def _merge(self, service: ServiceId) -> dict[EndpointKey, Endpoint]:
-        merged: dict[EndpointKey, Endpoint] = {}
-        duplicates = False
-        for name in sorted(self._service_slices.get(service, ())):
-            eps = self._slices[(service[0], name)]
-            for port in eps.ports:
-                service_port = ServicePort(service[0], service[1], port.name,
-                                           port.protocol.upper())
-                for endpoint in eps.endpoints:
-                    key = EndpointKey(service_port, endpoint.address, port.port)
-                    seen = merged.get(key)
-                    if seen is not None:
-                        duplicates = True
-                    if seen is None or (endpoint.ready and not seen.ready):
-                        merged[key] = endpoint
-        if duplicates:
-            self.sink.invalid_input("endpointslices", "duplicate_endpoint")
-        return merged
-
-    def _recompute(self, service: ServiceId, at: Timestamp, *, relist: bool) -> None:
-        old = self._merged.get(service, {})
-        new = self._merge(service)
-        if new:
-            self._merged[service] = new
-        else:
-            self._merged.pop(service, None)
-        for key in old.keys() | new.keys():
-            before, after = old.get(key), new.get(key)
-            if before != after:
-                if (before is None) != (after is None):
-                    self._index(key, after is not None)
-                self._transition(key, before, after, at, relist=relist)
-        self._check_fallback(service, new)
+    def _apply(self, update: Update, at: Timestamp, *, relist: bool) -> None:
+        for reason in update.invalid:
+            self.sink.invalid_input("endpointslices", reason)
+        for change in update.changes:
+            for key in change.before.keys() | change.after.keys():
+                before, after = change.before.get(key), change.after.get(key)
+                if before != after:
+                    self._transition(key, before, after, at, relist=relist)
+            self._check_fallback(change.after)
 
     def _transition(self, key: EndpointKey, before: Endpoint | None, after: Endpoint | None,
                     at: Timestamp, *, relist: bool) -> None:
@@ -234,7 +139,7 @@ class EpisodeTracker:
         elif after.ready:
             self._abandon(episode, "ready_again")
 
-    def _check_fallback(self, service: ServiceId, merged: dict[EndpointKey, Endpoint]) -> None:
+    def _check_fallback(self, merged: Merged) -> None:
         # Per IP family: kube-proxy runs one proxier for IPv4 and one for IPv6.
         ready_ports = {(key.service_port, ":" in key.ip) for key, ep in merged.items()
                        if ep.ready}

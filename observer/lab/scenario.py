@@ -22,15 +22,18 @@ from typing import Any
 
 import structlog
 from kubernetes_asyncio import client, config
-from prometheus_client import CollectorRegistry
 
-from observer.agent import Agent, AgentConfig
+from observer.agent import (
+    Agent,
+    AgentConfig,
+    DataplaneSettings,
+    build_agent,
+    given,
+    open_dataplane,
+)
 from observer.clock import Clock
 from observer.dataplane.commands import CommandRunner
-from observer.dataplane.detect import Requested, open_source
 from observer.dataplane.memory import MemoryDataplane
-from observer.dataplane.model import DataplaneSource
-from observer.export.metrics import DataplaneHealth
 from observer.kube.watch import WatchSettings
 from observer.lab.apiserver.registry import DeleteOptions, WriteOptions
 from observer.lab.apiserver.server import ApiServer
@@ -250,25 +253,17 @@ class Lab:
                     await asyncio.wait(agent_tasks, timeout=15)
 
     async def _agent(self, node: Node, api: client.ApiClient) -> Agent:
-        registry = CollectorRegistry()
-        health = DataplaneHealth(registry)
-        dataplane: DataplaneSource
-        if node.memory is not None:
-            dataplane = node.memory
-        else:
-            requested: Requested = ("nftables" if self.config.dataplane == "nftables"
-                                    else "iptables")
-            dataplane = await open_source(requested, runner=CommandRunner(netns=node.netns),
-                                          clock=self.clock, metrics=health,
-                                          poll_interval=self.config.poll_interval,
-                                          poll_max_cpu=self.config.poll_max_cpu)
-        settings = AgentConfig(node_name=node.name, listen=("127.0.0.1", 0),
-                               housekeeping_interval=0.5, episode_ttl=self.config.episode_ttl,
-                               watch=WatchSettings(
-                                   backoff_initial=0.05, backoff_max=1.0,
-                                   inactivity_timeout=self.config.watch_inactivity_timeout))
-        return Agent(config=settings, api=api, clock=self.clock, dataplane=dataplane,
-                     registry=registry, dataplane_health=health)
+        settings = AgentConfig(
+            node_name=node.name, listen=("127.0.0.1", 0), housekeeping_interval=0.5,
+            episode_ttl=self.config.episode_ttl,
+            watch=WatchSettings(backoff_initial=0.05, backoff_max=1.0,
+                                inactivity_timeout=self.config.watch_inactivity_timeout),
+            dataplane=DataplaneSettings(
+                mode="nftables" if self.config.dataplane == "nftables" else "iptables",
+                netns=node.netns, poll_interval=self.config.poll_interval,
+                poll_max_cpu=self.config.poll_max_cpu))
+        return await build_agent(settings, api=api, clock=self.clock, dataplane=(
+            given(node.memory) if node.memory is not None else open_dataplane))
 
     async def _workloads(self, run: LabRun) -> None:
         for workload in self.workloads:

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 from kubernetes_asyncio import client
-from prometheus_client import CollectorRegistry
 
-from observer.agent import Agent, AgentConfig
+from observer.agent import AgentConfig, build_agent, given
 from observer.dataplane.memory import MemoryDataplane
 from observer.kube.watch import WatchSettings
 from observer.lab.apiserver.server import ApiServer
@@ -39,8 +38,8 @@ async def env(apiserver: ApiServer, kubeconfig: Path, clock: ManualClock,
         await reconnects.wait()
 
     async with client.ApiClient(configuration) as api:
-        agent = Agent(config=agent_config, api=api, clock=clock, dataplane=dataplane,
-                      registry=CollectorRegistry(), sleep=fast_sleep)
+        agent = await build_agent(agent_config, api=api, clock=clock, dataplane=given(dataplane),
+                                  sleep=fast_sleep)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         try:

@@ -46,12 +46,12 @@ def add_services(env: AgentEnv, first: int, last: int) -> None:
 async def test_series_do_not_depend_on_the_number_of_services(env: AgentEnv,
                                                               clock: ManualClock) -> None:
     add_services(env, 0, 10)
-    await until(lambda: len(env.agent.tracker.service_port_names()) == 10, "10 services")
+    await until(lambda: len(env.agent.catalog.service_port_names()) == 10, "10 services")
     await one_episode(env, clock, "svc0")
     few = await series(env)
 
     add_services(env, 10, SERVICES)
-    await until(lambda: len(env.agent.tracker.service_port_names()) == SERVICES,
+    await until(lambda: len(env.agent.catalog.service_port_names()) == SERVICES,
                 "10,000 services")
     await one_episode(env, clock, "svc9999")
     many = await series(env)

@@ -15,15 +15,13 @@ from dataclasses import dataclass
 
 import pytest
 from kubernetes_asyncio import client
-from prometheus_client import CollectorRegistry
 
-from observer.agent import Agent, AgentConfig
+from observer.agent import Agent, AgentConfig, DataplaneWiring, build_agent
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.ipvs import IpvsNames, Virtual
 from observer.dataplane.readers import IpvsReader
 from observer.dataplane.sources import PollingSource
-from observer.export.metrics import DataplaneHealth
 from observer.kube.watch import WatchSettings
 from observer.lab.apiserver.server import ApiServer
 from tests.agent.harness import Cluster, Endpoint, key, until
@@ -57,17 +55,20 @@ class Env:
 async def ipvs_env(apiserver: ApiServer, api: client.ApiClient) -> AsyncIterator[Env]:
     ipvs = Ipvs()
     ipvs.program(**{"10_0_0_1": 1, "10_0_0_2": 1})
-    registry, clock = CollectorRegistry(), SystemClock()
-    health = DataplaneHealth(registry)
-    agent: Agent | None = None
-    reader = IpvsReader(CommandRunner(), IpvsNames(
-        lambda ip, port, proto: agent.tracker.service_ports_of(ip, port, proto) if agent else ()),
-        dump=ipvs.dump)
-    source = PollingSource(reader=reader, clock=clock, metrics=health, interval=0.02)
-    agent = Agent(config=AgentConfig(node_name="node-a", listen=("127.0.0.1", 0),
-                                     watch=WatchSettings(backoff_initial=0.01)),
-                  api=api, clock=clock, dataplane=source, registry=registry,
-                  dataplane_health=health)
+
+    async def kernel_without_ipvs(wiring: DataplaneWiring) -> PollingSource:
+        """What the settings would open for IPVS (virtual servers named from the catalog),
+        its dump from the stand-in: these kernels have no ip_vs module."""
+        reader = IpvsReader(CommandRunner(), IpvsNames(wiring.catalog.service_ports_of),
+                            dump=ipvs.dump)
+        return PollingSource(reader=reader, clock=wiring.clock, metrics=wiring.health,
+                             interval=0.02)
+
+    agent = await build_agent(AgentConfig(node_name="node-a", listen=("127.0.0.1", 0),
+                                          watch=WatchSettings(backoff_initial=0.01)),
+                              api=api, clock=SystemClock(), dataplane=kernel_without_ipvs)
+    source = agent.dataplane
+    assert isinstance(source, PollingSource)
     cluster = Cluster(apiserver)
     cluster.put_slice("web-abc", "web", *(
         Endpoint(f"10.0.0.{i}", "node-b", f"web-{i}",

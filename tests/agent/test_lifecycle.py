@@ -12,9 +12,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from kubernetes_asyncio import client
-from prometheus_client import CollectorRegistry
 
-from observer.agent import Agent, AgentConfig
+from observer.agent import (
+    AgentConfig,
+    DataplaneSettings,
+    build_agent,
+)
 from observer.kube.watch import WatchSettings
 from observer.lab.apiserver.server import ApiServer
 from tests.agent.harness import AgentEnv, key, until
@@ -32,10 +35,11 @@ async def get(url: str) -> tuple[int, str]:
 async def test_ready_only_after_both_lists_then_clean_stop(
         apiserver: ApiServer, api: client.ApiClient, clock: ManualClock) -> None:
     apiserver.faults.fail_next(10_000, code=503, method="GET", path="/pods")
-    agent = Agent(config=AgentConfig(node_name="node-a", listen=("127.0.0.1", 0),
-                                     watch=WatchSettings(backoff_initial=0.01,
-                                                         backoff_max=0.02)),
-                  api=api, clock=clock, dataplane=None, registry=CollectorRegistry())
+    agent = await build_agent(AgentConfig(node_name="node-a", listen=("127.0.0.1", 0),
+                                          watch=WatchSettings(backoff_initial=0.01,
+                                                              backoff_max=0.02),
+                                          dataplane=DataplaneSettings(mode="none")),
+                              api=api, clock=clock)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     await until(lambda: bool(agent.http.url) and agent.slices.synced.is_set(), "slices synced")

@@ -7,14 +7,14 @@ import asyncio
 from pathlib import Path
 
 from kubernetes_asyncio import client
-from prometheus_client import CollectorRegistry
 
 from observer import __version__
-from observer.agent import Agent, AgentConfig
+from observer.agent import (
+    AgentConfig,
+    DataplaneSettings,
+    build_agent,
+)
 from observer.clock import SystemClock
-from observer.dataplane.commands import CommandRunner
-from observer.dataplane.detect import open_source
-from observer.export.metrics import DataplaneHealth
 from observer.lab.apiserver.registry import WriteOptions
 from observer.lab.apiserver.server import ApiServer
 from observer.values import EndpointKey, ServicePort
@@ -36,13 +36,13 @@ async def test_nftables_removal_times_the_dataplane_stage(apiserver: ApiServer,
         "addressType": "IPv4", "ports": [{"name": "p80", "port": 80, "protocol": "TCP"}],
         "endpoints": [Endpoint("10.180.0.4", "node-b").to_api(),
                       Endpoint("10.180.0.5", "node-b").to_api()]}, WriteOptions())
-    registry, clock = CollectorRegistry(), SystemClock()
-    health = DataplaneHealth(registry)
-    source = await open_source("auto", runner=CommandRunner(netns=netns.name), clock=clock,
-                               metrics=health, poll_interval=0.1, poll_max_cpu=0.5)
     async with client.ApiClient(await client_configuration(kubeconfig)) as api:
-        agent = Agent(config=AgentConfig(node_name="node-a", listen=("127.0.0.1", 0)), api=api,
-                      clock=clock, dataplane=source, registry=registry, dataplane_health=health)
+        agent = await build_agent(AgentConfig(
+            node_name="node-a", listen=("127.0.0.1", 0),
+            dataplane=DataplaneSettings(netns=netns.name, poll_max_cpu=0.5)),
+            api=api, clock=SystemClock())
+        source = agent.dataplane
+        assert source is not None
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         try:
@@ -70,8 +70,9 @@ async def test_nftables_removal_times_the_dataplane_stage(apiserver: ApiServer,
     assert episode.dataplane.source == "dataplane"
     # Real time: at least the 250 ms waited; an upper bound only against a hang.
     assert 0.25 <= episode.stages["dataplane"] < 5
-    assert registry.get_sample_value("endpoint_propagation_build_info",
-                                     {"version": __version__, "proxy_mode": "nftables"}) == 1
-    assert registry.get_sample_value("endpoint_propagation_dataplane_scan_duration_seconds_count"
-                                     ) == 1  # the initial read; the rest came as events
+    sample = agent.registry.get_sample_value
+    assert sample("endpoint_propagation_build_info",
+                  {"version": __version__, "proxy_mode": "nftables"}) == 1
+    # The initial read; the rest came as events.
+    assert sample("endpoint_propagation_dataplane_scan_duration_seconds_count") == 1
 

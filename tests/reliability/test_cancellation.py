@@ -18,9 +18,12 @@ from pathlib import Path
 
 import pytest
 from kubernetes_asyncio import client
-from prometheus_client import CollectorRegistry
 
-from observer.agent import Agent, AgentConfig
+from observer.agent import (
+    AgentConfig,
+    build_agent,
+    given,
+)
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.detect import open_source
@@ -136,10 +139,10 @@ async def test_the_agent(apiserver: ApiServer, kubeconfig: Path) -> None:
     async with client.ApiClient(await client_configuration(kubeconfig)) as api:
 
         async def run() -> None:
-            agent = Agent(config=AgentConfig(node_name="node-a", listen=("127.0.0.1", 0),
-                                             housekeeping_interval=0.01, watch=WATCH),
-                          api=api, clock=clock, registry=CollectorRegistry(),
-                          dataplane=MemoryDataplane(clock=clock, mode="nftables"))
+            agent = await build_agent(
+                AgentConfig(node_name="node-a", listen=("127.0.0.1", 0),
+                            housekeeping_interval=0.01, watch=WATCH),
+                api=api, clock=clock, dataplane=given(MemoryDataplane(clock=clock)))
             await agent.run(asyncio.Event())
 
         await cancelled_at_random(run, trials=30, within=0.4, seed=3)

@@ -13,14 +13,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 from kubernetes_asyncio import client
-from prometheus_client import CollectorRegistry
 
-from observer.agent import Agent, AgentConfig
+from observer.agent import (
+    Agent,
+    AgentConfig,
+    DataplaneWiring,
+    build_agent,
+)
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.detect import reader_for
 from observer.dataplane.sources import PollingSource
-from observer.export.metrics import DataplaneHealth
 from observer.kube.watch import WatchSettings
 from observer.lab.apiserver.server import ApiServer
 from observer.lab.rules import ServicePortRules, iptables_sync
@@ -89,22 +92,23 @@ async def test_episode_survives_a_broken_dataplane(fault: str, apiserver: ApiSer
     tools = Tools(tmp_path)
     tools.programmed("10.0.0.1", "10.0.0.2")
     monkeypatch.setenv("PATH", str(tmp_path))  # only the stand-ins: never the real tools
-    clock = SystemClock()
-    registry = CollectorRegistry()
-    health = DataplaneHealth(registry)
-    source = PollingSource(reader=reader_for("iptables", "legacy", CommandRunner(timeout=0.3)),
-                           clock=clock, metrics=health, interval=0.05)
-    agent = Agent(config=AgentConfig(node_name="node-a", listen=("127.0.0.1", 0),
-                                     watch=WatchSettings(backoff_initial=0.01)),
-                  api=api, clock=clock, dataplane=source, registry=registry,
-                  dataplane_health=health)
+
+    async def polling_legacy(wiring: DataplaneWiring) -> PollingSource:
+        """What the settings would open, with a runner timeout short enough for the hang."""
+        return PollingSource(reader=reader_for("iptables", "legacy", CommandRunner(timeout=0.3),
+                                               wiring.catalog.service_port_names),
+                             clock=wiring.clock, metrics=wiring.health, interval=0.05)
+
+    agent = await build_agent(AgentConfig(node_name="node-a", listen=("127.0.0.1", 0),
+                                          watch=WatchSettings(backoff_initial=0.01)),
+                              api=api, clock=SystemClock(), dataplane=polling_legacy)
     cluster = Cluster(apiserver)
     cluster.put_slice("web-abc", "web", Endpoint("10.0.0.1", "node-b"),
                       Endpoint("10.0.0.2", "node-b"))
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     try:
-        await until(lambda: agent.ready() and bool(agent.tracker.service_port_names()), "ready")
+        await until(lambda: agent.ready() and bool(agent.catalog.service_port_names()), "ready")
         await asyncio.sleep(0.2)  # a few good reads: both endpoints selected
 
         cluster.set_endpoint("web-abc", "10.0.0.1", ready=False, terminating=True)

@@ -17,7 +17,11 @@ import yaml
 from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry
 
-from observer.agent import Agent, AgentConfig
+from observer.agent import (
+    AgentConfig,
+    build_agent,
+    given,
+)
 from observer.clock import SystemClock
 from observer.dataplane.memory import MemoryDataplane
 from observer.kube.watch import WatchSettings
@@ -67,11 +71,11 @@ async def test_reset_connections_leave_no_false_stage_and_no_episode_unaccounted
     registry = CollectorRegistry()
     async with proxy.running() as port, client.ApiClient(
             await client_configuration(through(kubeconfig, port))) as api:
-        agent = Agent(config=AgentConfig(
+        agent = await build_agent(AgentConfig(
             node_name="node-a", listen=("127.0.0.1", 0), housekeeping_interval=0.1,
             max_stage_uncertainty=UNCERTAINTY,
             watch=WatchSettings(inactivity_timeout=5.0, backoff_initial=0.3, backoff_max=0.6)),
-            api=api, clock=clock, dataplane=dataplane, registry=registry)
+            api=api, clock=clock, dataplane=given(dataplane), registry=registry)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         try:
