@@ -20,10 +20,12 @@ ARG PIP_CERT=""
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY observer ./observer
-# pip and setuptools only install: the runtime stage does without them.
+# pip and setuptools only install, and the lab (`observer lab`: an API server, emulated
+# kubelets and kube-proxies) is for a workstation: the image carries what the agent runs.
 RUN python3 -m venv /opt/observer \
     && /opt/observer/bin/pip install --no-compile ${PIP_CERT:+--cert "$PIP_CERT"} ./ \
-    && /opt/observer/bin/pip uninstall -y -q pip setuptools
+    && /opt/observer/bin/pip uninstall -y -q pip setuptools \
+    && rm -r /opt/observer/lib/python3*/site-packages/observer/lab
 
 FROM debian:bookworm-slim
 # python3: the interpreter the environment was made with; iptables: both backends

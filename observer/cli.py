@@ -420,6 +420,18 @@ async def _serve_apiserver(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as error:
+        if not (error.name or "").startswith("observer.lab"):
+            raise
+        print("observer: the lab is not part of this installation (the container image "
+              "carries the agent alone); install the package from its source to run it",
+              file=sys.stderr)
+        return 2
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     scenario = args.command == "lab" and args.lab_command is None
     # The lab's agents would log every episode; its report is the point, so warnings only.

@@ -113,6 +113,15 @@ version=$(buildah run "$ctr" -- observer --version)
 [ "$version" = "observer $VERSION" ] || { echo "image: --version said: $version" >&2; exit 1; }
 uid=$(buildah run "$ctr" -- python3 -c 'import os; print(os.getuid())')
 [ "$uid" = 65532 ] || { echo "image: runs as UID $uid by default, not 65532" >&2; exit 1; }
+echo "image: nothing of the lab inside; observer lab says so"
+if buildah run "$ctr" -- python3 -c 'import observer.lab' 2>/dev/null; then
+  echo "image: the lab is in the image" >&2; exit 1
+fi
+status=0
+said=$(buildah run "$ctr" -- observer lab --deletions 1 2>&1) || status=$?
+if [ "$status" -eq 0 ] || ! grep -q "the lab is not part of this installation" <<<"$said"; then
+  echo "image: observer lab in the image: exit $status: $said" >&2; exit 1
+fi
 
 # buildah's `--cap-drop all` would also drop what --cap-add adds: drop its defaults one by one.
 as_daemonset=(--network host --user 0:0 --cap-add CAP_NET_ADMIN --cap-add CAP_NET_RAW)
