@@ -364,7 +364,8 @@ async def _run_lab(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The `observer` command's flags and subcommands."""
     parser = argparse.ArgumentParser(
         prog="observer",
         description="Measure how long Kubernetes endpoint removal takes to reach each node.")
@@ -432,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     scenario = args.command == "lab" and args.lab_command is None
     # The lab's agents would log every episode; its report is the point, so warnings only.
     logs.configure(args.log_format, level=logging.WARNING if scenario else logging.INFO)
@@ -445,7 +446,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return asyncio.run(_dump_dataplane(args))
     if args.command == "report":
         if args.window is not None and args.prometheus is None:
-            _parser().error("--window needs --prometheus: agents' counters run from their "
+            build_parser().error("--window needs --prometheus: agents' counters run from their "
                             "start")
         try:
             return asyncio.run(_report(args))

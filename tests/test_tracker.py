@@ -195,9 +195,10 @@ def test_old_records_are_forgotten(clock: ManualClock) -> None:
     t = tracker(clock, rec)
     t.pods_listed([pod()], t.now("pod_watch"), relist=False)
     t.pod_deleted(pod(), t.now("pod_watch"))
+    assert t.pods.record("uid-1") is not None
     clock.advance(t.ttl + 1)
     t.expire()
-    assert t._pod_records == {}
+    assert t.pods.record("uid-1") is None
 
 
 # Pods of other nodes: their stop comes from the watch on terminal pods -----------------------
@@ -284,8 +285,8 @@ def test_remote_stops_are_bounded(clock: ManualClock) -> None:
                        max_in_flight=3, ttl=10)
     for i in range(5):
         t.pod_terminal(pod(node="node-b", uid=f"u{i}"), t.now("pod_watch"))
-    assert len(t._remote_stops) == 3  # the oldest went first
-    assert "u0" not in t._remote_stops
+    kept = [f"u{i}" for i in range(5) if t.pods.remote_stop(f"u{i}") is not None]
+    assert kept == ["u2", "u3", "u4"]  # the oldest went first
     clock.advance(11)
     t.expire()
-    assert t._remote_stops == {}
+    assert [u for u in kept if t.pods.remote_stop(u) is not None] == []

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Protocol
 
 from observer.clock import Clock
 from observer.dataplane.model import DataplaneChange
 from observer.episodes.model import AbandonReason, Episode
+from observer.episodes.pods import PodNews, PodRecord, PodRecords, RemoteStop
 from observer.episodes.slices import Merged, SliceView, Update
 from observer.episodes.stages import time_stages
 from observer.kube.objects import Endpoint, EndpointSlice, Pod
@@ -57,15 +57,6 @@ class EpisodeSink(Protocol):
     def invalid_input(self, resource: str, reason: str) -> None: ...
 
 
-@dataclass(slots=True)
-class _PodRecord:
-    deleted: Timestamp | None = None
-    api_delete_requested: float | None = None
-    stopped: Timestamp | None = None
-    gap: bool = False  # its deletion or stop happened while the pod watch was re-listing
-    gone_at: float | None = None  # monotonic time the object left the watch
-
-
 class EpisodeTracker:
     def __init__(self, *, node_name: str, clock: Clock, sink: EpisodeSink,
                  measure_dataplane: bool,
@@ -84,14 +75,9 @@ class EpisodeTracker:
         self.episodes: dict[EndpointKey, Episode] = {}
         self.finished: deque[Episode] = deque(maxlen=keep_finished)
         self.slices = slices if slices is not None else SliceView()
-        self._pods: dict[str, Pod] = {}  # local pods by uid
-        self._pod_by_ip: dict[str, str] = {}
-        self._pod_records: dict[str, _PodRecord] = {}
+        self.pods = PodRecords(node_name=node_name, ttl=ttl, max_remote=max_in_flight)
         self._episodes_by_pod: dict[str, set[EndpointKey]] = {}
         self._recent_drops: dict[EndpointKey, Timestamp] = {}
-        # Pods of other nodes seen terminal, by uid: (when, seen only on a re-list). Bounded
-        # by the TTL and the in-flight cap; oldest first.
-        self._remote_stops: dict[str, tuple[Timestamp, bool]] = {}
 
     # timestamps ----------------------------------------------------------------------------
 
@@ -157,9 +143,9 @@ class EpisodeTracker:
     def _start(self, key: EndpointKey, before: Endpoint, after: Endpoint | None,
                at: Timestamp) -> None:
         ref = after or before
-        uid = ref.pod_uid or self._pod_by_ip.get(key.ip, "")
-        local = ref.node_name == self.node_name or uid in self._pods
-        record = self._pod_records.get(uid) if uid else None
+        uid = ref.pod_uid or self.pods.uid_of(key.ip)
+        local = ref.node_name == self.node_name or self.pods.is_local(uid)
+        record = self.pods.record(uid) if uid else None
         deleting = after is None or after.terminating or (record is not None
                                                           and record.deleted is not None)
         if not self.measure_dataplane and not (local and deleting):
@@ -175,9 +161,9 @@ class EpisodeTracker:
             self._episodes_by_pod.setdefault(uid, set()).add(key)
         if record is not None:
             self._apply_record(episode, record)
-        remote = self._remote_stops.get(uid) if uid else None
+        remote = self.pods.remote_stop(uid) if uid else None
         if remote is not None:
-            self._apply_remote_stop(episode, *remote)
+            self._apply_remote_stop(episode, remote)
         if after is None:
             self._stop(episode, at)
         dropped = self._recent_drops.pop(key, None)
@@ -194,7 +180,7 @@ class EpisodeTracker:
         return (self.measure_dataplane and not episode.fallback
                 and not episode.dataplane_untracked)
 
-    def _apply_record(self, episode: Episode, record: _PodRecord) -> None:
+    def _apply_record(self, episode: Episode, record: PodRecord) -> None:
         if record.deleted is not None and episode.deleted is None:
             episode.deleted = record.deleted
             episode.api_delete_requested = record.api_delete_requested
@@ -243,68 +229,26 @@ class EpisodeTracker:
             if not keys:
                 del self._episodes_by_pod[episode.pod_uid]
 
-    # pods (this node's only) ---------------------------------------------------------------
+    # pods ------------------------------------------------------------------------------------
 
     def pods_listed(self, pods: Iterable[Pod], at: Timestamp, *, relist: bool) -> None:
-        listed = {pod.uid: pod for pod in pods}
-        for uid in list(self._pods):
-            if uid not in listed:
-                self.pod_deleted(self._pods[uid], at, gap=relist)
-        for pod in listed.values():
-            self.pod_changed(pod, at, gap=relist)
+        self._apply_pods(self.pods.listed(pods, at, relist=relist))
 
-    def pod_changed(self, pod: Pod, at: Timestamp, *, gap: bool = False) -> None:
-        previous = self._pods.get(pod.uid)
-        if previous is not None:
-            for ip in previous.ips:
-                self._pod_by_ip.pop(ip, None)
-        self._pods[pod.uid] = pod
-        for ip in pod.ips:
-            self._pod_by_ip[ip] = pod.uid
-        if pod.deletion_timestamp is not None:
-            self._mark_deleted(pod, at, gap=gap)
-        if pod.all_terminated:
-            self._mark_stopped(pod, at, gap=gap)
+    def pod_changed(self, pod: Pod, at: Timestamp) -> None:
+        self._apply_pods(self.pods.changed(pod, at))
 
-    def _mark_deleted(self, pod: Pod, at: Timestamp, *, gap: bool) -> None:
-        record = self._pod_records.setdefault(pod.uid, _PodRecord())
-        if record.deleted is None:
-            record.deleted = at
-            record.api_delete_requested = pod.deletion_requested_at
-            record.gap = record.gap or gap
-            self._update_pod_episodes(pod.uid, record)
+    def pod_deleted(self, pod: Pod, at: Timestamp) -> None:
+        self._apply_pods(self.pods.deleted(pod, at))
 
-    def _mark_stopped(self, pod: Pod, at: Timestamp, *, gap: bool) -> None:
-        record = self._pod_records.setdefault(pod.uid, _PodRecord())
-        if record.stopped is None:
-            record.stopped = at
-            record.gap = record.gap or gap
-            if record.deleted is not None and not record.gap:
-                killed = sum(1 for c in pod.containers if c.killed)
-                self.sink.pod_shutdown(max(0.0, at.mono - record.deleted.mono), killed,
-                                       pod.prestop_seconds)
-            self._update_pod_episodes(pod.uid, record)
-
-    def pod_deleted(self, pod: Pod, at: Timestamp, *, gap: bool = False) -> None:
-        """The object is gone: whatever its last status said, it no longer serves. Gone without
-        a deletionTimestamp ever seen (a force deletion, grace 0) means deleted now too."""
-        known = self._pods.get(pod.uid, pod)
-        self._mark_deleted(known, at, gap=gap)
-        self._mark_stopped(known, at, gap=gap)
-        self._pods.pop(pod.uid, None)
-        for ip in known.ips:
-            if self._pod_by_ip.get(ip) == pod.uid:
-                del self._pod_by_ip[ip]
-        self._pod_records.setdefault(pod.uid, _PodRecord()).gone_at = at.mono
-
-    def _update_pod_episodes(self, uid: str, record: _PodRecord) -> None:
-        for key in list(self._episodes_by_pod.get(uid, ())):
-            episode = self.episodes.get(key)
-            if episode is not None:
-                self._apply_record(episode, record)
-                self._maybe_finish(episode)
-
-    # pods of other nodes (the watch on terminal pods) ---------------------------------------
+    def _apply_pods(self, news: list[PodNews]) -> None:
+        for uid, record, shutdown in news:
+            if shutdown is not None:
+                self.sink.pod_shutdown(*shutdown)
+            for key in list(self._episodes_by_pod.get(uid, ())):
+                episode = self.episodes.get(key)
+                if episode is not None:
+                    self._apply_record(episode, record)
+                    self._maybe_finish(episode)
 
     def terminal_pods_listed(self, pods: Iterable[Pod], at: Timestamp, *, relist: bool) -> None:
         """A complete list of terminal pods: each stopped before ``at``. On a re-list, when
@@ -318,20 +262,18 @@ class EpisodeTracker:
         self._remote_stopped(pod, at, gap=False)
 
     def _remote_stopped(self, pod: Pod, at: Timestamp, *, gap: bool) -> None:
-        if pod.node_name == self.node_name or pod.uid in self._remote_stops:
-            return  # this node's own pods: their pod watch says more (container states)
-        self._remote_stops[pod.uid] = (at, gap)
-        if len(self._remote_stops) > self.max_in_flight:
-            del self._remote_stops[next(iter(self._remote_stops))]
+        stop = self.pods.remote_stopped(pod, at, gap=gap)
+        if stop is None:
+            return
         for key in list(self._episodes_by_pod.get(pod.uid, ())):
             episode = self.episodes.get(key)
             if episode is not None:
-                self._apply_remote_stop(episode, at, gap)
+                self._apply_remote_stop(episode, stop)
 
-    def _apply_remote_stop(self, episode: Episode, at: Timestamp, gap: bool) -> None:
-        if gap and episode.stopped is None:
+    def _apply_remote_stop(self, episode: Episode, stop: RemoteStop) -> None:
+        if stop.gap and episode.stopped is None:
             episode.gap = True
-        self._stop(episode, at)
+        self._stop(episode, stop.at)
 
     # dataplane -----------------------------------------------------------------------------
 
@@ -356,8 +298,4 @@ class EpisodeTracker:
             self._abandon(episode, "ttl")
         self._recent_drops = {k: t for k, t in self._recent_drops.items()
                               if now - t.mono <= _RECENT_DROP_SECONDS}
-        for uid in [u for u, r in self._pod_records.items()
-                    if r.gone_at is not None and now - r.gone_at > self.ttl]:
-            del self._pod_records[uid]
-        for uid in [u for u, (at, _) in self._remote_stops.items() if now - at.mono > self.ttl]:
-            del self._remote_stops[uid]
+        self.pods.expire(now)

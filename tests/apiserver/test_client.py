@@ -66,12 +66,13 @@ async def test_pagination_is_a_consistent_snapshot(api: client.ApiClient) -> Non
     # Changes after the first page do not show up in later pages of the same list.
     await core.delete_namespaced_pod("p3", "default", grace_period_seconds=0)
     await core.create_namespaced_pod("default", pod("p5"))
-    second = await core.list_namespaced_pod("default", limit=2,
-                                            _continue=first.metadata._continue)
-    third = await core.list_namespaced_pod("default", limit=2,
-                                           _continue=second.metadata._continue)
+    # kubernetes_asyncio names the API's `continue` field `_continue` (a Python keyword).
+    second = await core.list_namespaced_pod(
+        "default", limit=2, _continue=first.metadata._continue)  # noqa: SLF001
+    third = await core.list_namespaced_pod(
+        "default", limit=2, _continue=second.metadata._continue)  # noqa: SLF001
     assert [p.metadata.name for p in second.items + third.items] == ["p2", "p3", "p4"]
-    assert not third.metadata._continue
+    assert not third.metadata._continue  # noqa: SLF001
     assert second.metadata.resource_version == first.metadata.resource_version
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -186,21 +187,66 @@ async def monitoring(netns: Netns, mode: str, health: Health, changes: Recorder,
             await task
 
 
+class OneLie:
+    """The source's own change events, with one burst that no rule change made put first in
+    line (released by ``lie.set()``): what lost or garbled events would leave behind."""
+
+    def __init__(self, events: Any, burst: Callable[[], list[Any]]) -> None:
+        self.events, self.burst_of_lies, self.lie = events, burst, asyncio.Event()
+        self.told = False
+
+    async def burst(self) -> list[Any]:
+        if not self.told:
+            await self.lie.wait()
+            self.told = True
+            return self.burst_of_lies()
+        return list(await self.events.burst())
+
+
+def svc4_jump_to(source: MonitorSource[Any], ip: str) -> list[Any]:
+    """An event burst saying svc4's rules stopped selecting ``ip`` (no rule did)."""
+    if isinstance(source.tables, IptablesNftTables):
+        jumps = source.tables.states["ip"]
+        chain = f"KUBE-SVC-{service_hash('ns4/svc4:p80', 'tcp')}"
+        (handle,) = [h for h, sep in jumps.jumps[chain].items() if jumps.endpoints[sep][1] == ip]
+        return [JumpEvent("delete", "ip", chain, handle)]
+    rules = source.tables.states["ip"].policy_rules
+    chain = next(c for c in rules if c.startswith("service-") and "ns4/svc4" in c)
+    (handle,) = [h for h, targets in rules[chain].items() if any(ip in t for t in targets)]
+    other = next(t for t in rules[chain][handle] if ip not in t)
+    return [json.dumps({"delete": {"rule": {
+                "family": "ip", "table": "kube-proxy", "chain": chain, "handle": handle}}}
+            ).encode(),
+            json.dumps({"add": {"rule": {
+                "family": "ip", "table": "kube-proxy", "chain": chain, "handle": 99999,
+                "expr": [{"goto": {"target": other}}]}}}).encode()]
+
+
 @pytest.mark.parametrize("mode", ["iptables-nft", "nftables"])
 async def test_a_resync_counts_and_corrects_drift(netns: Netns, mode: str) -> None:
     """State kept from events that went wrong (here: told a change no rule made) is found by
     the next full read, counted as drift, corrected, and the correction reported."""
     health, changes = Health(), Recorder()
     async with monitoring(netns, mode, health, changes, resync_interval=0.3) as source:
+        real_events = source.tables.events
+        lying: list[OneLie] = []
+
+        @contextlib.asynccontextmanager
+        async def events_with_a_lie(runner: CommandRunner) -> AsyncIterator[OneLie]:
+            async with real_events(runner) as events:
+                lying.append(OneLie(events, lambda: svc4_jump_to(source, "10.180.0.4")))
+                yield lying[0]
+
+        source.tables.events = events_with_a_lie  # type: ignore[method-assign]
         await until(lambda: source.selected(key(4, "10.180.0.4")) is True, "first read")
-        wrong = {key(4, "10.180.0.5"): True}  # 10.180.0.4 left out: as if it had gone
-        source._selection.update([key(4, "").service_port], {key(4, "").service_port: wrong},
-                                 source._now(0.001), lambda change: None)
-        assert source.selected(key(4, "10.180.0.4")) is False
+        lying[0].lie.set()
+        await until(lambda: source.selected(key(4, "10.180.0.4")) is False, "the lie applied")
+        assert source.selected(key(4, "10.180.0.5")) is True
         await until(lambda: bool(health.drifts), "resync")
         assert health.drifts == [1]
         assert source.selected(key(4, "10.180.0.4")) is True
-        assert [(c.key, c.selected) for c in changes.changes] == [(key(4, "10.180.0.4"), True)]
+        assert [(c.key, c.selected) for c in changes.changes] == [
+            (key(4, "10.180.0.4"), False), (key(4, "10.180.0.4"), True)]
         assert health.errors == []
 
 

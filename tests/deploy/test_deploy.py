@@ -6,7 +6,6 @@ copies of the rules are up to date."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import re
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from observer import cli
+from tests.cli_options import actions, commands
 from tests.conftest import REPO, missing, require_tool
 
 CHART = REPO / "deploy" / "helm" / "observer"
@@ -123,10 +122,8 @@ def test_chart_and_kustomize_render_the_same_daemonset() -> None:
 
 def run_flags() -> dict[str, str]:
     """`observer run`'s flags, as ``--flag`` → OBSERVER_* variable."""
-    parser = cli._parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    run_parser = commands.choices["run"]
-    flags = [s for a in run_parser._actions for s in a.option_strings
+    run_parser = dict(commands())["run"]
+    flags = [s for a in actions(run_parser) for s in a.option_strings
              if s.startswith("--") and not s.startswith("--no-") and s != "--help"]
     return {f: "OBSERVER_" + f[2:].upper().replace("-", "_") for f in [*flags, "--log-format"]}
 

@@ -4,14 +4,13 @@ way the inputs can fail — a message and a documented exit code, never a traceb
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import json
 import math
 import re
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from observer.lab.apiserver.registry import WriteOptions
 from observer.lab.apiserver.server import ApiServer
 from observer.report.command import ReportOptions, report
 from observer.report.histograms import Histogram
+from tests.cli_options import actions, commands
 from tests.report.test_prometheus import free_port
 
 Observe = Callable[[AgentMetrics], None]
@@ -341,18 +341,11 @@ async def test_every_agent_is_read_however_they_are_given(
 
 def test_no_option_that_takes_several_values_keeps_only_the_last_use() -> None:
     """Every option of every command that takes a list adds to it when repeated."""
-    def parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
-        yield parser
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for sub in action.choices.values():
-                    yield from parsers(sub)
-
-    listed = [(action.option_strings, type(action).__name__)
-              for parser in parsers(cli._parser()) for action in parser._actions
+    listed = [(command, action.option_strings, type(action).__name__)
+              for command, parser in commands() for action in actions(parser)
               if action.option_strings and action.nargs in ("+", "*")]
-    assert listed  # --agent at least
-    assert all(kind == "_ExtendAction" for _, kind in listed), listed
+    assert [(c, o) for c, o, _ in listed] == [("report", ["--agent"])]
+    assert all(kind == "_ExtendAction" for _, _, kind in listed), listed
 
 
 def test_quantile_is_promqls() -> None:

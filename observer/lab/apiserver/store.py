@@ -81,13 +81,13 @@ class Watcher:
         was = change.type != "ADDED" and self.visible(change.prev)
         now = change.type != "DELETED" and self.visible(change.obj)
         if was and now:
-            self._push("MODIFIED", change.obj)
+            self.push("MODIFIED", change.obj)
         elif now:
-            self._push("ADDED", change.obj)
+            self.push("ADDED", change.obj)
         elif was:
-            self._push("DELETED", change.obj)
+            self.push("DELETED", change.obj)
 
-    def _push(self, event_type: EventType, obj: Obj) -> None:
+    def push(self, event_type: EventType, obj: Obj) -> None:
         if len(self.queue) >= self.capacity:
             # The real cacher terminates a watcher that does not keep up; the client re-watches.
             self.close("watcher could not keep up")
@@ -199,7 +199,7 @@ class Store:
         if since is None:
             for obj in self._objects.get(resource, {}).values():
                 if watcher.visible(obj):
-                    watcher._push("ADDED", obj)
+                    watcher.push("ADDED", obj)
         else:
             for change in self.changes_since(since):
                 watcher.offer(change)
