@@ -177,7 +177,7 @@ async def _dump_dataplane(args: argparse.Namespace) -> int:
         return 0
     document = snapshot.to_json()
     rows = [("SERVICE", "PROTO", "CLUSTER-IP", "PATH", "ENDPOINT", "SELECTED")]
-    for service in document["services"]:  # type: ignore[attr-defined]
+    for service in document["services"]:
         for path in ("cluster", "local"):
             for endpoint in service["paths"][path]:
                 rows.append((service["service"], service["protocol"],

@@ -10,11 +10,11 @@ import sys
 from tests.conftest import REPO, require_root
 
 
-def pytest_run(probe: str, **popen: object) -> subprocess.Popen[str]:
+def pytest_run(probe: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "pytest", "-s", "-q", "-p", "no:cacheprovider",
          f"tests/probes/{probe}"], cwd=REPO, text=True, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, **popen)  # type: ignore[call-overload]
+        stderr=subprocess.STDOUT)
 
 
 def test_a_hanging_test_fails_at_its_timeout_and_shows_where_each_task_waits() -> None:

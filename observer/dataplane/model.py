@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from observer.values import EndpointKey, Mode, ProxyMode, ServicePort, Timestamp
 
@@ -91,7 +91,7 @@ class DataplaneSnapshot:
     backend: Backend | None
     services: tuple[ProgrammedService, ...]
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, Any]:
         """The documented ``observer dataplane --json`` shape: services sorted by name,
         endpoints by IP then port."""
         def endpoints(items: tuple[ProgrammedEndpoint, ...]) -> list[dict[str, object]]:

@@ -24,7 +24,7 @@ async def raw_session(server: ApiServer, *, token: str | None = None
 
 
 async def read_events(response: aiohttp.ClientResponse, count: int) -> list[dict[str, Any]]:
-    events = []
+    events: list[dict[str, Any]] = []
     while len(events) < count:
         line = await response.content.readline()
         if not line:

@@ -27,7 +27,7 @@ async def http(apiserver: ApiServer) -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def with_changes(**changes: Any) -> dict[str, Any]:
-    body = json.loads(json.dumps(GOOD))
+    body: dict[str, Any] = json.loads(json.dumps(GOOD))
     body["metadata"]["name"] = "new"
     for dotted, value in changes.items():
         node = body

@@ -18,14 +18,16 @@ POD: dict[str, Any] = {
 }
 
 
-def pod(name: str, node: str = "node-a", **labels: str) -> dict[str, Any]:
+# Bodies are plain dicts: kubernetes_asyncio sends them as JSON as they are (its annotations
+# name only its model classes), so the helpers say Any.
+def pod(name: str, node: str = "node-a", **labels: str) -> Any:
     body = copy.deepcopy(POD)
     body["metadata"] = {"name": name, "labels": labels or {"app": "web"}}
     body["spec"]["nodeName"] = node
     return body
 
 
-def endpoint_slice(name: str, *addresses: str) -> dict[str, Any]:
+def endpoint_slice(name: str, *addresses: str) -> Any:
     return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": name, "labels": {"kubernetes.io/service-name": "web"}},
             "addressType": "IPv4", "ports": [{"port": 80}],
@@ -161,7 +163,7 @@ async def test_optimistic_concurrency(api: client.ApiClient) -> None:
     with pytest.raises(ApiException) as raised:
         await core.replace_namespaced_pod("a", "default", created)
     assert raised.value.status == 409
-    assert "the object has been modified" in raised.value.body
+    assert "the object has been modified" in str(raised.value.body)
 
 
 async def test_noop_update_keeps_resource_version(api: client.ApiClient) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -143,7 +144,7 @@ async def test_slow_watcher_is_closed(clock: ManualClock) -> None:
         await server.stop()
 
 
-async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, object]]:
+async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
     async for line in response.content:
         yield json.loads(line)
 

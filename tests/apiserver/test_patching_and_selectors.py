@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from observer.lab.apiserver.errors import ApiError
 from observer.lab.apiserver.patching import json_patch, merge_patch, strategic_merge_patch
 from observer.lab.apiserver.selectors import parse_field_selector, parse_label_selector
 
-POD = {"metadata": {"finalizers": ["a"], "labels": {"x": "1", "y": "2"}},
+POD: dict[str, Any] = {"metadata": {"finalizers": ["a"], "labels": {"x": "1", "y": "2"}},
        "spec": {"containers": [{"name": "app", "image": "app:1", "env": [{"name": "A",
                                                                           "value": "1"}]},
                                {"name": "side", "image": "side:1"}],

@@ -19,7 +19,7 @@ from observer.dataplane.detect import open_source, reader_for, resolve
 from observer.dataplane.iptables import service_hash
 from observer.dataplane.model import DataplaneChange
 from observer.dataplane.nftevents import JumpEvent
-from observer.dataplane.sources import IptablesNftTables, MonitorSource
+from observer.dataplane.sources import IptablesNftTables, KubeProxyTables, MonitorSource
 from observer.values import EndpointKey, ServicePort
 from tests.agent.harness import until
 from tests.dataplane.edits import (
@@ -169,7 +169,7 @@ async def test_change_events(netns: Netns, mode: str) -> None:
 
 @contextlib.asynccontextmanager
 async def monitoring(netns: Netns, mode: str, health: Health, changes: Recorder, *,
-                     resync_interval: float) -> AsyncIterator[MonitorSource]:
+                     resync_interval: float) -> AsyncIterator[MonitorSource[Any]]:
     """kube-proxy's rules for ``mode`` loaded, and the event-driven source running on them
     (its task starts at the caller's first await: what the caller sets before runs first)."""
     load(netns, mode)
@@ -210,6 +210,7 @@ def svc4_jump_to(source: MonitorSource[Any], ip: str) -> list[Any]:
         chain = f"KUBE-SVC-{service_hash('ns4/svc4:p80', 'tcp')}"
         (handle,) = [h for h, sep in jumps.jumps[chain].items() if jumps.endpoints[sep][1] == ip]
         return [JumpEvent("delete", "ip", chain, handle)]
+    assert isinstance(source.tables, KubeProxyTables)
     rules = source.tables.states["ip"].policy_rules
     chain = next(c for c in rules if c.startswith("service-") and "ns4/svc4" in c)
     (handle,) = [h for h, targets in rules[chain].items() if any(ip in t for t in targets)]

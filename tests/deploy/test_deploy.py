@@ -71,7 +71,8 @@ def test_helm_lint() -> None:
 
 
 def test_everything_validates_offline(tmp_path: Path) -> None:
-    builtin, custom = [], []
+    builtin: list[dict[str, Any]] = []
+    custom: list[dict[str, Any]] = []
     for objects in rendered().values():
         for obj in objects:
             (custom if obj["apiVersion"].startswith("monitoring.coreos.com/") else

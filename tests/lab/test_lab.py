@@ -109,7 +109,7 @@ async def test_interrupted_serve_cleans_up() -> None:
         env={**os.environ})
     try:
         assert proc.stdout is not None
-        announced = []
+        announced: list[str] = []
         while len(announced) < 3:  # the kubeconfig, then one URL per agent
             line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().strip()
             assert line, "the lab ended before announcing itself"

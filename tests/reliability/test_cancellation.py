@@ -13,8 +13,9 @@ import asyncio
 import random
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes_asyncio import client
@@ -80,7 +81,7 @@ class _Discard:
     def event(self, event_type: str, obj: dict[str, object], *, precision: float) -> None: ...
 
 
-async def cancelled_at_random(run: Callable[[], Awaitable[None]], *, trials: int,
+async def cancelled_at_random(run: Callable[[], Coroutine[Any, Any, None]], *, trials: int,
                               within: float, seed: int) -> list[float]:
     """Start ``run()``, cancel it after a random delay in [0, within), ``trials`` times; how
     long each took to end once cancelled. Fails at the first that takes longer than BOUND."""

@@ -16,6 +16,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import pytest
@@ -192,10 +193,11 @@ async def oversized_objects(lab: Lab) -> None:
     """Objects at the API's own size limits, changed while deletions go on: a slice of 1000
     endpoints (the maximum) for another service and a pod with 200 KiB of annotations."""
     slices = lab.server.registries["endpointslices"]
-    big = {"metadata": {"name": "big-0", "labels": {"kubernetes.io/service-name": "big"}},
-           "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
-           "endpoints": [{"addresses": [f"10.200.{i // 250}.{i % 250 + 1}"],
-                          "conditions": {"ready": i % 7 != 0}} for i in range(1000)]}
+    big: dict[str, Any] = {
+        "metadata": {"name": "big-0", "labels": {"kubernetes.io/service-name": "big"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+        "endpoints": [{"addresses": [f"10.200.{i // 250}.{i % 250 + 1}"],
+                       "conditions": {"ready": i % 7 != 0}} for i in range(1000)]}
     try:
         current = slices.get(NAMESPACE, "big-0")
     except ApiError:  # the first round: not there yet
