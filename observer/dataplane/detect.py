@@ -6,23 +6,11 @@ from typing import Any, Literal
 
 from observer.clock import Clock
 from observer.dataplane.commands import CommandError, CommandRunner
-from observer.dataplane.ipvs import Candidates, IpvsNames
-from observer.dataplane.model import Backend, DataplaneParseError
-from observer.dataplane.readers import (
-    IptablesReader,
-    IpvsReader,
-    KnownServices,
-    NftablesReader,
-    Reader,
-    decode_output,
-)
-from observer.dataplane.sources import (
-    DataplaneMetrics,
-    IptablesNftTables,
-    KubeProxyTables,
-    MonitorSource,
-    PollingSource,
-)
+from observer.dataplane.iptables import IptablesNftTables, IptablesReader, KnownServices
+from observer.dataplane.ipvs import Candidates, IpvsNames, IpvsReader
+from observer.dataplane.model import Backend, DataplaneParseError, Reader, decode_output
+from observer.dataplane.nftables import KubeProxyTables, NftablesReader
+from observer.dataplane.sources import DataplaneMetrics, MonitorSource, PollingSource
 from observer.values import Mode
 
 Requested = Literal["auto", "iptables", "nftables", "ipvs"]

@@ -16,27 +16,43 @@ directly, but they are not worth a Service watch on every node).
 The kernel of our CI machines has no IPVS module, so both are tested on messages encoded in
 that layout (``tests/fixtures/dataplane/ipvs_netlink.py``, its origin stated there), and the
 decoding against pyroute2's of the same bytes.
+
+The dump is what ``ipvsadm -Ln`` asks for: the ``IPVS`` generic netlink family's id from the
+controller, an ``IPVS_CMD_GET_SERVICE`` dump, then an ``IPVS_CMD_GET_DEST`` dump per virtual
+server, naming it by the identity attributes the kernel gave (``ip_vs_genl_dump_services`` /
+``ip_vs_genl_dump_dests``). A kernel without the ``ip_vs`` module has no such family and answers
+``ENOENT``, reported as ``unavailable``. No change events: the mode is polled.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import ipaddress
 import socket
 import struct
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, replace
 
 import structlog
 
+from observer.dataplane.commands import CommandError, CommandRunner
 from observer.dataplane.model import (
+    Backend,
     DataplaneParseError,
     DataplaneSnapshot,
     ProgrammedEndpoint,
     ProgrammedService,
 )
-from observer.dataplane.nlwire import attributes
-from observer.values import ServicePort, join_host_port
+from observer.dataplane.netlink import (
+    NETLINK_GENERIC,
+    GenericNetlink,
+    netlink_error,
+    netlink_socket,
+)
+from observer.dataplane.nlwire import attribute, attributes
+from observer.values import Mode, ServicePort, join_host_port
 
 log = structlog.get_logger("observer.dataplane")
 # (ip, port, protocol) -> the service ports whose EndpointSlices list that endpoint
@@ -202,3 +218,64 @@ class IpvsNames:
                             candidates=sorted(str(p) for p, _ in ranked))
             return None
         return ranked[0][0]
+
+
+# --- reading: the kernel's tables over generic netlink ----------------------------------
+
+_IPVS_CMD_GET_SERVICE, _IPVS_CMD_GET_DEST, _IPVS_CMD_ATTR_SERVICE = 4, 8, 1  # <linux/ip_vs.h>
+_IPVS_GENL_VERSION = 1
+
+
+
+async def ipvs_dump(netns: str | None) -> list[Virtual]:
+    """Every virtual server's attributes and its real servers'; ``CommandError`` on failure
+    (``unavailable``: no IPVS in this kernel; ``permission``; ``failed``), and
+    ``DataplaneParseError`` for a message that cannot be read. The caller bounds its time."""
+    try:
+        sock = await netlink_socket(netns, NETLINK_GENERIC)
+    except OSError as error:
+        raise _ipvs_error(error) from None
+    try:
+        genl = GenericNetlink(sock)
+        family = await genl.family("IPVS")
+        virtuals: list[Virtual] = []
+        for service in await genl.dump(family, _IPVS_CMD_GET_SERVICE,
+                                       version=_IPVS_GENL_VERSION):
+            which = attribute(_IPVS_CMD_ATTR_SERVICE, service_identity(service), nested=True)
+            dests = await genl.dump(family, _IPVS_CMD_GET_DEST, which,
+                                    version=_IPVS_GENL_VERSION)
+            virtuals.append((service_attrs(service), [dest_attrs(d) for d in dests]))
+        return virtuals
+    except OSError as error:
+        raise _ipvs_error(error) from None
+    finally:
+        sock.close()
+
+
+def _ipvs_error(error: OSError) -> CommandError:
+    if error.errno == errno.ENOENT:
+        return CommandError("unavailable", "the kernel has no IPVS (ip_vs module not loaded)")
+    return netlink_error(error, "IPVS netlink")
+
+
+@dataclass
+class IpvsReader:
+    """The kernel's IPVS tables over netlink (in ``runner``'s namespace, within its timeout);
+    with ``names``, virtual servers named after service ports. ``dump`` is the netlink
+    request (``ipvs_dump``), replaceable where there is no IPVS to ask."""
+
+    runner: CommandRunner
+    names: IpvsNames | None = None
+    dump: Callable[[str | None], Awaitable[list[Virtual]]] = ipvs_dump
+    mode: Mode = "ipvs"
+    backend: Backend | None = None
+
+    async def read(self) -> DataplaneSnapshot:
+        try:
+            async with asyncio.timeout(self.runner.timeout):
+                virtuals = await self.dump(self.runner.netns)
+        except TimeoutError:
+            raise CommandError("timeout", f"IPVS netlink dump did not finish in "
+                                          f"{self.runner.timeout} s") from None
+        snapshot = parse_ipvs(virtuals)
+        return snapshot if self.names is None else self.names.apply(snapshot)

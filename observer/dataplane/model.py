@@ -2,13 +2,17 @@
 
 A reader turns the node's rules into ``DataplaneChange`` records: "endpoint X of service port
 Y stopped (or started) being selected for new connections on this node, noticed at time T".
-The tracker consumes those and knows nothing of iptables, nftables or IPVS.
+The tracker consumes those and knows nothing of iptables, nftables or IPVS. Each mode has one
+module (``iptables``, ``nftables``, ``ipvs``: its reading, parsing and change state); the
+mechanisms they share stand beside them (``commands``: running the tools; ``netlink``,
+``nlwire``, ``nftevents``: the kernel's sockets and messages; ``sources``: polling and
+event-driven change detection under a CPU budget; ``detect``: which mode this node has).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -114,3 +118,39 @@ class DataplaneSnapshot:
                 key = EndpointKey(port, endpoint.ip, endpoint.port)
                 out[key] = out.get(key, False) or endpoint.selected
         return out
+
+
+# --- what every full read is ---------------------------------------------------------------
+
+class Reader(Protocol):
+    @property
+    def mode(self) -> Mode: ...
+
+    @property
+    def backend(self) -> Backend | None: ...
+
+    async def read(self) -> DataplaneSnapshot: ...
+
+
+def merge_snapshots(mode: Mode, backend: Backend | None,
+           parts: Iterable[DataplaneSnapshot]) -> DataplaneSnapshot:
+    services: list[ProgrammedService] = []
+    for part in parts:
+        services.extend(part.services)
+    return DataplaneSnapshot(mode, backend, tuple(services))
+
+
+def decode_output(raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise DataplaneParseError("output is not UTF-8") from None
+
+
+def either_family(parts: Iterable[dict[EndpointKey, bool]]) -> dict[EndpointKey, bool]:
+    """The IP families' selections as one: an endpoint is selected if either selects it."""
+    out: dict[EndpointKey, bool] = {}
+    for part in parts:
+        for key, selected in part.items():
+            out[key] = out.get(key, False) or selected
+    return out

@@ -1,15 +1,7 @@
-"""Netlink, spoken directly: sockets in the node's or a named network namespace, attribute
-framing, and generic netlink requests; and the kernel's IPVS tables over it — the thin I/O
-shell around ``parse_ipvs``.
-
-The IPVS dump is what ``ipvsadm -Ln`` asks for: the ``IPVS`` generic netlink family's id from
-the controller (``CTRL_CMD_GETFAMILY``), an ``IPVS_CMD_GET_SERVICE`` dump, then an
-``IPVS_CMD_GET_DEST`` dump per virtual server, naming it by the identity attributes the kernel
-gave (``include/uapi/linux/ip_vs.h``; the kernel's side is ``ip_vs_genl_dump_services`` /
-``ip_vs_genl_dump_dests`` in ``net/netfilter/ipvs/ip_vs_ctl.c``). A kernel without the
-``ip_vs`` module has no such family and answers ``ENOENT``, reported as ``unavailable``.
-Messages are framed and decoded here rather than by pyroute2, whose per-message decoding cost
-10 s of CPU and 280 MiB per read at 10,000 virtual servers (docs/benchmarks.md).
+"""Netlink, spoken directly: sockets in the node's or a named network namespace, and generic
+netlink requests (what the IPVS mode's dump is made of). Messages are framed and decoded by the
+agent (``nlwire``) rather than by pyroute2, whose per-message decoding cost 10 s of CPU and
+280 MiB per read at 10,000 IPVS virtual servers (docs/benchmarks.md).
 
 A namespace is entered the way ``ip netns exec`` does, with ``setns(2)`` on
 ``/run/netns/NAME`` — but only by a short-lived thread of its own, which opens the netlink
@@ -28,7 +20,6 @@ import struct
 import threading
 
 from observer.dataplane.commands import CommandError
-from observer.dataplane.ipvs import Virtual, dest_attrs, service_attrs, service_identity
 from observer.dataplane.model import DataplaneParseError
 from observer.dataplane.nlwire import DATAGRAM, HEADER, attribute, attributes, messages
 
@@ -41,10 +32,6 @@ _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _GENL_ID_CTRL, _CTRL_CMD_GETFAMILY = 16, 3  # <linux/genetlink.h>
 _CTRL_ATTR_FAMILY_ID, _CTRL_ATTR_FAMILY_NAME = 1, 2
-_IPVS_CMD_GET_SERVICE, _IPVS_CMD_GET_DEST, _IPVS_CMD_ATTR_SERVICE = 4, 8, 1  # <linux/ip_vs.h>
-_IPVS_GENL_VERSION = 1
-
-
 class GenericNetlink:
     """Requests and their replies over a bound, non-blocking ``NETLINK_GENERIC`` socket.
     Errors are ``OSError`` with the kernel's errno."""
@@ -90,37 +77,6 @@ class GenericNetlink:
                 replies.append(data[start + _GENL.size:end])
             if replies and not dump:
                 return replies
-
-
-async def ipvs_dump(netns: str | None) -> list[Virtual]:
-    """Every virtual server's attributes and its real servers'; ``CommandError`` on failure
-    (``unavailable``: no IPVS in this kernel; ``permission``; ``failed``), and
-    ``DataplaneParseError`` for a message that cannot be read. The caller bounds its time."""
-    try:
-        sock = await netlink_socket(netns, NETLINK_GENERIC)
-    except OSError as error:
-        raise _ipvs_error(error) from None
-    try:
-        genl = GenericNetlink(sock)
-        family = await genl.family("IPVS")
-        virtuals: list[Virtual] = []
-        for service in await genl.dump(family, _IPVS_CMD_GET_SERVICE,
-                                       version=_IPVS_GENL_VERSION):
-            which = attribute(_IPVS_CMD_ATTR_SERVICE, service_identity(service), nested=True)
-            dests = await genl.dump(family, _IPVS_CMD_GET_DEST, which,
-                                    version=_IPVS_GENL_VERSION)
-            virtuals.append((service_attrs(service), [dest_attrs(d) for d in dests]))
-        return virtuals
-    except OSError as error:
-        raise _ipvs_error(error) from None
-    finally:
-        sock.close()
-
-
-def _ipvs_error(error: OSError) -> CommandError:
-    if error.errno == errno.ENOENT:
-        return CommandError("unavailable", "the kernel has no IPVS (ip_vs module not loaded)")
-    return netlink_error(error, "IPVS netlink")
 
 
 def netlink_error(error: OSError, what: str) -> CommandError:

@@ -10,22 +10,35 @@ chain ``endpoint-<h8>-<ns>/<name>/<proto>/<port>__<ip>/<port>`` DNATs to the pod
 
 A removed endpoint leaves the vmap at once, but its chain is only flushed and deleted on a later
 sync: selection is membership of the vmap (or an affinity goto), never the chain's existence.
+
+This module holds the whole mode: the parse, one full read (``read_tables``, used by
+``NftablesReader`` for a snapshot and by ``KubeProxyTables`` for the state ``nft -j monitor``'s
+events keep), and the monitor's output cut into bursts (``NftMonitor``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import json
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from observer.dataplane.commands import CommandError, CommandRunner
 from observer.dataplane.model import (
+    Backend,
     DataplaneParseError,
     DataplaneSnapshot,
     ProgrammedEndpoint,
     ProgrammedService,
+    decode_output,
+    either_family,
+    merge_snapshots,
 )
+from observer.values import EndpointKey, Mode, ServicePort
 
 POLICY_PREFIXES = {"service-": "cluster", "local-": "local"}
 ENDPOINT_PREFIX = "endpoint-"
@@ -250,3 +263,157 @@ def parse_nft_text(text: str) -> DataplaneSnapshot:
     for line in text.splitlines():
         parser.feed(line)
     return parser.finish().snapshot()
+
+
+# --- reading: one full read, and the state nft monitor's events keep --------------------
+
+async def nft_lines(runner: CommandRunner, family: str, table: str) -> AsyncGenerator[str, None]:
+    """``nft -a list table`` line by line; nothing when this family has no such table."""
+    try:
+        async with contextlib.aclosing(
+                runner.lines(["nft", "-a", "list", "table", family, table])) as lines:
+            async for line in lines:
+                yield decode_output(line)
+    except CommandError as error:
+        if "No such file or directory" not in str(error):
+            raise
+
+
+async def nft_table_state(runner: CommandRunner, family: str) -> ChainState | None:
+    """kube-proxy's nftables table of one family, parsed as it streams; None if absent."""
+    parser = NftTextParser()
+    seen = False
+    async with contextlib.aclosing(nft_lines(runner, family, "kube-proxy")) as lines:
+        async for line in lines:
+            seen = True
+            parser.feed(line)
+    return parser.finish() if seen else None
+
+
+@dataclass
+class NftablesReader:
+    runner: CommandRunner
+    mode: Mode = "nftables"
+    backend: Backend | None = None
+
+    async def read(self) -> DataplaneSnapshot:
+        states = await read_tables(self.runner)
+        return merge_snapshots("nftables", None, (s.snapshot() for s in states.values()))
+
+
+async def read_tables(runner: CommandRunner) -> dict[str, ChainState]:
+    """One full read: kube-proxy's table in each IP family that has one (``ip``, ``ip6``)."""
+    states = {}
+    for family in ("ip", "ip6"):
+        state = await nft_table_state(runner, family)
+        if state is not None:
+            states[family] = state
+    return states
+
+
+BURST_QUIET_SECONDS = 0.002
+
+
+class NftMonitor:
+    """``nft -j monitor``'s lines, cut into bursts at a quiet gap of ``BURST_QUIET_SECONDS``:
+    read as whatever has arrived (one timer per read, not per line: at thousands of lines a
+    second a timer each was most of the agent's CPU). A line half-written is waited for."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self.stream = stream
+        self._pieces: list[bytes] = []  # of the burst being read
+
+    async def burst(self) -> list[bytes]:
+        if not self._pieces:
+            line = await self.stream.readline()
+            if not line:
+                raise CommandError("failed", "nft monitor ended")
+            self._pieces.append(line)
+        while True:
+            try:
+                async with asyncio.timeout(BURST_QUIET_SECONDS):
+                    piece = await self.stream.read(1024 * 1024)
+            except TimeoutError:
+                if self._pieces[-1].endswith(b"\n"):
+                    break
+                continue
+            if not piece:
+                break  # the end: the next call tells it
+            self._pieces.append(piece)
+        burst, self._pieces = b"".join(self._pieces).split(b"\n"), []
+        return burst
+
+
+class KubeProxyTables:
+    """kube-proxy's own ``kube-proxy`` tables (nftables mode), rules by handle."""
+
+    table = "kube-proxy"
+
+    def __init__(self) -> None:
+        self.states: dict[str, ChainState] = {}
+
+    @contextlib.asynccontextmanager
+    async def events(self, runner: CommandRunner) -> AsyncIterator[NftMonitor]:
+        async with runner.stream(["nft", "-j", "monitor"]) as stream:
+            yield NftMonitor(stream)
+
+    def apply(self, burst: list[bytes]) -> bool:
+        relevant = False
+        for line in burst:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # nft prints the odd non-JSON warning line; and the empty last
+            if not isinstance(event, dict) or len(event) != 1:
+                continue
+            (verb, body), = event.items()
+            if verb not in ("add", "delete") or not isinstance(body, dict) or len(body) != 1:
+                continue
+            (kind, obj), = body.items()
+            if not isinstance(obj, dict) or obj.get("table") != self.table:
+                continue
+            relevant = True
+            family = str(obj.get("family"))
+            chain, handle, name = obj.get("chain"), obj.get("handle"), obj.get("name")
+            if kind == "rule" and isinstance(chain, str) and isinstance(handle, int):
+                self.rule(verb, family, chain, handle, obj.get("expr"))
+            elif kind == "chain" and isinstance(name, str):
+                self.chain(verb, family, name)
+        return relevant
+
+    async def load(self, runner: CommandRunner) -> None:
+        self.states = await read_tables(runner)  # a family without the table: none yet
+
+    def rule(self, verb: str, family: str, chain: str, handle: int, expr: Any) -> None:
+        state = self.states.setdefault(family, ChainState())
+        if verb == "add":
+            state.add_rule(chain, handle, expr)
+        else:
+            state.delete_rule(chain, handle)
+
+    def chain(self, verb: str, family: str, name: str) -> None:
+        state = self.states.setdefault(family, ChainState())
+        if verb == "add":
+            state.add_chain(name)
+        else:
+            state.delete_chain(name)
+
+    def selection(self) -> tuple[dict[EndpointKey, bool], bool]:
+        parts = []
+        for state in self.states.values():
+            state.take_touched()
+            parts.append(state.snapshot().selection())
+        return either_family(parts), True  # nft rules name their endpoints: nothing unknown
+
+    def delta(self) -> tuple[dict[ServicePort, dict[EndpointKey, bool]], bool]:
+        touched = set().union(*(s.take_touched() for s in self.states.values()))
+        out: dict[ServicePort, dict[EndpointKey, bool]] = {}
+        for identity in touched:
+            port = ProgrammedService(identity[0], identity[1], None, (), ()).service_port()
+            if port is None:
+                continue
+            keys = out.setdefault(port, {})
+            for state in self.states.values():  # both IP families
+                for ip, number in state.selected_by_service(identity):
+                    keys[EndpointKey(port, ip, number)] = True
+        return out, True

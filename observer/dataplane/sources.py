@@ -7,50 +7,40 @@
 * ``MonitorSource`` follows the kernel's nf_tables change events — announced over netlink for
   every change, including those iptables-nft makes — and re-derives selection right after each
   burst of events (one kube-proxy transaction arrives as one burst, so a flushed-and-refilled
-  chain is never seen half-way). Events are applied incrementally, rules by handle: for
-  kube-proxy's nftables table as ``nft -j monitor`` prints them (a 2 ms quiet gap ends a
-  burst), for iptables-nft's jumps as the kernel sends them (``nftevents``; a transaction's end
-  ends a burst). A periodic full read checks the state and counts any drift it finds.
+  chain is never seen half-way). Events are applied incrementally to the mode's state, rules by
+  handle (``nftables.KubeProxyTables``: kube-proxy's table as ``nft -j monitor`` prints it, a
+  2 ms quiet gap ending a burst; ``iptables.IptablesNftTables``: iptables-nft's jumps as the
+  kernel sends them, a transaction's end ending a burst). A periodic full read checks the
+  state and counts any drift it finds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import resource
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Generic, Protocol, TypeVar
 
 import structlog
 
 from observer.clock import Clock
 from observer.dataplane.commands import CommandError, CommandRunner
-from observer.dataplane.iptables import JumpState
 from observer.dataplane.model import (
     ChangeSink,
     DataplaneChange,
     DataplaneParseError,
     DataplaneSnapshot,
-    ProgrammedService,
-)
-from observer.dataplane.nftables import CHAIN_LINE, JUMP_TARGET, RULE_HANDLE, ChainState
-from observer.dataplane.nftevents import EventsLost, JumpEvent, nft_events
-from observer.dataplane.readers import (
-    KnownServices,
     Reader,
-    nft_lines,
-    nft_table_state,
-    save_parsed,
 )
+from observer.dataplane.nftevents import EventsLost
 from observer.tasks import cancel_and_wait
 from observer.values import EndpointKey, ProxyMode, ServicePort, Timestamp
 
 log = structlog.get_logger("observer.dataplane")
 T = TypeVar("T")
 E = TypeVar("E")
-BURST_QUIET_SECONDS = 0.002
 _COST_WEIGHT = 0.25  # of the newest full read in the moving average of their CPU cost
 
 
@@ -244,194 +234,6 @@ class _Tables(Protocol[E]):
     def delta(self) -> tuple[dict[ServicePort, dict[EndpointKey, bool]], bool]:
         """The selection of the service ports events touched since the last call, as far as
         known; and whether all is known."""
-
-
-def _either_family(parts: Iterable[dict[EndpointKey, bool]]) -> dict[EndpointKey, bool]:
-    """The IP families' selections as one: an endpoint is selected if either selects it."""
-    out: dict[EndpointKey, bool] = {}
-    for part in parts:
-        for key, selected in part.items():
-            out[key] = out.get(key, False) or selected
-    return out
-
-
-class NftMonitor:
-    """``nft -j monitor``'s lines, cut into bursts at a quiet gap of ``BURST_QUIET_SECONDS``:
-    read as whatever has arrived (one timer per read, not per line: at thousands of lines a
-    second a timer each was most of the agent's CPU). A line half-written is waited for."""
-
-    def __init__(self, stream: asyncio.StreamReader) -> None:
-        self.stream = stream
-        self._pieces: list[bytes] = []  # of the burst being read
-
-    async def burst(self) -> list[bytes]:
-        if not self._pieces:
-            line = await self.stream.readline()
-            if not line:
-                raise CommandError("failed", "nft monitor ended")
-            self._pieces.append(line)
-        while True:
-            try:
-                async with asyncio.timeout(BURST_QUIET_SECONDS):
-                    piece = await self.stream.read(1024 * 1024)
-            except TimeoutError:
-                if self._pieces[-1].endswith(b"\n"):
-                    break
-                continue
-            if not piece:
-                break  # the end: the next call tells it
-            self._pieces.append(piece)
-        burst, self._pieces = b"".join(self._pieces).split(b"\n"), []
-        return burst
-
-
-class KubeProxyTables:
-    """kube-proxy's own ``kube-proxy`` tables (nftables mode), rules by handle."""
-
-    table = "kube-proxy"
-
-    def __init__(self) -> None:
-        self.states: dict[str, ChainState] = {}
-
-    @contextlib.asynccontextmanager
-    async def events(self, runner: CommandRunner) -> AsyncIterator[NftMonitor]:
-        async with runner.stream(["nft", "-j", "monitor"]) as stream:
-            yield NftMonitor(stream)
-
-    def apply(self, burst: list[bytes]) -> bool:
-        relevant = False
-        for line in burst:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # nft prints the odd non-JSON warning line; and the empty last
-            if not isinstance(event, dict) or len(event) != 1:
-                continue
-            (verb, body), = event.items()
-            if verb not in ("add", "delete") or not isinstance(body, dict) or len(body) != 1:
-                continue
-            (kind, obj), = body.items()
-            if not isinstance(obj, dict) or obj.get("table") != self.table:
-                continue
-            relevant = True
-            family = str(obj.get("family"))
-            chain, handle, name = obj.get("chain"), obj.get("handle"), obj.get("name")
-            if kind == "rule" and isinstance(chain, str) and isinstance(handle, int):
-                self.rule(verb, family, chain, handle, obj.get("expr"))
-            elif kind == "chain" and isinstance(name, str):
-                self.chain(verb, family, name)
-        return relevant
-
-    async def load(self, runner: CommandRunner) -> None:
-        states = {}
-        for family in ("ip", "ip6"):
-            state = await nft_table_state(runner, family)
-            states[family] = state if state is not None else ChainState()
-        self.states = states
-
-    def rule(self, verb: str, family: str, chain: str, handle: int, expr: Any) -> None:
-        state = self.states.setdefault(family, ChainState())
-        if verb == "add":
-            state.add_rule(chain, handle, expr)
-        else:
-            state.delete_rule(chain, handle)
-
-    def chain(self, verb: str, family: str, name: str) -> None:
-        state = self.states.setdefault(family, ChainState())
-        if verb == "add":
-            state.add_chain(name)
-        else:
-            state.delete_chain(name)
-
-    def selection(self) -> tuple[dict[EndpointKey, bool], bool]:
-        parts = []
-        for state in self.states.values():
-            state.take_touched()
-            parts.append(state.snapshot().selection())
-        return _either_family(parts), True  # nft rules name their endpoints: nothing unknown
-
-    def delta(self) -> tuple[dict[ServicePort, dict[EndpointKey, bool]], bool]:
-        touched = set().union(*(s.take_touched() for s in self.states.values()))
-        out: dict[ServicePort, dict[EndpointKey, bool]] = {}
-        for identity in touched:
-            port = ProgrammedService(identity[0], identity[1], None, (), ()).service_port()
-            if port is None:
-                continue
-            keys = out.setdefault(port, {})
-            for state in self.states.values():  # both IP families
-                for ip, number in state.selected_by_service(identity):
-                    keys[EndpointKey(port, ip, number)] = True
-        return out, True
-
-
-class IptablesNftTables:
-    """iptables-nft's ``nat`` tables: SVC/SVL jumps by handle, SEP identities from the last
-    full ``iptables-nft-save``."""
-
-    table = "nat"
-
-    def __init__(self, known_services: KnownServices) -> None:
-        self.known_services = known_services
-        self.states: dict[str, JumpState] = {}
-
-    def events(self, runner: CommandRunner) -> contextlib.AbstractAsyncContextManager[
-            _Events[JumpEvent]]:
-        return nft_events(runner.netns)
-
-    def apply(self, burst: list[JumpEvent]) -> bool:
-        for event in burst:
-            state = self.states.setdefault(event.family, JumpState())
-            if event.handle is None:
-                state.delete_chain(event.chain)  # a new chain matters once a rule jumps to it
-            elif event.verb == "add":
-                state.add_rule(event.chain, event.handle, event.targets)
-            else:
-                state.delete_rule(event.chain, event.handle)
-        return bool(burst)
-
-    async def load(self, runner: CommandRunner) -> None:
-        states = {}
-        for family, save in (("ip", "iptables-nft-save"), ("ip6", "ip6tables-nft-save")):
-            state = JumpState()
-            state.learn(await save_parsed(runner, [save, "-t", "nat"]), self.known_services())
-            chain = None
-            async with contextlib.aclosing(nft_lines(runner, family, self.table)) as lines:
-                async for line in lines:
-                    if m := CHAIN_LINE.match(line):
-                        chain = m.group(1)
-                    elif line.startswith("\t}"):
-                        chain = None
-                    elif chain is not None and (handle := RULE_HANDLE.search(line)):
-                        state.add_rule(chain, int(handle.group(1)), JUMP_TARGET.findall(line))
-            states[family] = state
-        self.states = states
-
-    def selection(self) -> tuple[dict[EndpointKey, bool], bool]:
-        parts, complete = [], True
-        for state in self.states.values():
-            state.take_touched()
-            part, known = state.selection()
-            parts.append(part)
-            complete &= known
-        return _either_family(parts), complete
-
-    def delta(self) -> tuple[dict[ServicePort, dict[EndpointKey, bool]], bool]:
-        touched = set().union(*(s.take_touched() for s in self.states.values()))
-        out: dict[ServicePort, dict[EndpointKey, bool]] = {}
-        complete = True
-        for h in touched:
-            ports = {s.ports[h] for s in self.states.values() if h in s.ports}
-            if not ports:
-                complete = False  # a service chain no full read has named yet
-                continue
-            for state in self.states.values():  # both IP families
-                chosen, known = state.selected_by_hash(h)
-                complete &= known
-                for key in chosen:
-                    out.setdefault(key.service_port, {})[key] = True
-            for port in ports:
-                out.setdefault(port, {})
-        return out, complete
 
 
 class MonitorSource(_ReadingSource, Generic[E]):

@@ -19,8 +19,7 @@ from kubernetes_asyncio import client
 from observer.agent import Agent, AgentConfig, DataplaneWiring, build_agent
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
-from observer.dataplane.ipvs import IpvsNames, Virtual
-from observer.dataplane.readers import IpvsReader
+from observer.dataplane.ipvs import IpvsNames, IpvsReader, Virtual
 from observer.dataplane.sources import PollingSource
 from observer.kube.watch import WatchSettings
 from observer.lab.apiserver.server import ApiServer

@@ -15,9 +15,10 @@ import pytest
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.detect import reader_for
+from observer.dataplane.iptables import save_parsed
 from observer.dataplane.model import DataplaneParseError
-from observer.dataplane.readers import nft_table_state, save_parsed
-from observer.dataplane.sources import KubeProxyTables, MonitorSource, PollingSource
+from observer.dataplane.nftables import KubeProxyTables, nft_table_state
+from observer.dataplane.sources import MonitorSource, PollingSource
 from tests.dataplane.test_netns import Health
 
 SCRIPTS = {

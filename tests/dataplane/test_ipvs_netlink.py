@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from observer.dataplane.commands import CommandError, CommandRunner
+from observer.dataplane.ipvs import IpvsReader
 from observer.dataplane.netlink import NETLINK_GENERIC, GenericNetlink, netlink_socket
 from observer.dataplane.nlwire import attributes
-from observer.dataplane.readers import IpvsReader
 from tests.netns import Netns
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandError, CommandRunner
-from observer.dataplane.readers import NftablesReader
-from observer.dataplane.sources import BURST_QUIET_SECONDS, MonitorSource, NftMonitor
+from observer.dataplane.nftables import BURST_QUIET_SECONDS, NftablesReader, NftMonitor
+from observer.dataplane.sources import MonitorSource
 from observer.values import EndpointKey, ServicePort
 
 

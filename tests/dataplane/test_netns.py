@@ -16,10 +16,11 @@ from observer.clock import SystemClock
 from observer.dataplane import nftevents
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.detect import open_source, reader_for, resolve
-from observer.dataplane.iptables import service_hash
+from observer.dataplane.iptables import IptablesNftTables, service_hash
 from observer.dataplane.model import DataplaneChange
+from observer.dataplane.nftables import KubeProxyTables
 from observer.dataplane.nftevents import JumpEvent
-from observer.dataplane.sources import IptablesNftTables, KubeProxyTables, MonitorSource
+from observer.dataplane.sources import MonitorSource
 from observer.values import EndpointKey, ServicePort
 from tests.agent.harness import until
 from tests.dataplane.edits import (
