@@ -75,12 +75,12 @@ async def open_source(requested: Requested, *, runner: CommandRunner, clock: Clo
     announces changes (nftables, iptables-nft), polling elsewhere (iptables-legacy, IPVS).
     ``known_services`` names iptables' hashed chains, ``candidates`` IPVS' virtual servers."""
     mode, backend = await resolve(requested, runner)
-    reader = reader_for(mode, backend, runner, known_services, candidates)
     if mode == "nftables":
-        return MonitorSource(reader=reader, runner=runner, clock=clock, metrics=metrics,
+        return MonitorSource(mode=mode, runner=runner, clock=clock, metrics=metrics,
                              tables=KubeProxyTables(), max_cpu=poll_max_cpu)
     if mode == "iptables" and backend == "nft":
-        return MonitorSource(reader=reader, runner=runner, clock=clock, metrics=metrics,
+        return MonitorSource(mode=mode, runner=runner, clock=clock, metrics=metrics,
                              tables=IptablesNftTables(known_services), max_cpu=poll_max_cpu)
-    return PollingSource(reader=reader, clock=clock, metrics=metrics, interval=poll_interval,
+    return PollingSource(reader=reader_for(mode, backend, runner, known_services, candidates),
+                         clock=clock, metrics=metrics, interval=poll_interval,
                          max_cpu=poll_max_cpu)

@@ -31,12 +31,11 @@ from observer.dataplane.model import (
     ChangeSink,
     DataplaneChange,
     DataplaneParseError,
-    DataplaneSnapshot,
     Reader,
 )
 from observer.dataplane.nftevents import EventsLost
 from observer.tasks import cancel_and_wait
-from observer.values import EndpointKey, ProxyMode, ServicePort, Timestamp
+from observer.values import EndpointKey, Mode, ProxyMode, ServicePort, Timestamp
 
 log = structlog.get_logger("observer.dataplane")
 T = TypeVar("T")
@@ -94,21 +93,18 @@ class _Selection:
 
 
 class _ReadingSource:
-    def __init__(self, *, reader: Reader, clock: Clock, metrics: DataplaneMetrics) -> None:
-        self.reader = reader
+    def __init__(self, *, mode: Mode, clock: Clock, metrics: DataplaneMetrics) -> None:
+        self._mode = mode
         self.clock = clock
         self.metrics = metrics
         self._selection = _Selection()
 
     @property
     def mode(self) -> ProxyMode:
-        return self.reader.mode
+        return self._mode
 
     def selected(self, key: EndpointKey) -> bool | None:
         return self._selection.selected(key)
-
-    async def _read(self) -> DataplaneSnapshot | None:
-        return await self._scan(self.reader.read())
 
     async def _scan(self, reading: Awaitable[T]) -> T | None:
         """One full read, timed; a failure is counted and logged, and gives None."""
@@ -188,7 +184,8 @@ class PollingSource(_ReadingSource):
                  interval: float, max_cpu: float = 0.1,
                  cpu: Callable[[], float] = reading_cpu,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        super().__init__(reader=reader, clock=clock, metrics=metrics)
+        super().__init__(mode=reader.mode, clock=clock, metrics=metrics)
+        self.reader = reader
         self.interval = interval
         self.budget = ReadBudget(max_cpu, cpu)
         self.sleep = sleep
@@ -198,7 +195,7 @@ class PollingSource(_ReadingSource):
         while True:
             started = self.clock.monotonic()
             with self.budget.measure():
-                snapshot = await self._read()
+                snapshot = await self._scan(self.reader.read())
             now = self.clock.monotonic()
             if snapshot is not None:
                 precision = max(started - previous, now - started)
@@ -236,6 +233,67 @@ class _Tables(Protocol[E]):
         known; and whether all is known."""
 
 
+class ReadSchedule:
+    """When the event-driven source's next full read is due. Pure: it is told what happened
+    and when (monotonic seconds) and answers; no clock, no I/O.
+
+    A resync is due ``resync_interval`` seconds after the last full read started; a read is
+    due sooner — a second after the last, or as soon as the budget allows — while something is
+    unknown that only a full read can tell (a rule naming a new endpoint chain in iptables-nft,
+    lost events, the start). Full reads keep to the CPU budget (``ReadBudget``). A read
+    abandoned because a burst of events came while it ran is tried again later, twice as late
+    each time in a row (up to 64 times). The first read starts at once."""
+
+    def __init__(self, *, resync_interval: float, budget: ReadBudget) -> None:
+        self.resync_interval = resync_interval
+        self.budget = budget
+        self.begin(0.0)
+
+    def begin(self, now: float) -> None:
+        """The source starts: nothing known, nothing read yet."""
+        self.started = now  # when the last full read started
+        self.unknown_since: float | None = now
+        self.tried = False  # no read yet: the first starts at once
+        self.primed = False  # a full read has been installed
+        self.abandoned = 0  # reads abandoned in a row
+
+    def due_in(self, now: float) -> float:
+        """Seconds until the next full read is due (0 or less: now)."""
+        if not self.tried:
+            return 0.0
+        # At least a second between reads for what is unknown: a read that keeps failing at
+        # once (no nft) must not spin.
+        wait = self.budget.period(self.resync_interval if self.unknown_since is None else 1.0)
+        return self.started + wait * 2.0 ** min(self.abandoned, 6) - now
+
+    def start(self, now: float) -> tuple[bool, float]:
+        """A full read starts: whether it is a regular resync (nothing was unknown), and since
+        when what it finds may have changed (the stamp's precision)."""
+        regular = self.unknown_since is None
+        since = self.started if self.unknown_since is None else self.unknown_since
+        self.started, self.tried = now, True
+        return regular, since
+
+    def ended(self) -> None:
+        """The read ran to its end (whether or not it succeeded)."""
+        self.abandoned = 0
+
+    def gave_way(self) -> None:
+        """A burst of events came while the read ran: abandoned."""
+        self.abandoned += 1
+
+    def installed(self, now: float, *, complete: bool) -> None:
+        """What the read found is in; ``complete``: it explained everything."""
+        self.unknown_since = None if complete else now
+        self.primed = True
+
+    def unknown(self, now: float) -> None:
+        """Something only a full read can tell: one is due soon, and what it finds is stamped
+        with the time since this was first noticed."""
+        if self.unknown_since is None:
+            self.unknown_since = now
+
+
 class MonitorSource(_ReadingSource, Generic[E]):
     """Event-driven, for the nf_tables-based modes (``nftables``, and ``iptables`` with the
     nft backend): state kept from the kernel's change events, checked by periodic full reads.
@@ -244,54 +302,32 @@ class MonitorSource(_ReadingSource, Generic[E]):
     kernel's generation id moves), so under kube-proxy's steady partial syncs a dump costs
     several times its quiet price, and one slower than the syncs' pace never finishes. A full
     read therefore starts right after a burst of events (just after a kube-proxy sync: the
-    likeliest quiet moment) or when its time comes with no events at all, and is abandoned
-    when a burst of events arrives while it runs — the dump would only start over — to be
-    tried again later, twice as late each time in a row (up to 64 times). And full reads
-    keep to ``max_cpu`` of one core on average (``ReadBudget``).
+    likeliest quiet moment) or when its time comes (``ReadSchedule``) with no events at all,
+    and is abandoned when a burst of events arrives while it runs — the dump would only start
+    over."""
 
-    A resync is due ``resync_interval`` seconds after the last full read started; a read is
-    due sooner — a second after the last, or as soon as the budget allows — when a rule names
-    what only a full read can tell (a new endpoint chain in iptables-nft), when events were
-    lost, and at the start."""
-
-    def __init__(self, *, reader: Reader, runner: CommandRunner, clock: Clock,
+    def __init__(self, *, mode: Mode, runner: CommandRunner, clock: Clock,
                  metrics: DataplaneMetrics, tables: _Tables[E], resync_interval: float = 60.0,
                  max_cpu: float = 0.1, cpu: Callable[[], float] = reading_cpu) -> None:
-        super().__init__(reader=reader, clock=clock, metrics=metrics)
+        super().__init__(mode=mode, clock=clock, metrics=metrics)
         self.runner = runner
         self.tables = tables
-        self.resync_interval = resync_interval
-        self.budget = ReadBudget(max_cpu, cpu)
+        self.schedule = ReadSchedule(resync_interval=resync_interval,
+                                     budget=ReadBudget(max_cpu, cpu))
         self.monitor_latency = 0.001  # netlink to our process, the bound stated on changes
-        self.abandoned = 0  # full reads abandoned in a row (a change came while they ran)
-        # Since when a rule has named what only a full read can tell (a new endpoint chain),
-        # or events were lost; at the start, nothing is known.
-        self._unknown_since: float | None = None
 
     async def run(self, sink: ChangeSink) -> None:
+        schedule = self.schedule
         async with self.tables.events(self.runner) as events:
-            started = self._unknown_since = self.clock.monotonic()  # of the last full read
-            primed = tried = False
+            schedule.begin(self.clock.monotonic())
             while True:
-                remaining = 0.0
-                if tried:  # the first read starts at once
-                    # At least a second between reads for what is unknown: a read that keeps
-                    # failing at once (no nft) must not spin.
-                    wait = self.budget.period(
-                        self.resync_interval if self._unknown_since is None else 1.0)
-                    remaining = started + wait * 2 ** min(self.abandoned, 6) - (
-                        self.clock.monotonic())
                 burst: list[E] | None
+                remaining = schedule.due_in(self.clock.monotonic())
                 if remaining <= 0:
-                    # What this read finds changed since the last one started (or, for what
-                    # was unknown, since it was seen): the stamp's precision.
-                    regular = self._unknown_since is None
-                    since = started if self._unknown_since is None else self._unknown_since
-                    started, tried = self.clock.monotonic(), True
+                    regular, since = schedule.start(self.clock.monotonic())
                     loaded, burst = await self._watched_load(events)
                     if loaded:
-                        self._install(sink, resync=primed and regular, since=since)
-                        primed = True
+                        self._install(sink, resync=schedule.primed and regular, since=since)
                 else:
                     try:
                         async with asyncio.timeout(remaining):
@@ -321,11 +357,11 @@ class MonitorSource(_ReadingSource, Generic[E]):
         try:
             await asyncio.wait({load, burst}, return_when=asyncio.FIRST_COMPLETED)
             if load.done():  # a burst that came just as well is applied on top
-                self.abandoned = 0
+                self.schedule.ended()
                 return load.result(), burst.result() if burst.done() else None
-            self.abandoned += 1
+            self.schedule.gave_way()
             log.debug("dataplane full read abandoned: the ruleset changed under it",
-                      in_a_row=self.abandoned)
+                      in_a_row=self.schedule.abandoned)
             return False, burst.result()
         finally:  # a burst cancelled while waiting has lost nothing
             await cancel_and_wait(*(task for task in (load, burst) if not task.done()))
@@ -337,13 +373,10 @@ class MonitorSource(_ReadingSource, Generic[E]):
             self._full_read_due()
 
     def _full_read_due(self) -> None:
-        """Something only a full read can tell: one is due soon (``run``), and what it finds
-        is stamped with the time since this was first noticed."""
-        if self._unknown_since is None:
-            self._unknown_since = self.clock.monotonic()
+        self.schedule.unknown(self.clock.monotonic())
 
     async def _load(self) -> bool:
-        with self.budget.measure():
+        with self.schedule.budget.measure():
             return await self._scan(self._loaded()) is not None
 
     async def _loaded(self) -> bool:
@@ -354,7 +387,7 @@ class MonitorSource(_ReadingSource, Generic[E]):
         """Take what a full read found; a resync counts what differs as drift."""
         selection, complete = self.tables.selection()
         # Not complete: a chain made between the read's two dumps; the next read will tell.
-        self._unknown_since = None if complete else self.clock.monotonic()
+        self.schedule.installed(self.clock.monotonic(), complete=complete)
         drift = self._selection.replace(
             selection, self._now(self.clock.monotonic() - since), sink)
         if resync and drift:

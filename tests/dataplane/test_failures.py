@@ -88,7 +88,7 @@ async def test_event_driven_reads_that_keep_failing_do_not_spin(
     monkeypatch.setenv("PATH", str(tmp_path))
     health = Health()
     runner = CommandRunner(timeout=5)
-    source = MonitorSource(reader=reader_for("nftables", None, runner), runner=runner,
+    source = MonitorSource(mode="nftables", runner=runner,
                            clock=SystemClock(), metrics=health, tables=KubeProxyTables())
     task = asyncio.create_task(source.run(lambda change: None))
     try:

@@ -11,7 +11,7 @@ import pytest
 
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandError, CommandRunner
-from observer.dataplane.nftables import BURST_QUIET_SECONDS, NftablesReader, NftMonitor
+from observer.dataplane.nftables import BURST_QUIET_SECONDS, NftMonitor
 from observer.dataplane.sources import MonitorSource
 from observer.values import EndpointKey, ServicePort
 
@@ -108,7 +108,7 @@ async def test_a_cancel_while_a_finished_read_stops_its_event_reader_ends_the_so
     unwind, the source itself is cancelled. That cancellation must end it (it was once taken
     for the reader's own and swallowed: the source ran on, and the agent never stopped)."""
     events = _SlowToStopEvents()
-    source = MonitorSource(reader=NftablesReader(CommandRunner()),
+    source = MonitorSource(mode="nftables",
                            runner=CommandRunner(), clock=SystemClock(), metrics=_NoMetrics(),
                            tables=_InstantTables(events))
     task = asyncio.create_task(source.run(lambda change: None))

@@ -178,7 +178,7 @@ async def monitoring(netns: Netns, mode: str, health: Health, changes: Recorder,
                                clock=SystemClock(), metrics=health, poll_interval=0.05,
                                poll_max_cpu=0.5)
     assert isinstance(source, MonitorSource)
-    source.resync_interval = resync_interval
+    source.schedule.resync_interval = resync_interval
     task = asyncio.create_task(source.run(changes))
     try:
         yield source
@@ -259,7 +259,8 @@ async def test_resyncs_keep_to_the_cpu_budget(netns: Netns, cost: float, resyncs
     spent = iter(range(1_000_000))
     health = Health()
     async with monitoring(netns, "nftables", health, Recorder(), resync_interval=0.05) as source:
-        source.budget.cpu = lambda: next(spent) * cost  # each read: start and end, `cost` apart
+        # Each read: its start and its end, `cost` apart.
+        source.schedule.budget.cpu = lambda: next(spent) * cost
         await until(lambda: bool(health.scans), "first read")
         if resyncs:
             await until(lambda: len(health.scans) > 2, "resyncs at the interval")
@@ -289,11 +290,11 @@ async def test_a_full_read_gives_way_to_a_change(netns: Netns) -> None:
         apply(netns, "nftables", IPTABLES_DROP_SVC4_EP4, NFT_DROP_SVC4_EP4)
         await changes.arrived.wait()  # while the read cannot end
         assert [(c.key, c.selected) for c in changes.changes] == [(key(4, "10.180.0.4"), False)]
-        assert source.abandoned == 1
+        assert source.schedule.abandoned == 1
         assert len(health.scans) == 1
         finish.set()
         await until(lambda: len(health.scans) == 2, "the read tried again")
-        assert source.abandoned == 0
+        assert source.schedule.abandoned == 0
         assert health.drifts == []
         assert health.errors == []
 

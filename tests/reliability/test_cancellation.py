@@ -29,6 +29,7 @@ from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.detect import open_source
 from observer.dataplane.memory import MemoryDataplane
+from observer.dataplane.sources import MonitorSource
 from observer.kube.watch import ResourceWatch, WatchSettings
 from observer.lab.apiserver.server import ApiServer
 from observer.lab.config import Delay, LabConfig
@@ -117,8 +118,8 @@ async def test_a_change_source(netns: Netns, mode: str) -> None:
         source = await open_source("auto", runner=CommandRunner(netns=netns.name),
                                    clock=SystemClock(), metrics=_Nothing(), poll_interval=0.05,
                                    poll_max_cpu=0.5)
-        if hasattr(source, "resync_interval"):
-            source.resync_interval = 0.1  # full reads often: more moments inside one
+        if isinstance(source, MonitorSource):
+            source.schedule.resync_interval = 0.1  # full reads often: more moments inside one
         await source.run(lambda change: None)
 
     await cancelled_at_random(run, trials=30, within=0.6, seed=len(mode))
