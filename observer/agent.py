@@ -18,7 +18,7 @@ from observer.clock import Clock
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.detect import Requested, open_source
 from observer.dataplane.model import DataplaneSource
-from observer.episodes.feeds import PodFeed, SliceFeed, TerminalPodFeed
+from observer.episodes.sinks import PodSink, SliceSink, TerminalPodSink
 from observer.episodes.slices import SliceView
 from observer.episodes.tracker import EpisodeTracker
 from observer.export.metrics import AgentMetrics, DataplaneHealth, StateCollector
@@ -135,22 +135,22 @@ class Agent:
             ttl=config.episode_ttl, max_in_flight=config.max_in_flight,
             keep_finished=config.keep_finished,
             max_stage_uncertainty=config.max_stage_uncertainty)
-        def watch(feed: SliceFeed | PodFeed, request: Requester, *, field_selector: str = "",
+        def watch(sink: SliceSink | PodSink, request: Requester, *, field_selector: str = "",
                   label_selector: str = "") -> ResourceWatch:
-            return ResourceWatch(resource=feed.resource, request=request, sink=feed,
+            return ResourceWatch(resource=sink.resource, request=request, sink=sink,
                                  metrics=self.metrics, clock=clock, settings=config.watch,
                                  field_selector=field_selector, label_selector=label_selector,
                                  sleep=sleep)
 
         list_pods = client.CoreV1Api(api).list_pod_for_all_namespaces
-        self.slices = watch(SliceFeed(self.tracker, self.metrics),
+        self.slices = watch(SliceSink(self.tracker, self.metrics),
                             client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces,
                             label_selector=PROXYABLE_SLICES)
-        self.pods = watch(PodFeed(self.tracker, self.metrics), list_pods,
+        self.pods = watch(PodSink(self.tracker, self.metrics), list_pods,
                           field_selector=f"spec.nodeName={config.node_name}")
         self.watches = [self.slices, self.pods]
         if config.terminal_pod_watch:
-            self.watches.append(watch(TerminalPodFeed(self.tracker, self.metrics), list_pods,
+            self.watches.append(watch(TerminalPodSink(self.tracker, self.metrics), list_pods,
                                       field_selector=TERMINAL_PODS))
         self.registry.register(StateCollector(
             in_flight=lambda: len(self.tracker.episodes),

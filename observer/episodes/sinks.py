@@ -19,7 +19,7 @@ from observer.kube.objects import (
 )
 from observer.values import Source, Timestamp
 
-log = structlog.get_logger("observer.feeds")
+log = structlog.get_logger("observer.sinks")
 T = TypeVar("T")
 
 
@@ -34,7 +34,7 @@ def _name(obj: dict[str, Any]) -> str:
     return "<unknown>"
 
 
-class _Feed(ABC, Generic[T]):
+class _Sink(ABC, Generic[T]):
     """A watch's sink: parse, stamp the receipt time, hand over; list pages are parsed as
     they arrive and handed over together once the list is complete."""
 
@@ -87,7 +87,7 @@ class _Feed(ABC, Generic[T]):
         """Per resource."""
 
 
-class SliceFeed(_Feed[EndpointSlice]):
+class SliceSink(_Sink[EndpointSlice]):
     """The EndpointSlice watch's sink."""
 
     resource, source = "endpointslices", "slice_watch"
@@ -109,7 +109,7 @@ class SliceFeed(_Feed[EndpointSlice]):
         self.tracker.slice_deleted(item.namespace, item.name, at)
 
 
-class PodFeed(_Feed[Pod]):
+class PodSink(_Sink[Pod]):
     """The sink of the watch on this node's pods."""
 
     resource, source = "pods", "pod_watch"
@@ -127,7 +127,7 @@ class PodFeed(_Feed[Pod]):
         self.tracker.pod_deleted(item, at)
 
 
-class TerminalPodFeed(PodFeed):
+class TerminalPodSink(PodSink):
     """The sink of the watch on terminal pods of every node (``status.phase`` Succeeded or
     Failed): how other nodes learn that a pod stopped without waiting for the slice."""
 
