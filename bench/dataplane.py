@@ -269,9 +269,10 @@ def main() -> None:
     parser.add_argument("--per-service", type=int, default=5)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--churn-seconds", type=int, default=10)
-    parser.add_argument("--modes", nargs="+",
-                        default=["nftables", "iptables-nft", "iptables-legacy"])
+    parser.add_argument("--modes", nargs="+", action="extend",
+                        help="default: nftables iptables-nft iptables-legacy")
     args = parser.parse_args()
+    args.modes = args.modes or ["nftables", "iptables-nft", "iptables-legacy"]
     print(json.dumps(asyncio.run(main_async(args)), indent=2))
 
 
