@@ -412,9 +412,12 @@ class IptablesNftTables:
         from ``nft -a list table <family> nat``."""
         states = {}
         known = self.known_services()
-        for family, parsed in (await read_saves(runner, "nft")).items():
+        saves = await read_saves(runner, "nft")
+        for family in ("ip", "ip6"):
             state = JumpState()
-            state.learn(parsed, known)
+            # Popped: each family's parsed dump is let go before the next dump is parsed (at
+            # 50,000 endpoints it is tens of MiB, and RSS keeps its peak).
+            state.learn(saves.pop(family), known)
             chain = None
             async with contextlib.aclosing(nft_lines(runner, family, self.table)) as lines:
                 async for line in lines:
