@@ -178,7 +178,7 @@ class Accounting:
 
     outcomes: dict[str, int] = field(default_factory=dict)
     abandoned: dict[str, int] = field(default_factory=dict)
-    unmeasured: dict[tuple[str, str], int] = field(default_factory=dict)  # (stage, reason)
+    unmeasured: dict[str, int] = field(default_factory=dict)  # by "stage/reason"
     in_flight: int = 0
 
     @property
@@ -203,7 +203,7 @@ def accounting(registries: Iterable[CollectorRegistry]) -> Accounting:
                     reason = sample.labels["reason"]
                     out.abandoned[reason] = out.abandoned.get(reason, 0) + value
                 elif sample.name == "endpoint_propagation_stage_unmeasured_total" and value:
-                    which = (sample.labels["stage"], sample.labels["reason"])
+                    which = f"{sample.labels['stage']}/{sample.labels['reason']}"
                     out.unmeasured[which] = out.unmeasured.get(which, 0) + value
                 elif sample.name == "endpoint_propagation_in_flight":
                     out.in_flight += value

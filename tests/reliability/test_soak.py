@@ -4,6 +4,7 @@ docs/reliability.md): churn through the lab, and nothing grows, leaks or goes mi
 from __future__ import annotations
 
 import asyncio
+import json
 
 from bench.soak import soak
 
@@ -22,3 +23,4 @@ async def test_short_soak() -> None:
     assert max(s.in_flight for s in result.samples) <= 200
     assert result.fds_after == result.fds_before
     assert result.tasks_after == tasks_before - 1  # all but this test's own task: none left
+    json.dumps(result.to_dict())  # what `python -m bench.soak` prints
