@@ -121,8 +121,8 @@ class AgentMetrics:
             "Objects or parts of objects the agent could not use, by resource and reason.",
             ["resource", "reason"], registry=registry)
         # Every bounded label value exists from the start: dashboards see zeros, not gaps.
-        for outcome in OUTCOMES:
-            self.episodes_total.labels(outcome)
+        # Every episode ends through one of these: the children are looked up once, here.
+        self._outcomes = {outcome: self.episodes_total.labels(outcome) for outcome in OUTCOMES}
         for stage in STAGES:
             for why in UNMEASURED_REASONS:
                 self.stage_unmeasured_total.labels(stage, why)
@@ -149,12 +149,12 @@ class AgentMetrics:
             self.stage_unmeasured_total.labels(stage, why).inc()
         outcome = episode.outcome
         assert outcome is not None, "a finished episode has ended"
-        self.episodes_total.labels(outcome).inc()
+        self._outcomes[outcome].inc()
         log.info("episode finished", **_log_fields(episode))
 
     def abandoned(self, reason: AbandonReason, episode: Episode | None) -> None:
         self.abandoned_total.labels(reason).inc()
-        self.episodes_total.labels("abandoned").inc()
+        self._outcomes["abandoned"].inc()
         if episode is not None:
             log.info("episode abandoned", reason=reason, **_log_fields(episode))
         else:
