@@ -226,6 +226,14 @@ class ResourceWatch:
             raise HttpError(response.status, _retry_after(response.headers), body)
         return response
 
+    async def _get_json(self, **params: Any) -> Any:
+        """A list request's whole response, parsed."""
+        response = await self._get(**params)
+        try:
+            return json.loads(await response.read())
+        finally:
+            response.release()
+
     async def _list(self) -> None:
         token = ""
         first = True
@@ -234,11 +242,7 @@ class ResourceWatch:
                                       "_request_timeout": self.settings.request_timeout}
             if token:
                 params["_continue"] = token
-            response = await self._get(**params)
-            try:
-                body = json.loads(await response.read())
-            finally:
-                response.release()
+            body = await self._get_json(**params)
             if not isinstance(body, dict) or not isinstance(body.get("items"), list):
                 raise ValueError(f"{self.resource} list response is not a list")
             meta = body.get("metadata") or {}
@@ -260,11 +264,7 @@ class ResourceWatch:
         """Before resuming after a gap: where the events that happened during it end (the
         current resourceVersion, from a list of one item)."""
         gap_start = self._alive
-        response = await self._get(limit=1, _request_timeout=self.settings.request_timeout)
-        try:
-            body = json.loads(await response.read())
-        finally:
-            response.release()
+        body = await self._get_json(limit=1, _request_timeout=self.settings.request_timeout)
         meta = body.get("metadata") if isinstance(body, dict) else None
         version = meta.get("resourceVersion") if isinstance(meta, dict) else None
         self._catch_up = (gap_start, _version_number(version))
