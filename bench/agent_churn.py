@@ -30,6 +30,7 @@ from kubernetes_asyncio import client, config
 from observer import logs
 from observer.agent import (
     AgentConfig,
+    TrafficSettings,
     build_agent,
     given,
 )
@@ -69,7 +70,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             clock = SystemClock()
             async with client.ApiClient(configuration) as api:
                 agent = await build_agent(
-                    AgentConfig(node_name="node-0", listen=("127.0.0.1", 0)), api=api,
+                    AgentConfig(node_name="node-0", listen=("127.0.0.1", 0),
+                                traffic=TrafficSettings(mode="off")), api=api,
                     clock=clock, dataplane=given(MemoryDataplane(clock=clock, mode="nftables")))
                 rss_before = rss_mib()
                 stop = asyncio.Event()

@@ -21,10 +21,12 @@ from observer.dataplane.model import DataplaneSource
 from observer.episodes.sinks import PodSink, SliceSink, TerminalPodSink
 from observer.episodes.slices import SliceView
 from observer.episodes.tracker import EpisodeTracker
-from observer.export.metrics import AgentMetrics, DataplaneHealth, StateCollector
+from observer.episodes.traffic import TrafficBook
+from observer.export.metrics import AgentMetrics, DataplaneHealth, StateCollector, TrafficHealth
 from observer.export.server import AgentHttp
 from observer.kube.watch import Requester, ResourceWatch, WatchSettings
 from observer.tasks import cancel_and_wait
+from observer.traffic.source import ConntrackSource, TrafficError, open_conntrack
 from observer.values import ProxyMode
 
 log = structlog.get_logger("observer.agent")
@@ -48,6 +50,16 @@ class DataplaneSettings:
 
 
 @dataclass(frozen=True)
+class TrafficSettings:
+    """Whether to follow connections to terminating endpoints (``--traffic``): ``auto`` does
+    when this node allows it and says why not otherwise; ``on`` refuses to start without it.
+    ``window``: seconds an ended episode's endpoint is still followed (``--traffic-window``)."""
+
+    mode: Literal["auto", "on", "off"] = "auto"
+    window: float = 60.0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     node_name: str
     listen: tuple[str, int] = ("127.0.0.1", 9809)
@@ -64,6 +76,7 @@ class AgentConfig:
     terminal_pod_watch: bool = True
     watch: WatchSettings = field(default_factory=WatchSettings)
     dataplane: DataplaneSettings = field(default_factory=DataplaneSettings)
+    traffic: TrafficSettings = field(default_factory=TrafficSettings)
 
 
 @dataclass(frozen=True)
@@ -105,13 +118,25 @@ async def build_agent(config: AgentConfig, *, api: client.ApiClient, clock: Cloc
                       dataplane: OpenDataplane = open_dataplane,
                       sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> Agent:
     """An agent, ready to ``run``. ``dataplane`` opens its dataplane source (by default as the
-    settings say); ``CommandError`` if it cannot."""
+    settings say); ``CommandError`` if it cannot, ``TrafficError`` if ``--traffic on`` cannot
+    be honoured."""
     registry = registry if registry is not None else CollectorRegistry()
     health = DataplaneHealth(registry)  # exported whatever the mode: zeros, not gaps
+    traffic_health = TrafficHealth(registry)
     catalog = SliceView()
     source = await dataplane(DataplaneWiring(config.dataplane, clock, health, catalog))
-    return Agent(config=config, api=api, clock=clock, dataplane=source, slices=catalog,
-                 registry=registry, sleep=sleep)
+    traffic = None
+    if config.traffic.mode != "off":
+        try:
+            traffic = await open_conntrack(config.dataplane.netns, clock=clock,
+                                           errors=traffic_health)
+        except TrafficError as error:
+            if config.traffic.mode == "on":
+                raise
+            log.warning("not following connections (--traffic auto): the dataplane stage is "
+                        "still measured", reason=error.reason, error=str(error))
+    return Agent(config=config, api=api, clock=clock, dataplane=source, traffic=traffic,
+                 slices=catalog, registry=registry, sleep=sleep)
 
 
 class Agent:
@@ -119,7 +144,7 @@ class Agent:
 
     def __init__(self, *, config: AgentConfig, api: client.ApiClient, clock: Clock,
                  dataplane: DataplaneSource | None, slices: SliceView,
-                 registry: CollectorRegistry,
+                 registry: CollectorRegistry, traffic: ConntrackSource | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.config = config
         self.clock = clock
@@ -135,6 +160,10 @@ class Agent:
             ttl=config.episode_ttl, max_in_flight=config.max_in_flight,
             keep_finished=config.keep_finished,
             max_stage_uncertainty=config.max_stage_uncertainty)
+        self.traffic = traffic
+        if traffic is not None:
+            self.tracker.traffic = TrafficBook(window=config.traffic.window, sink=self.metrics,
+                                               listener=traffic)
         def watch(sink: SliceSink | PodSink, request: Requester, *, field_selector: str = "",
                   label_selector: str = "") -> ResourceWatch:
             return ResourceWatch(resource=sink.resource, request=request, sink=sink,
@@ -184,10 +213,12 @@ class Agent:
         /readyz fails first, background work stops, in-progress HTTP requests finish."""
         url = await self.http.start(*self.config.listen)
         log.info("agent started", node=self.config.node_name, proxy_mode=self.proxy_mode,
-                 url=url)
+                 traffic=self.traffic is not None, url=url)
         jobs = [*(w.run() for w in self.watches), self._housekeeping()]
         if self.dataplane is not None:
             jobs.append(self.dataplane.run(self.tracker.dataplane_changed))
+        if self.traffic is not None and self.tracker.traffic is not None:
+            jobs.append(self.traffic.run(self.tracker.traffic))
         tasks = [asyncio.create_task(job) for job in jobs]
         stopper = asyncio.create_task(stop.wait())
         failed: BaseException | None = None
@@ -201,6 +232,8 @@ class Agent:
             try:
                 await cancel_and_wait(*tasks, stopper)
             finally:
+                if self.traffic is not None:
+                    self.traffic.close()
                 await self.http.stop()
         if failed is not None:
             log.error("agent stopping: a background task failed", error=repr(failed))

@@ -83,6 +83,15 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                      help="at most this share of one core (with the dump commands) is spent "
                           "on full reads, on average — polling, and the event-driven modes' "
                           "resyncs: large or busy rule sets are read less often (default 0.1)")
+    run.add_argument("--traffic", choices=("auto", "on", "off"), default=_env("TRAFFIC", "auto"),
+                     help="follow new connections to terminating endpoints in the kernel's "
+                          "conntrack events (this node's namespace, or --netns): 'auto' when "
+                          "the node allows it, 'on' refuses to start without it (default auto)")
+    run.add_argument("--traffic-window", type=positive_float,
+                     default=float(_env("TRAFFIC_WINDOW", "60") or 60),
+                     help="seconds an endpoint is still followed after its episode ended: "
+                          "connections to a stopped pod from consumers slower than this are "
+                          "not seen (default 60)")
     run.add_argument("--listen", type=host_port, default=_env("LISTEN", "127.0.0.1:9809"),
                      help="HOST:PORT for /metrics, /healthz, /readyz, /debug/episodes "
                           "(default 127.0.0.1:9809)")
@@ -116,10 +125,11 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 async def _run_agent(args: argparse.Namespace) -> int:
     from kubernetes_asyncio import client, config
 
-    from observer.agent import AgentConfig, DataplaneSettings, build_agent
+    from observer.agent import AgentConfig, DataplaneSettings, TrafficSettings, build_agent
     from observer.dataplane.commands import CommandError
     from observer.kube.connect import load_api_config
     from observer.kube.watch import WatchSettings
+    from observer.traffic.source import TrafficError
 
     if not args.node_name:
         log.error("no node name: pass --node-name or set NODE_NAME")
@@ -137,7 +147,8 @@ async def _run_agent(args: argparse.Namespace) -> int:
         watch=WatchSettings(inactivity_timeout=args.watch_inactivity_timeout),
         dataplane=DataplaneSettings(mode=args.dataplane, netns=args.netns,
                                     poll_interval=args.dataplane_poll_interval,
-                                    poll_max_cpu=args.dataplane_poll_max_cpu))
+                                    poll_max_cpu=args.dataplane_poll_max_cpu),
+        traffic=TrafficSettings(mode=args.traffic, window=args.traffic_window))
     stop = asyncio.Event()
     _stop_on_signals(stop)
     async with client.ApiClient(configuration) as api:
@@ -146,6 +157,10 @@ async def _run_agent(args: argparse.Namespace) -> int:
         except CommandError as error:
             log.error("cannot read the dataplane; pass --dataplane none to measure the "
                       "controller stage only", mode=args.dataplane, error=str(error))
+            return 2
+        except TrafficError as error:
+            log.error("cannot follow connections (--traffic on); pass --traffic auto to run "
+                      "without", reason=error.reason, error=str(error))
             return 2
         await agent.run(stop)
     return 0

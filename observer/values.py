@@ -12,7 +12,7 @@ clock (``mono``), used for every duration, and the wall clock read at the same i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 # The dataplane kube-proxy programs on a node; ``ProxyMode`` adds "none" (no dataplane read:
 # the controller stage only).
@@ -22,7 +22,9 @@ ProxyMode = Literal[Mode, "none"]
 # Where a timestamp came from. Watch receipts are when this process read the event off the
 # stream; dataplane times are when a reader noticed the change (precision: its poll interval,
 # or the netlink notification latency).
-Source = Literal["pod_watch", "slice_watch", "dataplane", "api"]
+# Connection times are when the kernel sent the conntrack event (its event timestamp, when
+# ``nf_conntrack_timestamp`` is on) or else when this process read it.
+Source = Literal["pod_watch", "slice_watch", "dataplane", "api", "conntrack"]
 
 
 def join_host_port(ip: str, port: int) -> str:
@@ -65,6 +67,19 @@ class EndpointKey:
 
     def __str__(self) -> str:
         return f"{self.service_port} -> {join_host_port(self.ip, self.port)}"
+
+
+class Connection(NamedTuple):
+    """A new connection that reached an endpoint, as this node's connection tracking saw it:
+    ``local`` when this node translated a service address to the endpoint (its kube-proxy),
+    else it arrived already addressed to the endpoint (``forwarded``: another node's
+    kube-proxy, an ingress controller, a load balancer, a mesh)."""
+
+    ip: str
+    port: int
+    protocol: str  # TCP, UDP, SCTP
+    local: bool
+    at: Timestamp
 
 
 def split_host_port(text: str) -> tuple[str, int]:

@@ -11,7 +11,7 @@ from tests.conftest import REPO
 
 PACKAGE = REPO / "observer"
 # What the measuring core may never import: the composition roots and what stands beside it.
-CORE = {"dataplane", "kube", "episodes", "values", "clock", "tasks"}
+CORE = {"dataplane", "kube", "episodes", "traffic", "values", "clock", "tasks"}
 OUTSIDE_CORE = {"lab", "cli", "agent", "export", "report"}
 
 

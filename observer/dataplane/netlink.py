@@ -18,6 +18,8 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from observer.dataplane.commands import CommandError
 from observer.dataplane.model import DataplaneParseError
@@ -32,6 +34,9 @@ _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _GENL_ID_CTRL, _CTRL_CMD_GETFAMILY = 16, 3  # <linux/genetlink.h>
 _CTRL_ATTR_FAMILY_ID, _CTRL_ATTR_FAMILY_NAME = 1, 2
+T = TypeVar("T")
+
+
 class GenericNetlink:
     """Requests and their replies over a bound, non-blocking ``NETLINK_GENERIC`` socket.
     Errors are ``OSError`` with the kernel's errno."""
@@ -90,10 +95,10 @@ async def netlink_socket(netns: str | None, protocol: int) -> socket.socket:
     """A bound, non-blocking netlink socket of ``protocol``, in ``netns`` if named. Raises
     ``OSError`` as the kernel answered, or ``CommandError`` (``failed``) for a namespace that
     does not exist."""
-    if netns is None:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, protocol)
-    else:
-        sock = await _made_in(netns, protocol)
+    def make() -> socket.socket:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, protocol)
+
+    sock = make() if netns is None else await in_namespace(netns, make)
     try:
         sock.setblocking(False)
         sock.bind((0, 0))  # a port id from the kernel
@@ -103,11 +108,15 @@ async def netlink_socket(netns: str | None, protocol: int) -> socket.socket:
     return sock
 
 
-async def _made_in(netns: str, protocol: int) -> socket.socket:
+async def in_namespace(netns: str, make: Callable[[], T]) -> T:
+    """``make()``'s result, called by a short-lived thread that has entered ``netns`` (a
+    socket it opens belongs there; ``/proc/sys/net`` it reads is that namespace's). Its
+    ``OSError`` is raised here; ``CommandError`` (``failed``) for a namespace that does not
+    exist. A socket made for a caller cancelled meanwhile is closed."""
     loop = asyncio.get_running_loop()
-    made: asyncio.Future[socket.socket] = loop.create_future()
+    made: asyncio.Future[T] = loop.create_future()
 
-    def settle(result: socket.socket | BaseException) -> None:
+    def settle(result: T | BaseException) -> None:
         if made.cancelled():
             if isinstance(result, socket.socket):
                 result.close()
@@ -116,22 +125,25 @@ async def _made_in(netns: str, protocol: int) -> socket.socket:
         else:
             made.set_result(result)
 
-    def in_namespace() -> None:
-        result: socket.socket | BaseException
+    def entered() -> None:
+        result: T | BaseException
         try:
             fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if ctypes.CDLL(None, use_errno=True).setns(fd, _CLONE_NEWNET) != 0:
-                    code = ctypes.get_errno()
-                    raise OSError(code, f"entering {netns!r}: {os.strerror(code)}")
-            finally:
-                os.close(fd)
-            result = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, protocol)
         except FileNotFoundError:
             result = CommandError("failed", f"no network namespace {netns!r}")
         except OSError as error:
             result = error
+        else:
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, _CLONE_NEWNET) != 0:
+                    code = ctypes.get_errno()
+                    raise OSError(code, f"entering {netns!r}: {os.strerror(code)}")
+                result = make()
+            except Exception as error:  # raised in the caller, whatever it is
+                result = error
+            finally:
+                os.close(fd)
         loop.call_soon_threadsafe(settle, result)
 
-    threading.Thread(target=in_namespace, name=f"netns-{netns}", daemon=True).start()
+    threading.Thread(target=entered, name=f"netns-{netns}", daemon=True).start()
     return await made

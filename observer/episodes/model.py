@@ -23,6 +23,42 @@ UnmeasuredReason = Literal["not_seen", "uncertain", "untracked"]
 UNMEASURED_REASONS: tuple[UnmeasuredReason, ...] = ("not_seen", "uncertain", "untracked")
 Outcome = Literal["measured", "partial", "abandoned", "fallback"]
 OUTCOMES: tuple[Outcome, ...] = ("measured", "partial", "abandoned", "fallback")
+# Where a connection came from (``observer.values.Connection``), and which moment of the
+# episode it came after: ``not_ready`` (the endpoint was out of Ready, the pod still running)
+# or ``stopped`` (the pod had stopped: the connection failed for its client). Metric labels.
+Origin = Literal["local", "forwarded"]
+ORIGINS: tuple[Origin, ...] = ("local", "forwarded")
+After = Literal["not_ready", "stopped"]
+AFTERS: tuple[After, ...] = ("not_ready", "stopped")
+
+
+@dataclass(slots=True)
+class Traffic:
+    """What connection tracking showed reach an episode's endpoint from its ``not_ready`` on,
+    until its traffic window closed (``--traffic-window`` after the episode ended, or earlier
+    when the address went to a new endpoint). Connections before ``not_ready`` are not seen:
+    the kernel filter lets an endpoint's events through only once its episode has started."""
+
+    connections: dict[tuple[Origin, After], int] = field(default_factory=dict)
+    last: dict[Origin, Timestamp] = field(default_factory=dict)  # the last new connection
+    # On the pod's node: TCP connections still open when the pod was seen stopped. None: not
+    # counted (another node, no stop seen, or the count failed).
+    cut: int | None = None
+    closes_at: float | None = None  # monotonic; set when the episode ends
+    closed: bool = False
+    lost: bool = False  # events were lost while it was followed: the counts are low bounds
+
+    def count(self, after: After) -> int:
+        return sum(n for (_, when), n in self.connections.items() if when == after)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "connections": {f"{origin}/{after}": n
+                            for (origin, after), n in sorted(self.connections.items())},
+            "last_connection": {origin: t.to_dict() for origin, t in self.last.items()},
+            "cut": self.cut, "window_closed": self.closed, "events_lost": self.lost,
+        }
+
 
 @dataclass(slots=True)
 class Episode:
@@ -47,6 +83,7 @@ class Episode:
     unsafe_window: float | None = None
     headroom: float | None = None
     unmeasured: dict[Stage, UnmeasuredReason] = field(default_factory=dict)
+    traffic: Traffic | None = None  # None: connections not followed (--traffic off, or failed)
 
     @property
     def unsafe(self) -> bool:
@@ -82,4 +119,5 @@ class Episode:
             "unsafe": self.unsafe,
             "unsafe_window_seconds": self.unsafe_window,
             "headroom_seconds": self.headroom,
+            "traffic": self.traffic.to_dict() if self.traffic is not None else None,
         }

@@ -35,6 +35,7 @@ from observer.episodes.model import AbandonReason, Episode
 from observer.episodes.pods import PodNews, PodRecord, PodRecords, RemoteStop
 from observer.episodes.slices import Merged, SliceView, Update
 from observer.episodes.stages import time_stages
+from observer.episodes.traffic import TrafficBook
 from observer.kube.objects import Endpoint, EndpointSlice, Pod
 from observer.values import EndpointKey, Source, Timestamp
 
@@ -78,6 +79,9 @@ class EpisodeTracker:
         self.pods = PodRecords(node_name=node_name, ttl=ttl, max_remote=max_in_flight)
         self._episodes_by_pod: dict[str, set[EndpointKey]] = {}
         self._recent_drops: dict[EndpointKey, Timestamp] = {}
+        # Connections to the episodes' endpoints, when a traffic source follows them (the agent
+        # sets it once that source is open).
+        self.traffic: TrafficBook | None = None
 
     # timestamps ----------------------------------------------------------------------------
 
@@ -110,6 +114,8 @@ class EpisodeTracker:
 
     def _transition(self, key: EndpointKey, before: Endpoint | None, after: Endpoint | None,
                     at: Timestamp, *, relist: bool) -> None:
+        if self.traffic is not None and after is not None and after.ready:
+            self.traffic.ready((key.ip, key.port, key.service_port.protocol))
         episode = self.episodes.get(key)
         if episode is None:
             if before is not None and before.ready and (after is None or not after.ready):
@@ -157,6 +163,8 @@ class EpisodeTracker:
         episode = Episode(key=key, cause="deletion" if deleting else "not_ready", local=local,
                           pod=pod, pod_uid=uid, not_ready=at)
         self.episodes[key] = episode
+        if self.traffic is not None:
+            self.traffic.start(episode)
         if uid:
             self._episodes_by_pod.setdefault(uid, set()).add(key)
         if record is not None:
@@ -193,6 +201,8 @@ class EpisodeTracker:
     def _stop(self, episode: Episode, at: Timestamp) -> None:
         if episode.stopped is None:
             episode.stopped = at
+            if self.traffic is not None:
+                self.traffic.stopped(episode)
             self._maybe_finish(episode)
 
     def _maybe_finish(self, episode: Episode) -> None:
@@ -214,11 +224,15 @@ class EpisodeTracker:
         self._forget(episode)
         self.finished.append(episode)
         self.sink.finished(episode)
+        if self.traffic is not None:
+            self.traffic.ended(episode, self.clock.monotonic())
 
     def _abandon(self, episode: Episode, reason: AbandonReason) -> None:
         episode.abandoned, episode.ended = reason, True
         self._forget(episode)
         self.finished.append(episode)
+        if self.traffic is not None:
+            self.traffic.ended(episode, self.clock.monotonic())  # closes its window now
         self.sink.abandoned(reason, episode)
 
     def _forget(self, episode: Episode) -> None:
@@ -299,3 +313,5 @@ class EpisodeTracker:
         self._recent_drops = {k: t for k, t in self._recent_drops.items()
                               if now - t.mono <= _RECENT_DROP_SECONDS}
         self.pods.expire(now)
+        if self.traffic is not None:
+            self.traffic.expire(now)

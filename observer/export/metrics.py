@@ -19,13 +19,18 @@ from observer import __version__
 from observer.dataplane.commands import ERROR_REASONS
 from observer.episodes.model import (
     ABANDON_REASONS,
+    AFTERS,
+    ORIGINS,
     OUTCOMES,
     STAGES,
     UNMEASURED_REASONS,
     AbandonReason,
+    After,
     Episode,
+    Origin,
 )
 from observer.kube.watch import RESTART_REASONS
+from observer.traffic.source import ERROR_REASONS as TRAFFIC_ERROR_REASONS
 from observer.values import join_host_port
 
 log = structlog.get_logger("observer.export")
@@ -120,7 +125,28 @@ class AgentMetrics:
             f"{p}invalid_input",
             "Objects or parts of objects the agent could not use, by resource and reason.",
             ["resource", "reason"], registry=registry)
+        self.last_connection = Histogram(
+            f"{p}last_connection_seconds",
+            "On the pod's node: pod deletion seen to the last new connection that reached the "
+            "endpoint, by source (local: this node's kube-proxy translated a service address to "
+            "it; forwarded: it arrived addressed to the pod — other nodes, ingress controllers, "
+            "load balancers, meshes). Observed when the episode's traffic window closes; a low "
+            "bound of that consumer's propagation (an idle endpoint shows nothing).",
+            ["source"], buckets=DURATION_BUCKETS, registry=registry)
+        self.connections_after_removal = Counter(
+            f"{p}connections_after_removal",
+            "New connections that reached an endpoint after it was taken out of Ready, by "
+            "source (local, forwarded) and what they came after: not_ready (the pod still "
+            "ran) or stopped (the pod had stopped: the connection failed for its client).",
+            ["source", "after"], registry=registry)
+        self.connections_cut_total = Counter(
+            f"{p}connections_cut",
+            "On the pod's node: TCP connections still open to an endpoint when its pod was seen "
+            "stopped.", registry=registry)
         # Every bounded label value exists from the start: dashboards see zeros, not gaps.
+        for origin in ORIGINS:
+            for after in AFTERS:
+                self.connections_after_removal.labels(origin, after)
         # Every episode ends through one of these: the children are looked up once, here.
         self._outcomes = {outcome: self.episodes_total.labels(outcome) for outcome in OUTCOMES}
         for stage in STAGES:
@@ -150,6 +176,27 @@ class AgentMetrics:
         outcome = episode.outcome
         assert outcome is not None, "a finished episode has ended"
         self._outcomes[outcome].inc()
+        if episode.traffic is None:
+            log.info("episode finished", **_log_fields(episode))
+        # else the canonical line waits for its connections: traffic_closed
+
+    # TrafficSink -------------------------------------------------------------------------------
+
+    def connection(self, origin: Origin, after: After) -> None:
+        self.connections_after_removal.labels(origin, after).inc()
+
+    def connections_cut(self, count: int) -> None:
+        self.connections_cut_total.inc(count)
+
+    def traffic_closed(self, episode: Episode) -> None:
+        if episode.abandoned is not None:
+            return  # its line was written when it was abandoned; nothing of it is measured
+        traffic = episode.traffic
+        assert traffic is not None
+        if episode.local and episode.deleted is not None:
+            for origin, at in traffic.last.items():
+                self.last_connection.labels(origin).observe(
+                    max(0.0, at.mono - episode.deleted.mono))
         log.info("episode finished", **_log_fields(episode))
 
     def abandoned(self, reason: AbandonReason, episode: Episode | None) -> None:
@@ -218,6 +265,24 @@ class DataplaneHealth:
         self.dataplane_drift_total.inc(count)
 
 
+class TrafficHealth:
+    """How following connections goes; made before the traffic source, which reports to it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.traffic_errors_total = Counter(
+            "endpoint_propagation_traffic_errors",
+            "Why connections could not be followed, or not all: conntrack_missing (not "
+            "loaded), events_disabled (net.netfilter.nf_conntrack_events=0), permission (no "
+            "CAP_NET_ADMIN), events_lost (the kernel's queue overflowed), garbage (an "
+            "unreadable event), failed (any other failure of the sockets or of a count).",
+            ["reason"], registry=registry)
+        for reason in TRAFFIC_ERROR_REASONS:
+            self.traffic_errors_total.labels(reason)
+
+    def traffic_error(self, reason: str) -> None:
+        self.traffic_errors_total.labels(reason).inc()
+
+
 def _log_fields(episode: Episode) -> dict[str, object]:
     """The canonical line for one episode: everything about it, flat."""
     fields: dict[str, object] = {
@@ -232,6 +297,21 @@ def _log_fields(episode: Episode) -> dict[str, object]:
         fields["unsafe_window_seconds"] = round(episode.unsafe_window, 6)
     if episode.headroom is not None:
         fields["headroom_seconds"] = round(episode.headroom, 6)
+    traffic = episode.traffic
+    if traffic is not None:
+        for after in AFTERS:
+            fields[f"connections_after_{after}"] = traffic.count(after)
+        for origin in ORIGINS:
+            fields[f"connections_{origin}"] = sum(n for (o, _), n in traffic.connections.items()
+                                                  if o == origin)
+        start = episode.deleted or episode.not_ready
+        if traffic.last:
+            fields["last_connection_seconds"] = round(
+                max(t.mono for t in traffic.last.values()) - start.mono, 6)
+        if traffic.cut is not None:
+            fields["connections_cut"] = traffic.cut
+        if traffic.lost:
+            fields["traffic_events_lost"] = True
     return fields
 
 

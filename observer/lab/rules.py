@@ -53,10 +53,19 @@ def nft_endpoint_chain(s: ServicePortRules, ip: str, port: int) -> str:
 
 
 def nft_table(family: str = "ip") -> list[str]:
+    """The table, its service map, and the hooks that send traffic through it (nat
+    prerouting and output, as kube-proxy's ``nat-prerouting``/``nat-output`` do)."""
     addr = "ipv4_addr" if family == "ip" else "ipv6_addr"
-    return [f"add table {family} kube-proxy",
-            f"add map {family} kube-proxy service-ips {{ type {addr} . inet_proto . "
-            "inet_service : verdict ; }"]
+    lines = [f"add table {family} kube-proxy",
+             f"add map {family} kube-proxy service-ips {{ type {addr} . inet_proto . "
+             "inet_service : verdict ; }",
+             f"add chain {family} kube-proxy services",
+             f"add rule {family} kube-proxy services {family} daddr . meta l4proto . th dport "
+             "vmap @service-ips"]
+    for hook in ("prerouting", "output"):
+        lines += [f"add chain {family} kube-proxy nat-{hook} {{ type nat hook {hook} priority "
+                  "-100 ; }", f"add rule {family} kube-proxy nat-{hook} jump services"]
+    return lines
 
 
 def nft_sync(services: Iterable[ServicePortRules], *, known_endpoint_chains: set[str],

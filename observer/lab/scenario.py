@@ -27,6 +27,7 @@ from observer.agent import (
     Agent,
     AgentConfig,
     DataplaneSettings,
+    TrafficSettings,
     build_agent,
     given,
     open_dataplane,
@@ -261,7 +262,8 @@ class Lab:
             dataplane=DataplaneSettings(
                 mode="nftables" if self.config.dataplane == "nftables" else "iptables",
                 netns=node.netns, poll_interval=self.config.poll_interval,
-                poll_max_cpu=self.config.poll_max_cpu))
+                poll_max_cpu=self.config.poll_max_cpu),
+            traffic=TrafficSettings(mode="off"))  # no clients in the lab yet: nothing to follow
         return await build_agent(settings, api=api, clock=self.clock, dataplane=(
             given(node.memory) if node.memory is not None else open_dataplane))
 

@@ -1,0 +1,149 @@
+"""The agent's connection counts against what real clients recorded, connection by connection,
+on the real kernel: a node namespace with kube-proxy's nftables rules, pods with real TCP
+servers, clients through the service address (this node's kube-proxy: ``local``) and straight
+to the pod (an ingress, another node: ``forwarded``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes_asyncio import client
+
+from observer.agent import Agent, AgentConfig, DataplaneSettings, TrafficSettings, build_agent
+from observer.clock import SystemClock
+from observer.episodes.model import Episode
+from observer.lab.apiserver.server import ApiServer
+from observer.lab.rules import ServicePortRules
+from observer.values import EndpointKey
+from tests.agent.harness import Cluster, Endpoint, key, until
+from tests.conftest import client_configuration, require_root, require_tool
+from tests.traffic.topology import (
+    Topology,
+    exchange,
+    make_topology,
+    open_connection,
+    program,
+    request,
+)
+
+POD, OTHER = "10.180.0.4", "10.180.0.5"
+VIP = "172.30.0.10"
+KEY: EndpointKey = key("web", POD)
+
+
+def web(*endpoints: str) -> ServicePortRules:
+    return ServicePortRules("default", "web", "http", VIP, 80,
+                            tuple((ip, 8080) for ip in endpoints))
+
+
+@pytest.fixture
+def topology() -> Iterator[Topology]:
+    require_root()
+    for tool in ("ip", "nft", "sysctl"):
+        require_tool(tool)
+    with contextlib.ExitStack() as stack:
+        yield make_topology([POD, OTHER], stack)
+
+
+@contextlib.asynccontextmanager
+async def running(apiserver: ApiServer, kubeconfig: Path, topology: Topology,
+                  window: float) -> AsyncIterator[Agent]:
+    async with client.ApiClient(await client_configuration(kubeconfig)) as api:
+        agent = await build_agent(AgentConfig(
+            node_name="node-a", listen=("127.0.0.1", 0), housekeeping_interval=0.05,
+            dataplane=DataplaneSettings(mode="nftables", netns=topology.node.name,
+                                        poll_max_cpu=0.5),
+            traffic=TrafficSettings(mode="on", window=window)), api=api, clock=SystemClock())
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        try:
+            await until(agent.ready, "agent ready")
+            yield agent
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+            await topology.close()
+
+
+def finished(agent: Agent) -> Episode:
+    (episode,) = [e for e in agent.tracker.finished if e.key == KEY]
+    return episode
+
+
+async def test_counts_equal_what_the_clients_recorded(apiserver: ApiServer, kubeconfig: Path,
+                                                       topology: Topology) -> None:
+    known: set[str] = set()
+    program(topology, [web(POD, OTHER)], known=known, first=True)
+    for ip in (POD, OTHER):
+        await topology.serve(ip, 8080)
+    cluster = Cluster(apiserver)
+    cluster.create_pod("web-4", "node-a", POD)
+    cluster.create_pod("web-5", "node-b", OTHER)
+    cluster.put_slice("web-1", "web", Endpoint(POD, "node-a", pod="web-4"),
+                      Endpoint(OTHER, "node-b", pod="web-5"))
+    async with running(apiserver, kubeconfig, topology, window=0.5) as agent:
+        source = agent.traffic
+        assert source is not None
+        # Before the episode: kept open across the stop (cut), and closed before it (not).
+        kept = [await open_connection(topology.client, POD, 8080) for _ in range(3)]
+        for conn in kept:
+            assert not isinstance(conn, str)
+            assert await exchange(*conn) == ("ok", POD)
+        assert await request(topology.client, POD, 8080) == ("ok", POD)
+
+        cluster.delete_pod("web-4")
+        cluster.set_endpoint("web-1", POD, ready=False, serving=True, terminating=True)
+        await until(lambda: (POD, 8080) in source.filtered, "the kernel filter follows it")
+
+        # not_ready .. dataplane: through the service (either pod) and straight to the pod.
+        local: Counter[str] = Counter()
+        while local[POD] < 3 or local[OTHER] < 1:
+            outcome, who = await request(topology.node, VIP, 80)
+            assert outcome == "ok"
+            local[who] += 1
+        forwarded_running = [await request(topology.client, POD, 8080) for _ in range(4)]
+        program(topology, [web(OTHER)], known=known)  # kube-proxy drops it
+        await until(lambda: agent.tracker.episodes[KEY].dataplane is not None, "dataplane")
+        # A consumer slower than kube-proxy still sends to the pod while it runs...
+        forwarded_running += [await request(topology.client, POD, 8080) for _ in range(2)]
+        assert all(r == ("ok", POD) for r in forwarded_running)
+
+        # ...and after it stopped: each attempt fails for its client.
+        await topology.servers[POD].stop()
+        cluster.pod_terminated("web-4")
+        await until(lambda: any(e.key == KEY for e in agent.tracker.finished), "stop seen")
+        failed = [await request(topology.client, POD, 8080) for _ in range(5)]
+        assert [outcome for outcome, _ in failed] == ["refused"] * 5
+        for conn in kept:  # what the clients of the cut connections see on their next request
+            assert not isinstance(conn, str)
+            assert (await exchange(*conn))[0] == "reset"
+            conn[1].close()
+
+        episode = finished(agent)
+        traffic = episode.traffic
+        assert traffic is not None
+        await until(lambda: traffic.closed, "traffic window closed")
+
+    assert traffic.connections == {("local", "not_ready"): local[POD],
+                                   ("forwarded", "not_ready"): len(forwarded_running),
+                                   ("forwarded", "stopped"): len(failed)}
+    assert traffic.cut == len(kept)
+    assert not traffic.lost
+    assert episode.deleted is not None
+    assert traffic.last["forwarded"].mono > traffic.last["local"].mono > episode.deleted.mono
+    sample = agent.registry.get_sample_value
+    name = "endpoint_propagation_connections_after_removal_total"
+    assert sample(name, {"source": "local", "after": "not_ready"}) == local[POD]
+    assert sample(name, {"source": "local", "after": "stopped"}) == 0
+    assert sample(name, {"source": "forwarded", "after": "not_ready"}) == 6
+    assert sample(name, {"source": "forwarded", "after": "stopped"}) == 5
+    assert sample("endpoint_propagation_connections_cut_total") == 3
+    for origin in ("local", "forwarded"):
+        assert sample("endpoint_propagation_last_connection_seconds_count",
+                      {"source": origin}) == 1
+    assert sample("endpoint_propagation_traffic_errors_total", {"reason": "events_lost"}) == 0
