@@ -84,7 +84,7 @@ def _layout(panels: list[dict[str, Any]], widths: list[int], height: int = 8
     """Left to right, wrapping at Grafana's 24 columns; stats and text are short."""
     x = y = row_height = 0
     for number, (panel, width) in enumerate(zip(panels, widths, strict=True), start=1):
-        panel_height = 4 if panel["type"] in ("stat", "text") else height
+        panel_height = {"stat": 4, "text": 4, "row": 1}.get(panel["type"], height)
         if x + width > 24:
             x, y, row_height = 0, y + row_height, 0
         panel["id"] = number
@@ -113,8 +113,10 @@ def _dashboard(uid: str, title: str, description: str, variables: list[dict[str,
 def overview() -> dict[str, Any]:
     panels = [
         _stat("endpoint_propagation:prestop_recommendation_seconds", "Recommended preStop",
-              "p99 controller + the slowest node's p99 dataplane + 1 s, rounded up, over 6h "
-              "(recording rule; absent below 20 measured deletions). `observer report` "
+              "The slower of two paths, + 1 s, rounded up, over 6h: p99 controller + the "
+              "slowest node's p99 dataplane (kube-proxy's rules), or the p99 of the last "
+              "connection any consumer sent after a deletion (conntrack, Traffic row). "
+              "Recording rule; absent below 20 measured deletions. `observer report` "
               "compares it with each workload's configured preStop."),
         _stat("endpoint_propagation:controller_seconds:p99_6h", "p99 controller (6h)",
               "Pod deletion seen to the not-ready EndpointSlice update, cluster-wide."),
@@ -158,6 +160,30 @@ def overview() -> dict[str, Any]:
         _counter(f"sum by (stage) (increase(endpoint_propagation_duration_seconds_count"
                  f"{{{STAGE_SEL}}}[$__rate_interval]))", "{{stage}}", "Episodes measured",
                  "Endpoint removals measured, by stage."),
+        {"type": "row", "title": "Traffic: what connections did (conntrack)", "collapsed": False,
+         "panels": []},
+        _counter(f"sum by (node, source) (increase(endpoint_propagation_connections_after_"
+                 f'removal_total{{after="stopped", {SEL}}}[$__rate_interval]))',
+                 "{{node}} {{source}}", "Connections to stopped pods (failed for clients)",
+                 "New connections that reached pods that had already stopped: each failed for "
+                 "its client (refused, reset, timed out). local: this node's kube-proxy chose "
+                 "the pod; forwarded: sent straight to the pod's address (ingress controllers, "
+                 "load balancers, other nodes). Alert: EndpointConnectionsToStoppedPods."),
+        _counter(f"sum by (source, after) (increase(endpoint_propagation_connections_after_"
+                 f"removal_total{{{SEL}}}[$__rate_interval]))", "{{source}} after {{after}}",
+                 "Connections after removal",
+                 "New connections to endpoints already out of Ready: after not_ready the pod "
+                 "still served them (a consumer not caught up yet), after stopped they failed."),
+        _quantiles("endpoint_propagation_last_connection_seconds", SEL, "source",
+                   "Last connection after deletion (p50, p99)",
+                   "Pod's node: deletion seen → the last new connection from each source. The "
+                   "slowest consumer's p99 is what the recommendation must cover; compare with "
+                   "the rules' total stage. A low bound: an idle endpoint shows nothing.",
+                   (0.5, 0.99)),
+        _counter(f"sum by (node) (increase(endpoint_propagation_connections_cut_total{{{SEL}}}"
+                 "[$__rate_interval]))", "{{node}}", "Connections cut at pod stop",
+                 "Pod's node: TCP connections still open when the pod stopped; their clients' "
+                 "next request on them fails. Apps that drain before they exit cut none."),
     ]
     return _dashboard(
         "observer-overview", "observer / Endpoint propagation",
@@ -167,7 +193,7 @@ def overview() -> dict[str, Any]:
          _query_variable("node", "Node", 'label_values(endpoint_propagation_build_info'
                                          '{proxy_mode=~"$proxy_mode"}, node)'),
          _cause_variable()],
-        _layout(panels, [4, 4, 4, 4, 4, 4, 12, 12, 12, 12, 12, 12]))
+        _layout(panels, [4, 4, 4, 4, 4, 4, 12, 12, 12, 12, 12, 12, 24, 12, 12, 12, 12]))
 
 
 def node() -> dict[str, Any]:
@@ -247,6 +273,11 @@ def health() -> dict[str, Any]:
         _counter(f"sum by (resource) (rate(endpoint_propagation_watch_events_total{{{SEL}}}"
                  "[$__rate_interval]))", "{{resource}}", "Watch events per second",
                  "ADDED, MODIFIED, DELETED events received."),
+        _counter(f"sum by (node, reason) (increase(endpoint_propagation_traffic_errors_total"
+                 f"{{{SEL}}}[$__rate_interval]))", "{{node}} {{reason}}", "Traffic errors",
+                 "Connections not followed, or not all: conntrack_missing, events_disabled, "
+                 "permission (at start: --traffic auto runs on without), events_lost (counts "
+                 "are low bounds), garbage, failed."),
         _panel("Agents", "Version and kube-proxy mode of every agent.",
                [_target(f"endpoint_propagation_build_info{{{SEL}}}", "", fmt="table")],
                kind="table", unit="short"),
@@ -255,7 +286,7 @@ def health() -> dict[str, Any]:
         "observer-health", "observer / Agent health",
         "Is every agent watching, reading its dataplane, and keeping up?",
         [_query_variable("node", "Node", "label_values(endpoint_propagation_build_info, node)")],
-        _layout(panels, [12] * 12))
+        _layout(panels, [12] * 13))
 
 
 DASHBOARDS = {"observer-overview.json": overview, "observer-node.json": node,

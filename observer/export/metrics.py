@@ -145,6 +145,7 @@ class AgentMetrics:
             "stopped.", registry=registry)
         # Every bounded label value exists from the start: dashboards see zeros, not gaps.
         for origin in ORIGINS:
+            self.last_connection.labels(origin)
             for after in AFTERS:
                 self.connections_after_removal.labels(origin, after)
         # Every episode ends through one of these: the children are looked up once, here.

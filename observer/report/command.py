@@ -111,6 +111,10 @@ def to_json(rec: Recommendation, advice: Sequence[ContainerAdvice],
             "slowest_node": rec.slowest_node, "dataplane_seconds_by_node": rec.nodes,
             "app_shutdown_seconds": rec.app_shutdown,
             "app_shutdown_pods": round(rec.app_shutdown_pods),
+            "set_by": rec.set_by, "rules_only_prestop_seconds": rec.rules_only_prestop_seconds,
+            "last_connection_seconds_by_source": rec.last_connection,
+            "failed_connections": round(rec.failed_connections),
+            "cut_connections": round(rec.cut_connections),
             "episodes_by_outcome": {k: round(v) for k, v in sorted(evidence.outcomes.items())},
             "measured_share": evidence.measured_share,
             "source": evidence.source, "warnings": evidence.warnings,
@@ -146,6 +150,13 @@ def to_text(rec: Recommendation, advice: Sequence[ContainerAdvice], evidence: Ev
                      "checked against preStop + that")
     else:
         lines.append("  no app shutdown measured yet: grace periods not checked")
+    if rec.set_by == "connections":
+        lines.append(f"  set by the connections consumers still sent: kube-proxy's rules alone "
+                     f"would have said {rec.rules_only_prestop_seconds} s")
+    if rec.failed_connections or rec.cut_connections:
+        lines.append(f"  failures clients saw: {round(rec.failed_connections)} new connections "
+                     f"reached pods that had stopped, {round(rec.cut_connections)} open ones "
+                     "were cut")
     rows = [("NAMESPACE", "KIND", "NAME", "CONTAINER", "PRESTOP", "GRACE", "FINDINGS",
              "SUGGESTED")]
     for a in advice:

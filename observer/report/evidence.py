@@ -10,6 +10,12 @@ What is read (metric names from docs/metrics.md):
 - ``outcomes``: ``endpoint_propagation_episodes_total`` by outcome, every node: how many of
   the episodes that ended were measured in full — the sample the quantiles come from. When
   that share is low the report says so (``LOW_MEASURED_SHARE``).
+- ``last_connection``: ``endpoint_propagation_last_connection_seconds`` by source, cluster-wide
+  (pod's node: deletion seen → the last new connection from any consumer, kube-proxy's or not);
+- ``failed_connections``: ``endpoint_propagation_connections_after_removal_total
+  {after="stopped"}`` and ``cut``: ``endpoint_propagation_connections_cut_total``, summed:
+  connections that reached pods that had stopped, or were open when they did — the failures
+  clients saw.
 
 Both causes (deletion, readiness lost) count: propagation does not depend on why an endpoint
 stopped being ready. Agents' counters run from each agent's start; Prometheus reads the
@@ -31,6 +37,9 @@ from observer.report.histograms import Histogram
 DURATION = "endpoint_propagation_duration_seconds"
 APP_SHUTDOWN = "endpoint_propagation_app_shutdown_seconds"
 EPISODES = "endpoint_propagation_episodes"
+LAST_CONNECTION = "endpoint_propagation_last_connection_seconds"
+AFTER_REMOVAL = "endpoint_propagation_connections_after_removal"
+CUT = "endpoint_propagation_connections_cut"
 # Below this share of ended episodes measured in full, the report warns: the quantiles then come
 # from a sample that may not be like the rest (e.g. deletions during API server trouble).
 LOW_MEASURED_SHARE = 0.8
@@ -47,6 +56,9 @@ class Evidence:
     dataplane: dict[str, Histogram] = field(default_factory=dict)  # by node
     app_shutdown: Histogram = field(default_factory=Histogram)
     outcomes: dict[str, float] = field(default_factory=dict)  # ended episodes by outcome
+    last_connection: dict[str, Histogram] = field(default_factory=dict)  # by source
+    failed_connections: float = 0.0  # new connections after the pod stopped
+    cut_connections: float = 0.0
     source: str = ""
     warnings: list[str] = field(default_factory=list)  # partial data, said out loud
 
@@ -85,7 +97,15 @@ def parse_agent_metrics(text: str, node: str, into: Evidence) -> None:
                     outcome = sample.labels["outcome"]
                     into.outcomes[outcome] = into.outcomes.get(outcome, 0.0) + sample.value
             continue
-        if family.name not in (DURATION, APP_SHUTDOWN):
+        if family.name in (AFTER_REMOVAL, CUT):
+            for sample in family.samples:
+                if sample.name == f"{AFTER_REMOVAL}_total" and sample.labels.get(
+                        "after") == "stopped":
+                    into.failed_connections += sample.value
+                elif sample.name == f"{CUT}_total":
+                    into.cut_connections += sample.value
+            continue
+        if family.name not in (DURATION, APP_SHUTDOWN, LAST_CONNECTION):
             continue
         for sample in family.samples:
             if not sample.name.endswith("_bucket") or "le" not in sample.labels:
@@ -93,6 +113,9 @@ def parse_agent_metrics(text: str, node: str, into: Evidence) -> None:
             le = _le(sample.labels["le"])
             if family.name == APP_SHUTDOWN:
                 into.app_shutdown.add(le, sample.value)
+            elif family.name == LAST_CONNECTION:
+                source = sample.labels.get("source", "")
+                into.last_connection.setdefault(source, Histogram()).add(le, sample.value)
             elif sample.labels.get("stage") == "controller":
                 into.controller.add(le, sample.value)
             elif sample.labels.get("stage") == "dataplane":
@@ -190,6 +213,12 @@ async def from_prometheus(url: str, window: str, node_label: str,
     app = await prometheus.query(increase(APP_SHUTDOWN, "", "le"))
     outcomes = await prometheus.query(
         f"sum by (outcome) (increase({EPISODES}_total[{window}]))")
+    last = await prometheus.query(increase(LAST_CONNECTION, "", "source, le"))
+
+    async def total(metric: str, selector: str = "") -> float:
+        rows = await prometheus.query(f"sum(increase({metric}_total{{{selector}}}[{window}]))")
+        return sum(value for _, value in rows if not math.isnan(value))
+
     evidence = Evidence(
         controller=_buckets(controller, None).get("", Histogram()),
         dataplane={node or f"(no {node_label} label)": h
@@ -197,6 +226,9 @@ async def from_prometheus(url: str, window: str, node_label: str,
         app_shutdown=_buckets(app, None).get("", Histogram()),
         outcomes={labels.get("outcome", ""): value for labels, value in outcomes
                   if not math.isnan(value)},
+        last_connection=_buckets(last, "source"),
+        failed_connections=await total(AFTER_REMOVAL, 'after="stopped"'),
+        cut_connections=await total(CUT),
         source=f"Prometheus {prometheus.url}, increase over {window}",
         warnings=[f"Prometheus: {w}" for w in prometheus.warnings])
     evidence.check_measured_share()

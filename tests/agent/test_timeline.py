@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
+from observer.values import Connection, Timestamp
 from tests.agent.harness import AgentEnv
 from tests.agent.test_episodes import ready_service, safe_deletion, unsafe_deletion
 from tests.conftest import REPO, ManualClock, require_tool
@@ -80,6 +81,30 @@ async def test_timeline_draws_the_episodes(env: AgentEnv, clock: ManualClock) ->
     await chromium(f"{url}/timeline", f"--screenshot={shot}")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 10_000  # a drawn page, not a blank one
+
+
+async def test_timeline_shows_the_connections(env: AgentEnv, clock: ManualClock) -> None:
+    """The connections an episode's traffic record holds (what conntrack events put there:
+    tests/traffic run them on the real kernel) are drawn and counted in the table."""
+    book = env.agent.tracker.traffic
+    assert book is not None, "traffic is followed wherever the agent runs as root"
+    await two_episodes(env, clock)
+
+    def connect(ip: str, *, local: bool) -> None:
+        book.connection(Connection(ip, 8080, "TCP", local, Timestamp(
+            clock.monotonic(), clock.wall(), "conntrack", 0.0)))
+
+    clock.advance(0.5)
+    connect("10.0.0.1", local=True)  # after its pod stopped
+    connect("10.0.0.2", local=False)
+    connect("10.0.0.2", local=False)
+    dom = await chromium(f"{env.agent.http.url}/timeline", "--dump-dom")
+    ticks = re.findall(r'<rect class="last-connection( failed)?" data-source="(\w+)"', dom)
+    assert sorted(ticks) == [(" failed", "forwarded"), (" failed", "local")]
+    cells = re.findall(r'<td class="num">(\d*)</td><td class="num">(\d*)</td>'
+                       r'<td class="num">(\d*)</td></tr>', dom)
+    # Both pods ran on this node: at their stop the kernel held no open flow to them.
+    assert sorted(cells) == [("0", "1", "0"), ("0", "2", "0")]
 
 
 def fresh_artifact(name: str) -> Path:

@@ -27,7 +27,7 @@ HELM_SETTINGS = {
     "default": [],
     "everything": ["--set", "serviceMonitor.enabled=true", "--set", "prometheusRule.enabled=true",
                    "--set", "dashboards.enabled=true"],
-    "no-dataplane": ["--set", "agent.dataplane=none"],
+    "no-dataplane": ["--set", "agent.dataplane=none", "--set", "agent.traffic=off"],
 }
 
 

@@ -66,8 +66,16 @@ async def agents() -> AsyncIterator[Agents]:
 
 def observations(controller: list[float] = (), dataplane: list[float] = (),  # type: ignore[assignment]
                  app_shutdown: list[float] = (),  # type: ignore[assignment]
-                 outcomes: dict[str, int] | None = None) -> Observe:
+                 outcomes: dict[str, int] | None = None,
+                 last_connection: dict[str, list[float]] | None = None,
+                 failed: int = 0, cut: int = 0) -> Observe:
     def observe(metrics: AgentMetrics) -> None:
+        for source, seconds_list in (last_connection or {}).items():
+            for seconds in seconds_list:
+                metrics.last_connection.labels(source).observe(seconds)
+        for _ in range(failed):
+            metrics.connection("forwarded", "stopped")
+        metrics.connections_cut(cut)
         for outcome, count in (outcomes or {}).items():
             metrics.episodes_total.labels(outcome).inc(count)
         for seconds in controller:
@@ -199,6 +207,36 @@ async def test_recommendation_and_findings(agents: Agents, apiserver: ApiServer,
     assert lines[header + 1].split() == ["shop", "ReplicaSet", "orphan", "app", "exec-sleep",
                                          "1s", "30s", "at-risk", "3s"]
     assert "\033[" not in out  # no colour when not a terminal
+
+
+async def test_a_consumer_slower_than_kube_proxy_sets_the_recommendation(
+        agents: Agents, kubeconfig: Path) -> None:
+    # kube-proxy's path: ceil(0.1995 + 0.2985 + 1) = 2. An ingress kept sending new
+    # connections until (2.5, 3] after the deletion: p99 2.995, so ceil(2.995 + 1) = 4. Local
+    # connections below the minimum of observations do not count.
+    urls = (await agents.add(observations(
+        controller=[0.2] * 25, dataplane=[0.3] * 25,
+        last_connection={"forwarded": [3.0] * 25, "local": [9.0] * 5}, failed=7, cut=2)),)
+    code, out, err = await run(options(agents=urls, kubeconfig=str(kubeconfig)))
+    assert (code, err) == (0, "")
+    rec = json.loads(out)["recommendation"]
+    assert rec["prestop_seconds"] == 4
+    assert rec["set_by"] == "connections"
+    assert rec["rules_only_prestop_seconds"] == 2
+    assert rec["last_connection_seconds_by_source"] == {"forwarded": pytest.approx(2.995)}
+    assert (rec["failed_connections"], rec["cut_connections"]) == (7, 2)
+    assert "last connection (forwarded) 2.995 s after deletion (25 episodes)" in rec["basis"]
+
+    code, out, _ = await run(options(agents=urls, kubeconfig=str(kubeconfig), as_json=False))
+    assert "kube-proxy's rules alone would have said 2 s" in out
+    assert "7 new connections reached pods that had stopped, 2 open ones were cut" in out
+
+    # Without connections seen, kube-proxy's path sets it, as before.
+    quiet = (await agents.add(observations(controller=[0.2] * 25, dataplane=[0.3] * 25)),)
+    code, out, _ = await run(options(agents=quiet, kubeconfig=str(kubeconfig)))
+    rec = json.loads(out)["recommendation"]
+    assert (rec["prestop_seconds"], rec["set_by"], rec["rules_only_prestop_seconds"]) == (
+        2, "kube-proxy", 2)
 
 
 async def test_all_namespaces_by_default(agents: Agents, apiserver: ApiServer,

@@ -77,7 +77,7 @@ def test_alerts_are_complete_and_tested() -> None:
     cases = [case for test in tests for case in test.get("alert_rule_test", [])]
     alerts = [rule for group in yaml.safe_load(ALERTS.read_text())["groups"]
               for rule in group["rules"]]
-    assert len(alerts) == 6
+    assert len(alerts) == 7
     for alert in alerts:
         name = alert["alert"]
         assert alert["labels"]["severity"] in ("warning", "critical"), name
