@@ -54,6 +54,8 @@ _TCP_OPEN_STATES = frozenset({1, 2, 3, 4, 5})  # SYN_SENT, SYN_RECV, ESTABLISHED
 #                                               CLOSE_WAIT; not LAST_ACK, TIME_WAIT, CLOSE
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
 _U16 = struct.Struct(">H")
+_ATTR = struct.Struct("=HH")  # struct nlattr: length, type (with flags in the top bits)
+_TYPE_MASK = 0x3FFF
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct(">Q")
 PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
@@ -74,37 +76,53 @@ class Flow(NamedTuple):
     sent_ns: int | None
 
 
-def _nested(data: bytes, span: tuple[int, int] | None, kind: int, what: str) -> tuple[int, int]:
-    inner = attributes(data, *span).get(kind) if span is not None else None
-    if inner is None:
-        raise DataplaneParseError(f"conntrack event without {what}")
-    return inner
+def _find(data: bytes, span: tuple[int, int] | None, kind: int, what: str) -> tuple[int, int]:
+    """The payload of the first attribute ``kind`` of the run ``span`` (the walk stops there:
+    the hot path reads a few attributes of each event, not all of them)."""
+    if span is not None:
+        start, end = span
+        while start + 4 <= end:
+            length, own = _ATTR.unpack_from(data, start)
+            if length < 4 or start + length > end:
+                break  # overruns its run: reported below
+            if own & _TYPE_MASK == kind:
+                return start + 4, start + length
+            start += (length + 3) & ~3
+    raise DataplaneParseError(f"conntrack event without {what}")
 
 
-def _address(data: bytes, ip: dict[int, tuple[int, int]], v4: int, v6: int) -> str:
-    span = ip.get(v4) or ip.get(v6)
-    if span is None or span[1] - span[0] not in (4, 16):
-        raise DataplaneParseError("conntrack tuple without a 4- or 16-byte address")
-    return str(ipaddress.ip_address(data[span[0]:span[1]]))
+def _address(data: bytes, ip: tuple[int, int], v4: int, v6: int) -> bytes:
+    try:
+        span = _find(data, ip, v4, "")
+    except DataplaneParseError:
+        span = _find(data, ip, v6, "a source and a destination address")
+    if span[1] - span[0] not in (4, 16):
+        raise DataplaneParseError("conntrack tuple address neither 4 nor 16 bytes long")
+    return data[span[0]:span[1]]
 
 
 def _flow(data: bytes, start: int, end: int) -> Flow:
     top = attributes(data, start, end)
     reply = top.get(_TUPLE_REPLY)
-    reply_ip = attributes(data, *_nested(data, reply, _TUPLE_IP, "a reply address"))
-    proto = attributes(data, *_nested(data, reply, _TUPLE_PROTO, "a reply protocol"))
-    orig_ip = attributes(data, *_nested(data, top.get(_TUPLE_ORIG), _TUPLE_IP,
-                                        "an original address"))
-    number, port = proto.get(_PROTO_NUM), proto.get(_PROTO_SRC_PORT)
-    if number is None or number[1] - number[0] != 1:
-        raise DataplaneParseError("conntrack tuple without a protocol number")
-    endpoint = _address(data, reply_ip, _IP_V4_SRC, _IP_V6_SRC)
+    endpoint = _address(data, _find(data, reply, _TUPLE_IP, "a reply address"), _IP_V4_SRC,
+                        _IP_V6_SRC)
+    proto = _find(data, reply, _TUPLE_PROTO, "a reply protocol")
+    number = _find(data, proto, _PROTO_NUM, "a protocol number")
+    if number[1] - number[0] != 1:
+        raise DataplaneParseError("conntrack protocol number not 1 byte long")
+    try:
+        port = _find(data, proto, _PROTO_SRC_PORT, "")
+    except DataplaneParseError:  # ICMP and others: no port
+        port = (0, 0)
+    original = _address(data, _find(data, top.get(_TUPLE_ORIG), _TUPLE_IP,
+                                    "an original address"), _IP_V4_DST, _IP_V6_DST)
     stamp = top.get(_TIMESTAMP_EVENT)
     return Flow(
-        ip=endpoint,
-        port=_U16.unpack_from(data, port[0])[0] if port and port[1] - port[0] == 2 else 0,
+        ip=socket.inet_ntop(socket.AF_INET if len(endpoint) == 4 else socket.AF_INET6,
+                            endpoint),
+        port=_U16.unpack_from(data, port[0])[0] if port[1] - port[0] == 2 else 0,
         protocol=_PROTOCOL_NAMES.get(data[number[0]], str(data[number[0]])),
-        local=_address(data, orig_ip, _IP_V4_DST, _IP_V6_DST) != endpoint,
+        local=original != endpoint,
         sent_ns=_U64.unpack_from(data, stamp[0])[0] if stamp and stamp[1] - stamp[0] == 8
         else None)
 

@@ -55,6 +55,7 @@ _ERROR_CODE = struct.Struct("=i")  # struct nlmsgerr's error: a negative errno, 
 # A kernel event stamp further from the read than this is a stepped wall clock, not a delay.
 _MAX_BACKDATE = 5.0
 _RETRY_SECONDS = 1.0
+_BATCH = 256  # datagrams read before the event loop gets a turn
 
 
 class TrafficErrors(Protocol):
@@ -149,6 +150,8 @@ class ConntrackSource:
         self._refilter_due = False
         self._counts: asyncio.Queue[Address] = asyncio.Queue()
         self._seq = 0
+        self._book: TrafficBook | None = None
+        self._retry: asyncio.Future[None] | None = None
 
     def close(self) -> None:
         self.events.close()
@@ -193,34 +196,61 @@ class ConntrackSource:
             await cancel_and_wait(counting)
 
     async def _receive(self, book: TrafficBook) -> None:
+        """Read in the event loop's reader callback (``_readable``): each wake-up drains what
+        is queued, without a task switch per wake-up — on these machines a bare asyncio
+        wake-up through an Event and a task cost twice the callback's CPU
+        (docs/benchmarks.md). Retries after a failed read wait ``_RETRY_SECONDS``."""
         loop = asyncio.get_running_loop()
-        while True:
+        fd = self.events.fileno()
+        self._book = book
+        self._retry = loop.create_future()
+        try:
+            while True:
+                loop.add_reader(fd, self._readable)
+                await self._retry  # set only by a read that failed for good
+                loop.remove_reader(fd)
+                self._retry = loop.create_future()
+                await asyncio.sleep(_RETRY_SECONDS)
+        finally:
+            loop.remove_reader(fd)
+
+    def _readable(self) -> None:
+        """Up to ``_BATCH`` datagrams; more wait for the next turn of the loop (the socket
+        stays readable), so a backlog does not hold the rest of the agent."""
+        book = self._book
+        assert book is not None
+        for _ in range(_BATCH):
             try:
-                size = await loop.sock_recv_into(self.events, self._buffer)
+                size = self.events.recv_into(self._buffer)
+            except BlockingIOError:
+                return
             except OSError as error:
                 book.lost()
                 if error.errno == errno.ENOBUFS:
                     self._error("events_lost", "conntrack events lost: the kernel's queue for "
                                 "this socket overflowed; counts of connections are low bounds")
-                else:
-                    self._error("failed", f"reading conntrack events: {error}; trying again "
-                                f"in {_RETRY_SECONDS:g} s")
-                    await asyncio.sleep(_RETRY_SECONDS)
-                continue
-            mono, wall = self.clock.monotonic(), self.clock.wall()
-            self.datagrams += 1
-            try:
-                for flow in conntrack.new_flows(bytes(self._buffer[:size])):
-                    at = Timestamp(mono, wall, "conntrack", 0.0)
-                    if flow.sent_ns is not None:
-                        delay = wall - flow.sent_ns / 1e9
-                        if 0.0 < delay <= _MAX_BACKDATE:
-                            at = Timestamp(mono - delay, wall - delay, "conntrack", 0.0)
-                    book.connection(Connection(flow.ip, flow.port, flow.protocol, flow.local,
-                                               at))
-            except DataplaneParseError as error:
-                self._error("garbage", f"conntrack event unreadable: {error}")
-                book.lost()
+                    continue
+                self._error("failed", f"reading conntrack events: {error}; trying again in "
+                            f"{_RETRY_SECONDS:g} s")
+                if self._retry is not None and not self._retry.done():
+                    self._retry.set_result(None)
+                return
+            self._deliver(book, size)
+
+    def _deliver(self, book: TrafficBook, size: int) -> None:
+        mono, wall = self.clock.monotonic(), self.clock.wall()
+        self.datagrams += 1
+        try:
+            for flow in conntrack.new_flows(bytes(self._buffer[:size])):
+                at = Timestamp(mono, wall, "conntrack", 0.0)
+                if flow.sent_ns is not None:
+                    delay = wall - flow.sent_ns / 1e9
+                    if 0.0 < delay <= _MAX_BACKDATE:
+                        at = Timestamp(mono - delay, wall - delay, "conntrack", 0.0)
+                book.connection(Connection(flow.ip, flow.port, flow.protocol, flow.local, at))
+        except DataplaneParseError as error:
+            self._error("garbage", f"conntrack event unreadable: {error}")
+            book.lost()
 
     async def _count_loop(self, book: TrafficBook) -> None:
         while True:
