@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes_asyncio import client
+from structlog.testing import capture_logs
 
 from observer.agent import Agent, AgentConfig, DataplaneSettings, TrafficSettings, build_agent
 from observer.clock import SystemClock
@@ -127,7 +128,8 @@ async def test_counts_equal_what_the_clients_recorded(apiserver: ApiServer, kube
         episode = finished(agent)
         traffic = episode.traffic
         assert traffic is not None
-        await until(lambda: traffic.closed, "traffic window closed")
+        with capture_logs() as logs:
+            await until(lambda: traffic.closed, "traffic window closed")
 
     assert traffic.connections == {("local", "not_ready"): local[POD],
                                    ("forwarded", "not_ready"): len(forwarded_running),
@@ -147,3 +149,9 @@ async def test_counts_equal_what_the_clients_recorded(apiserver: ApiServer, kube
         assert sample("endpoint_propagation_last_connection_seconds_count",
                       {"source": origin}) == 1
     assert sample("endpoint_propagation_traffic_errors_total", {"reason": "events_lost"}) == 0
+    # The episode's one canonical line waited for its connections.
+    (line,) = [entry for entry in logs if entry["event"] == "episode finished"]
+    assert (line["connections_after_not_ready"], line["connections_after_stopped"],
+            line["connections_local"], line["connections_forwarded"],
+            line["connections_cut"]) == (local[POD] + 6, 5, local[POD], 11, 3)
+    assert line["last_connection_seconds"] > line["total_seconds"]

@@ -52,8 +52,8 @@ class Recorder:
         self.closed.append(episode)
 
 
-def episode(ip: str) -> Episode:
-    return Episode(key=key("web", ip), cause="deletion", local=True, pod="default/web",
+def episode(ip: str, port: int = 8080) -> Episode:
+    return Episode(key=key("web", ip, port), cause="deletion", local=True, pod="default/web",
                    pod_uid="u", not_ready=Timestamp(0.0, 0.0, "slice_watch", 0.0))
 
 
@@ -248,3 +248,53 @@ def _event(ip: str, port: int) -> bytes:
                                             nested=True)
             + attribute(2, tuple_(ip, "10.250.0.2", port, 40000), nested=True))
     return HEADER.pack(HEADER.size + len(body), conntrack.MSG_NEW, 0, 0, 0) + body
+
+
+async def test_the_filter_matches_address_and_port_in_both_families(netns: Netns) -> None:
+    netns.run("ip", "link", "set", "lo", "up")
+    netns.nft("add table inet t\nadd chain inet t c { type filter hook output priority 0 ; }\n"
+              "add rule inet t c ct state new counter\n")
+    source = await open_conntrack(netns.name, clock=SystemClock(), errors=Errors())
+    book = TrafficBook(window=60.0, sink=Recorder(), listener=source)
+    followed = {(ip, port): episode(ip, port) for ip, port in (("127.0.0.1", 8081),
+                                                                 ("::1", 8083))}
+    for e in followed.values():
+        book.start(e)
+    task = asyncio.create_task(source.run(book))
+    try:
+        await until(lambda: source.filtered == set(followed), "filter installed")
+        # Refused attempts are new flows too; the followed ones last, so the others, had they
+        # passed the filter, would have been read first.
+        for ip, port in (("127.0.0.1", 8082), ("::1", 8084), ("127.0.0.2", 8081),
+                         ("127.0.0.1", 8081), ("::1", 8083)):
+            await _refused(netns, ip, port)
+        await until(lambda: all(e.traffic is not None and e.traffic.connections
+                                for e in followed.values()), "both followed connections")
+        assert source.datagrams == 2
+    finally:
+        await cancel_and_wait(task)
+        source.close()
+
+
+async def test_too_many_endpoints_for_the_kernel_filter_let_all_through_and_count_right(
+        topology: Topology) -> None:
+    source = await open_conntrack(topology.node.name, clock=SystemClock(), errors=Errors())
+    many = [f"10.{190 + i // 250}.{i % 250}.1" for i in range(800)]
+    assert conntrack.endpoint_filter((ip, 8080) for ip in many) is None  # > 4,096 insns
+    try:
+        async with following(source, POD, *many) as (followed, *_):
+            assert source.coarse
+            await _refused(topology.client, OTHER, 8080)
+            await _refused(topology.client, POD, 8080)
+            traffic = followed.traffic
+            assert traffic is not None
+            await until(lambda: bool(traffic.connections), "the followed connection")
+            assert source.datagrams >= 2  # the other one reached the decoder, and was dropped
+            assert traffic.connections == {("forwarded", "not_ready"): 1}
+    finally:
+        await topology.close()
+
+
+async def _refused(netns: Netns, ip: str, port: int) -> None:
+    outcome, _ = await request(netns, ip, port)
+    assert outcome == "refused"

@@ -115,7 +115,8 @@ Connected = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 async def open_connection(netns: Netns, ip: str, port: int, *, patience: float = 10.0
                           ) -> Connected | Outcome:
     def made() -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET,
+                             socket.SOCK_STREAM)
         sock.setblocking(False)
         return sock
 
