@@ -180,7 +180,9 @@ async def measure(topology: Topology, args: argparse.Namespace, *, exact: bool
         book.start(Episode(
             key=EndpointKey(ServicePort("bench", f"svc{i}", "http", "TCP"), followed_ip(i),
                             PORT), cause="deletion", local=False, pod="", pod_uid="",
-            not_ready=Timestamp(time.monotonic(), time.time(), "slice_watch", 0.0)))
+            not_ready=Timestamp(time.monotonic(), time.time(), "slice_watch", 0.0),
+            stopped=Timestamp(time.monotonic(), time.time(), "pod_watch", 0.0)),
+            time.monotonic())  # stopped pods: each connection counts as it comes
     task = asyncio.create_task(source.run(book))
     try:
         while len(source.filtered) != args.followed:  # noqa: ASYNC110 (one loop turn)

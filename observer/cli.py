@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import json
 import logging
 import os
 import re
 import signal
 import sys
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,6 @@ import structlog
 
 from observer import __version__, logs
 from observer.clock import SystemClock
-from observer.tasks import cancel_and_wait
 from observer.values import join_host_port, split_host_port
 
 log = structlog.get_logger("observer")
@@ -299,6 +296,15 @@ def _add_lab_flags(lab: argparse.ArgumentParser) -> None:
     lab.add_argument("--dataplane", choices=("nftables", "iptables", "iptables-legacy", "memory"),
                      default="nftables", help="what kube-proxy programs (default nftables; "
                                               "memory without network namespaces)")
+    lab.add_argument("--ingress-delay", type=_delay, default="1..2",
+                     help="how long the ingress-like client takes to follow an EndpointSlice "
+                          "change, seconds or a range (default 1..2; with network namespaces)")
+    lab.add_argument("--request-rate", type=float, default=10.0,
+                     help="requests a second of each client, per service (default 10)")
+    lab.add_argument("--verify", action="store_true",
+                     help="run twice: measure, then give every workload at least the "
+                          "recommended preStop and run again; both runs' failed requests "
+                          "side by side")
     lab.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     lab.add_argument("--json", action="store_true", help="print the result as JSON")
     lab.add_argument("--svg", type=Path, default=Path(".lab/timeline.svg"),
@@ -309,74 +315,26 @@ def _add_lab_flags(lab: argparse.ArgumentParser) -> None:
 
 
 async def _run_lab(args: argparse.Namespace) -> int:
+    from observer.lab.command import LabOptions, lab_command
     from observer.lab.config import LabConfig, LabConfigError
-    from observer.lab.report import render_svg, render_text
-    from observer.lab.results import compare, pair
-    from observer.lab.scenario import Lab, LabRun
-    from observer.report.command import ReportOptions, report
 
     settings = LabConfig(nodes=args.nodes, deletions=args.deletions,
                          controller_delay=args.controller_delay, proxy_delay=args.proxy_delay,
                          min_sync_period=args.min_sync_period, prestop=args.prestop,
-                         app_exit=args.app_exit, dataplane=args.dataplane, seed=args.seed)
+                         app_exit=args.app_exit, dataplane=args.dataplane, seed=args.seed,
+                         ingress_delay=args.ingress_delay, request_rate=args.request_rate)
     try:
         settings.check()
     except LabConfigError as error:
         print(f"observer lab: {error}", file=sys.stderr)
         return 2
+    if args.verify and args.serve:
+        print("observer lab: --verify and --serve do not go together", file=sys.stderr)
+        return 2
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    lab = Lab(settings, clock=SystemClock(),
-              announce=(lambda line: print(line, flush=True)) if args.serve else lambda _: None)
-    serving = asyncio.Event()
-    advice, advice_problems = io.StringIO(), io.StringIO()
-
-    async def serve(run: LabRun) -> None:
-        # What `observer report` makes of the lab (text report only): the agents' histograms
-        # over HTTP, the workloads from the lab's API server — the production path.
-        if not args.json:
-            await report(ReportOptions(
-                prometheus=None, agents=[n.agent.http.url for n in run.nodes if n.agent],
-                kubeconfig=str(run.kubeconfig), namespace=None),
-                out=advice, err=advice_problems)
-        if not args.serve:
-            return
-        serving.set()
-        timelines = " ".join(f"{n.agent.http.url}/timeline" for n in run.nodes if n.agent)
-        print(f"observer lab: deletions done; serving until Ctrl-C. Episode timelines: "
-              f"{timelines}", file=sys.stderr, flush=True)
-        await stop.wait()
-
-    scenario = asyncio.create_task(lab.run(serve=serve))
-    interrupted = asyncio.create_task(stop.wait())
-    await asyncio.wait([scenario, interrupted], return_when=asyncio.FIRST_COMPLETED)
-    if not scenario.done() and serving.is_set():
-        await asyncio.wait([scenario])  # Ctrl-C while serving is the normal end: it cleans up
-    if not scenario.done():
-        await cancel_and_wait(scenario, interrupted)
-        print("observer lab: interrupted; everything it started is stopped", file=sys.stderr)
-        return 130
-    await cancel_and_wait(interrupted)
-    try:
-        run = scenario.result()
-    except TimeoutError as error:
-        print(f"observer lab: {error}", file=sys.stderr)
-        return 1
-    measured = [(n.name, e) for n in run.nodes if n.agent for e in n.agent.tracker.finished]
-    result = compare(measured, run.truth.episodes, [n.name for n in run.nodes])
-    result["lab"] = {"nodes": settings.nodes, "deletions": settings.deletions,
-                     "dataplane": run.dataplane, "note": run.note,
-                     "elapsed_seconds": round(run.elapsed, 2), "seed": settings.seed}
-    args.svg.parent.mkdir(parents=True, exist_ok=True)
-    args.svg.write_text(render_svg(pair(measured, run.truth.episodes)[0]))
-    result["timeline"] = str(args.svg.resolve())
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(render_text(result))
-    print("\n`observer report` on the lab (the agents' histograms, the lab's workloads):")
-    print(textwrap.indent(advice.getvalue() or advice_problems.getvalue(), "  "), end="")
-    return 0
+    return await lab_command(LabOptions(config=settings, as_json=args.json, svg=args.svg,
+                                        serve=args.serve, verify=args.verify), stop=stop)
 
 
 def build_parser() -> argparse.ArgumentParser:

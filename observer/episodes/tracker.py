@@ -163,8 +163,6 @@ class EpisodeTracker:
         episode = Episode(key=key, cause="deletion" if deleting else "not_ready", local=local,
                           pod=pod, pod_uid=uid, not_ready=at)
         self.episodes[key] = episode
-        if self.traffic is not None:
-            self.traffic.start(episode)
         if uid:
             self._episodes_by_pod.setdefault(uid, set()).add(key)
         if record is not None:
@@ -174,6 +172,8 @@ class EpisodeTracker:
             self._apply_remote_stop(episode, remote)
         if after is None:
             self._stop(episode, at)
+        if self.traffic is not None:
+            self.traffic.start(episode, self.clock.monotonic())
         dropped = self._recent_drops.pop(key, None)
         if dropped is not None:
             episode.dataplane = dropped
@@ -249,6 +249,8 @@ class EpisodeTracker:
         self._apply_pods(self.pods.listed(pods, at, relist=relist))
 
     def pod_changed(self, pod: Pod, at: Timestamp) -> None:
+        if self.traffic is not None and pod.deletion_timestamp is not None:
+            self.traffic.ending(pod.ips, at.mono)
         self._apply_pods(self.pods.changed(pod, at))
 
     def pod_deleted(self, pod: Pod, at: Timestamp) -> None:
@@ -279,6 +281,8 @@ class EpisodeTracker:
         stop = self.pods.remote_stopped(pod, at, gap=gap)
         if stop is None:
             return
+        if self.traffic is not None and not gap:
+            self.traffic.ending(pod.ips, at.mono)
         for key in list(self._episodes_by_pod.get(pod.uid, ())):
             episode = self.episodes.get(key)
             if episode is not None:

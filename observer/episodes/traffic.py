@@ -11,16 +11,45 @@ connections still open to it: cut).
 
 One connection is counted once in the metrics, whatever the number of episodes at its address
 (one pod port behind two service ports); each of those episodes records it.
+
+A pod can stop before its endpoint leaves Ready (an app that exits at once, a slow
+EndpointSlice controller): the connections that fail then come before the episode starts. So
+a pod's addresses are followed from the first sign of its end this node has — its deletion
+seen (pod's node), its stop (any node: the pod watch, the watch on terminal pods) — and what
+arrives before an episode starts is held (``_Early``, at most ``EARLY_HOLD`` seconds and
+``EARLY_LIMIT`` connections an address); when the episode starts, the held connections that
+came after the pod's stop are its connections ``after="stopped"`` (the others came while it
+still ran, before its removal: not counted).
+
+Which moment a connection came after is decided against the stop reading, and that reading can
+be applied a little after a connection it precedes (a watch event read, then handled after a
+conntrack event read later): a connection to an endpoint whose pod is not known to have
+stopped is held up to ``HOLD`` seconds (``expire``) before it counts as ``after="not_ready"``;
+the stop, when it comes meanwhile, decides it.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from observer.episodes.model import After, Episode, Origin, Traffic
 from observer.values import Connection
 
 Address = tuple[str, int, str]  # endpoint address, port, protocol
+EARLY_HOLD = 60.0
+EARLY_LIMIT = 10_000
+HOLD = 0.5
+
+
+@dataclass
+class _Early:
+    """A pod address followed before any of its episodes started."""
+
+    expires: float  # monotonic
+    held: list[Connection] = field(default_factory=list)
 
 
 def address_of(episode: Episode) -> Address:
@@ -53,22 +82,55 @@ class TrafficBook:
         self.sink = sink
         self.listener = listener
         self.following: dict[Address, list[Episode]] = {}
+        self.early: dict[str, _Early] = {}  # pod address -> what came before its episodes
+        # Connections waiting for their episodes' stop (at most HOLD seconds), oldest first.
+        self._held: deque[tuple[Connection, list[Episode]]] = deque()
 
-    def endpoints(self) -> list[tuple[str, int]]:
-        return [(ip, port) for ip, port, _ in self.following]
+    def endpoints(self) -> list[tuple[str, int | None]]:
+        """What the kernel filter lets through: followed endpoints, and every port of the pod
+        addresses followed early (None)."""
+        return [*((ip, port) for ip, port, _ in self.following),
+                *((ip, None) for ip in self.early)]
 
-    def start(self, episode: Episode) -> None:
+    def ending(self, ips: tuple[str, ...], now: float) -> None:
+        """A pod's end is near or here (deletion seen, or stopped): follow its addresses."""
+        added = False
+        for ip in ips:
+            if ip not in self.early:
+                self.early[ip] = _Early(expires=now + EARLY_HOLD)
+                added = True
+        if added:
+            self.listener.endpoints_changed()
+
+    def start(self, episode: Episode, now: float) -> None:
+        """Follow the episode's endpoint; call it once the episode knows what the pod records
+        say (deleted, stopped): connections held for its address that came after the stop
+        are its first failures. (Knowing that much may already have ended it.)"""
         episode.traffic = Traffic()
         address = address_of(episode)
         followed = address in self.following
         self.following.setdefault(address, []).append(episode)
+        early = self.early.get(address[0])
+        if early is not None and episode.stopped is not None:
+            stop = episode.stopped.mono
+            for connection in early.held:
+                if connection.at.mono >= stop and (connection.port, connection.protocol) == \
+                        address[1:]:
+                    self._count(connection, [episode])
         if not followed:
             self.listener.endpoints_changed()
+        if episode.stopped is not None:
+            self.stopped(episode)
+        if episode.ended:
+            self.ended(episode, now)
 
     def stopped(self, episode: Episode) -> None:
-        """The tracker saw the pod stop; on the pod's node, the TCP connections still open are
-        counted (once per address)."""
-        if episode.traffic is None or not episode.local or address_of(episode)[2] != "TCP":
+        """The tracker saw the pod stop: the connections held for its stop count now; on the
+        pod's node, the TCP connections still open are counted (once per address)."""
+        if episode.traffic is None:
+            return
+        self._release(lambda _, episodes: episode in episodes)
+        if not episode.local or address_of(episode)[2] != "TCP":
             return
         address = address_of(episode)
         if all(e is episode or e.stopped is None or not e.local
@@ -101,8 +163,18 @@ class TrafficBook:
 
     def connection(self, connection: Connection) -> None:
         episodes = self.following.get((connection.ip, connection.port, connection.protocol))
-        if not episodes:
-            return  # let through by a coarse kernel filter, or its window just closed
+        if episodes:
+            if all(e.stopped is not None for e in episodes):
+                self._count(connection, episodes)
+            else:
+                self._held.append((connection, list(episodes)))
+            return
+        early = self.early.get(connection.ip)
+        if early is not None and len(early.held) < EARLY_LIMIT:
+            early.held.append(connection)
+        # else: let through by a coarse kernel filter, or its window just closed
+
+    def _count(self, connection: Connection, episodes: list[Episode]) -> None:
         origin: Origin = "local" if connection.local else "forwarded"
         counted: After | None = None
         for episode in episodes:
@@ -124,18 +196,35 @@ class TrafficBook:
                 assert episode.traffic is not None
                 episode.traffic.lost = True
 
+    def _release(self, which: Callable[[Connection, list[Episode]], bool]) -> None:
+        """Count the held connections ``which`` picks, in the order they came."""
+        kept: deque[tuple[Connection, list[Episode]]] = deque()
+        for connection, episodes in self._held:
+            if which(connection, episodes):
+                self._count(connection, episodes)
+            else:
+                kept.append((connection, episodes))
+        self._held = kept
+
     def expire(self, now: float) -> None:
+        self._release(lambda connection, _: connection.at.mono <= now - HOLD)
         due = [e for episodes in self.following.values() for e in episodes
                if e.traffic is not None and e.traffic.closes_at is not None
                and e.traffic.closes_at <= now]
         for episode in due:
             self._close(episode)
+        gone = [ip for ip, early in self.early.items() if early.expires <= now]
+        for ip in gone:
+            del self.early[ip]
+        if gone:
+            self.listener.endpoints_changed()
 
     def _close(self, episode: Episode) -> None:
         address = address_of(episode)
         episodes = self.following.get(address, [])
         if episode not in episodes:
             return
+        self._release(lambda _, held_for: episode in held_for)
         episodes.remove(episode)
         if not episodes:
             del self.following[address]

@@ -46,7 +46,8 @@ class LabConfig:
     controller_delay: Delay = Delay(0.05, 0.3)  # EndpointSlice controller's reaction
     proxy_delay: Delay = Delay(0.05, 0.4)  # kube-proxy's programming delay per sync
     min_sync_period: float = 1.0  # kube-proxy's minSyncPeriod (iptables default)
-    prestop: float = 3.0  # the "careful" workload's preStop sleep; the other has none
+    prestop: float = 3.0  # the "careful" workload's preStop sleep
+    hasty_prestop: float = 0.0  # the "hasty" one's: none, unless --verify's second run
     app_exit: Delay = Delay(0.1, 0.5)  # SIGTERM to the app having stopped serving
     readiness_failure: float = 0.2  # SIGTERM to the readiness probe failing
     grace: int = 30  # terminationGracePeriodSeconds
@@ -60,6 +61,10 @@ class LabConfig:
     # the other agents and the API server did meanwhile: a generous cap keeps the interval.
     poll_max_cpu: float = 0.5
     seed: int = 1
+    # Real traffic (with network namespaces): requests a second per client and service, and
+    # the ingress-like client's delay in following the EndpointSlices.
+    request_rate: float = 10.0
+    ingress_delay: Delay = Delay(1.0, 2.0)
 
     def check(self) -> None:
         if self.nodes < 1:
@@ -70,10 +75,13 @@ class LabConfig:
             raise LabConfigError("--deletions must be at least 1")
         if self.min_sync_period < 0:
             raise LabConfigError("--min-sync-period cannot be negative")
+        if not 0 < self.request_rate <= 100:
+            raise LabConfigError("--request-rate is between 0 and 100 requests a second")
         if self.prestop < 0:
             raise LabConfigError("--prestop cannot be negative")
-        if self.prestop + self.app_exit.high >= self.grace:
+        if max(self.prestop, self.hasty_prestop) + self.app_exit.high >= self.grace:
             raise LabConfigError(
-                f"--prestop ({self.prestop:g} s) plus the longest --app-exit "
+                f"the preStop ({max(self.prestop, self.hasty_prestop):g} s) plus the longest "
+                f"--app-exit "
                 f"({self.app_exit.high:g} s) must end before the grace period ({self.grace} s)"
                 ": the kubelet would kill every pod")

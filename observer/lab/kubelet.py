@@ -14,22 +14,30 @@ import copy
 import random
 from typing import Any
 
+import structlog
+
 from observer.clock import Clock
+from observer.dataplane.commands import CommandError
 from observer.kube.lifecycle import containers_of, known_prestop_seconds
 from observer.lab.apiserver.errors import ApiError
 from observer.lab.apiserver.registry import DeleteOptions, WriteOptions
 from observer.lab.apiserver.server import ApiServer
+from observer.lab.apps import PodRuntime
 from observer.lab.config import LabConfig
 from observer.lab.controller import NAMESPACE
 from observer.lab.truth import Truth
+from observer.tasks import cancel_and_wait
 
 IP_POOL = 1000
+log = structlog.get_logger("observer.lab")
 
 
 class Kubelet:
     def __init__(self, *, node: str, index: int, server: ApiServer, truth: Truth, clock: Clock,
-                 config: LabConfig, rng: random.Random) -> None:
+                 config: LabConfig, rng: random.Random, runtime: PodRuntime | None = None
+                 ) -> None:
         self.node = node
+        self.runtime = runtime  # real pods (namespaces, servers); None: status only
         self.index = index
         self.server = server
         self.truth = truth
@@ -40,6 +48,7 @@ class Kubelet:
         self._terminating: set[str] = set()
         self._started: set[str] = set()
         self._timers: set[asyncio.TimerHandle] = set()  # pending only
+        self._starting: set[asyncio.Task[None]] = set()  # pods whose sandbox is being made
 
     def _later(self, delay: float, callback: Any, *args: Any) -> None:
         def fire() -> None:
@@ -65,7 +74,26 @@ class Kubelet:
         n = self._next_ip % IP_POOL
         ip = f"10.{100 + self.index}.{n // 250}.{n % 250 + 2}"
         self._next_ip += 1
+        if self.runtime is None:
+            self._running(name, ip)
+            return
+        task = asyncio.create_task(self._sandbox(name, ip))
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
 
+    async def _sandbox(self, name: str, ip: str) -> None:
+        """The pod's namespace and its app listening, then Running and Ready."""
+        assert self.runtime is not None
+        pod = self.server.store.get("pods", (NAMESPACE, name))
+        kind = ((pod or {}).get("metadata", {}).get("labels") or {}).get("app", "")
+        try:
+            await self.runtime.start(name, ip, kind)
+        except (OSError, CommandError) as error:  # the pod stays Pending, as with a CNI error
+            log.error("lab pod sandbox failed", pod=name, error=str(error))
+            return
+        self._running(name, ip)
+
+    def _running(self, name: str, ip: str) -> None:
         def running(status: dict[str, Any]) -> None:
             status.update({
                 "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
@@ -85,6 +113,8 @@ class Kubelet:
         killed = exit_after >= grace
         exit_after = min(exit_after, grace)
         self._later(sigterm + self.config.readiness_failure, self._not_ready, name)
+        if self.runtime is not None:
+            self._later(sigterm, self.runtime.sigterm, name)
         self._later(exit_after, self._exited, name, pod, killed)
 
     def _not_ready(self, name: str) -> None:
@@ -98,6 +128,8 @@ class Kubelet:
         ip = (pod.get("status") or {}).get("podIP")
         service = f"{NAMESPACE}/{(pod['metadata'].get('labels') or {})['app']}:http"
         episode = self.truth.get(service, ip) if ip else None
+        if self.runtime is not None:
+            self.runtime.exit(name)
         if episode is not None:
             episode.stopped = self.clock.monotonic()
             episode.killed = killed
@@ -145,3 +177,4 @@ class Kubelet:
             self.server.store.unwatch(watcher)
             for timer in list(self._timers):
                 timer.cancel()
+            await cancel_and_wait(*self._starting)

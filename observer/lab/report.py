@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from html import escape
 from typing import Any
 
@@ -49,14 +50,102 @@ def render_text(result: dict[str, Any]) -> str:
     abandoned = result["measured"]["abandoned"]
     lines.append("abandoned episodes: " + (", ".join(f"{k} {v}" for k, v in
                                                     sorted(abandoned.items())) or "none"))
+    if result.get("traffic"):
+        lines += ["", *_traffic_lines(result["traffic"])]
     rec = result["recommendation"]
     if rec["prestop_seconds"] is None:
         lines.append(f"recommendation: none — {rec['basis']}")
     else:
-        lines.append(f"recommendation: preStop sleep of {rec['prestop_seconds']} s "
+        path = {"ingress": "the ingress' last connections",
+                "kube-proxy": "kube-proxy's rules"}[rec["set_by"]]
+        lines.append(f"recommendation: preStop sleep of {rec['prestop_seconds']} s, set by "
+                     f"{path}; kube-proxy's rules alone: {rec['rules_only_prestop_seconds']} s "
                      f"({rec['basis']})")
     if result.get("timeline"):
         lines.append(f"timeline: {result['timeline']}")
+    return "\n".join(lines)
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(cell.rjust(w) if i else cell.ljust(w)
+                             for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+            for row in rows]
+
+
+def _traffic_lines(traffic: dict[str, Any]) -> list[str]:
+    lines = [f"requests (real clients; their outcomes are the truth): {traffic['requests']} "
+             f"sent, {traffic['failed']} failed"]
+    rows: list[tuple[str, ...]] = [("client", "requests", "failed", "refused", "reset",
+                                    "timeout")]
+    for client, sent in sorted(traffic["requests_by_client"].items()):
+        failed = traffic["failed_by_client"].get(client, {})
+        rows.append((client, str(sent), str(sum(failed.values())),
+                     *(str(failed.get(k, 0)) for k in ("refused", "reset", "timeout"))))
+    lines += _table(rows)
+    by_workload = traffic["failed_by_workload"]
+    lines.append("  failed by workload: " + (", ".join(f"{w} {n}" for w, n in
+                                                       sorted(by_workload.items())) or "none"))
+    lines.append("connections that reached stopped pods, per node: the clients' failed "
+                 "connection attempts through the node / what its agent counted (conntrack)")
+    rows = [("node", "local", "forwarded", "differences")]
+    for node, n in sorted(traffic["nodes"].items()):
+        c, a = n["clients_failed_connections"], n["agents_connections_after_stop"]
+        early, unexplained = n["before_stop_seen"], n["unexplained"]
+        notes = [f"{early[k]} {k} failed before the agent saw the pod stop" for k in early
+                 if early[k]] + [f"{unexplained[k]:+d} {k} UNEXPLAINED" for k in unexplained
+                                 if unexplained[k]]
+        rows.append((node, f"{c['local']} / {a['local']}",
+                     f"{c['forwarded']} / {a['forwarded']}", "; ".join(notes) or "exact"))
+    lines += _table(rows)
+    if any(n["before_stop_seen"][k] for n in traffic["nodes"].values()
+           for k in n["before_stop_seen"]):
+        lines.append("  (an attempt that failed before the agent learned from the kubelet that "
+                     "the pod had stopped is counted after=not_ready)")
+    if traffic.get("ingress_delay_p99_seconds") is not None:
+        lines.append("the ingress followed the EndpointSlices "
+                     f"{traffic['ingress_delay_p99_seconds']} s late (p99)")
+    return lines
+
+
+def render_verify(results: list[dict[str, Any]]) -> str:
+    """Both runs of ``--verify`` side by side: what the recommendation changed."""
+    first, second = results
+    lab = first["lab"]
+
+    def prestops(result: dict[str, Any]) -> str:
+        p = result["lab"]["prestop_seconds"]
+        return " / ".join(f"{p[w]:g} s" if p[w] else "none" for w in ("careful", "hasty"))
+
+    def failed(result: dict[str, Any], client: str | None = None) -> str:
+        t = result.get("traffic")
+        if not t:
+            return "-"
+        if client is None:
+            return f"{t['failed']} of {t['requests']}"
+        return str(sum(t["failed_by_client"].get(client, {}).values()))
+
+    rows = [("", "run 1: as configured", "run 2: recommendation applied"),
+            ("preStop careful / hasty", prestops(first), prestops(second)),
+            ("failed requests", failed(first), failed(second)),
+            *((f"  {c}", failed(first, c), failed(second, c))
+              for c in ("service", "keepalive", "ingress")),
+            ("unsafe terminations", str(first["unsafe"]["true"]), str(second["unsafe"]["true"])),
+            ("recommendation", f"{first['recommendation']['prestop_seconds']} s",
+             f"{second['recommendation']['prestop_seconds']} s")]
+    lines = [f"observer lab --verify: {lab['nodes']} nodes, {lab['deletions']} deletions per "
+             f"run, dataplane {lab['dataplane']}, ingress delay {lab['ingress_delay']} s", "",
+             *_table(rows)]
+    traffic = second.get("traffic")
+    if traffic is None:
+        lines.append("\n(no real traffic: the in-memory dataplane has no pods to send to)")
+    elif traffic["failed"] == 0:
+        lines.append(f"\nwith a preStop of {second['lab']['prestop_seconds']['hasty']:g} s no "
+                     "client saw a single failed request.")
+    else:
+        lines.append(f"\nstill {traffic['failed']} failed requests with the recommendation "
+                     "applied: see the second run's traffic below.")
+        lines += ["", *_traffic_lines(traffic)]
     return "\n".join(lines)
 
 

@@ -134,8 +134,23 @@ def compare(measured: list[tuple[str, Episode]], truth: dict[tuple[str, str], Tr
                    "on_pods_node": _confusion_dict(local),
                    "on_other_nodes": _confusion_dict(remote)},
         "unmatched_measurements": unmatched,
-        "recommendation": recommend(stages["controller"], per_node),
+        "recommendation": recommend(stages["controller"], per_node,
+                                    last_connections(measured)),
     }
+
+
+def last_connections(measured: list[tuple[str, Episode]]) -> dict[str, list[float]]:
+    """On each pod's node: deletion seen → the last new connection from each source, as the
+    agents recorded it (what ``endpoint_propagation_last_connection_seconds`` observes)."""
+    out: dict[str, list[float]] = {}
+    for _, episode in measured:
+        traffic, deleted = episode.traffic, episode.deleted
+        if (traffic is None or deleted is None or not episode.local
+                or episode.abandoned is not None):
+            continue
+        for source, at in traffic.last.items():
+            out.setdefault(source, []).append(max(0.0, at.mono - deleted.mono))
+    return out
 
 
 def _confusion(pairs: list[Pair]) -> tuple[int, int, int]:
@@ -151,10 +166,11 @@ def _confusion_dict(pairs: list[Pair]) -> dict[str, int]:
             "missed": true - both}
 
 
-def recommend(controller: list[float],
-              per_node: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+def recommend(controller: list[float], per_node: dict[str, dict[str, list[float]]],
+              last: dict[str, list[float]] | None = None) -> dict[str, Any]:
     """The formula of ``observer report`` (observer/report/advice.py) on the lab's exact
-    measurements instead of histogram buckets."""
+    measurements instead of histogram buckets. In the lab the only consumer slower than
+    kube-proxy is the ingress-like client: when the connections set it, ``set_by`` says so."""
     node_p99 = {n: quantile(s["dataplane"], 0.99) for n, s in per_node.items()
                 if s["dataplane"]}
     if not controller or not node_p99:
@@ -165,8 +181,12 @@ def recommend(controller: list[float],
         quantile=0.99, margin=DEFAULT_MARGIN, controller=quantile(controller, 0.99),
         controller_episodes=len(controller), dataplane=node_p99[slowest],
         dataplane_episodes=len(per_node[slowest]["dataplane"]), slowest_node=slowest,
-        nodes=node_p99, app_shutdown=None, app_shutdown_pods=0)
-    return {"prestop_seconds": rec.prestop_seconds, "basis": rec.basis}
+        nodes=node_p99, app_shutdown=None, app_shutdown_pods=0,
+        last_connection={s: quantile(v, 0.99) for s, v in (last or {}).items() if v},
+        last_connection_episodes={s: len(v) for s, v in (last or {}).items() if v})
+    return {"prestop_seconds": rec.prestop_seconds, "basis": rec.basis,
+            "set_by": "ingress" if rec.set_by == "connections" else "kube-proxy",
+            "rules_only_prestop_seconds": rec.rules_only_prestop_seconds}
 
 
 @dataclass

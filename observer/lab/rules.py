@@ -103,8 +103,9 @@ def iptables_sync(services: Iterable[ServicePortRules], *, previous: dict[str, s
     SEP chains of its endpoints declared and filled, stale SEP chains deleted — in the same
     restore, as kube-proxy does. ``previous`` maps a service port to its SEP chains."""
     declare, rules, delete = [], [], []
-    if first:
+    if first:  # the chains, and the hooks that send traffic through them
         declare += [":KUBE-SERVICES - [0:0]", ":KUBE-MARK-MASQ - [0:0]"]
+        rules += ["-A PREROUTING -j KUBE-SERVICES", "-A OUTPUT -j KUBE-SERVICES"]
     for s in services:
         name, proto = s.port_name_string, s.protocol
         svc = f"KUBE-SVC-{service_hash(name, proto)}"

@@ -38,6 +38,8 @@ from observer.dataplane.memory import MemoryDataplane
 from observer.kube.watch import WatchSettings
 from observer.lab.apiserver.registry import DeleteOptions, WriteOptions
 from observer.lab.apiserver.server import ApiServer
+from observer.lab.apps import PodRuntime, Sockets
+from observer.lab.clients import Backends, Clients
 from observer.lab.config import LabConfig
 from observer.lab.controller import NAMESPACE, EndpointSliceController
 from observer.lab.kubelet import Kubelet
@@ -49,12 +51,16 @@ from observer.lab.kubeproxy import (
     Programmer,
 )
 from observer.lab.netns import Namespaces, can_use_namespaces
+from observer.lab.network import FABRIC_ADDRESS, LabNetwork, node_address
+from observer.lab.traffic import NodeView, traffic_result
 from observer.lab.truth import Truth
 from observer.tasks import cancel_and_wait
 
 log = structlog.get_logger("observer.lab")
 Hook = Callable[["LabRun"], Awaitable[None]]
 CLUSTER_IPS = {"careful": "172.30.0.10", "hasty": "172.30.0.11"}
+POD_PORT = 8080
+TRAFFIC_SLACK = 2.0  # seconds an endpoint is followed past the ingress' longest delay
 
 
 @dataclass
@@ -65,6 +71,7 @@ class Node:
     kube_proxy: KubeProxy
     netns: str | None
     memory: MemoryDataplane | None  # the node's dataplane when there is no namespace
+    runtime: PodRuntime | None = None  # real pods: with network namespaces
     agent: Agent | None = None
 
 
@@ -78,20 +85,28 @@ class LabRun:
     kubeconfig: Path
     elapsed: float = 0.0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    traffic: dict[str, Any] | None = None  # what the clients and the agents saw (real pods)
 
 
 class Lab:
     def __init__(self, config: LabConfig, *, clock: Clock,
-                 announce: Callable[[str], None] = lambda _: None) -> None:
+                 announce: Callable[[str], None] = lambda _: None,
+                 progress: Callable[[str], None] = lambda _: None) -> None:
         self.config = config
         self.clock = clock
         self.announce = announce
+        self.progress = progress  # a line saying what is going on (observer.lab.command)
         self.rng = random.Random(config.seed)
         self.truth = Truth()
         # Bookmarks well within the agents' inactivity timeout, as a real API server's are.
         self.server = ApiServer(clock=clock, bookmark_interval=min(
             5.0, config.watch_inactivity_timeout / 3))
         self.namespaces = Namespaces()
+        self.network: LabNetwork | None = None
+        self.clients = Clients(clock=clock, rate=config.request_rate,
+                               rng=random.Random(self.rng.random()))
+        self.backends: list[Backends] = []
+        self._sockets: list[Sockets] = []
         self.workloads = ("careful", "hasty")
         self._owners: dict[str, dict[str, Any]] = {}  # workload → its ReplicaSet, as owner
         self._pod_counter = 0
@@ -114,6 +129,10 @@ class Lab:
     async def _node(self, index: int, mode: str) -> Node:
         name = f"node-{index + 1}"
         netns = await self.namespaces.create(name) if mode != "memory" else None
+        runtime = None
+        if netns is not None and self.network is not None:
+            await self.network.join(index, netns)
+            runtime = PodRuntime(self.network, netns, POD_PORT)
         memory = MemoryDataplane(clock=self.clock, mode="nftables") if netns is None else None
         programmer = await self._programmer(mode, netns, memory)
         kube_proxy = KubeProxy(node=name, server=self.server, truth=self.truth, clock=self.clock,
@@ -121,15 +140,15 @@ class Lab:
                                cluster_ips=CLUSTER_IPS, rng=random.Random(self.rng.random()))
         kubelet = Kubelet(node=name, index=index, server=self.server, truth=self.truth,
                           clock=self.clock, config=self.config,
-                          rng=random.Random(self.rng.random()))
-        return Node(name, index, kubelet, kube_proxy, netns, memory)
+                          rng=random.Random(self.rng.random()), runtime=runtime)
+        return Node(name, index, kubelet, kube_proxy, netns, memory, runtime)
 
     def _template(self, workload: str) -> dict[str, Any]:
         app: dict[str, Any] = {"name": "app", "image": "app:1",
                                "ports": [{"containerPort": 8080}]}
-        if workload == "careful" and self.config.prestop > 0:
-            app["lifecycle"] = {"preStop": {"exec": {
-                "command": ["sleep", f"{self.config.prestop:g}"]}}}
+        prestop = self.config.prestop if workload == "careful" else self.config.hasty_prestop
+        if prestop > 0:
+            app["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", f"{prestop:g}"]}}}
         return {"metadata": {"labels": {"app": workload}},
                 "spec": {"terminationGracePeriodSeconds": self.config.grace,
                          "containers": [app]}}
@@ -194,6 +213,7 @@ class Lab:
         if mode != "memory" and (why := can_use_namespaces()) is not None:
             note = f"in-memory dataplane: network namespaces need root and the tools ({why})"
             mode = "memory"
+        self.progress(f"setting up {self.config.nodes} nodes ({mode})")
         tasks: list[asyncio.Task[None]] = []
         run = LabRun(self.config, mode, note, self.truth, [], self.kubeconfig, tasks=tasks)
         api: client.ApiClient | None = None
@@ -201,6 +221,9 @@ class Lab:
         agent_tasks: list[asyncio.Task[None]] = []
         try:
             await self.server.start("127.0.0.1", 0)
+            if mode != "memory":
+                self.network = LabNetwork(self.namespaces, self.config.nodes)
+                await self.network.start()
             self.server.write_kubeconfig(self.kubeconfig,
                                          ca_file=self.kubeconfig.with_name("ca.crt"))
             controller = EndpointSliceController(
@@ -233,7 +256,12 @@ class Lab:
             if ready is not None:
                 await ready(run)
             await self._workloads(run)
+            if self.network is not None:
+                await self._start_clients(run)
+            self.progress("pods running" + (", clients sending" if self.network else ""))
             await self._deletions(run)
+            if self.network is not None:
+                run.traffic = await self._traffic(run)
             run.elapsed = self.clock.monotonic() - started
             if serve is not None:
                 await serve(run)
@@ -244,6 +272,12 @@ class Lab:
             async with contextlib.AsyncExitStack() as cleanup:
                 cleanup.callback(self._tmp.cleanup)
                 cleanup.push_async_callback(self.namespaces.close)
+                for node in run.nodes:
+                    if node.runtime is not None:
+                        cleanup.push_async_callback(node.runtime.close)
+                for sockets in self._sockets:
+                    cleanup.callback(sockets.close)
+                cleanup.push_async_callback(self.clients.stop)
                 cleanup.push_async_callback(self.server.stop)
                 if api is not None:
                     cleanup.push_async_callback(api.close)
@@ -263,7 +297,10 @@ class Lab:
                 mode="nftables" if self.config.dataplane == "nftables" else "iptables",
                 netns=node.netns, poll_interval=self.config.poll_interval,
                 poll_max_cpu=self.config.poll_max_cpu),
-            traffic=TrafficSettings(mode="off"))  # no clients in the lab yet: nothing to follow
+            # Connections are followed where there are real pods; long enough after an
+            # episode's end for the ingress to have caught up.
+            traffic=TrafficSettings(mode="on" if node.runtime is not None else "off",
+                                    window=self.config.ingress_delay.high + TRAFFIC_SLACK))
         return await build_agent(settings, api=api, clock=self.clock, dataplane=(
             given(node.memory) if node.memory is not None else open_dataplane))
 
@@ -280,6 +317,61 @@ class Lab:
                                       for n in run.nodes for w in self.workloads),
                           "rules programmed", 30)
 
+    async def _start_clients(self, run: LabRun) -> None:
+        """On every node, a client through each service address and a kept-alive one; in the
+        fabric, the ingress-like client, its backends from the EndpointSlices."""
+        assert self.network is not None
+        for node in run.nodes:
+            assert node.netns is not None
+            sockets = Sockets(node.netns)
+            self._sockets.append(sockets)
+            for workload in self.workloads:
+                vip = CLUSTER_IPS[workload]
+                self.clients.start(self.clients.service(sockets, node.name, workload, vip, 80))
+                self.clients.start(self.clients.keepalive(sockets, node.name, workload, vip,
+                                                          80))
+        sockets = Sockets(self.network.fabric)
+        self._sockets.append(sockets)
+        for workload in self.workloads:
+            backends = Backends(self.server, workload, self.config.ingress_delay,
+                                random.Random(self.rng.random()))
+            self.backends.append(backends)
+            self.clients.start(backends.run())
+            self.clients.start(self.clients.ingress(sockets, workload, POD_PORT, backends))
+
+    async def _traffic(self, run: LabRun) -> dict[str, Any]:
+        """Stop the clients once the ingress has caught up with the last change, let every
+        agent close its traffic windows, then put the clients' truth beside the agents'
+        counts."""
+        assert self.network is not None
+        self.progress(f"waiting for the ingress and the agents' traffic windows{self._so_far()}")
+        await self._until(lambda: all(b.settled for b in self.backends), "ingress caught up",
+                          self.config.ingress_delay.high + 30)
+        await self.clients.stop()
+        await self._until(lambda: all(n.agent is not None and n.agent.tracker.traffic is not None
+                                      and not n.agent.tracker.traffic.following
+                                      for n in run.nodes), "traffic windows closed",
+                          self.config.ingress_delay.high + TRAFFIC_SLACK + 30)
+        pod_nodes = {server.ip: node.name for node in run.nodes
+                     for server in (node.runtime.servers.values() if node.runtime else ())}
+        attempts = {ip: await self.network.attempts(ip) for ip in pod_nodes}
+        views = {}
+        for node in run.nodes:
+            assert node.agent is not None
+            episodes = [*node.agent.tracker.finished, *node.agent.tracker.episodes.values()]
+            views[node.name] = NodeView(
+                address=node_address(node.index), registry=node.agent.registry,
+                stops={e.key.ip: e.stopped.mono for e in episodes if e.stopped is not None})
+        return traffic_result(self.clients.requests, attempts, pod_nodes, views,
+                              FABRIC_ADDRESS, self.backends)
+
+    def _so_far(self) -> str:
+        requests = self.clients.requests
+        if not requests:
+            return ""
+        failed = sum(1 for r in requests if r.outcome != "ok")
+        return f" (requests {len(requests)}, failed {failed})"
+
     async def _deletions(self, run: LabRun) -> None:
         pending: set[asyncio.Task[None]] = set()  # only the unfinished: long runs stay bounded
         try:
@@ -289,10 +381,13 @@ class Lab:
                 task = asyncio.create_task(self._replace(workload, run.nodes, rolling))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
+                self.progress(f"deleting {i + 1}/{self.config.deletions}{self._so_far()}")
                 await asyncio.sleep(self.config.spacing)
             await asyncio.gather(*pending)
         finally:  # cancelled (or one failed): the others end with it
             await cancel_and_wait(*pending)
+        self.progress(f"waiting for the last pods to stop and every agent to finish"
+                      f"{self._so_far()}")
         # Every episode ends: the pods are gone and every agent has finished with them.
         await self._until(lambda: all(e.stopped is not None
                                       for e in self.truth.episodes.values()),

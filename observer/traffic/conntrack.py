@@ -165,11 +165,12 @@ class _Program:
         self.op(_RET, _REJECT)
 
 
-def endpoint_filter(endpoints: Iterable[tuple[str, int]]) -> bytes | None:
+def endpoint_filter(endpoints: Iterable[tuple[str, int | None]]) -> bytes | None:
     """A classic BPF program accepting only NEW events whose reply tuple's source is one of
-    ``endpoints`` (address, port); None when it would be longer than the kernel allows (the
-    caller then lets every event through and filters them itself). No endpoints: rejects all."""
-    by_address: dict[bytes, set[int]] = {}
+    ``endpoints`` (address, port; port None: any); None when it would be longer than the kernel
+    allows (the caller then lets every event through and filters them itself). No endpoints:
+    rejects all."""
+    by_address: dict[bytes, set[int | None]] = {}
     for ip, port in endpoints:
         by_address.setdefault(ipaddress.ip_address(ip).packed, set()).add(port)
     p = _Program()
@@ -197,7 +198,8 @@ def endpoint_filter(endpoints: Iterable[tuple[str, int]]) -> bytes | None:
         p.op(_JA)  # not this family: to the next one (its distance patched below)
         p.op(_TAX)  # X: the address attribute, for every block of this family
         for packed, ports in sorted(chosen.items()):
-            _address_block(p, packed, sorted(ports))
+            _address_block(p, packed, None if None in ports else sorted(
+                port for port in ports if port is not None))
         p.op(_RET, _REJECT)
         p.code[skip_at] = (_JA, 0, 0, len(p.code) - skip_at - 1)
     p.op(_RET, _REJECT)  # neither family: no address
@@ -206,14 +208,18 @@ def endpoint_filter(endpoints: Iterable[tuple[str, int]]) -> bytes | None:
     return b"".join(_INSN.pack(*insn) for insn in p.code)
 
 
-def _address_block(p: _Program, packed: bytes, ports: list[int]) -> None:
-    """If X's address is ``packed``: accept on one of ``ports``, else reject (addresses are
-    distinct, no later block can match); if not, fall through to the next block."""
+def _address_block(p: _Program, packed: bytes, ports: list[int] | None) -> None:
+    """If X's address is ``packed``: accept on one of ``ports`` (None: on any), else reject
+    (addresses are distinct, no later block can match); if not, fall through to the next
+    block."""
     words = [packed[i:i + 4] for i in range(0, len(packed), 4)]
-    size = 2 * len(words) + 1 + len(ports) + 2  # this block's length
+    size = 2 * len(words) + (1 if ports is None else 1 + len(ports) + 2)  # this block's length
     for i, word in enumerate(words):
         p.op(_LD_IND_W, 4 + 4 * i)
         p.op(_JEQ, int.from_bytes(word, "big"), jf=size - 2 * i - 2)
+    if ports is None:
+        p.op(_RET, _ACCEPT)
+        return
     p.op(_LD_MEM, _M_PORT)
     for i, port in enumerate(ports):
         p.op(_JEQ, port, jt=len(ports) - i)

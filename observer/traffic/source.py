@@ -143,10 +143,11 @@ class ConntrackSource:
         self.clock = clock
         self.errors = errors
         self.coarse = False  # too many endpoints for an exact kernel filter
-        self.filtered: frozenset[tuple[str, int]] = frozenset()  # what the kernel lets through
+        # What the kernel lets through: (address, port), port None for any.
+        self.filtered: frozenset[tuple[str, int | None]] = frozenset()
         self.datagrams = 0  # read off the socket: what the kernel filter let through
         self._buffer = bytearray(DATAGRAM)
-        self._endpoints: Callable[[], list[tuple[str, int]]] = list
+        self._endpoints: Callable[[], list[tuple[str, int | None]]] = list
         self._refilter_due = False
         self._counts: asyncio.Queue[Address] = asyncio.Queue()
         self._seq = 0

@@ -53,8 +53,10 @@ class Recorder:
 
 
 def episode(ip: str, port: int = 8080) -> Episode:
+    """An episode whose pod has stopped: its connections count at once (after="stopped")."""
     return Episode(key=key("web", ip, port), cause="deletion", local=True, pod="default/web",
-                   pod_uid="u", not_ready=Timestamp(0.0, 0.0, "slice_watch", 0.0))
+                   pod_uid="u", not_ready=Timestamp(0.0, 0.0, "slice_watch", 0.0),
+                   stopped=Timestamp(0.0, 0.0, "pod_watch", 0.0))
 
 
 class Errors:
@@ -84,7 +86,7 @@ async def following(source: ConntrackSource, *ips: str) -> AsyncIterator[list[Ep
     book = TrafficBook(window=60.0, sink=Recorder(), listener=source)
     episodes = [episode(ip) for ip in ips]
     for e in episodes:
-        book.start(e)
+        book.start(e, 0.0)
     task = asyncio.create_task(source.run(book))
     try:
         await until(lambda: source.filtered == {(ip, 8080) for ip in ips}, "filter installed")
@@ -109,7 +111,7 @@ async def test_connections_to_other_endpoints_never_reach_the_decoder(
             await until(lambda: bool(traffic.connections), "the followed connection")
             # Events leave the kernel in order: had any of the 20 passed, it came first.
             assert source.datagrams == 1
-            assert traffic.connections == {("forwarded", "not_ready"): 1}
+            assert traffic.connections == {("forwarded", "stopped"): 1}
     finally:
         await topology.close()
 
@@ -138,7 +140,7 @@ async def test_lost_events_are_counted_and_the_source_goes_on(topology: Topology
         assert sum(flooded.traffic.connections.values()) < 200
         assert (await request(topology.client, OTHER, 8080))[0] == "refused"
         traffic = later.traffic
-        await until(lambda: traffic.connections == {("forwarded", "not_ready"): 1},
+        await until(lambda: traffic.connections == {("forwarded", "stopped"): 1},
                     "still following")
 
 
@@ -216,10 +218,11 @@ async def test_garbage_and_truncated_events_are_counted_and_the_next_one_read() 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     ours.setblocking(False)
     dumps, _ = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dumps.setblocking(False)  # the count of open connections it asks for is never answered
     source = ConntrackSource(ours, dumps, clock=SystemClock(), errors=errors)
     book = TrafficBook(window=60.0, sink=Recorder(), listener=source)
     followed = episode(POD)
-    book.start(followed)
+    book.start(followed, 0.0)
     good = _event(POD, 8080)
     task = asyncio.create_task(source.run(book))
     try:
@@ -234,7 +237,7 @@ async def test_garbage_and_truncated_events_are_counted_and_the_next_one_read() 
         for sock in (ours, theirs, dumps, _):
             sock.close()
     assert errors.reasons == ["garbage", "garbage"]
-    assert traffic.connections == {("local", "not_ready"): 1}
+    assert traffic.connections == {("local", "stopped"): 1}
 
 
 def _event(ip: str, port: int) -> bytes:
@@ -259,7 +262,7 @@ async def test_the_filter_matches_address_and_port_in_both_families(netns: Netns
     followed = {(ip, port): episode(ip, port) for ip, port in (("127.0.0.1", 8081),
                                                                  ("::1", 8083))}
     for e in followed.values():
-        book.start(e)
+        book.start(e, 0.0)
     task = asyncio.create_task(source.run(book))
     try:
         await until(lambda: source.filtered == set(followed), "filter installed")
@@ -290,7 +293,7 @@ async def test_too_many_endpoints_for_the_kernel_filter_let_all_through_and_coun
             assert traffic is not None
             await until(lambda: bool(traffic.connections), "the followed connection")
             assert source.datagrams >= 2  # the other one reached the decoder, and was dropped
-            assert traffic.connections == {("forwarded", "not_ready"): 1}
+            assert traffic.connections == {("forwarded", "stopped"): 1}
     finally:
         await topology.close()
 

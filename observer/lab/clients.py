@@ -1,0 +1,277 @@
+"""The lab's clients: real requests on real connections, each outcome recorded — the truth of
+what traffic did.
+
+- ``service``: on every node, through each service address at a steady rate, a new connection
+  per request (what a pod calling a Service does without connection reuse); this node's
+  kube-proxy picks the pod.
+- ``keepalive``: on every node, one kept-alive connection per service (an HTTP client's pool).
+  When the pod it was opened to closed it, a request on it finds it closed before any answer;
+  the client then retries once on a new connection, as HTTP clients do with an idle pooled
+  connection (Go's ``net/http``, urllib3): the request fails only if that fails too.
+- ``ingress``: an ingress controller's view — its own list of backends, taken from the
+  EndpointSlices after a delay of its own (``--ingress-delay``: a consumer slower than
+  kube-proxy), requests sent straight to pod addresses, round robin.
+
+Outcomes: ``ok`` (answered), ``refused`` (connection refused: nothing listens), ``reset``
+(the connection closed or reset before the answer), ``timeout`` (no answer within
+``TIMEOUT``). Times are the lab's monotonic clock, the one the agents stamp with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from observer.clock import Clock
+from observer.lab.apps import Sockets
+from observer.lab.config import Delay
+from observer.lab.controller import NAMESPACE
+from observer.tasks import cancel_and_wait
+
+Outcome = Literal["ok", "refused", "reset", "timeout"]
+ClientKind = Literal["service", "keepalive", "ingress"]
+CLIENTS: tuple[ClientKind, ...] = ("service", "keepalive", "ingress")
+TIMEOUT = 1.0
+
+
+@dataclass(frozen=True)
+class Request:
+    client: ClientKind
+    node: str  # where the client runs ("" for the ingress)
+    workload: str
+    target: str  # the address it connected to: a service's or a pod's
+    at: float  # monotonic, when it started
+    outcome: Outcome
+    new_connection: bool  # it opened a connection (one conntrack flow) rather than reusing one
+    connected: bool  # the connection was made (else the attempt itself failed)
+    attempt: Attempt | None  # the new connection's attempt, when it made one
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A connection attempt: its source port (the pods' namespaces note each SYN's source:
+    ``LabNetwork.attempts``) and when the SYN left, on the lab's monotonic clock."""
+
+    port: int
+    sent: float
+
+
+def _failure(error: BaseException) -> Outcome:
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, ConnectionRefusedError):
+        return "refused"
+    if isinstance(error, OSError) and error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "timeout"  # the address is gone: what a client waiting on it would see
+    return "reset"
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def ask(self) -> Outcome:
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                self.writer.write(b"GET\n")
+                await self.writer.drain()
+                line = await self.reader.readline()
+        except (OSError, TimeoutError) as error:
+            return _failure(error)
+        return "ok" if line == b"ok\n" else "reset"
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def connect(sockets: Sockets, ip: str, port: int, clock: Clock
+                  ) -> tuple[Connection | Outcome, Attempt]:
+    sock = await sockets.tcp()
+    # A source port of its own for each attempt of the run (the kernel's choice repeats
+    # within a run), so the pods' notes of the SYNs name exactly one attempt each.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    source = sockets.next_port()
+    sock.bind(("0.0.0.0", source))
+    attempt = Attempt(source, clock.monotonic())
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await asyncio.get_running_loop().sock_connect(sock, (ip, port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+    except (OSError, TimeoutError) as error:
+        sock.close()
+        return _failure(error), attempt
+    return Connection(reader, writer), attempt
+
+
+class Clients:
+    """Every client of a lab run, and what each request did."""
+
+    def __init__(self, *, clock: Clock, rate: float, rng: random.Random) -> None:
+        self.clock = clock
+        self.rate = rate  # requests a second, per client and service
+        self.rng = rng
+        self.requests: list[Request] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def record(self, client: ClientKind, node: str, workload: str, target: str, at: float,
+               outcome: Outcome, attempt: Attempt | None, *, connected: bool = True) -> None:
+        self.requests.append(Request(client, node, workload, target, at, outcome,
+                                     attempt is not None, connected, attempt))
+
+    def start(self, coroutine: Any) -> None:
+        self._tasks.append(asyncio.create_task(coroutine))
+
+    async def stop(self) -> None:
+        await cancel_and_wait(*self._tasks)
+        self._tasks.clear()
+
+    async def _paced(self, send: Callable[[], Any]) -> None:
+        """``send()`` at ``rate`` a second, each started on time whatever the last took."""
+        loop = asyncio.get_running_loop()
+        pending: set[asyncio.Task[None]] = set()
+        start = loop.time() + self.rng.uniform(0, 1 / self.rate)  # spread the clients out
+        tick = 0
+        try:
+            while True:
+                await asyncio.sleep(max(0.0, start + tick / self.rate - loop.time()))
+                tick += 1
+                task = asyncio.create_task(send())
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+        finally:
+            await cancel_and_wait(*pending)
+
+    async def service(self, sockets: Sockets, node: str, workload: str, vip: str,
+                      port: int) -> None:
+        async def send() -> None:
+            at = self.clock.monotonic()
+            conn, attempt = await connect(sockets, vip, port, self.clock)
+            if isinstance(conn, Connection):
+                outcome = await conn.ask()
+                conn.close()
+                self.record("service", node, workload, vip, at, outcome, attempt)
+            else:
+                self.record("service", node, workload, vip, at, conn, attempt, connected=False)
+        await self._paced(send)
+
+    async def keepalive(self, sockets: Sockets, node: str, workload: str, vip: str,
+                        port: int) -> None:
+        loop = asyncio.get_running_loop()
+        conn: Connection | None = None
+        start, tick = loop.time() + self.rng.uniform(0, 1 / self.rate), 0
+        try:
+            while True:
+                await asyncio.sleep(max(0.0, start + tick / self.rate - loop.time()))
+                tick += 1
+                at = self.clock.monotonic()
+                if conn is not None:
+                    outcome = await conn.ask()
+                    if outcome == "ok":
+                        self.record("keepalive", node, workload, vip, at, outcome, None)
+                        continue
+                    conn.close()  # closed under it: retried once on a new connection
+                    conn = None
+                made, attempt = await connect(sockets, vip, port, self.clock)
+                if not isinstance(made, Connection):
+                    self.record("keepalive", node, workload, vip, at, made, attempt,
+                                connected=False)
+                    continue
+                conn = made
+                outcome = await conn.ask()
+                self.record("keepalive", node, workload, vip, at, outcome, attempt)
+                if outcome != "ok":
+                    conn.close()
+                    conn = None
+        finally:
+            if conn is not None:
+                conn.close()
+
+    async def ingress(self, sockets: Sockets, workload: str, port: int, backends: Backends
+                      ) -> None:
+        turn = 0
+
+        async def send() -> None:
+            nonlocal turn
+            current = backends.addresses
+            if not current:
+                return
+            turn += 1
+            ip = current[turn % len(current)]
+            at = self.clock.monotonic()
+            conn, attempt = await connect(sockets, ip, port, self.clock)
+            if isinstance(conn, Connection):
+                outcome = await conn.ask()
+                conn.close()
+                self.record("ingress", "", workload, ip, at, outcome, attempt)
+            else:
+                self.record("ingress", "", workload, ip, at, conn, attempt, connected=False)
+        await self._paced(send)
+
+
+class Backends:
+    """An ingress controller's backend list for one service: the Ready addresses of its
+    EndpointSlices, as they were ``delay`` ago (each change applied after a delay drawn from
+    ``--ingress-delay``, in order)."""
+
+    def __init__(self, server: Any, workload: str, delay: Delay, rng: random.Random) -> None:
+        self.server = server
+        self.workload = workload
+        self.delay = delay
+        self.rng = rng
+        self.addresses: list[str] = []
+        self.delays: list[float] = []  # every delay drawn (the lab's truth of this consumer)
+        self._timers: set[asyncio.TimerHandle] = set()  # changes not applied yet
+
+    @property
+    def settled(self) -> bool:
+        """Every change seen is applied."""
+        return not self._timers
+
+    def _ready(self) -> list[str]:
+        found = []
+        for (namespace, _), eps in self.server.store.items("endpointslices").items():
+            labels = eps["metadata"].get("labels") or {}
+            if namespace == NAMESPACE and labels.get("kubernetes.io/service-name") == \
+                    self.workload:
+                found += [e["addresses"][0] for e in eps.get("endpoints") or []
+                          if e["conditions"].get("ready")]
+        return sorted(found)
+
+    async def run(self) -> None:
+        store = self.server.store
+        watcher = store.watch("endpointslices", namespace=NAMESPACE, predicate=lambda _: True,
+                              since=None)
+        loop = asyncio.get_running_loop()
+        self.addresses = self._ready()
+        applying: float = loop.time()
+        timers = self._timers
+        try:
+            while True:
+                await watcher.wait(3600)
+                watcher.queue.clear()
+                snapshot = self._ready()
+                if snapshot == self.addresses:
+                    continue
+                delay = self.delay.sample(self.rng)
+                self.delays.append(delay)
+                # In order: a change never overtakes the one before it.
+                applying = max(applying, loop.time() + delay)
+                self._later(loop, applying, snapshot, timers)
+        finally:
+            store.unwatch(watcher)
+            for timer in timers:
+                timer.cancel()
+
+    def _later(self, loop: asyncio.AbstractEventLoop, when: float, snapshot: list[str],
+               timers: set[asyncio.TimerHandle]) -> None:
+        def apply() -> None:
+            timers.discard(handle)
+            self.addresses = snapshot
+
+        handle = loop.call_at(when, apply)
+        timers.add(handle)
