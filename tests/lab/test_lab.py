@@ -27,8 +27,9 @@ async def run_lab(settings: LabConfig) -> tuple[dict[str, Any], str]:
     lab = Lab(settings, clock=SystemClock())
     run = await lab.run()
     measured = [(n.name, e) for n in run.nodes if n.agent for e in n.agent.tracker.finished]
-    return compare(measured, run.truth.episodes, [n.name for n in run.nodes]), \
-        lab.namespaces.prefix
+    result = compare(measured, run.truth.episodes, [n.name for n in run.nodes])
+    result["traffic"] = run.traffic
+    return result, lab.namespaces.prefix
 
 
 def namespaces() -> str:
@@ -66,11 +67,23 @@ async def test_lab_with_real_rules(dataplane: str) -> None:
     result, prefix = await run_lab(settings)
     check(result, settings)
     assert prefix not in await asyncio.to_thread(namespaces)
+    # Real pods, real clients: the hasty workload's deletions failed real requests, and each
+    # node's agent counted the failed connection attempts through it, every difference named.
+    traffic = result["traffic"]
+    assert traffic["failed_by_workload"].get("hasty", 0) > 0
+    assert traffic["attempts_reaching_no_pod"] == 0
+    assert traffic["unexplained"] == 0, traffic["nodes"]
+    for node in traffic["nodes"].values():
+        for source in ("local", "forwarded"):
+            assert node["agents_connections_after_stop"][source] == (
+                node["clients_failed_connections"][source] - node["before_stop_seen"][source])
+    assert traffic["agents_connections_after_stop"] > 0
+    assert result["recommendation"]["set_by"] in ("kube-proxy", "ingress")
 
 
-def observer(*args: str) -> subprocess.CompletedProcess[str]:
+def observer(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "observer.cli", *args], capture_output=True,
-                          text=True, timeout=120, check=False)
+                          text=True, timeout=timeout, check=False)
 
 
 @pytest.mark.parametrize(("flags", "message"), [
@@ -156,3 +169,31 @@ async def test_ctrl_c_while_serving_ends_normally() -> None:
     assert "`observer report` on the lab" in out
     assert "not recommending anything: only 4 deletions measured" in out
     assert "obs-lab-" not in await asyncio.to_thread(namespaces)
+
+
+@pytest.mark.parametrize(("dataplane", "ingress"), [("nftables", "2..3"), ("iptables", "1..2"),
+                                                    ("iptables-legacy", "1..2")])
+def test_verify_the_recommendation_leaves_no_failed_request(dataplane: str,
+                                                            ingress: str) -> None:
+    require_root()
+    done = observer("lab", "--verify", "--json", "--nodes", "2", "--deletions", "10",
+                    "--dataplane", dataplane, "--ingress-delay", ingress, "--prestop", "1",
+                    timeout=300)
+    assert done.returncode == 0, done.stderr
+    first, second = json.loads(done.stdout)["runs"]
+    assert first["traffic"]["failed"] > 0  # the hasty workload, and the slow ingress
+    assert second["lab"]["prestop_seconds"] == {
+        w: first["recommendation"]["prestop_seconds"] for w in ("careful", "hasty")}
+    assert second["traffic"]["requests"] > 0
+    assert second["traffic"]["failed"] == 0, second["traffic"]["failed_by_client"]
+    for run in (first, second):
+        assert run["traffic"]["unexplained"] == 0, run["traffic"]["nodes"]
+        assert set(run["traffic"]) >= {"requests", "failed", "failed_by_client",
+                                       "agents_connections_after_stop"}
+    rec = first["recommendation"]
+    if ingress == "2..3":  # slower than kube-proxy: it sets the preStop, and covers it
+        assert rec["set_by"] == "ingress"
+        covered = (first["traffic"]["ingress_delay_p99_seconds"]
+                   + first["measured"]["stages"]["controller"]["p99"])
+        assert rec["prestop_seconds"] >= covered
+        assert rec["rules_only_prestop_seconds"] < rec["prestop_seconds"]
