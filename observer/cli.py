@@ -301,6 +301,11 @@ def _add_lab_flags(lab: argparse.ArgumentParser) -> None:
                           "change, seconds or a range (default 1..2; with network namespaces)")
     lab.add_argument("--request-rate", type=float, default=10.0,
                      help="requests a second of each client, per service (default 10)")
+    lab.add_argument("--workloads", type=lambda text: tuple(text.split(",")),
+                     default=("careful", "hasty"),
+                     help="the workloads, of careful (a --prestop sleep), hasty (no preStop, "
+                          "exits at once), draining (no preStop, stops accepting at SIGTERM "
+                          "and finishes what it serves); default careful,hasty")
     lab.add_argument("--verify", action="store_true",
                      help="run twice: measure, then give every workload at least the "
                           "recommended preStop and run again; both runs' failed requests "
@@ -322,7 +327,8 @@ async def _run_lab(args: argparse.Namespace) -> int:
                          controller_delay=args.controller_delay, proxy_delay=args.proxy_delay,
                          min_sync_period=args.min_sync_period, prestop=args.prestop,
                          app_exit=args.app_exit, dataplane=args.dataplane, seed=args.seed,
-                         ingress_delay=args.ingress_delay, request_rate=args.request_rate)
+                         ingress_delay=args.ingress_delay, request_rate=args.request_rate,
+                         workloads=args.workloads)
     try:
         settings.check()
     except LabConfigError as error:

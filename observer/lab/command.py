@@ -107,7 +107,7 @@ def _applied(config: LabConfig, result: dict[str, Any]) -> LabConfig | None:
     if seconds is None:
         return None
     return dataclasses.replace(config, prestop=max(config.prestop, float(seconds)),
-                               hasty_prestop=max(config.hasty_prestop, float(seconds)))
+                               added_prestop=max(config.added_prestop, float(seconds)))
 
 
 async def _one(options: LabOptions, config: LabConfig, *, stop: asyncio.Event, err: TextIO,
@@ -157,8 +157,8 @@ async def _one(options: LabOptions, config: LabConfig, *, stop: asyncio.Event, e
     result["lab"] = {"nodes": config.nodes, "deletions": config.deletions,
                      "dataplane": run.dataplane, "note": run.note,
                      "elapsed_seconds": round(run.elapsed, 2), "seed": config.seed,
-                     "prestop_seconds": {"careful": config.prestop,
-                                         "hasty": config.hasty_prestop},
+                     "prestop_seconds": {w: config.prestop if w == "careful"
+                                         else config.added_prestop for w in config.workloads},
                      "ingress_delay": str(config.ingress_delay)}
     result["traffic"] = run.traffic
     options.svg.parent.mkdir(parents=True, exist_ok=True)

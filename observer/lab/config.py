@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 LabDataplane = Literal["nftables", "iptables", "iptables-legacy", "memory"]
+# careful: a preStop sleep (--prestop), then exits at once; hasty: no preStop, exits at once;
+# draining: no preStop, stops accepting at SIGTERM and finishes the request it serves.
+WORKLOADS = ("careful", "hasty", "draining")
 
 
 class LabConfigError(ValueError):
@@ -47,7 +50,10 @@ class LabConfig:
     proxy_delay: Delay = Delay(0.05, 0.4)  # kube-proxy's programming delay per sync
     min_sync_period: float = 1.0  # kube-proxy's minSyncPeriod (iptables default)
     prestop: float = 3.0  # the "careful" workload's preStop sleep
-    hasty_prestop: float = 0.0  # the "hasty" one's: none, unless --verify's second run
+    # The preStop of the workloads that have none (hasty, draining): none, unless --verify's
+    # second run gives them the recommendation.
+    added_prestop: float = 0.0
+    workloads: tuple[str, ...] = ("careful", "hasty")
     app_exit: Delay = Delay(0.1, 0.5)  # SIGTERM to the app having stopped serving
     readiness_failure: float = 0.2  # SIGTERM to the readiness probe failing
     grace: int = 30  # terminationGracePeriodSeconds
@@ -79,9 +85,13 @@ class LabConfig:
             raise LabConfigError("--request-rate is between 0 and 100 requests a second")
         if self.prestop < 0:
             raise LabConfigError("--prestop cannot be negative")
-        if max(self.prestop, self.hasty_prestop) + self.app_exit.high >= self.grace:
+        distinct = set(self.workloads)
+        if not distinct or len(distinct) != len(self.workloads) or not distinct <= set(WORKLOADS):
+            raise LabConfigError("--workloads is a list of distinct ones of "
+                                 + ", ".join(WORKLOADS))
+        if max(self.prestop, self.added_prestop) + self.app_exit.high >= self.grace:
             raise LabConfigError(
-                f"the preStop ({max(self.prestop, self.hasty_prestop):g} s) plus the longest "
+                f"the preStop ({max(self.prestop, self.added_prestop):g} s) plus the longest "
                 f"--app-exit "
                 f"({self.app_exit.high:g} s) must end before the grace period ({self.grace} s)"
                 ": the kubelet would kill every pod")

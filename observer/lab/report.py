@@ -92,7 +92,7 @@ def _traffic_lines(traffic: dict[str, Any]) -> list[str]:
     for node, n in sorted(traffic["nodes"].items()):
         c, a = n["clients_failed_connections"], n["agents_connections_after_stop"]
         early, unexplained = n["before_stop_seen"], n["unexplained"]
-        notes = [f"{early[k]} {k} failed before the agent saw the pod stop" for k in early
+        notes = [f"{early[k]} {k} before the stop was seen" for k in early
                  if early[k]] + [f"{unexplained[k]:+d} {k} UNEXPLAINED" for k in unexplained
                                  if unexplained[k]]
         rows.append((node, f"{c['local']} / {a['local']}",
@@ -100,8 +100,9 @@ def _traffic_lines(traffic: dict[str, Any]) -> list[str]:
     lines += _table(rows)
     if any(n["before_stop_seen"][k] for n in traffic["nodes"].values()
            for k in n["before_stop_seen"]):
-        lines.append("  (an attempt that failed before the agent learned from the kubelet that "
-                     "the pod had stopped is counted after=not_ready)")
+        lines.append("  (before the stop was seen: an attempt that failed before the agent "
+                     "learned from the kubelet that the pod had stopped; it counts those "
+                     "after=not_ready)")
     if traffic.get("ingress_delay_p99_seconds") is not None:
         lines.append("the ingress followed the EndpointSlices "
                      f"{traffic['ingress_delay_p99_seconds']} s late (p99)")
@@ -113,9 +114,11 @@ def render_verify(results: list[dict[str, Any]]) -> str:
     first, second = results
     lab = first["lab"]
 
+    workloads = list(first["lab"]["prestop_seconds"])
+
     def prestops(result: dict[str, Any]) -> str:
         p = result["lab"]["prestop_seconds"]
-        return " / ".join(f"{p[w]:g} s" if p[w] else "none" for w in ("careful", "hasty"))
+        return " / ".join(f"{p[w]:g} s" if p[w] else "none" for w in workloads)
 
     def failed(result: dict[str, Any], client: str | None = None) -> str:
         t = result.get("traffic")
@@ -126,7 +129,7 @@ def render_verify(results: list[dict[str, Any]]) -> str:
         return str(sum(t["failed_by_client"].get(client, {}).values()))
 
     rows = [("", "run 1: as configured", "run 2: recommendation applied"),
-            ("preStop careful / hasty", prestops(first), prestops(second)),
+            ("preStop " + " / ".join(workloads), prestops(first), prestops(second)),
             ("failed requests", failed(first), failed(second)),
             *((f"  {c}", failed(first, c), failed(second, c))
               for c in ("service", "keepalive", "ingress")),
@@ -140,8 +143,9 @@ def render_verify(results: list[dict[str, Any]]) -> str:
     if traffic is None:
         lines.append("\n(no real traffic: the in-memory dataplane has no pods to send to)")
     elif traffic["failed"] == 0:
-        lines.append(f"\nwith a preStop of {second['lab']['prestop_seconds']['hasty']:g} s no "
-                     "client saw a single failed request.")
+        applied = min(second["lab"]["prestop_seconds"].values())
+        lines.append(f"\nwith a preStop of at least {applied:g} s on every workload (the first "
+                     "run's recommendation), no client saw a single failed request.")
     else:
         lines.append(f"\nstill {traffic['failed']} failed requests with the recommendation "
                      "applied: see the second run's traffic below.")

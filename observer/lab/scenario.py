@@ -58,7 +58,7 @@ from observer.tasks import cancel_and_wait
 
 log = structlog.get_logger("observer.lab")
 Hook = Callable[["LabRun"], Awaitable[None]]
-CLUSTER_IPS = {"careful": "172.30.0.10", "hasty": "172.30.0.11"}
+CLUSTER_IPS = {"careful": "172.30.0.10", "hasty": "172.30.0.11", "draining": "172.30.0.12"}
 POD_PORT = 8080
 TRAFFIC_SLACK = 2.0  # seconds an endpoint is followed past the ingress' longest delay
 
@@ -107,7 +107,7 @@ class Lab:
                                rng=random.Random(self.rng.random()))
         self.backends: list[Backends] = []
         self._sockets: list[Sockets] = []
-        self.workloads = ("careful", "hasty")
+        self.workloads = config.workloads
         self._owners: dict[str, dict[str, Any]] = {}  # workload → its ReplicaSet, as owner
         self._pod_counter = 0
         self.deletions_done = 0  # pods really deleted (fast churn can find no victim)
@@ -137,7 +137,8 @@ class Lab:
         programmer = await self._programmer(mode, netns, memory)
         kube_proxy = KubeProxy(node=name, server=self.server, truth=self.truth, clock=self.clock,
                                config=self.config, programmer=programmer,
-                               cluster_ips=CLUSTER_IPS, rng=random.Random(self.rng.random()))
+                               cluster_ips={w: CLUSTER_IPS[w] for w in self.workloads},
+                               rng=random.Random(self.rng.random()))
         kubelet = Kubelet(node=name, index=index, server=self.server, truth=self.truth,
                           clock=self.clock, config=self.config,
                           rng=random.Random(self.rng.random()), runtime=runtime)
@@ -146,7 +147,7 @@ class Lab:
     def _template(self, workload: str) -> dict[str, Any]:
         app: dict[str, Any] = {"name": "app", "image": "app:1",
                                "ports": [{"containerPort": 8080}]}
-        prestop = self.config.prestop if workload == "careful" else self.config.hasty_prestop
+        prestop = self.config.prestop if workload == "careful" else self.config.added_prestop
         if prestop > 0:
             app["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", f"{prestop:g}"]}}}
         return {"metadata": {"labels": {"app": workload}},
@@ -376,7 +377,7 @@ class Lab:
         pending: set[asyncio.Task[None]] = set()  # only the unfinished: long runs stay bounded
         try:
             for i in range(self.config.deletions):
-                workload = ("careful", "hasty")[i % 2]
+                workload = self.workloads[i % len(self.workloads)]
                 rolling = i % 4 != 3
                 task = asyncio.create_task(self._replace(workload, run.nodes, rolling))
                 pending.add(task)

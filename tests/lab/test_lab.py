@@ -93,6 +93,10 @@ def observer(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
     (["--proxy-delay", "2..1"], "ranges go up"),
     (["--app-exit", "soon"], "is not seconds"),
     (["--deletions", "0"], "--deletions must be at least 1"),
+    (["--workloads", "careful,lazy"], "distinct ones of careful, hasty, draining"),
+    (["--workloads", "hasty,hasty"], "distinct ones of"),
+    (["--request-rate", "0"], "between 0 and 100"),
+    (["--verify", "--serve"], "do not go together"),
 ])
 def test_bad_flags_are_refused_plainly(flags: list[str], message: str) -> None:
     result = observer("lab", *flags)
@@ -171,19 +175,20 @@ async def test_ctrl_c_while_serving_ends_normally() -> None:
     assert "obs-lab-" not in await asyncio.to_thread(namespaces)
 
 
-@pytest.mark.parametrize(("dataplane", "ingress"), [("nftables", "2..3"), ("iptables", "1..2"),
-                                                    ("iptables-legacy", "1..2")])
-def test_verify_the_recommendation_leaves_no_failed_request(dataplane: str,
-                                                            ingress: str) -> None:
+@pytest.mark.parametrize(("dataplane", "ingress", "workloads"), [
+    ("nftables", "2..3", "careful,hasty"), ("iptables", "1..2", "careful,hasty,draining"),
+    ("iptables-legacy", "1..2", "careful,hasty")])
+def test_verify_the_recommendation_leaves_no_failed_request(dataplane: str, ingress: str,
+                                                            workloads: str) -> None:
     require_root()
-    done = observer("lab", "--verify", "--json", "--nodes", "2", "--deletions", "10",
+    done = observer("lab", "--verify", "--json", "--nodes", "2", "--deletions", "12",
                     "--dataplane", dataplane, "--ingress-delay", ingress, "--prestop", "1",
-                    timeout=300)
+                    "--workloads", workloads, timeout=300)
     assert done.returncode == 0, done.stderr
     first, second = json.loads(done.stdout)["runs"]
     assert first["traffic"]["failed"] > 0  # the hasty workload, and the slow ingress
-    assert second["lab"]["prestop_seconds"] == {
-        w: first["recommendation"]["prestop_seconds"] for w in ("careful", "hasty")}
+    assert second["lab"]["prestop_seconds"] == dict.fromkeys(
+        workloads.split(","), first["recommendation"]["prestop_seconds"])
     assert second["traffic"]["requests"] > 0
     assert second["traffic"]["failed"] == 0, second["traffic"]["failed_by_client"]
     for run in (first, second):
