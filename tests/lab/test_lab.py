@@ -185,7 +185,8 @@ def test_verify_the_recommendation_leaves_no_failed_request(dataplane: str, ingr
                     "--dataplane", dataplane, "--ingress-delay", ingress, "--prestop", "1",
                     "--workloads", workloads, timeout=300)
     assert done.returncode == 0, done.stderr
-    first, second = json.loads(done.stdout)["runs"]
+    first, second = json.loads(done.stdout)["runs"]  # stdout: the JSON alone
+    assert "observer lab: run 2 of 2: deleting" in done.stderr  # progress, plain lines
     assert first["traffic"]["failed"] > 0  # the hasty workload, and the slow ingress
     assert second["lab"]["prestop_seconds"] == dict.fromkeys(
         workloads.split(","), first["recommendation"]["prestop_seconds"])
