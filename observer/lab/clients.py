@@ -91,12 +91,13 @@ class Connection:
 
 async def connect(sockets: Sockets, ip: str, port: int, clock: Clock
                   ) -> tuple[Connection | Outcome, Attempt]:
-    sock = await sockets.tcp()
+    v6 = ":" in ip
+    sock = await sockets.tcp(socket.AF_INET6 if v6 else socket.AF_INET)
     # A source port of its own for each attempt of the run (the kernel's choice repeats
     # within a run), so the pods' notes of the SYNs name exactly one attempt each.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     source = sockets.next_port()
-    sock.bind(("0.0.0.0", source))
+    sock.bind(("::" if v6 else "0.0.0.0", source))
     attempt = Attempt(source, clock.monotonic())
     try:
         async with asyncio.timeout(TIMEOUT):

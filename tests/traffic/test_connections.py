@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,20 +18,14 @@ from observer.agent import Agent, AgentConfig, DataplaneSettings, TrafficSetting
 from observer.clock import SystemClock
 from observer.episodes.model import Episode
 from observer.lab.apiserver.server import ApiServer
+from observer.lab.clients import Connection
 from observer.lab.rules import ServicePortRules
 from observer.values import EndpointKey
 from tests.agent.harness import Cluster, Endpoint, key, until
 from tests.conftest import client_configuration, require_root, require_tool
-from tests.traffic.topology import (
-    Topology,
-    exchange,
-    make_topology,
-    open_connection,
-    program,
-    request,
-)
+from tests.traffic.topology import NODE_ADDRESS, Topology
 
-POD, OTHER = "10.180.0.4", "10.180.0.5"
+POD, OTHER = "10.100.0.4", "10.100.0.5"
 VIP = "172.30.0.10"
 KEY: EndpointKey = key("web", POD)
 
@@ -43,12 +36,15 @@ def web(*endpoints: str) -> ServicePortRules:
 
 
 @pytest.fixture
-def topology() -> Iterator[Topology]:
+async def topology() -> AsyncIterator[Topology]:
     require_root()
     for tool in ("ip", "nft", "sysctl"):
         require_tool(tool)
-    with contextlib.ExitStack() as stack:
-        yield make_topology([POD, OTHER], stack)
+    made = await Topology.make()
+    try:
+        yield made
+    finally:
+        await made.close()
 
 
 @contextlib.asynccontextmanager
@@ -68,7 +64,6 @@ async def running(apiserver: ApiServer, kubeconfig: Path, topology: Topology,
         finally:
             stop.set()
             await asyncio.wait_for(task, 30)
-            await topology.close()
 
 
 def finished(agent: Agent) -> Episode:
@@ -79,51 +74,52 @@ def finished(agent: Agent) -> Episode:
 async def test_counts_equal_what_the_clients_recorded(apiserver: ApiServer, kubeconfig: Path,
                                                        topology: Topology) -> None:
     known: set[str] = set()
-    program(topology, [web(POD, OTHER)], known=known, first=True)
-    for ip in (POD, OTHER):
-        await topology.serve(ip, 8080)
+    topology.program([web(POD, OTHER)], known=known, first=True)
+    servers = {ip: await topology.serve(ip) for ip in (POD, OTHER)}
     cluster = Cluster(apiserver)
     cluster.create_pod("web-4", "node-a", POD)
     cluster.create_pod("web-5", "node-b", OTHER)
     cluster.put_slice("web-1", "web", Endpoint(POD, "node-a", pod="web-4"),
                       Endpoint(OTHER, "node-b", pod="web-5"))
+    fabric, node = topology.client, topology.node
     async with running(apiserver, kubeconfig, topology, window=0.5) as agent:
         source = agent.traffic
         assert source is not None
         # Before the episode: kept open across the stop (cut), and closed before it (not).
-        kept = [await open_connection(topology.client, POD, 8080) for _ in range(3)]
+        kept = [await topology.connect(fabric, POD) for _ in range(3)]
         for conn in kept:
-            assert not isinstance(conn, str)
-            assert await exchange(*conn) == ("ok", POD)
-        assert await request(topology.client, POD, 8080) == ("ok", POD)
+            assert isinstance(conn, Connection)
+            assert await conn.ask() == "ok"
+        assert await topology.request(fabric, POD) == "ok"
 
         cluster.delete_pod("web-4")
         cluster.set_endpoint("web-1", POD, ready=False, serving=True, terminating=True)
         await until(lambda: (POD, 8080) in source.filtered, "the kernel filter follows it")
 
-        # not_ready .. dataplane: through the service (either pod) and straight to the pod.
-        local: Counter[str] = Counter()
+        # not_ready .. dataplane: through the service (either pod; which one, each pod's
+        # server says) and straight to the pod.
+        before = {ip: servers[ip].accepted[NODE_ADDRESS] for ip in servers}
+        local = dict.fromkeys(servers, 0)
         while local[POD] < 3 or local[OTHER] < 1:
-            outcome, who = await request(topology.node, VIP, 80)
-            assert outcome == "ok"
-            local[who] += 1
-        forwarded_running = [await request(topology.client, POD, 8080) for _ in range(4)]
-        program(topology, [web(OTHER)], known=known)  # kube-proxy drops it
+            assert await topology.request(node, VIP, 80) == "ok"
+            local = {ip: servers[ip].accepted[NODE_ADDRESS] - before[ip] for ip in servers}
+        running_pod = [await topology.request(fabric, POD) for _ in range(4)]
+        topology.program([web(OTHER)], known=known)  # kube-proxy drops it
         await until(lambda: agent.tracker.episodes[KEY].dataplane is not None, "dataplane")
         # A consumer slower than kube-proxy still sends to the pod while it runs...
-        forwarded_running += [await request(topology.client, POD, 8080) for _ in range(2)]
-        assert all(r == ("ok", POD) for r in forwarded_running)
+        running_pod += [await topology.request(fabric, POD) for _ in range(2)]
+        assert running_pod == ["ok"] * 6
 
         # ...and after it stopped: each attempt fails for its client.
-        await topology.servers[POD].stop()
+        servers[POD].exit()
         cluster.pod_terminated("web-4")
         await until(lambda: any(e.key == KEY for e in agent.tracker.finished), "stop seen")
-        failed = [await request(topology.client, POD, 8080) for _ in range(5)]
-        assert [outcome for outcome, _ in failed] == ["refused"] * 5
+        failed = [await topology.request(fabric, POD) for _ in range(5)]
+        assert failed == ["refused"] * 5
         for conn in kept:  # what the clients of the cut connections see on their next request
-            assert not isinstance(conn, str)
-            assert (await exchange(*conn))[0] == "reset"
-            conn[1].close()
+            assert isinstance(conn, Connection)
+            assert await conn.ask() == "reset"
+            conn.close()
 
         episode = finished(agent)
         traffic = episode.traffic
@@ -132,7 +128,7 @@ async def test_counts_equal_what_the_clients_recorded(apiserver: ApiServer, kube
             await until(lambda: traffic.closed, "traffic window closed")
 
     assert traffic.connections == {("local", "not_ready"): local[POD],
-                                   ("forwarded", "not_ready"): len(forwarded_running),
+                                   ("forwarded", "not_ready"): len(running_pod),
                                    ("forwarded", "stopped"): len(failed)}
     assert traffic.cut == len(kept)
     assert not traffic.lost

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +24,8 @@ from observer.dataplane.nlwire import HEADER, attribute
 from observer.episodes.model import After, Episode, Origin
 from observer.episodes.traffic import TrafficBook
 from observer.lab.apiserver.server import ApiServer
+from observer.lab.apps import Sockets
+from observer.lab.clients import connect
 from observer.tasks import cancel_and_wait
 from observer.traffic import conntrack
 from observer.traffic.source import ConntrackSource, TrafficError, open_conntrack
@@ -31,9 +33,9 @@ from observer.values import Timestamp
 from tests.agent.harness import key, until
 from tests.conftest import REPO, client_configuration, require_root, require_tool
 from tests.netns import Netns
-from tests.traffic.topology import Topology, make_topology, request
+from tests.traffic.topology import Topology
 
-POD, OTHER = "10.180.0.4", "10.180.0.5"
+POD, OTHER = "10.100.0.4", "10.100.0.5"
 
 
 class Recorder:
@@ -68,17 +70,19 @@ class Errors:
 
 
 @pytest.fixture
-def topology() -> Iterator[Topology]:
+async def topology() -> AsyncIterator[Topology]:
     require_root()
     for tool in ("ip", "nft", "sysctl"):
         require_tool(tool)
-    with contextlib.ExitStack() as stack:
-        topology = make_topology([POD, OTHER], stack)
+    made = await Topology.make()
+    try:
         # Connection tracking runs in a namespace once something there uses it (kube-proxy's
         # NAT rules do); this table stands for them.
-        topology.node.nft("add table ip t\nadd chain ip t c { type filter hook forward "
-                          "priority 0 ; }\nadd rule ip t c ct state new counter\n")
-        yield topology
+        made.node.nft("add table ip t\nadd chain ip t c { type filter hook forward "
+                      "priority 0 ; }\nadd rule ip t c ct state new counter\n")
+        yield made
+    finally:
+        await made.close()
 
 
 @contextlib.asynccontextmanager
@@ -99,27 +103,26 @@ async def following(source: ConntrackSource, *ips: str) -> AsyncIterator[list[Ep
 async def test_connections_to_other_endpoints_never_reach_the_decoder(
         topology: Topology) -> None:
     for ip in (POD, OTHER):
-        await topology.serve(ip, 8080)
+        await topology.serve(ip)
     source = await open_conntrack(topology.node.name, clock=SystemClock(), errors=Errors())
-    try:
-        async with following(source, POD) as (followed,):
-            for _ in range(20):
-                assert await request(topology.client, OTHER, 8080) == ("ok", OTHER)
-            assert await request(topology.client, POD, 8080) == ("ok", POD)
-            traffic = followed.traffic
-            assert traffic is not None
-            await until(lambda: bool(traffic.connections), "the followed connection")
-            # Events leave the kernel in order: had any of the 20 passed, it came first.
-            assert source.datagrams == 1
-            assert traffic.connections == {("forwarded", "stopped"): 1}
-    finally:
-        await topology.close()
+    async with following(source, POD) as (followed,):
+        for _ in range(20):
+            assert await topology.request(topology.client, OTHER) == "ok"
+        assert await topology.request(topology.client, POD) == "ok"
+        traffic = followed.traffic
+        assert traffic is not None
+        await until(lambda: bool(traffic.connections), "the followed connection")
+        # Events leave the kernel in order: had any of the 20 passed, it came first.
+        assert source.datagrams == 1
+        assert traffic.connections == {("forwarded", "stopped"): 1}
 
 
 async def test_lost_events_are_counted_and_the_source_goes_on(topology: Topology) -> None:
     errors = Errors()
     # The smallest queue the kernel allows: a few events. Nothing listens on the pods' port:
     # each attempt is one refused connection, one event.
+    for ip in (POD, OTHER):
+        await topology.pod(ip)
     source = await open_conntrack(topology.node.name, clock=SystemClock(), errors=errors,
                                   receive_buffer=1)
     async with following(source, POD, OTHER) as (flooded, later):
@@ -138,7 +141,7 @@ async def test_lost_events_are_counted_and_the_source_goes_on(topology: Topology
         assert later.traffic is not None
         assert flooded.traffic.lost
         assert sum(flooded.traffic.connections.values()) < 200
-        assert (await request(topology.client, OTHER, 8080))[0] == "refused"
+        assert await topology.request(topology.client, OTHER) == "refused"
         traffic = later.traffic
         await until(lambda: traffic.connections == {("forwarded", "stopped"): 1},
                     "still following")
@@ -264,40 +267,37 @@ async def test_the_filter_matches_address_and_port_in_both_families(netns: Netns
     for e in followed.values():
         book.start(e, 0.0)
     task = asyncio.create_task(source.run(book))
+    sockets = Sockets(netns.name)
     try:
         await until(lambda: source.filtered == set(followed), "filter installed")
         # Refused attempts are new flows too; the followed ones last, so the others, had they
         # passed the filter, would have been read first.
         for ip, port in (("127.0.0.1", 8082), ("::1", 8084), ("127.0.0.2", 8081),
                          ("127.0.0.1", 8081), ("::1", 8083)):
-            await _refused(netns, ip, port)
+            outcome, _ = await connect(sockets, ip, port, SystemClock())
+            assert outcome == "refused"
         await until(lambda: all(e.traffic is not None and e.traffic.connections
                                 for e in followed.values()), "both followed connections")
         assert source.datagrams == 2
     finally:
+        sockets.close()
         await cancel_and_wait(task)
         source.close()
 
 
 async def test_too_many_endpoints_for_the_kernel_filter_let_all_through_and_count_right(
         topology: Topology) -> None:
+    for ip in (POD, OTHER):
+        await topology.pod(ip)
     source = await open_conntrack(topology.node.name, clock=SystemClock(), errors=Errors())
     many = [f"10.{190 + i // 250}.{i % 250}.1" for i in range(800)]
     assert conntrack.endpoint_filter((ip, 8080) for ip in many) is None  # > 4,096 insns
-    try:
-        async with following(source, POD, *many) as (followed, *_):
-            assert source.coarse
-            await _refused(topology.client, OTHER, 8080)
-            await _refused(topology.client, POD, 8080)
-            traffic = followed.traffic
-            assert traffic is not None
-            await until(lambda: bool(traffic.connections), "the followed connection")
-            assert source.datagrams >= 2  # the other one reached the decoder, and was dropped
-            assert traffic.connections == {("forwarded", "stopped"): 1}
-    finally:
-        await topology.close()
-
-
-async def _refused(netns: Netns, ip: str, port: int) -> None:
-    outcome, _ = await request(netns, ip, port)
-    assert outcome == "refused"
+    async with following(source, POD, *many) as (followed, *_):
+        assert source.coarse
+        assert await topology.request(topology.client, OTHER) == "refused"
+        assert await topology.request(topology.client, POD) == "refused"
+        traffic = followed.traffic
+        assert traffic is not None
+        await until(lambda: bool(traffic.connections), "the followed connection")
+        assert source.datagrams >= 2  # the other one reached the decoder, and was dropped
+        assert traffic.connections == {("forwarded", "stopped"): 1}
