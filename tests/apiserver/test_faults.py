@@ -13,6 +13,7 @@ import pytest
 
 from observer.lab.apiserver.registry import WriteOptions
 from observer.lab.apiserver.server import ApiServer
+from tests.agent.harness import until
 from tests.apiserver.rawhttp import raw_session, read_events
 from tests.conftest import ManualClock
 
@@ -31,11 +32,7 @@ async def http(apiserver: ApiServer) -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def wait_for_streams(apiserver: ApiServer, count: int) -> None:
-    for _ in range(200):
-        if len(apiserver.faults.streams) >= count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("watch stream did not open")
+    await until(lambda: len(apiserver.faults.streams) >= count, f"{count} watch streams open")
 
 
 @pytest.mark.parametrize(("code", "reason"), [(429, "TooManyRequests"), (503, "ServiceUnavailable"),
