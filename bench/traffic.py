@@ -32,11 +32,13 @@ import time
 import uuid
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from bench.dataplane import rss_mib
 from observer.clock import SystemClock
 from observer.episodes.model import Episode
 from observer.episodes.traffic import TrafficBook
-from observer.export.metrics import configure_exposition
+from observer.export.metrics import AgentMetrics, configure_exposition
 from observer.tasks import cancel_and_wait
 from observer.traffic import conntrack
 from observer.traffic.source import open_conntrack
@@ -140,27 +142,24 @@ class Topology(contextlib.ExitStack):
 
 
 class Recording(TrafficBook):
-    """The book the tracker holds, also noting each connection's delay from the kernel."""
+    """The book the tracker holds, with the agent's metrics as its sink, also noting each
+    connection's delay from the kernel."""
 
     def __init__(self, listener: Any) -> None:
-        super().__init__(window=600.0, sink=Sink(), listener=listener)
+        self.registry = CollectorRegistry()
+        super().__init__(window=600.0, sink=AgentMetrics(self.registry, proxy_mode="nftables"),
+                         listener=listener)
         self.delays: list[float] = []
+
+    def delivered(self) -> int:
+        return round(sum(self.registry.get_sample_value(
+            "endpoint_propagation_connections_after_removal_total",
+            {"source": source, "after": after}) or 0.0
+            for source in ("local", "forwarded") for after in ("not_ready", "stopped")))
 
     def connection(self, connection: Connection) -> None:
         super().connection(connection)
         self.delays.append(time.time() - connection.at.wall)
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.connections = 0
-
-    def connection(self, origin: str, after: str) -> None:
-        self.connections += 1
-
-    def connections_cut(self, count: int) -> None: ...
-
-    def traffic_closed(self, episode: Episode) -> None: ...
 
 
 class Errors:
@@ -213,7 +212,7 @@ async def measure(topology: Topology, args: argparse.Namespace, *, exact: bool
         "cpu_share_of_a_core": round((user + system) / wall, 4),
         "user_share": round(user / wall, 4), "system_share": round(system / wall, 4),
         "datagrams_read": source.datagrams, "followed_sent": sent["followed"],
-        "followed_delivered": book.sink.connections if isinstance(book.sink, Sink) else None,
+        "followed_delivered": book.delivered(),
         "errors": errors.reasons,
         "rss_growth_mib": round(rss_mib() - rss_before, 1),
         "latency_ms": {"p50": round(delays[len(delays) // 2] * 1000, 2),

@@ -146,8 +146,9 @@ class AgentMetrics:
         # Every bounded label value exists from the start: dashboards see zeros, not gaps.
         for origin in ORIGINS:
             self.last_connection.labels(origin)
-            for after in AFTERS:
-                self.connections_after_removal.labels(origin, after)
+        # Looked up once: one is incremented per connection followed.
+        self._connections = {(origin, after): self.connections_after_removal.labels(origin, after)
+                             for origin in ORIGINS for after in AFTERS}
         # Every episode ends through one of these: the children are looked up once, here.
         self._outcomes = {outcome: self.episodes_total.labels(outcome) for outcome in OUTCOMES}
         for stage in STAGES:
@@ -184,7 +185,7 @@ class AgentMetrics:
     # TrafficSink -------------------------------------------------------------------------------
 
     def connection(self, origin: Origin, after: After) -> None:
-        self.connections_after_removal.labels(origin, after).inc()
+        self._connections[origin, after].inc()
 
     def connections_cut(self, count: int) -> None:
         self.connections_cut_total.inc(count)
