@@ -27,6 +27,7 @@ from typing import Any
 
 from kubernetes_asyncio import client, config
 
+from bench import rss_mib
 from observer import logs
 from observer.agent import (
     AgentConfig,
@@ -44,12 +45,6 @@ def serve_in_child(*args: Any) -> None:
 
     serve(*args)
 
-
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

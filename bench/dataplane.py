@@ -37,6 +37,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from bench import rss_mib
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.detect import open_source, reader_for
@@ -126,12 +127,6 @@ def cpu_seconds() -> float:
     return (time.process_time() + children.ru_utime + children.ru_stime
             + running / os.sysconf("SC_CLK_TCK"))
 
-
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class Health:

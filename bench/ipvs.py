@@ -23,9 +23,9 @@ import json
 import os
 import platform
 import time
-from pathlib import Path
 from typing import Any
 
+from bench import rss_mib
 from observer.dataplane.ipvs import IpvsNames, Virtual, dest_attrs, parse_ipvs, service_attrs
 from observer.dataplane.model import DataplaneSnapshot
 from observer.values import ServicePort
@@ -43,12 +43,6 @@ def services(count: int, per: int) -> list[Service]:
         Real(f"10.{(s >> 8) & 255}.{s & 255}.{e + 1}", 8080, 1) for e in range(per)))
         for s in range(count)]
 
-
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def read(encoded: list[tuple[bytes, list[bytes]]], names: IpvsNames) -> DataplaneSnapshot:
@@ -81,6 +75,7 @@ def main() -> None:
         started = time.process_time()
         snapshot = read(encoded, names)
         times.append(time.process_time() - started)
+    assert snapshot is not None
     named = sum(not s.service.startswith("172.30.") for s in snapshot.services)
     result: dict[str, Any] = {
         "machine": {"cpu": platform.machine(), "cores": os.cpu_count(),

@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench import rss_mib
 from observer import logs
 from observer.clock import SystemClock
 from observer.export.metrics import configure_exposition
@@ -73,11 +74,6 @@ class SoakResult:
                 "max_in_flight": max((s.in_flight for s in self.samples), default=0),
                 "rss_mib": [s.rss_mib for s in self.samples]}
 
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        pages = int(statm.read().split()[1])
-    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
 def open_fds() -> int:

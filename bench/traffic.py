@@ -34,7 +34,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from bench.dataplane import rss_mib
+from bench import rss_mib
 from observer.clock import SystemClock
 from observer.episodes.model import Episode
 from observer.episodes.traffic import TrafficBook
