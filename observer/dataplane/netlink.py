@@ -108,42 +108,50 @@ async def netlink_socket(netns: str | None, protocol: int) -> socket.socket:
     return sock
 
 
+def enter_namespace(netns: str) -> None:
+    """Move the calling thread into the named network namespace (what ``ip netns exec``
+    does, for one thread). ``CommandError`` (``failed``) for a namespace that does not exist,
+    ``OSError`` as the kernel answered."""
+    try:
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise CommandError("failed", f"no network namespace {netns!r}") from None
+    try:
+        if ctypes.CDLL(None, use_errno=True).setns(fd, _CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"entering {netns!r}: {os.strerror(code)}")
+    finally:
+        os.close(fd)
+
+
+def settle(made: asyncio.Future[T], result: T | BaseException) -> None:
+    """Hand a thread's result to the event loop's ``made`` (in the loop: through
+    ``call_soon_threadsafe``); a socket made for a caller cancelled meanwhile is closed."""
+    if made.cancelled():
+        if isinstance(result, socket.socket):
+            result.close()
+    elif isinstance(result, BaseException):
+        made.set_exception(result)
+    else:
+        made.set_result(result)
+
+
 async def in_namespace(netns: str, make: Callable[[], T]) -> T:
     """``make()``'s result, called by a short-lived thread that has entered ``netns`` (a
     socket it opens belongs there; ``/proc/sys/net`` it reads is that namespace's). Its
-    ``OSError`` is raised here; ``CommandError`` (``failed``) for a namespace that does not
+    exception is raised here; ``CommandError`` (``failed``) for a namespace that does not
     exist. A socket made for a caller cancelled meanwhile is closed."""
     loop = asyncio.get_running_loop()
     made: asyncio.Future[T] = loop.create_future()
 
-    def settle(result: T | BaseException) -> None:
-        if made.cancelled():
-            if isinstance(result, socket.socket):
-                result.close()
-        elif isinstance(result, BaseException):
-            made.set_exception(result)
-        else:
-            made.set_result(result)
-
     def entered() -> None:
         result: T | BaseException
         try:
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            result = CommandError("failed", f"no network namespace {netns!r}")
-        except OSError as error:
+            enter_namespace(netns)
+            result = make()
+        except Exception as error:  # raised in the caller, whatever it is
             result = error
-        else:
-            try:
-                if ctypes.CDLL(None, use_errno=True).setns(fd, _CLONE_NEWNET) != 0:
-                    code = ctypes.get_errno()
-                    raise OSError(code, f"entering {netns!r}: {os.strerror(code)}")
-                result = make()
-            except Exception as error:  # raised in the caller, whatever it is
-                result = error
-            finally:
-                os.close(fd)
-        loop.call_soon_threadsafe(settle, result)
+        loop.call_soon_threadsafe(settle, made, result)
 
     threading.Thread(target=entered, name=f"netns-{netns}", daemon=True).start()
     return await made

@@ -16,18 +16,17 @@ serving, then exits.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import itertools
-import os
 import queue
 import socket
 import threading
 from collections import Counter
 from collections.abc import Callable
 
+from observer.dataplane.commands import CommandError
+from observer.dataplane.netlink import enter_namespace, settle
 from observer.lab.network import LabNetwork
 
-_CLONE_NEWNET = 0x40000000
 SOURCE_PORTS = (20000, 60000)  # the clients' own; pods listen on 8080, below
 
 
@@ -46,21 +45,23 @@ class Sockets:
         self._thread.start()
 
     def _serve(self) -> None:
-        fd = os.open(f"/run/netns/{self.netns}", os.O_RDONLY | os.O_CLOEXEC)
+        """Enter the namespace, then make what is asked; had entering failed, every request
+        gets that error."""
+        failed: Exception | None = None
         try:
-            entered = ctypes.CDLL(None, use_errno=True).setns(fd, _CLONE_NEWNET) == 0
-        finally:
-            os.close(fd)
+            enter_namespace(self.netns)
+        except (OSError, CommandError) as error:
+            failed = error
         while (item := self._requests.get()) is not None:
             make, made = item
             result: socket.socket | BaseException
             try:
-                if not entered:
-                    raise OSError(ctypes.get_errno(), f"cannot enter {self.netns}")
+                if failed is not None:
+                    raise failed
                 result = make()
-            except OSError as error:
+            except (OSError, CommandError) as error:
                 result = error
-            self._loop.call_soon_threadsafe(_settle, made, result)
+            self._loop.call_soon_threadsafe(settle, made, result)
 
     async def make(self, make: Callable[[], socket.socket]) -> socket.socket:
         made: asyncio.Future[socket.socket] = self._loop.create_future()
@@ -81,16 +82,6 @@ class Sockets:
 
     def close(self) -> None:
         self._requests.put(None)
-
-
-def _settle(made: asyncio.Future[socket.socket], result: socket.socket | BaseException) -> None:
-    if made.cancelled():
-        if isinstance(result, socket.socket):
-            result.close()
-    elif isinstance(result, BaseException):
-        made.set_exception(result)
-    else:
-        made.set_result(result)
 
 
 class PodServer:
