@@ -109,6 +109,18 @@ async def connect(sockets: Sockets, ip: str, port: int, clock: Clock
     return Connection(reader, writer), attempt
 
 
+async def request(sockets: Sockets, ip: str, port: int, clock: Clock
+                  ) -> tuple[Outcome, Attempt, bool]:
+    """One request on a new connection: its outcome, its attempt, and whether it connected."""
+    conn, attempt = await connect(sockets, ip, port, clock)
+    if not isinstance(conn, Connection):
+        return conn, attempt, False
+    try:
+        return await conn.ask(), attempt, True
+    finally:
+        conn.close()
+
+
 class Clients:
     """Every client of a lab run, and what each request did."""
 
@@ -131,6 +143,12 @@ class Clients:
         await cancel_and_wait(*self._tasks)
         self._tasks.clear()
 
+    async def _new_connection(self, client: ClientKind, node: str, workload: str,
+                              sockets: Sockets, ip: str, port: int) -> None:
+        at = self.clock.monotonic()
+        outcome, attempt, connected = await request(sockets, ip, port, self.clock)
+        self.record(client, node, workload, ip, at, outcome, attempt, connected=connected)
+
     async def _paced(self, send: Callable[[], Any]) -> None:
         """``send()`` at ``rate`` a second, each started on time whatever the last took."""
         loop = asyncio.get_running_loop()
@@ -150,14 +168,7 @@ class Clients:
     async def service(self, sockets: Sockets, node: str, workload: str, vip: str,
                       port: int) -> None:
         async def send() -> None:
-            at = self.clock.monotonic()
-            conn, attempt = await connect(sockets, vip, port, self.clock)
-            if isinstance(conn, Connection):
-                outcome = await conn.ask()
-                conn.close()
-                self.record("service", node, workload, vip, at, outcome, attempt)
-            else:
-                self.record("service", node, workload, vip, at, conn, attempt, connected=False)
+            await self._new_connection("service", node, workload, sockets, vip, port)
         await self._paced(send)
 
     async def keepalive(self, sockets: Sockets, node: str, workload: str, vip: str,
@@ -202,15 +213,8 @@ class Clients:
             if not current:
                 return
             turn += 1
-            ip = current[turn % len(current)]
-            at = self.clock.monotonic()
-            conn, attempt = await connect(sockets, ip, port, self.clock)
-            if isinstance(conn, Connection):
-                outcome = await conn.ask()
-                conn.close()
-                self.record("ingress", "", workload, ip, at, outcome, attempt)
-            else:
-                self.record("ingress", "", workload, ip, at, conn, attempt, connected=False)
+            await self._new_connection("ingress", "", workload, sockets,
+                                       current[turn % len(current)], port)
         await self._paced(send)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from observer.clock import SystemClock
 from observer.lab.apps import PodRuntime, PodServer, Sockets
-from observer.lab.clients import Connection, Outcome, connect
+from observer.lab.clients import Connection, Outcome, connect, request
 from observer.lab.netns import Namespaces
 from observer.lab.network import LabNetwork, node_address
 from observer.lab.rules import ServicePortRules, nft_sync
@@ -65,13 +65,8 @@ class Topology:
 
     async def request(self, netns: Netns, ip: str, port: int = PORT) -> Outcome:
         """One request on a new connection from ``netns``."""
-        conn = await self.connect(netns, ip, port)
-        if not isinstance(conn, Connection):
-            return conn
-        try:
-            return await conn.ask()
-        finally:
-            conn.close()
+        outcome, _, _ = await request(self.sockets(netns), ip, port, SystemClock())
+        return outcome
 
     def program(self, services: list[ServicePortRules], *, known: set[str],
                 first: bool = False) -> None:
