@@ -10,7 +10,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from kubernetes_asyncio import client
 from structlog.testing import capture_logs
 
@@ -22,7 +21,7 @@ from observer.lab.clients import Connection
 from observer.lab.rules import ServicePortRules
 from observer.values import EndpointKey
 from tests.agent.harness import Cluster, Endpoint, key, until
-from tests.conftest import client_configuration, require_root, require_tool
+from tests.conftest import client_configuration
 from tests.traffic.topology import NODE_ADDRESS, Topology
 
 POD, OTHER = "10.100.0.4", "10.100.0.5"
@@ -33,18 +32,6 @@ KEY: EndpointKey = key("web", POD)
 def web(*endpoints: str) -> ServicePortRules:
     return ServicePortRules("default", "web", "http", VIP, 80,
                             tuple((ip, 8080) for ip in endpoints))
-
-
-@pytest.fixture
-async def topology() -> AsyncIterator[Topology]:
-    require_root()
-    for tool in ("ip", "nft", "sysctl"):
-        require_tool(tool)
-    made = await Topology.make()
-    try:
-        yield made
-    finally:
-        await made.close()
 
 
 @contextlib.asynccontextmanager

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import os
 import socket
 import subprocess
 import sys
@@ -20,6 +18,7 @@ from kubernetes_asyncio import client
 
 from observer.agent import AgentConfig, DataplaneSettings, TrafficSettings, build_agent
 from observer.clock import SystemClock
+from observer.dataplane.netlink import enter_namespace
 from observer.dataplane.nlwire import HEADER, attribute
 from observer.episodes.model import After, Episode, Origin
 from observer.episodes.traffic import TrafficBook
@@ -70,19 +69,13 @@ class Errors:
 
 
 @pytest.fixture
-async def topology() -> AsyncIterator[Topology]:
-    require_root()
-    for tool in ("ip", "nft", "sysctl"):
-        require_tool(tool)
-    made = await Topology.make()
-    try:
-        # Connection tracking runs in a namespace once something there uses it (kube-proxy's
-        # NAT rules do); this table stands for them.
-        made.node.nft("add table ip t\nadd chain ip t c { type filter hook forward "
+def topology(topology: Topology) -> Topology:
+    """The traffic tests' world, with connection tracking on in the node: it runs in a
+    namespace once something there uses it (kube-proxy's NAT rules do); this table stands for
+    them."""
+    topology.node.nft("add table ip t\nadd chain ip t c { type filter hook forward "
                       "priority 0 ; }\nadd rule ip t c ct state new counter\n")
-        yield made
-    finally:
-        await made.close()
+    return topology
 
 
 @contextlib.asynccontextmanager
@@ -148,11 +141,7 @@ async def test_lost_events_are_counted_and_the_source_goes_on(topology: Topology
 
 
 def _in_netns(name: str, call: Callable[[], None]) -> None:
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        assert ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) == 0  # CLONE_NEWNET
-    finally:
-        os.close(fd)
+    enter_namespace(name)
     call()
 
 
