@@ -31,10 +31,7 @@ def render_text(result: dict[str, Any]) -> str:
                      _seconds(m["max"]), _seconds(t["p50"]), _seconds(t["p99"]),
                      _seconds(e["p50_abs_error"]), _seconds(e["p99_abs_error"]),
                      str(m["count"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for row in rows:
-        lines.append("  ".join(cell.rjust(w) if i else cell.ljust(w)
-                               for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
+    lines += _table(rows, indent="")
     lines.append("(seconds; measured by the agents, truth recorded by the emulated components)")
     unsafe = result["unsafe"]
     lines.append("")
@@ -66,10 +63,11 @@ def render_text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
+def _table(rows: Sequence[tuple[str, ...]], indent: str = "  ") -> list[str]:
+    """Aligned columns: the first to the left, the others to the right."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  " + "  ".join(cell.rjust(w) if i else cell.ljust(w)
-                             for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+    return [indent + "  ".join(cell.rjust(w) if i else cell.ljust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
             for row in rows]
 
 
