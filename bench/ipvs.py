@@ -8,7 +8,7 @@ does with the kernel's answer: the messages are encoded in the kernel's layout
 (``tests/fixtures/dataplane/ipvs_netlink.py``, before the clock starts), then decoded as
 ``ipvs_dump`` does (``service_attrs``, ``dest_attrs``), parsed (``parse_ipvs``) and named after
 service ports
-(``IpvsNames``, with every endpoint indexed as the tracker would). Reported: CPU seconds of
+(``FrontendNames``, with every endpoint indexed as the tracker would). Reported: CPU seconds of
 one such read (best of three), the polling period the CPU budget makes of it
 (``--dataplane-poll-max-cpu`` 0.1: a read costs at most 10 % of a core on average, so (c) holds
 by construction and the price is the period), and RSS with the last snapshot and the names held.
@@ -26,8 +26,9 @@ import time
 from typing import Any
 
 from bench import rss_mib
-from observer.dataplane.ipvs import IpvsNames, Virtual, dest_attrs, parse_ipvs, service_attrs
+from observer.dataplane.ipvs import Virtual, dest_attrs, parse_ipvs, service_attrs
 from observer.dataplane.model import DataplaneSnapshot
+from observer.dataplane.names import FrontendNames
 from observer.values import ServicePort
 from tests.fixtures.dataplane.ipvs_netlink import (
     Real,
@@ -45,7 +46,7 @@ def services(count: int, per: int) -> list[Service]:
 
 
 
-def read(encoded: list[tuple[bytes, list[bytes]]], names: IpvsNames) -> DataplaneSnapshot:
+def read(encoded: list[tuple[bytes, list[bytes]]], names: FrontendNames) -> DataplaneSnapshot:
     """What the agent does with one dump's messages: ``ipvs_dump``'s decoding, then
     ``IpvsReader.read``'s parse and naming."""
     virtuals: list[Virtual] = [
@@ -66,7 +67,7 @@ def main() -> None:
         port = ServicePort(f"ns{s % 50}", f"svc{s}", "http", "TCP")
         for real in service.reals:
             index.setdefault((real.addr, real.port, "TCP"), set()).add(port)
-    names = IpvsNames(lambda ip, port, protocol: index.get((ip, port, protocol), ()))
+    names = FrontendNames(lambda ip, port, protocol: index.get((ip, port, protocol), ()))
     encoded = [(service_message(s), [dest_message(r) for r in s.reals]) for s in table]
     rss_before = rss_mib()
     times, snapshot = [], None

@@ -7,8 +7,9 @@ from typing import Any, Literal
 from observer.clock import Clock
 from observer.dataplane.commands import CommandError, CommandRunner
 from observer.dataplane.iptables import IptablesNftTables, IptablesReader, KnownServices
-from observer.dataplane.ipvs import Candidates, IpvsNames, IpvsReader
+from observer.dataplane.ipvs import IpvsReader
 from observer.dataplane.model import Backend, DataplaneParseError, Reader, decode_output
+from observer.dataplane.names import Candidates, FrontendNames
 from observer.dataplane.nftables import KubeProxyTables, NftablesReader
 from observer.dataplane.sources import DataplaneMetrics, MonitorSource, PollingSource
 from observer.values import Mode
@@ -52,7 +53,7 @@ def reader_for(mode: Mode, backend: Backend | None, runner: CommandRunner,
     if mode == "nftables":
         return NftablesReader(runner)
     if mode == "ipvs":
-        return IpvsReader(runner, IpvsNames(candidates) if candidates is not None else None)
+        return IpvsReader(runner, FrontendNames(candidates) if candidates is not None else None)
     return IptablesReader(runner, backend or "nft", known_services)
 
 

@@ -4,9 +4,8 @@ Virtual servers are ``VIP:port`` (cluster IPs, external IPs, node ports), real s
 ``podIP:port``. A terminating TCP real server is set to weight 0 (no new connections) and
 deleted only once its connections drain (``pkg/proxy/ipvs/graceful_termination.go``): weight
 0 is the removal signal. IPVS knows no service names; ``service`` is ``VIP:port`` here, and
-``IpvsNames`` gives each virtual server the name of the service port whose endpoints it
-balances, from the EndpointSlices the agent watches (the Services' cluster IPs would say it
-directly, but they are not worth a Service watch on every node).
+``names.FrontendNames`` gives each virtual server the name of the service port whose
+endpoints it balances.
 
 ``service_attrs`` / ``dest_attrs`` decode the replies of ``IPVS_CMD_GET_SERVICE`` and
 ``IPVS_CMD_GET_DEST`` dumps — what the kernel puts there is ``ip_vs_genl_fill_service`` /
@@ -31,11 +30,8 @@ import errno
 import ipaddress
 import socket
 import struct
-from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, replace
-
-import structlog
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from observer.dataplane.commands import CommandError, CommandRunner
 from observer.dataplane.model import (
@@ -45,6 +41,7 @@ from observer.dataplane.model import (
     ProgrammedEndpoint,
     ProgrammedService,
 )
+from observer.dataplane.names import FrontendNames
 from observer.dataplane.netlink import (
     NETLINK_GENERIC,
     GenericNetlink,
@@ -52,11 +49,8 @@ from observer.dataplane.netlink import (
     netlink_socket,
 )
 from observer.dataplane.nlwire import attribute, attributes
-from observer.values import Mode, ServicePort, join_host_port
+from observer.values import Mode, join_host_port
 
-log = structlog.get_logger("observer.dataplane")
-# (ip, port, protocol) -> the service ports whose EndpointSlices list that endpoint
-Candidates = Callable[[str, int, str], Collection[ServicePort]]
 # One netlink attribute set, by name ("IPVS_SVC_ATTR_PORT": 53).
 Attrs = Mapping[str, object]
 # A virtual server's attributes and those of its real servers.
@@ -172,54 +166,6 @@ def _address(attrs: Attrs, name: str, family: int) -> str:
     return str(address)
 
 
-class IpvsNames:
-    """Names virtual servers after service ports. A virtual server (cluster IP, node port,
-    external or load-balancer IP, each with a port and protocol) balances the endpoints of one
-    service port: it takes the name of the service port that lists the most of its real
-    servers, and keeps it for as long as it exists — so a real server kept at weight 0 after
-    its endpoint left the slices (graceful termination) is still attributed, and a change is
-    timed by IPVS alone, never by the slice watch. A tie (two service ports with the same
-    endpoints) or no match yet leaves it unnamed (and out of the selection) until a later read
-    decides."""
-
-    def __init__(self, candidates: Candidates) -> None:
-        self.candidates = candidates
-        self._names: dict[tuple[str, str], ServicePort] = {}  # (protocol, "VIP:port")
-        self._tied: set[tuple[str, str]] = set()  # told once in the log
-
-    def apply(self, snapshot: DataplaneSnapshot) -> DataplaneSnapshot:
-        services, seen = [], set()
-        for service in snapshot.services:
-            ident = (service.protocol, service.service)
-            seen.add(ident)
-            port = self._names.get(ident) or self._resolve(ident, service)
-            if port is not None:
-                self._names[ident] = port
-                service = replace(service, service=str(port))
-            services.append(service)
-        self._names = {k: v for k, v in self._names.items() if k in seen}
-        self._tied &= seen
-        return replace(snapshot, services=tuple(services))
-
-    def _resolve(self, ident: tuple[str, str],
-                 service: ProgrammedService) -> ServicePort | None:
-        votes: Counter[ServicePort] = Counter()
-        for endpoint in service.cluster:
-            votes.update(self.candidates(endpoint.ip, endpoint.port, service.protocol.upper()))
-        ranked = votes.most_common(2)
-        if not ranked:
-            return None
-        if len(ranked) == 2 and ranked[0][1] == ranked[1][1]:
-            if ident not in self._tied:
-                self._tied.add(ident)
-                log.warning("IPVS virtual server matches several service ports equally; "
-                            "left unnamed until one matches better", virtual=service.service,
-                            protocol=service.protocol,
-                            candidates=sorted(str(p) for p, _ in ranked))
-            return None
-        return ranked[0][0]
-
-
 # --- reading: the kernel's tables over generic netlink ----------------------------------
 
 _IPVS_CMD_GET_SERVICE, _IPVS_CMD_GET_DEST, _IPVS_CMD_ATTR_SERVICE = 4, 8, 1  # <linux/ip_vs.h>
@@ -265,7 +211,7 @@ class IpvsReader:
     request (``ipvs_dump``), replaceable where there is no IPVS to ask."""
 
     runner: CommandRunner
-    names: IpvsNames | None = None
+    names: FrontendNames | None = None
     dump: Callable[[str | None], Awaitable[list[Virtual]]] = ipvs_dump
     mode: Mode = "ipvs"
     backend: Backend | None = None

@@ -19,7 +19,8 @@ from kubernetes_asyncio import client
 from observer.agent import Agent, AgentConfig, DataplaneWiring, build_agent
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
-from observer.dataplane.ipvs import IpvsNames, IpvsReader, Virtual
+from observer.dataplane.ipvs import IpvsReader, Virtual
+from observer.dataplane.names import FrontendNames
 from observer.dataplane.sources import PollingSource
 from observer.kube.watch import WatchSettings
 from observer.lab.apiserver.server import ApiServer
@@ -58,7 +59,7 @@ async def ipvs_env(apiserver: ApiServer, api: client.ApiClient) -> AsyncIterator
     async def kernel_without_ipvs(wiring: DataplaneWiring) -> PollingSource:
         """What the settings would open for IPVS (virtual servers named from the catalog),
         its dump from the stand-in: these kernels have no ip_vs module."""
-        reader = IpvsReader(CommandRunner(), IpvsNames(wiring.catalog.service_ports_of),
+        reader = IpvsReader(CommandRunner(), FrontendNames(wiring.catalog.service_ports_of),
                             dump=ipvs.dump)
         return PollingSource(reader=reader, clock=wiring.clock, metrics=wiring.health,
                              interval=0.02)

@@ -1,12 +1,13 @@
 """Naming IPVS virtual servers after the service ports whose endpoints they balance
-(observer/dataplane/ipvs.py ``IpvsNames``), on the kernel-layout netlink fixture."""
+(observer/dataplane/ipvs.py ``FrontendNames``), on the kernel-layout netlink fixture."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 
-from observer.dataplane.ipvs import IpvsNames, parse_ipvs
+from observer.dataplane.ipvs import parse_ipvs
 from observer.dataplane.model import DataplaneSnapshot
+from observer.dataplane.names import FrontendNames
 from observer.values import EndpointKey, ServicePort
 from tests.fixtures.dataplane.ipvs_netlink import KUBE_DNS, Service, virtuals
 
@@ -34,7 +35,7 @@ def snapshot(services: tuple[Service, ...] = KUBE_DNS) -> DataplaneSnapshot:
 
 
 def test_virtual_servers_take_their_service_ports_name() -> None:
-    named = IpvsNames(Slices()).apply(snapshot())
+    named = FrontendNames(Slices()).apply(snapshot())
     assert {(s["service"], s["protocol"]) for s in named.to_json()["services"]} == {
         ("default/kubernetes:https", "tcp"), ("kube-system/kube-dns:dns", "udp"),
         ("kube-system/kube-dns:dns-tcp", "tcp"), ("kube-system/kube-dns:metrics", "tcp"),
@@ -49,7 +50,7 @@ def test_a_name_outlives_the_endpoints_slice_entry() -> None:
     # The terminating CoreDNS pod left the slices; IPVS keeps its real server at weight 0
     # while connections drain: still kube-dns's, so its removal is never timed by the slice.
     slices = Slices()
-    names = IpvsNames(slices)
+    names = FrontendNames(slices)
     names.apply(snapshot())
     slices.index.clear()
     selection = names.apply(snapshot()).selection()
@@ -58,7 +59,7 @@ def test_a_name_outlives_the_endpoints_slice_entry() -> None:
 
 def test_a_virtual_server_that_goes_is_forgotten() -> None:
     slices = Slices()
-    names = IpvsNames(slices)
+    names = FrontendNames(slices)
     names.apply(snapshot())
     names.apply(snapshot(()))
     slices.index.clear()
@@ -69,11 +70,11 @@ def test_the_service_port_with_most_endpoints_wins_and_a_tie_waits() -> None:
     other = ServicePort("default", "dns-mirror", "dns-tcp", "TCP")
     slices = Slices()
     slices.index[("10.244.0.2", 53, "TCP")] = {DNS_TCP, other}  # one pod behind both
-    named = IpvsNames(slices).apply(snapshot())
+    named = FrontendNames(slices).apply(snapshot())
     assert "kube-system/kube-dns:dns-tcp" in {s.service for s in named.services}  # 2 votes to 1
 
     slices.index[("10.244.0.3", 53, "TCP")] = {DNS_TCP, other}  # now 2 to 2
-    names = IpvsNames(slices)
+    names = FrontendNames(slices)
     named = names.apply(snapshot())
     assert "10.96.0.10:53" in {s.service for s in named.services if s.protocol == "tcp"}
     slices.index[("10.244.0.3", 53, "TCP")] = {DNS_TCP}  # the mirror's slice changed
