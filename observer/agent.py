@@ -15,6 +15,7 @@ from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry
 
 from observer.clock import Clock
+from observer.dataplane.cilium import DEFAULT_BPF_ROOT
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.detect import Requested, open_source
 from observer.dataplane.model import DataplaneSource
@@ -41,10 +42,12 @@ TERMINAL_PODS = "status.phase!=Pending,status.phase!=Running,status.phase!=Unkno
 
 @dataclass(frozen=True)
 class DataplaneSettings:
-    """Which dataplane to read and how (``--dataplane``, ``--netns``, ``--dataplane-poll-*``)."""
+    """Which dataplane to read and how (``--dataplane``, ``--netns``, ``--bpf-root``,
+    ``--dataplane-poll-*``)."""
 
     mode: Requested | Literal["none"] = "auto"
     netns: str | None = None
+    bpf_root: str = DEFAULT_BPF_ROOT  # where bpffs is mounted (Cilium's pinned maps)
     poll_interval: float = 0.1
     poll_max_cpu: float = 0.1
 
@@ -103,7 +106,7 @@ async def open_dataplane(wiring: DataplaneWiring) -> DataplaneSource | None:
         settings.mode, runner=CommandRunner(netns=settings.netns), clock=wiring.clock,
         metrics=wiring.health, poll_interval=settings.poll_interval,
         poll_max_cpu=settings.poll_max_cpu, known_services=wiring.catalog.service_port_names,
-        candidates=wiring.catalog.service_ports_of)
+        candidates=wiring.catalog.service_ports_of, bpf_root=settings.bpf_root)
 
 
 def given(source: DataplaneSource) -> OpenDataplane:

@@ -64,17 +64,22 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                           "~/.kube/config)")
     run.add_argument("--node-name", default=_env("NODE_NAME", os.environ.get("NODE_NAME")),
                      help="this node's name (default: $NODE_NAME, set from the downward API)")
-    run.add_argument("--dataplane", choices=("auto", "iptables", "nftables", "ipvs", "none"),
+    run.add_argument("--dataplane",
+                     choices=("auto", "iptables", "nftables", "ipvs", "cilium", "none"),
                      default=_env("DATAPLANE", "auto"),
-                     help="which kube-proxy dataplane to read (default: detect what kube-proxy "
-                          "programs here); 'none' measures the controller stage only")
+                     help="which service dataplane to read: kube-proxy's modes, or 'cilium' "
+                          "(its kube-proxy replacement's BPF maps); default: detect; 'none' "
+                          "measures the controller stage only")
+    run.add_argument("--bpf-root", default=_env("BPF_ROOT", "/sys/fs/bpf"),
+                     help="where the BPF filesystem is mounted: Cilium's maps are pinned "
+                          "under its tc/globals (default /sys/fs/bpf)")
     run.add_argument("--netns", default=_env("NETNS"),
                      help="read this named network namespace's dataplane instead of the "
                           "agent's own (ip netns exec)")
     run.add_argument("--dataplane-poll-interval", type=positive_float,
                      default=float(_env("DATAPLANE_POLL_INTERVAL", "0.1") or 0.1),
                      help="seconds between reads where the kernel announces no changes "
-                          "(iptables-legacy, IPVS)")
+                          "(iptables-legacy, IPVS, Cilium)")
     run.add_argument("--dataplane-poll-max-cpu", type=positive_float,
                      default=float(_env("DATAPLANE_POLL_MAX_CPU", "0.1") or 0.1),
                      help="at most this share of one core (with the dump commands) is spent "
@@ -143,6 +148,7 @@ async def _run_agent(args: argparse.Namespace) -> int:
         terminal_pod_watch=args.terminal_pod_watch,
         watch=WatchSettings(inactivity_timeout=args.watch_inactivity_timeout),
         dataplane=DataplaneSettings(mode=args.dataplane, netns=args.netns,
+                                    bpf_root=args.bpf_root,
                                     poll_interval=args.dataplane_poll_interval,
                                     poll_max_cpu=args.dataplane_poll_max_cpu),
         traffic=TrafficSettings(mode=args.traffic, window=args.traffic_window))
@@ -165,10 +171,13 @@ async def _run_agent(args: argparse.Namespace) -> int:
 
 def _add_dataplane(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dump = commands.add_parser(
-        "dataplane", help="print what this node's kube-proxy dataplane selects, once")
-    dump.add_argument("--mode", choices=("auto", "iptables", "nftables", "ipvs"),
-                      default="auto", help="kube-proxy mode to read (default: detect)")
+        "dataplane", help="print what this node's service dataplane selects, once")
+    dump.add_argument("--mode", choices=("auto", "iptables", "nftables", "ipvs", "cilium"),
+                      default="auto", help="kube-proxy mode, or Cilium's kube-proxy "
+                                           "replacement, to read (default: detect)")
     dump.add_argument("--netns", help="read this named network namespace instead")
+    dump.add_argument("--bpf-root", default="/sys/fs/bpf",
+                      help="where bpffs is mounted, for Cilium (default /sys/fs/bpf)")
     dump.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -179,8 +188,8 @@ async def _dump_dataplane(args: argparse.Namespace) -> int:
 
     runner = CommandRunner(netns=args.netns)
     try:
-        mode, backend = await resolve(args.mode, runner)
-        snapshot = await reader_for(mode, backend, runner).read()
+        mode, backend = await resolve(args.mode, runner, args.bpf_root)
+        snapshot = await reader_for(mode, backend, runner, bpf_root=args.bpf_root).read()
     except (CommandError, DataplaneParseError) as error:
         print(f"observer dataplane: {error}", file=sys.stderr)
         return 1

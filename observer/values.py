@@ -16,7 +16,7 @@ from typing import Any, Literal, NamedTuple
 
 # The dataplane kube-proxy programs on a node; ``ProxyMode`` adds "none" (no dataplane read:
 # the controller stage only).
-Mode = Literal["iptables", "nftables", "ipvs"]
+Mode = Literal["iptables", "nftables", "ipvs", "cilium"]
 ProxyMode = Literal[Mode, "none"]
 
 # Where a timestamp came from. Watch receipts are when this process read the event off the

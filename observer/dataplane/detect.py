@@ -1,20 +1,27 @@
-"""Which mode kube-proxy programs on this node, and the reader and change source for it."""
+"""Which mode this node's service dataplane is in (kube-proxy's, or Cilium's kube-proxy
+replacement), and the reader and change source for it."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from observer.clock import Clock
+from observer.dataplane.cilium import DEFAULT_BPF_ROOT, CiliumChanges, CiliumMaps, CiliumReader
 from observer.dataplane.commands import CommandError, CommandRunner
 from observer.dataplane.iptables import IptablesNftTables, IptablesReader, KnownServices
 from observer.dataplane.ipvs import IpvsReader
 from observer.dataplane.model import Backend, DataplaneParseError, Reader, decode_output
 from observer.dataplane.names import Candidates, FrontendNames
 from observer.dataplane.nftables import KubeProxyTables, NftablesReader
-from observer.dataplane.sources import DataplaneMetrics, MonitorSource, PollingSource
+from observer.dataplane.sources import (
+    DataplaneMetrics,
+    DeltaPollingSource,
+    MonitorSource,
+    PollingSource,
+)
 from observer.values import Mode
 
-Requested = Literal["auto", "iptables", "nftables", "ipvs"]
+Requested = Literal["auto", "iptables", "nftables", "ipvs", "cilium"]
 
 
 async def _iptables_kube_rules(runner: CommandRunner, backend: Backend) -> tuple[int, bool]:
@@ -27,10 +34,13 @@ async def _iptables_kube_rules(runner: CommandRunner, backend: Backend) -> tuple
     return len(lines), any("KUBE-CLUSTER-IP" in line for line in lines)
 
 
-async def detect(runner: CommandRunner) -> tuple[Mode, Backend | None]:
+async def detect(runner: CommandRunner,
+                 bpf_root: str = DEFAULT_BPF_ROOT) -> tuple[Mode, Backend | None]:
     """Which mode kube-proxy programs here: its nftables table if it exists; otherwise the
     iptables backend holding more KUBE- rules (as kube-proxy's iptables-wrapper decides);
-    IPVS mode's iptables rules match the KUBE-CLUSTER-IP ipset."""
+    IPVS mode's iptables rules match the KUBE-CLUSTER-IP ipset. With no kube-proxy rules at
+    all, Cilium's kube-proxy replacement if its service maps are pinned under ``bpf_root``
+    (kube-proxy's rules come first: Cilium without the replacement pins them too)."""
     try:  # the table's name is enough; the source reads it in full right after
         tables = decode_output(await runner.run(["nft", "list", "tables"])).splitlines()
     except (CommandError, DataplaneParseError):
@@ -42,25 +52,35 @@ async def detect(runner: CommandRunner) -> tuple[Mode, Backend | None]:
     backend: Backend = max(counts, key=lambda b: counts[b][0])  # type: ignore[arg-type]
     rules, ipvs = counts[backend]
     if rules == 0:
-        raise CommandError("failed", "no kube-proxy rules found (nftables table kube-proxy, "
-                                     "or KUBE-SERVICES in either iptables backend)")
+        try:
+            CiliumMaps.open(bpf_root).close()
+        except (CommandError, DataplaneParseError) as error:
+            raise CommandError("failed", "no kube-proxy rules found (nftables table kube-proxy, "
+                               "or KUBE-SERVICES in either iptables backend), and no Cilium "
+                               f"maps readable: {error}") from None
+        return "cilium", None
     return ("ipvs", None) if ipvs else ("iptables", backend)
 
 
 def reader_for(mode: Mode, backend: Backend | None, runner: CommandRunner,
                known_services: KnownServices = lambda: (),
-               candidates: Candidates | None = None) -> Reader:
+               candidates: Candidates | None = None,
+               bpf_root: str = DEFAULT_BPF_ROOT) -> Reader:
+    names = FrontendNames(candidates) if candidates is not None else None
+    if mode == "cilium":
+        return CiliumReader(bpf_root, names)
     if mode == "nftables":
         return NftablesReader(runner)
     if mode == "ipvs":
-        return IpvsReader(runner, FrontendNames(candidates) if candidates is not None else None)
+        return IpvsReader(runner, names)
     return IptablesReader(runner, backend or "nft", known_services)
 
 
-async def resolve(requested: Requested, runner: CommandRunner) -> tuple[Mode, Backend | None]:
+async def resolve(requested: Requested, runner: CommandRunner,
+                  bpf_root: str = DEFAULT_BPF_ROOT) -> tuple[Mode, Backend | None]:
     """The mode to read, and for iptables the backend holding kube-proxy's rules."""
     if requested == "auto":
-        return await detect(runner)
+        return await detect(runner, bpf_root)
     if requested == "iptables":
         counts = {b: (await _iptables_kube_rules(runner, b))[0] for b in ("nft", "legacy")}
         return "iptables", ("legacy" if counts["legacy"] > counts["nft"] else "nft")
@@ -70,12 +90,19 @@ async def resolve(requested: Requested, runner: CommandRunner) -> tuple[Mode, Ba
 async def open_source(requested: Requested, *, runner: CommandRunner, clock: Clock,
                       metrics: DataplaneMetrics, poll_interval: float, poll_max_cpu: float,
                       known_services: KnownServices = lambda: (),
-                      candidates: Candidates = lambda ip, port, protocol: ()
-                      ) -> MonitorSource[Any] | PollingSource:
+                      candidates: Candidates = lambda ip, port, protocol: (),
+                      bpf_root: str = DEFAULT_BPF_ROOT
+                      ) -> MonitorSource[Any] | PollingSource | DeltaPollingSource:
     """The change source for the mode asked for (or detected): event-driven where nf_tables
-    announces changes (nftables, iptables-nft), polling elsewhere (iptables-legacy, IPVS).
-    ``known_services`` names iptables' hashed chains, ``candidates`` IPVS' virtual servers."""
-    mode, backend = await resolve(requested, runner)
+    announces changes (nftables, iptables-nft), polling elsewhere (iptables-legacy, IPVS,
+    Cilium's maps). ``known_services`` names iptables' hashed chains, ``candidates`` IPVS'
+    virtual servers and Cilium's frontends."""
+    mode, backend = await resolve(requested, runner, bpf_root)
+    if mode == "cilium":
+        CiliumMaps.open(bpf_root).close()  # fail now, not at the first poll, if unreadable
+        return DeltaPollingSource(changes=CiliumChanges(bpf_root, FrontendNames(candidates)),
+                                  clock=clock, metrics=metrics, interval=poll_interval,
+                                  max_cpu=poll_max_cpu)
     if mode == "nftables":
         return MonitorSource(mode=mode, runner=runner, clock=clock, metrics=metrics,
                              tables=KubeProxyTables(), max_cpu=poll_max_cpu)

@@ -166,8 +166,8 @@ class ReadBudget:
         return max(minimum, (self.cost or 0.0) / self.max_cpu)
 
 
-class PollingSource(_ReadingSource):
-    """Starts a full read every ``interval`` seconds — but spends no more than ``max_cpu`` of
+class _Polling(_ReadingSource, Generic[T]):
+    """Starts a read every ``interval`` seconds — but spends no more than ``max_cpu`` of
     one core (10%) on reading, on average: on a large node a full read costs much (at 10,000
     services about a second of CPU for ``iptables-save`` and the parse together), and the
     period grows to match, a bound on CPU that costs detection latency (docs/dataplane.md).
@@ -180,12 +180,11 @@ class PollingSource(_ReadingSource):
     stamped with this read's start, its precision the larger distance to either end: with
     reads short against the interval, about one interval."""
 
-    def __init__(self, *, reader: Reader, clock: Clock, metrics: DataplaneMetrics,
+    def __init__(self, *, mode: Mode, clock: Clock, metrics: DataplaneMetrics,
                  interval: float, max_cpu: float = 0.1,
                  cpu: Callable[[], float] = reading_cpu,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        super().__init__(mode=reader.mode, clock=clock, metrics=metrics)
-        self.reader = reader
+        super().__init__(mode=mode, clock=clock, metrics=metrics)
         self.interval = interval
         self.budget = ReadBudget(max_cpu, cpu)
         self.sleep = sleep
@@ -195,14 +194,72 @@ class PollingSource(_ReadingSource):
         while True:
             started = self.clock.monotonic()
             with self.budget.measure():
-                snapshot = await self._scan(self.reader.read())
+                read = await self._scan(self._poll())
             now = self.clock.monotonic()
-            if snapshot is not None:
+            if read is not None:
                 precision = max(started - previous, now - started)
-                self._selection.replace(snapshot.selection(), self._at(started, precision),
-                                        sink)
+                self._install(read, self._at(started, precision), sink)
                 previous = started
             await self.sleep(max(0.0, self.budget.period(self.interval) - (now - started)))
+
+    async def _poll(self) -> T:
+        raise NotImplementedError
+
+    def _install(self, read: T, at: Timestamp, sink: ChangeSink) -> None:
+        raise NotImplementedError
+
+
+class PollingSource(_Polling[dict[EndpointKey, bool]]):
+    """Polling by full reads (iptables-legacy has no change notification; IPVS here neither):
+    each read's whole selection replaces the last."""
+
+    def __init__(self, *, reader: Reader, clock: Clock, metrics: DataplaneMetrics,
+                 interval: float, max_cpu: float = 0.1,
+                 cpu: Callable[[], float] = reading_cpu,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        super().__init__(mode=reader.mode, clock=clock, metrics=metrics, interval=interval,
+                         max_cpu=max_cpu, cpu=cpu, sleep=sleep)
+        self.reader = reader
+
+    async def _poll(self) -> dict[EndpointKey, bool]:
+        return (await self.reader.read()).selection()
+
+    def _install(self, read: dict[EndpointKey, bool], at: Timestamp,
+                 sink: ChangeSink) -> None:
+        self._selection.replace(read, at, sink)
+
+
+Delta = dict[ServicePort, dict[EndpointKey, bool]]
+
+
+class DeltaReader(Protocol):
+    @property
+    def mode(self) -> Mode: ...
+
+    async def delta(self) -> Delta:
+        """The whole selection of each service port that changed since the last call (of
+        every one the first time); raises CommandError / DataplaneParseError."""
+
+
+class DeltaPollingSource(_Polling[Delta]):
+    """Polling, for dataplanes whose reader tells what changed between two reads (Cilium's
+    maps: ``cilium.CiliumChanges``): each read installs only the service ports that changed,
+    so a large dataplane with little churn costs its read, not a diff of everything."""
+
+    def __init__(self, *, changes: DeltaReader, clock: Clock, metrics: DataplaneMetrics,
+                 interval: float, max_cpu: float = 0.1,
+                 cpu: Callable[[], float] = reading_cpu,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        super().__init__(mode=changes.mode, clock=clock, metrics=metrics, interval=interval,
+                         max_cpu=max_cpu, cpu=cpu, sleep=sleep)
+        self.changes = changes
+
+    async def _poll(self) -> Delta:
+        return await self.changes.delta()
+
+    def _install(self, read: Delta, at: Timestamp, sink: ChangeSink) -> None:
+        self._selection.update(read.keys(), read, at, sink)
+        self._selection.primed = True
 
 
 class _Events(Protocol[E]):

@@ -95,9 +95,12 @@ class KubeProxy:
         self.synced = asyncio.Event()
 
     def _rules(self, service: str, ips: list[str]) -> ServicePortRules:
+        draining = [e["addresses"][0] for e in self.slices.get(service, [])
+                    if e["conditions"].get("serving") and e["conditions"].get("terminating")]
         return ServicePortRules(namespace=NAMESPACE, name=service, port_name="http",
                                 cluster_ip=self.cluster_ips[service], port=80,
-                                endpoints=tuple((ip, 8080) for ip in ips))
+                                endpoints=tuple((ip, 8080) for ip in ips),
+                                terminating=tuple((ip, 8080) for ip in draining))
 
     async def _sync(self, services: set[str], *, first: bool) -> None:
         wanted: dict[str, list[str]] = {}

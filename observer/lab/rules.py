@@ -28,6 +28,9 @@ class ServicePortRules:
     port: int
     endpoints: tuple[tuple[str, int], ...]  # selected, in order
     protocol: str = "tcp"
+    # Serving and terminating (KEP-1669): kube-proxy's rules leave them out unless nothing
+    # is Ready; Cilium keeps them as terminating backends.
+    terminating: tuple[tuple[str, int], ...] = ()
 
     @property
     def port_name_string(self) -> str:

@@ -1,0 +1,449 @@
+"""Cilium's kube-proxy replacement: the load-balancing BPF maps its agent pins under the BPF
+filesystem (``<bpf-root>/tc/globals/``), read with ``bpf(2)`` (``observer.dataplane.bpf``).
+
+Layouts, as in cilium/cilium v1.18 (``bpf/lib/common.h`` ``struct lb4_key`` / ``lb4_service`` /
+``lb4_backend`` and their ``lb6_`` twins; Go mirrors in ``pkg/loadbalancer/maps/types.go``
+``Service4Key``, ``Service4Value``, ``Backend4ValueV3``):
+
+* ``cilium_lb{4,6}_services_v2`` (hash). Key: address (big-endian), dport (big-endian),
+  ``backend_slot`` (host order), proto, scope (0 external, 1 internal: ``LB_LOOKUP_SCOPE_*``),
+  2 pad. Value: ``backend_id`` (u32, a union: the master's holds affinity timeout / L7 proxy
+  port), ``count`` (u16), ``rev_nat_index`` (big-endian), ``flags``, ``flags2``, ``qcount``
+  (u16; ``pad`` before v1.15 — not read).
+* ``cilium_lb{4,6}_backends_v3`` (hash, since v1.14). Key: backend id (u32). Value: address,
+  port (big-endian), proto, flags (the backend's state: 0 active, 1 terminating,
+  2 quarantined, 3 maintenance — ``pkg/loadbalancer`` ``NewBackendFlags``), ``cluster_id``
+  (u16), zone, pad. ``cilium_lb{4,6}_backends_v2`` (before v1.14) lacks the last four bytes.
+
+Which backends a frontend sends new connections to: slot 0 of a frontend is its master entry;
+slots ``1..count+qcount`` hold backend ids, the active ones first
+(``pkg/loadbalancer/reconciler/bpf_reconciler.go``: backends ordered by state, then
+``upsertMaster(..., activeCount, inactiveCount)``; with no active backend, ``count`` counts the
+terminating ones — KEP-1669's fallback). The datapath picks a slot in ``1..count``
+(``bpf/lib/lb.h`` ``lb4_select_backend_id``: ``get_prandom_u32() % svc->count + 1``; Maglev's
+table is built from the same first ``count`` backends). So an endpoint is *selected* while a
+slot ``≤ count`` names it; a terminating backend keeps a slot above ``count`` (and its
+connections) until Cilium removes it. Releases before v1.15 (``pkg/maps/lbmap/lbmap.go``
+``upsertServiceProto``) write non-active backends after the active ones too, with ``count``
+the active ones: the same rule reads both. Those releases write proto 0 (any) in the key;
+the backends' proto then names the frontend's protocol.
+
+The reconciler writes backends before the slots naming them, and deletes a backend it orphans
+*before* rewriting the slots (``orphanBackends`` then ``deleteBackend``): a slot may briefly
+name a backend that is gone, which the datapath cannot reach either. Reading the services map
+first and the backends second, a slot naming a backend never seen means the maps changed
+during the read: the read is reported unreadable (counted) and the next one tells.
+
+Maps send no notification when they change: the source polls (``sources.DeltaPollingSource``),
+and only what changed between two reads is decoded (``LoadBalancing.apply``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from observer.dataplane import bpf
+from observer.dataplane.commands import CommandError
+from observer.dataplane.model import (
+    Backend,
+    DataplaneParseError,
+    DataplaneSnapshot,
+    ProgrammedEndpoint,
+    ProgrammedService,
+)
+from observer.dataplane.names import FrontendNames
+from observer.values import EndpointKey, Mode, ServicePort, join_host_port
+
+DEFAULT_BPF_ROOT = "/sys/fs/bpf"
+PIN_DIR = "tc/globals"  # Cilium's pin path for its global maps, under the BPF filesystem
+SERVICE_MAPS = {4: "cilium_lb4_services_v2", 6: "cilium_lb6_services_v2"}
+# Newest first: the first one pinned is read.
+BACKEND_MAPS = {4: ("cilium_lb4_backends_v3", "cilium_lb4_backends_v2"),
+                6: ("cilium_lb6_backends_v3", "cilium_lb6_backends_v2")}
+_ADDRESS = {4: 4, 6: 16}
+SERVICE_KEY = {f: struct.Struct(f"={n}s2sHBB2x") for f, n in _ADDRESS.items()}
+SERVICE_VALUE = struct.Struct("=IHHBBH")  # backend_id, count, rev_nat (BE), flags, flags2, qcount
+BACKEND_KEY = struct.Struct("=I")
+BACKEND_VALUE = {(name, f): struct.Struct(f"={n}s2sBB" + ("HBx" if name.endswith("v3") else ""))
+                 for f, n in _ADDRESS.items() for name in BACKEND_MAPS[f]}
+_PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_SCTP: "sctp"}
+_EXT_LOCAL_SCOPE = 1 << 2  # lb4_service.flags: externalTrafficPolicy=Local
+_INT_LOCAL_SCOPE = 1 << 4  # lb4_service.flags2: internalTrafficPolicy=Local
+SCOPE_INTERNAL = 1
+
+
+class Frontend(NamedTuple):
+    address: bytes  # 4 or 16 bytes, network order
+    port: bytes  # 2 bytes, network order
+    proto: int  # 0 (any) before v1.15
+
+
+class Entry(NamedTuple):
+    backend_id: int
+    active: int  # the master's count (slots 1..active are chosen from)
+    flags: int
+    flags2: int
+
+
+class BackendValue(NamedTuple):
+    ip: str
+    port: int
+    proto: int
+    state: int
+
+
+# --- the pinned maps ---------------------------------------------------------------------
+
+@dataclass
+class PinnedMap:
+    path: str
+    fd: int
+    key: struct.Struct
+    value: struct.Struct
+
+    def read(self) -> tuple[bytes, bytes]:
+        return bpf.lookup_batch(self.fd, self.key.size, self.value.size)
+
+
+def _open(path: str, key: struct.Struct, value: struct.Struct) -> PinnedMap:
+    fd = bpf.obj_get(path)
+    try:
+        info = bpf.map_info(fd)
+        if (info.type, info.key_size, info.value_size) != (bpf.MAP_TYPE_HASH, key.size,
+                                                           value.size):
+            raise DataplaneParseError(
+                f"{path}: a map of type {info.type} with {info.key_size}-byte keys and "
+                f"{info.value_size}-byte values matches no Cilium layout known here (a hash "
+                f"map with {key.size}-byte keys and {value.size}-byte values): a Cilium "
+                "release this agent does not know")
+    except BaseException:
+        os.close(fd)
+        raise
+    return PinnedMap(path, fd, key, value)
+
+
+def _bpf_error(error: OSError, what: str) -> CommandError:
+    if error.errno in (errno.EPERM, errno.EACCES):
+        return CommandError("permission", f"{what}: {error.strerror} (reading pinned BPF maps "
+                                          "takes CAP_BPF, or CAP_SYS_ADMIN before Linux 5.8, "
+                                          "and read access to the files)")
+    return CommandError("failed", f"{what}: {error.strerror}")
+
+
+@dataclass
+class FamilyMaps:
+    family: int
+    services: PinnedMap
+    backends: PinnedMap
+    backend_version: str  # the backend map's name
+
+
+class CiliumMaps:
+    """The load-balancing maps pinned under one BPF root, opened read-only; the layout of
+    each found from what is pinned and checked against the kernel's key and value sizes."""
+
+    def __init__(self, families: list[FamilyMaps]) -> None:
+        self.families = families
+
+    @classmethod
+    def open(cls, root: str) -> CiliumMaps:
+        directory = os.path.join(root, PIN_DIR)
+        families: list[FamilyMaps] = []
+        try:
+            for family, name in SERVICE_MAPS.items():
+                path = os.path.join(directory, name)
+                if not os.path.exists(path):
+                    continue
+                versions = [n for n in BACKEND_MAPS[family]
+                            if os.path.exists(os.path.join(directory, n))]
+                if not versions:
+                    raise CommandError("unavailable", f"{path} is pinned but none of "
+                                       f"{', '.join(BACKEND_MAPS[family])} is")
+                services = _open(path, SERVICE_KEY[family], SERVICE_VALUE)
+                families.append(FamilyMaps(family, services, _open(
+                    os.path.join(directory, versions[0]), BACKEND_KEY,
+                    BACKEND_VALUE[versions[0], family]), versions[0]))
+        except OSError as error:
+            cls(families).close()
+            raise _bpf_error(error, f"opening Cilium's maps under {directory}") from None
+        except BaseException:
+            cls(families).close()
+            raise
+        if not families:
+            raise CommandError("unavailable", f"no Cilium service map pinned under {directory}"
+                               f" ({', '.join(SERVICE_MAPS.values())}): no kube-proxy "
+                               "replacement here, or --bpf-root is not where bpffs is mounted")
+        return cls(families)
+
+    def read(self) -> list[tuple[FamilyMaps, tuple[bytes, bytes], tuple[bytes, bytes]]]:
+        """Each family's services map, then its backends map (the order the reconciler's
+        writes make safe to read: see the module's docstring)."""
+        try:
+            return [(f, f.services.read(), f.backends.read()) for f in self.families]
+        except OSError as error:
+            raise _bpf_error(error, "reading Cilium's maps") from None
+
+    def close(self) -> None:
+        for family in self.families:
+            for pinned in (family.services, family.backends):
+                os.close(pinned.fd)
+        self.families = []
+
+
+# --- the decoded state --------------------------------------------------------------------
+
+def _address(raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+def _entries(keys: bytes, values: bytes, key: struct.Struct,
+             value: struct.Struct) -> dict[bytes, bytes]:
+    if len(keys) % key.size or len(values) % value.size:
+        raise DataplaneParseError("a batch read returned partial entries")
+    return dict(zip((keys[i:i + key.size] for i in range(0, len(keys), key.size)),
+                    (values[i:i + value.size] for i in range(0, len(values), value.size)),
+                    strict=True))
+
+
+@dataclass
+class _Raw:
+    """One map's last read: its buffers (an unchanged map reads the same bytes) and its
+    entries by key."""
+
+    keys: bytes = b""
+    values: bytes = b""
+    entries: dict[bytes, bytes] = field(default_factory=dict)
+
+    def diff(self, keys: bytes, values: bytes, key: struct.Struct, value: struct.Struct
+             ) -> tuple[list[tuple[bytes, bytes]], list[bytes]] | None:
+        """(entries added or changed, keys removed) since the last read; None: unchanged."""
+        if keys == self.keys and values == self.values:
+            return None
+        entries = _entries(keys, values, key, value)
+        changed = list(entries.items() - self.entries.items())
+        removed = list(self.entries.keys() - entries.keys())
+        self.keys, self.values, self.entries = keys, values, entries
+        return changed, removed
+
+
+class LoadBalancing:
+    """Cilium's frontends and backends as the maps hold them, updated from each read by what
+    changed: ``apply`` answers which frontends the changes touched."""
+
+    def __init__(self) -> None:
+        self.frontends: dict[Frontend, dict[tuple[int, int], Entry]] = {}  # (scope, slot)
+        self.backends: dict[int, BackendValue] = {}
+        self.gone: dict[int, BackendValue] = {}  # deleted while a slot still names them
+        self.users: dict[int, set[Frontend]] = {}  # backend id -> frontends naming it
+        self._raw: dict[str, _Raw] = {}
+        self.pending: set[Frontend] = set()  # touched by a read found inconsistent
+
+    def apply(self, reads: Iterable[tuple[FamilyMaps, tuple[bytes, bytes], tuple[bytes, bytes]]]
+              ) -> set[Frontend]:
+        touched = self.pending
+        self.pending = set()
+        for maps, services, backends in reads:
+            family = maps.family
+            diff = self._raw.setdefault(maps.services.path, _Raw()).diff(
+                *services, SERVICE_KEY[family], SERVICE_VALUE)
+            if diff is not None:
+                self._services(family, *diff, touched)
+            diff = self._raw.setdefault(maps.backends.path, _Raw()).diff(
+                *backends, BACKEND_KEY, BACKEND_VALUE[maps.backend_version, family])
+            if diff is not None:
+                self._backends(maps.backend_version, family, *diff, touched)
+        unknown = sorted({entry.backend_id for f in touched if f in self.frontends
+                          for (_, slot), entry in self.frontends[f].items()
+                          if slot > 0 and entry.backend_id not in self.backends
+                          and entry.backend_id not in self.gone})
+        if unknown:
+            self.pending = touched
+            raise DataplaneParseError(
+                f"service slots name backends {unknown[:5]} found in no backend map read: the "
+                "maps changed during the read; the next read will tell")
+        for backend_id in [i for i in self.gone if not self.users.get(i)]:
+            del self.gone[backend_id]
+        return touched
+
+    def _services(self, family: int, changed: list[tuple[bytes, bytes]], removed: list[bytes],
+                  touched: set[Frontend]) -> None:
+        key_layout = SERVICE_KEY[family]
+        for raw in removed:
+            address, port, slot, proto, scope = key_layout.unpack(raw)
+            frontend = Frontend(address, port, proto)
+            entries = self.frontends.get(frontend, {})
+            old = entries.pop((scope, slot), None)
+            if old is not None and slot > 0:
+                self._unuse(old.backend_id, frontend)
+            if not entries:
+                self.frontends.pop(frontend, None)
+            touched.add(frontend)
+        for raw, raw_value in changed:
+            address, port, slot, proto, scope = key_layout.unpack(raw)
+            backend_id, count, _, flags, flags2, _ = SERVICE_VALUE.unpack(raw_value)
+            frontend = Frontend(address, port, proto)
+            entries = self.frontends.setdefault(frontend, {})
+            old = entries.get((scope, slot))
+            entries[scope, slot] = Entry(backend_id, count, flags, flags2)
+            if slot > 0:
+                self.users.setdefault(backend_id, set()).add(frontend)
+                if old is not None and old.backend_id != backend_id:
+                    self._unuse(old.backend_id, frontend)
+            touched.add(frontend)
+
+    def _unuse(self, backend_id: int, frontend: Frontend) -> None:
+        users = self.users.get(backend_id)
+        if users is None:
+            return
+        frontends = self.frontends.get(frontend, {})
+        if not any(slot > 0 and e.backend_id == backend_id
+                   for (_, slot), e in frontends.items()):
+            users.discard(frontend)
+        if not users:
+            del self.users[backend_id]
+
+    def _backends(self, version: str, family: int, changed: list[tuple[bytes, bytes]],
+                  removed: list[bytes], touched: set[Frontend]) -> None:
+        layout = BACKEND_VALUE[version, family]
+        for raw in removed:
+            (backend_id,) = BACKEND_KEY.unpack(raw)
+            value = self.backends.pop(backend_id, None)
+            if value is not None and self.users.get(backend_id):
+                self.gone[backend_id] = value
+            touched |= self.users.get(backend_id, set())
+        for raw, raw_value in changed:
+            (backend_id,) = BACKEND_KEY.unpack(raw)
+            address, port, proto, state = layout.unpack(raw_value)[:4]
+            self.backends[backend_id] = BackendValue(_address(address),
+                                                     int.from_bytes(port, "big"), proto, state)
+            self.gone.pop(backend_id, None)
+            touched |= self.users.get(backend_id, set())
+
+    def service(self, frontend: Frontend) -> ProgrammedService | None:
+        """The frontend as the other modes report a service port's rules; None once gone."""
+        entries = self.frontends.get(frontend)
+        if not entries:
+            return None
+        paths: dict[bool, list[ProgrammedEndpoint]] = {False: [], True: []}
+        protocols: set[int] = set()
+        for (scope, slot), entry in sorted(entries.items()):
+            if slot == 0:
+                continue
+            backend = self.backends.get(entry.backend_id)
+            reachable = backend is not None
+            backend = backend or self.gone.get(entry.backend_id)
+            if backend is None:
+                continue
+            master = entries.get((scope, 0))
+            count = master.active if master is not None else 0
+            local = master is not None and bool(
+                master.flags & _EXT_LOCAL_SCOPE if scope != SCOPE_INTERNAL
+                else master.flags2 & _INT_LOCAL_SCOPE)
+            paths[local].append(ProgrammedEndpoint(backend.ip, backend.port,
+                                                   reachable and slot <= count))
+            protocols.add(backend.proto)
+        proto = frontend.proto or (protocols.pop() if len(protocols) == 1 else 0)
+        ip, port = _address(frontend.address), int.from_bytes(frontend.port, "big")
+        return ProgrammedService(service=join_host_port(ip, port),
+                                 protocol=_PROTOCOLS.get(proto, "any"), cluster_ip=ip,
+                                 cluster=tuple(paths[False]), local=tuple(paths[True]))
+
+    def snapshot(self) -> DataplaneSnapshot:
+        services = (self.service(f) for f in self.frontends)
+        return DataplaneSnapshot("cilium", None, tuple(s for s in services if s is not None))
+
+
+def _read(root: str) -> list[tuple[FamilyMaps, tuple[bytes, bytes], tuple[bytes, bytes]]]:
+    """One read of every map (opened afresh: Cilium re-creates its maps when it restarts
+    with another size or layout, and pins the new ones in place)."""
+    maps = CiliumMaps.open(root)
+    try:
+        return maps.read()
+    finally:
+        maps.close()
+
+
+@dataclass
+class CiliumReader:
+    """Full reads, for ``observer dataplane --mode cilium``: every frontend, named after its
+    service port where ``names`` can tell. The system calls run in a thread: a read of
+    large maps takes tens of milliseconds the event loop should not wait for."""
+
+    root: str = DEFAULT_BPF_ROOT
+    names: FrontendNames | None = None
+    mode: Mode = "cilium"
+    backend: Backend | None = None
+
+    async def read(self) -> DataplaneSnapshot:
+        state = LoadBalancing()
+        state.apply(await asyncio.to_thread(_read, self.root))
+        snapshot = state.snapshot()
+        return snapshot if self.names is None else self.names.apply(snapshot)
+
+
+class CiliumChanges:
+    """What ``DeltaPollingSource`` polls: each read, the selection of the service ports whose
+    frontends changed (all of them the first time), merged over every frontend that bears the
+    port's name (its cluster IP, node ports, external and load-balancer addresses)."""
+
+    mode: Mode = "cilium"
+
+    def __init__(self, root: str, names: FrontendNames) -> None:
+        self.root = root
+        self.names = names
+        self.state = LoadBalancing()
+        self.named: dict[Frontend, tuple[ServicePort, tuple[str, str]]] = {}  # name, ident
+        self.by_port: dict[ServicePort, set[Frontend]] = {}
+        self.unnamed: set[Frontend] = set()
+
+    def selected(self, frontend: Frontend) -> dict[EndpointKey, bool]:
+        service, (port, _) = self.state.service(frontend), self.named[frontend]
+        out: dict[EndpointKey, bool] = {}
+        for endpoint in (*service.cluster, *service.local) if service else ():
+            key = EndpointKey(port, endpoint.ip, endpoint.port)
+            out[key] = out.get(key, False) or endpoint.selected
+        return out
+
+    async def delta(self) -> dict[ServicePort, dict[EndpointKey, bool]]:
+        touched = self.state.apply(await asyncio.to_thread(_read, self.root))
+        ports: set[ServicePort] = set()
+        for frontend in touched | self.unnamed:
+            ports |= self._rename(frontend)
+        delta: dict[ServicePort, dict[EndpointKey, bool]] = {}
+        for port in ports:
+            merged = delta.setdefault(port, {})
+            for frontend in self.by_port.get(port, ()):
+                for key, selected in self.selected(frontend).items():
+                    merged[key] = merged.get(key, False) or selected
+        return delta
+
+    def _rename(self, frontend: Frontend) -> set[ServicePort]:
+        """Name the frontend (again); the service ports whose selection that touches."""
+        was = self.named.pop(frontend, None)
+        before: set[ServicePort] = set()
+        if was is not None:
+            old, ident = was
+            before.add(old)
+            self.by_port[old].discard(frontend)
+            if not self.by_port[old]:
+                del self.by_port[old]
+        service = self.state.service(frontend)
+        self.unnamed.discard(frontend)
+        if service is None:  # gone: a frontend made at its address later is named afresh
+            if was is not None:
+                self.names.forget(ident)
+            return before
+        port = self.names.name(service).service_port()
+        if port is None:
+            self.unnamed.add(frontend)
+            return before
+        self.named[frontend] = (port, (service.protocol, service.service))
+        self.by_port.setdefault(port, set()).add(frontend)
+        return before | {port}
