@@ -402,6 +402,7 @@ class CiliumChanges:
         self.named: dict[Frontend, tuple[ServicePort, tuple[str, str]]] = {}  # name, ident
         self.by_port: dict[ServicePort, set[Frontend]] = {}
         self.unnamed: set[Frontend] = set()
+        self.families: set[int] = set()  # whose maps were read: they must stay pinned
 
     def selected(self, frontend: Frontend) -> dict[EndpointKey, bool]:
         service, (port, _) = self.state.service(frontend), self.named[frontend]
@@ -412,7 +413,13 @@ class CiliumChanges:
         return out
 
     async def delta(self) -> dict[ServicePort, dict[EndpointKey, bool]]:
-        touched = self.state.apply(await asyncio.to_thread(_read, self.root))
+        reads = await asyncio.to_thread(_read, self.root)
+        found = {maps.family for maps, _, _ in reads}
+        if self.families - found:  # not "every frontend gone": the maps are (Cilium restarts)
+            raise CommandError("unavailable", ", ".join(
+                SERVICE_MAPS[f] for f in sorted(self.families - found)) + " no longer pinned")
+        self.families |= found
+        touched = self.state.apply(reads)
         ports: set[ServicePort] = set()
         for frontend in touched | self.unnamed:
             ports |= self._rename(frontend)

@@ -1,0 +1,272 @@
+"""Cilium's load-balancing maps, read from real BPF maps in the kernel.
+
+Each test mounts a BPF filesystem of its own, creates and pins maps with Cilium's v1.18
+layouts there, and fills them as Cilium's agent does (``observer.lab.cilium.CiliumAgent``
+follows its reconciler's order of writes) for a minikube-like cluster: the API server and
+kube-dns — the same services the IPVS tests' fixture holds (tests/fixtures/dataplane/
+ipvs_netlink.py), with an IPv6 frontend too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Collection, Iterator
+
+import pytest
+
+from observer.clock import SystemClock
+from observer.dataplane import bpf
+from observer.dataplane.cilium import (
+    BACKEND_MAPS,
+    PIN_DIR,
+    SERVICE_KEY,
+    SERVICE_MAPS,
+    SERVICE_VALUE,
+    CiliumChanges,
+    CiliumMaps,
+    CiliumReader,
+)
+from observer.dataplane.commands import CommandError, CommandRunner
+from observer.dataplane.detect import detect, open_source
+from observer.dataplane.model import DataplaneChange, DataplaneParseError
+from observer.dataplane.names import FrontendNames
+from observer.dataplane.sources import DeltaPollingSource
+from observer.lab.cilium import ACTIVE, MAINTENANCE, TERMINATING, CiliumAgent
+from observer.tasks import cancel_and_wait
+from observer.values import EndpointKey, ServicePort
+from tests.agent.harness import until
+from tests.conftest import REPO, require_root, require_tool
+from tests.netns import Netns
+
+UDP = socket.IPPROTO_UDP
+API = ServicePort("default", "kubernetes", "https", "TCP")
+DNS_TCP = ServicePort("kube-system", "kube-dns", "dns-tcp", "TCP")
+DNS = ServicePort("kube-system", "kube-dns", "dns", "UDP")
+METRICS = ServicePort("kube-system", "kube-dns", "metrics", "TCP")
+DNS6 = ServicePort("kube-system", "kube-dns-v6", "dns-tcp", "TCP")
+SLICES = {("192.168.49.2", 8443, "TCP"): {API}, ("10.244.0.2", 53, "TCP"): {DNS_TCP},
+          ("10.244.0.3", 53, "TCP"): {DNS_TCP}, ("10.244.0.2", 53, "UDP"): {DNS},
+          ("10.244.0.2", 9153, "TCP"): {METRICS}, ("fd00:10:244::2", 53, "TCP"): {DNS6}}
+
+
+def candidates(ip: str, port: int, protocol: str) -> Collection[ServicePort]:
+    return SLICES.get((ip, port, protocol), set())
+
+
+@pytest.fixture
+def bpffs() -> Iterator[str]:
+    """A BPF filesystem of the test's own (unmounted after, whatever happens)."""
+    require_root()
+    root = tempfile.mkdtemp(prefix="obs-bpffs-")
+    subprocess.run(["mount", "-t", "bpf", "bpf", root], check=True, timeout=30)
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", root], check=False, timeout=30)
+        os.rmdir(root)
+
+
+def minikube(root: str) -> CiliumAgent:
+    agent = CiliumAgent(root, families=(4, 6))
+    agent.upsert("10.96.0.1", 443, [("192.168.49.2", 8443, ACTIVE)])
+    agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE), ("10.244.0.3", 53, ACTIVE)])
+    agent.upsert("10.96.0.10", 9153, [("10.244.0.2", 9153, ACTIVE)])
+    agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE)], protocol=UDP)
+    agent.upsert("fd00:10:96::a", 53, [("fd00:10:244::2", 53, ACTIVE)])
+    return agent
+
+
+def observer_dataplane(*args: str, user: list[str] | None = None
+                       ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*(user or []), sys.executable, "-m", "observer.cli", "dataplane",
+                           "--mode", "cilium", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_the_dump_shows_every_frontend_and_what_new_connections_may_reach(bpffs: str) -> None:
+    agent = minikube(bpffs)
+    agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE),
+                                    ("10.244.0.3", 53, TERMINATING)])
+    result = observer_dataplane("--bpf-root", bpffs, "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["mode"] == "cilium"
+    got = {(s["service"], s["protocol"], s["cluster_ip"]):
+           [(e["ip"], e["port"], e["selected"]) for e in s["paths"]["cluster"]]
+           for s in document["services"]}
+    assert got == {
+        ("10.96.0.1:443", "tcp", "10.96.0.1"): [("192.168.49.2", 8443, True)],
+        # The terminating backend keeps its slot (its connections go on), above count.
+        ("10.96.0.10:53", "tcp", "10.96.0.10"): [("10.244.0.2", 53, True),
+                                                 ("10.244.0.3", 53, False)],
+        ("10.96.0.10:53", "udp", "10.96.0.10"): [("10.244.0.2", 53, True)],
+        ("10.96.0.10:9153", "tcp", "10.96.0.10"): [("10.244.0.2", 9153, True)],
+        ("[fd00:10:96::a]:53", "tcp", "fd00:10:96::a"): [("fd00:10:244::2", 53, True)]}
+    agent.close()
+
+
+async def test_frontends_take_their_service_ports_names(bpffs: str) -> None:
+    minikube(bpffs).close()
+    snapshot = await CiliumReader(bpffs, FrontendNames(candidates)).read()
+    assert {s.service for s in snapshot.services} == {str(p) for p in (
+        API, DNS_TCP, DNS, METRICS, DNS6)}
+    assert snapshot.selection()[EndpointKey(DNS6, "fd00:10:244::2", 53)] is True
+
+
+async def test_each_read_tells_only_the_service_ports_that_changed(bpffs: str) -> None:
+    agent = minikube(bpffs)
+    changes = CiliumChanges(bpffs, FrontendNames(candidates))
+    assert set(await changes.delta()) == {API, DNS_TCP, DNS, METRICS, DNS6}
+    assert await changes.delta() == {}  # nothing written: nothing decoded
+    ready, leaving = EndpointKey(DNS_TCP, "10.244.0.2", 53), EndpointKey(DNS_TCP, "10.244.0.3",
+                                                                          53)
+    # Graceful termination: the backend turns terminating, keeps a slot past count.
+    agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE),
+                                    ("10.244.0.3", 53, TERMINATING)])
+    assert await changes.delta() == {DNS_TCP: {ready: True, leaving: False}}
+    # Removed: its slot and (orphaned) its backend entry go.
+    agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE)])
+    assert await changes.delta() == {DNS_TCP: {ready: True}}
+    # Nothing Ready: the terminating backends are used (count counts them).
+    agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, TERMINATING),
+                                    ("10.244.0.3", 53, MAINTENANCE)])
+    assert await changes.delta() == {DNS_TCP: {ready: True, leaving: False}}
+    # The frontend deleted: its port's selection is empty.
+    agent.delete("10.96.0.10", 53)
+    assert await changes.delta() == {DNS_TCP: {}}
+    agent.close()
+
+
+async def test_the_polling_source_stamps_each_change_once(bpffs: str) -> None:
+    agent = minikube(bpffs)
+    metrics = Metrics()
+    source = DeltaPollingSource(changes=CiliumChanges(bpffs, FrontendNames(candidates)),
+                                clock=SystemClock(), metrics=metrics, interval=0.01)
+    seen: list[DataplaneChange] = []
+    task = asyncio.create_task(source.run(seen.append))
+    try:
+        await until(lambda: metrics.scans >= 1, "the first read")
+        assert seen == []  # the first read is the baseline
+        assert source.selected(EndpointKey(DNS_TCP, "10.244.0.3", 53)) is True
+        agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE),
+                                        ("10.244.0.3", 53, TERMINATING)])
+        await until(lambda: bool(seen), "the change")
+        scans = metrics.scans
+        await until(lambda: metrics.scans >= scans + 2, "two more reads")
+        assert [(c.key, c.selected) for c in seen] == [
+            (EndpointKey(DNS_TCP, "10.244.0.3", 53), False)]
+        assert seen[0].at.source == "dataplane"
+        assert seen[0].at.precision > 0
+        assert source.selected(EndpointKey(DNS_TCP, "10.244.0.3", 53)) is False
+    finally:
+        await cancel_and_wait(task)
+        agent.close()
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.scans = 0
+        self.errors: list[str] = []
+
+    def scan(self, seconds: float) -> None:
+        self.scans += 1
+
+    def error(self, reason: str) -> None:
+        self.errors.append(reason)
+
+    def drift(self, count: int) -> None:
+        raise AssertionError("polling finds no drift")
+
+
+def test_no_maps_pinned_is_a_clear_error(bpffs: str) -> None:
+    with pytest.raises(CommandError) as caught:
+        CiliumMaps.open(bpffs)
+    assert caught.value.reason == "unavailable"
+    result = observer_dataplane("--bpf-root", bpffs)
+    assert result.returncode == 1
+    assert "no Cilium service map pinned" in result.stderr
+
+
+def test_a_map_of_unknown_layout_is_a_clear_error(bpffs: str) -> None:
+    directory = os.path.join(bpffs, PIN_DIR)
+    os.makedirs(directory)
+    for name, value_size in ((SERVICE_MAPS[4], 16), (BACKEND_MAPS[4][0], 12)):
+        fd = bpf.map_create(bpf.MAP_TYPE_HASH, 12 if "services" in name else 4, value_size,
+                            16, name)
+        bpf.obj_pin(fd, os.path.join(directory, name))
+        os.close(fd)
+    with pytest.raises(DataplaneParseError, match="16-byte values matches no Cilium layout"):
+        CiliumMaps.open(bpffs)
+    result = observer_dataplane("--bpf-root", bpffs)
+    assert result.returncode == 1
+    assert "matches no Cilium layout" in result.stderr
+
+
+def test_without_privileges_it_is_a_permission_error(bpffs: str) -> None:
+    minikube(bpffs).close()
+    setpriv = require_tool("setpriv")
+    result = observer_dataplane("--bpf-root", bpffs, user=[
+        setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+        "--bounding-set=-all"])
+    assert result.returncode == 1
+    assert "CAP_BPF" in result.stderr, result.stderr
+
+
+async def test_a_slot_naming_an_unknown_backend_is_counted_and_the_next_read_tells(
+        bpffs: str) -> None:
+    """What a read sees when Cilium writes between its read of the services map and of the
+    backends map: a slot naming a backend that was never in a backends read."""
+    agent = minikube(bpffs)
+    changes = CiliumChanges(bpffs, FrontendNames(candidates))
+    await changes.delta()
+    key = SERVICE_KEY[4].pack(socket.inet_aton("10.96.0.10"), (53).to_bytes(2, "big"), 2,
+                              socket.IPPROTO_TCP, 0)
+    bpf.update(agent.services[4], key, SERVICE_VALUE.pack(99, 0, 0, 0, 0, 0))
+    with pytest.raises(DataplaneParseError, match="changed during the read"):
+        await changes.delta()
+    # Cilium's write completes: the frontend is told at the next read.
+    agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE), ("10.244.0.3", 53, ACTIVE)])
+    assert DNS_TCP in await changes.delta()
+    agent.close()
+
+
+async def test_maps_gone_and_back_are_counted_and_polling_goes_on(bpffs: str) -> None:
+    agent = minikube(bpffs)
+    metrics = Metrics()
+    source = DeltaPollingSource(changes=CiliumChanges(bpffs, FrontendNames(candidates)),
+                                clock=SystemClock(), metrics=metrics, interval=0.01)
+    seen: list[DataplaneChange] = []
+    task = asyncio.create_task(source.run(seen.append))
+    try:
+        await until(lambda: metrics.scans >= 1, "the first read")
+        pinned = os.path.join(bpffs, PIN_DIR, SERVICE_MAPS[4])
+        moved = os.path.join(bpffs, PIN_DIR, "moved")
+        os.rename(pinned, moved)  # unpinned, as when Cilium re-creates its maps
+        await until(lambda: "unavailable" in metrics.errors, "the failed read")
+        os.rename(moved, pinned)
+        agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE)])
+        await until(lambda: bool(seen), "the change")
+        assert [(c.key, c.selected) for c in seen] == [
+            (EndpointKey(DNS_TCP, "10.244.0.3", 53), False)]
+    finally:
+        await cancel_and_wait(task)
+        agent.close()
+
+
+async def test_auto_detects_cilium_where_kube_proxy_wrote_nothing(bpffs: str,
+                                                                  netns: Netns) -> None:
+    runner = CommandRunner(netns=netns.name)
+    with pytest.raises(CommandError, match="no Cilium service map pinned"):
+        await detect(runner, bpffs)
+    minikube(bpffs).close()
+    assert await detect(runner, bpffs) == ("cilium", None)
+    source = await open_source("auto", runner=runner, clock=SystemClock(), metrics=Metrics(),
+                               poll_interval=0.1, poll_max_cpu=0.1, bpf_root=bpffs)
+    assert source.mode == "cilium"
+
