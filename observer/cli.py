@@ -302,9 +302,12 @@ def _add_lab_flags(lab: argparse.ArgumentParser) -> None:
                      help="preStop sleep of the careful workload (the other has none)")
     lab.add_argument("--app-exit", type=_delay, default="0.1..0.5",
                      help="SIGTERM to the app having stopped, seconds or a range")
-    lab.add_argument("--dataplane", choices=("nftables", "iptables", "iptables-legacy", "memory"),
-                     default="nftables", help="what kube-proxy programs (default nftables; "
-                                              "memory without network namespaces)")
+    lab.add_argument("--dataplane", choices=("nftables", "iptables", "iptables-legacy", "cilium",
+                                             "memory"),
+                     default="nftables", help="what kube-proxy programs, or 'cilium': Cilium's "
+                                              "service maps in a BPF filesystem of the lab's "
+                                              "own (default nftables; memory without network "
+                                              "namespaces)")
     lab.add_argument("--ingress-delay", type=_delay, default="1..2",
                      help="how long the ingress-like client takes to follow an EndpointSlice "
                           "change, seconds or a range (default 1..2; with network namespaces)")

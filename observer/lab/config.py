@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-LabDataplane = Literal["nftables", "iptables", "iptables-legacy", "memory"]
+LabDataplane = Literal["nftables", "iptables", "iptables-legacy", "cilium", "memory"]
 # careful: a preStop sleep (--prestop), then exits at once; hasty: no preStop, exits at once;
 # draining: no preStop, stops accepting at SIGTERM and finishes the request it serves.
 WORKLOADS = ("careful", "hasty", "draining")

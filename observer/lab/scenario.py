@@ -33,12 +33,14 @@ from observer.agent import (
     open_dataplane,
 )
 from observer.clock import Clock
+from observer.dataplane.cilium import DEFAULT_BPF_ROOT
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.memory import MemoryDataplane
 from observer.kube.watch import WatchSettings
 from observer.lab.apiserver.registry import DeleteOptions, WriteOptions
 from observer.lab.apiserver.server import ApiServer
 from observer.lab.apps import PodRuntime, Sockets
+from observer.lab.cilium import CiliumAgent, CiliumProgrammer
 from observer.lab.clients import Backends, Clients
 from observer.lab.config import LabConfig
 from observer.lab.controller import NAMESPACE, EndpointSliceController
@@ -114,6 +116,9 @@ class Lab:
         self._victims: set[str] = set()
         self._tmp = tempfile.TemporaryDirectory(prefix="observer-lab-")
         self.kubeconfig = Path(self._tmp.name) / "kubeconfig"
+        # --dataplane cilium: a BPF filesystem of the lab's own; each node's maps under it.
+        self.bpffs: Path | None = None
+        self._cilium: list[CiliumAgent] = []
 
     # set-up ----------------------------------------------------------------------------------
 
@@ -122,6 +127,19 @@ class Lab:
         if memory is not None:
             return MemoryProgrammer(memory)
         runner = CommandRunner(netns=netns)
+        if mode == "cilium":
+            assert self.bpffs is not None
+            assert netns is not None
+            # Cilium without BPF masquerading installs masquerading rules (CILIUM_POST_nat),
+            # which turn conntrack on in the node's namespace: the traffic evidence sees pod
+            # traffic. (Here one for an egress device the lab has not: it rewrites nothing.)
+            await runner.run(["nft", "-f", "-"], stdin=(
+                b"add table ip cilium-masquerade\nadd chain ip cilium-masquerade postrouting "
+                b"{ type nat hook postrouting priority 100 ; }\nadd rule ip cilium-masquerade "
+                b"postrouting oifname \"cilium-egress\" masquerade\n"))
+            agent = CiliumAgent(str(self.bpffs / netns))
+            self._cilium.append(agent)
+            return CiliumProgrammer(agent)
         if mode == "nftables":
             return NftProgrammer(runner)
         return IptablesProgrammer(runner, "legacy" if mode == "iptables-legacy" else "nft")
@@ -222,6 +240,10 @@ class Lab:
         agent_tasks: list[asyncio.Task[None]] = []
         try:
             await self.server.start("127.0.0.1", 0)
+            if mode == "cilium":
+                self.bpffs = Path(self._tmp.name) / "bpf"
+                self.bpffs.mkdir()
+                await CommandRunner().run(["mount", "-t", "bpf", "bpf", str(self.bpffs)])
             if mode != "memory":
                 self.network = LabNetwork(self.namespaces, self.config.nodes)
                 await self.network.start()
@@ -272,6 +294,10 @@ class Lab:
             # them last to first): nothing may outlive the lab.
             async with contextlib.AsyncExitStack() as cleanup:
                 cleanup.callback(self._tmp.cleanup)
+                if self.bpffs is not None:
+                    cleanup.push_async_callback(CommandRunner().run, ["umount", str(self.bpffs)])
+                for maps in self._cilium:
+                    cleanup.callback(maps.close)
                 cleanup.push_async_callback(self.namespaces.close)
                 for node in run.nodes:
                     if node.runtime is not None:
@@ -295,8 +321,10 @@ class Lab:
             watch=WatchSettings(backoff_initial=0.05, backoff_max=1.0,
                                 inactivity_timeout=self.config.watch_inactivity_timeout),
             dataplane=DataplaneSettings(
-                mode="nftables" if self.config.dataplane == "nftables" else "iptables",
-                netns=node.netns, poll_interval=self.config.poll_interval,
+                mode=("iptables" if self.config.dataplane.startswith("iptables")
+                      else "cilium" if self.config.dataplane == "cilium" else "nftables"),
+                netns=node.netns, bpf_root=str(self.bpffs / node.netns) if self.bpffs and
+                node.netns else DEFAULT_BPF_ROOT, poll_interval=self.config.poll_interval,
                 poll_max_cpu=self.config.poll_max_cpu),
             # Connections are followed where there are real pods; long enough after an
             # episode's end for the ingress to have caught up.
@@ -320,9 +348,11 @@ class Lab:
 
     async def _start_clients(self, run: LabRun) -> None:
         """On every node, a client through each service address and a kept-alive one; in the
-        fabric, the ingress-like client, its backends from the EndpointSlices."""
+        fabric, the ingress-like client, its backends from the EndpointSlices. Cilium's maps
+        carry no traffic here (no BPF programs load them): with ``--dataplane cilium`` only
+        the ingress-like client runs, straight to pod addresses."""
         assert self.network is not None
-        for node in run.nodes:
+        for node in run.nodes if run.dataplane != "cilium" else ():
             assert node.netns is not None
             sockets = Sockets(node.netns)
             self._sockets.append(sockets)
