@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,13 +61,15 @@ async def test_lab_in_memory() -> None:
     check((await run_lab(settings))[0], settings)
 
 
-@pytest.mark.parametrize("dataplane", ["nftables", "iptables", "iptables-legacy"])
+@pytest.mark.parametrize("dataplane", ["nftables", "iptables", "iptables-legacy", "cilium"])
 async def test_lab_with_real_rules(dataplane: str) -> None:
     require_root()
     settings = LabConfig(**{**SMALL.__dict__, "dataplane": dataplane})
     result, prefix = await run_lab(settings)
     check(result, settings)
     assert prefix not in await asyncio.to_thread(namespaces)
+    mounts = await asyncio.to_thread(Path("/proc/mounts").read_text)
+    assert "observer-lab-" not in mounts  # the cilium lab's BPF filesystem
     # Real pods, real clients: the hasty workload's deletions failed real requests, and each
     # node's agent counted the failed connection attempts through it, every difference named.
     traffic = result["traffic"]
@@ -177,7 +180,7 @@ async def test_ctrl_c_while_serving_ends_normally() -> None:
 
 @pytest.mark.parametrize(("dataplane", "ingress", "workloads"), [
     ("nftables", "2..3", "careful,hasty"), ("iptables", "1..2", "careful,hasty,draining"),
-    ("iptables-legacy", "1..2", "careful,hasty")])
+    ("iptables-legacy", "1..2", "careful,hasty"), ("cilium", "1..2", "careful,hasty")])
 def test_verify_the_recommendation_leaves_no_failed_request(dataplane: str, ingress: str,
                                                             workloads: str) -> None:
     require_root()
