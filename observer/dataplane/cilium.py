@@ -203,6 +203,9 @@ def _address(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
 
 
+_CHUNK = 8  # entries compared as one stretch of bytes between two reads
+
+
 def _entries(keys: bytes, values: bytes, key: struct.Struct,
              value: struct.Struct) -> dict[bytes, bytes]:
     if len(keys) % key.size or len(values) % value.size:
@@ -215,7 +218,13 @@ def _entries(keys: bytes, values: bytes, key: struct.Struct,
 @dataclass
 class _Raw:
     """One map's last read: its buffers (an unchanged map reads the same bytes) and its
-    entries by key."""
+    entries by key.
+
+    A hash map is read in bucket order, the same for the same keys: a read of as many entries
+    as the last differs from it only where entries changed or moved within their bucket (an
+    update puts the entry first in its bucket), so only the stretches (``_CHUNK`` entries)
+    whose bytes differ are decoded — every entry that changed or moved lies in one, on both
+    sides. A read of another length (entries added or removed) is diffed in full."""
 
     keys: bytes = b""
     values: bytes = b""
@@ -226,10 +235,27 @@ class _Raw:
         """(entries added or changed, keys removed) since the last read; None: unchanged."""
         if keys == self.keys and values == self.values:
             return None
-        entries = _entries(keys, values, key, value)
-        changed = list(entries.items() - self.entries.items())
-        removed = list(self.entries.keys() - entries.keys())
-        self.keys, self.values, self.entries = keys, values, entries
+        if len(keys) == len(self.keys) and len(values) == len(self.values):
+            old: dict[bytes, bytes] = {}
+            new: dict[bytes, bytes] = {}
+            k, v = key.size * _CHUNK, value.size * _CHUNK
+            for i in range(0, len(keys) // key.size, _CHUNK):
+                ks, vs = slice(i * key.size, i * key.size + k), slice(i * value.size,
+                                                                     i * value.size + v)
+                if keys[ks] != self.keys[ks] or values[vs] != self.values[vs]:
+                    old.update(_entries(self.keys[ks], self.values[vs], key, value))
+                    new.update(_entries(keys[ks], values[vs], key, value))
+            changed = list(new.items() - old.items())
+            removed = list(old.keys() - new.keys())
+            self.entries.update(changed)
+            for gone in removed:
+                del self.entries[gone]
+        else:
+            entries = _entries(keys, values, key, value)
+            changed = list(entries.items() - self.entries.items())
+            removed = list(self.entries.keys() - entries.keys())
+            self.entries = entries
+        self.keys, self.values = keys, values
         return changed, removed
 
 
@@ -412,14 +438,19 @@ class CiliumChanges:
             out[key] = out.get(key, False) or endpoint.selected
         return out
 
-    async def delta(self) -> dict[ServicePort, dict[EndpointKey, bool]]:
-        reads = await asyncio.to_thread(_read, self.root)
+    def _changed(self) -> set[Frontend]:
+        """Read and decode what changed (in a worker thread: tens of milliseconds at scale,
+        which the event loop's timestamps must not wait for; the state is this object's own)."""
+        reads = _read(self.root)
         found = {maps.family for maps, _, _ in reads}
         if self.families - found:  # not "every frontend gone": the maps are (Cilium restarts)
             raise CommandError("unavailable", ", ".join(
                 SERVICE_MAPS[f] for f in sorted(self.families - found)) + " no longer pinned")
         self.families |= found
-        touched = self.state.apply(reads)
+        return self.state.apply(reads)
+
+    async def delta(self) -> dict[ServicePort, dict[EndpointKey, bool]]:
+        touched = await asyncio.to_thread(self._changed)
         ports: set[ServicePort] = set()
         for frontend in touched | self.unnamed:
             ports |= self._rename(frontend)

@@ -3,6 +3,7 @@ replacement), and the reader and change source for it."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from observer.clock import Clock
@@ -100,9 +101,10 @@ async def open_source(requested: Requested, *, runner: CommandRunner, clock: Clo
     mode, backend = await resolve(requested, runner, bpf_root)
     if mode == "cilium":
         CiliumMaps.open(bpf_root).close()  # fail now, not at the first poll, if unreadable
+        # The reads run in a worker thread: the budget counts the whole process's CPU.
         return DeltaPollingSource(changes=CiliumChanges(bpf_root, FrontendNames(candidates)),
                                   clock=clock, metrics=metrics, interval=poll_interval,
-                                  max_cpu=poll_max_cpu)
+                                  max_cpu=poll_max_cpu, cpu=time.process_time)
     if mode == "nftables":
         return MonitorSource(mode=mode, runner=runner, clock=clock, metrics=metrics,
                              tables=KubeProxyTables(), max_cpu=poll_max_cpu)
