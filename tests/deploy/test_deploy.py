@@ -181,3 +181,17 @@ def test_dockerfile_installs_the_dataplane_tools() -> None:
     for package in ("python3", "iptables", "nftables", "iproute2"):
         assert package in install.group(0).split()
     assert re.search(r"^USER 65532", runtime, re.MULTILINE)
+
+
+def test_cilium_mode_mounts_bpffs_read_only_and_adds_cap_bpf_only_then() -> None:
+    for dataplane, wanted in (("cilium", True), ("auto", False)):
+        spec = only(helm_template("--set", f"agent.dataplane={dataplane}"),
+                    "DaemonSet")["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert ("BPF" in container["securityContext"]["capabilities"]["add"]) is wanted
+        assert ("bpffs" in mounts) is wanted
+        if wanted:
+            assert mounts["bpffs"]["readOnly"] is True
+            volume = next(v for v in spec["volumes"] if v["name"] == "bpffs")
+            assert volume["hostPath"]["path"] == "/sys/fs/bpf"
