@@ -156,6 +156,7 @@ class CiliumMaps:
     def open(cls, root: str) -> CiliumMaps:
         directory = os.path.join(root, PIN_DIR)
         families: list[FamilyMaps] = []
+        opened: list[PinnedMap] = []  # closed again if any open fails
         try:
             for family, name in SERVICE_MAPS.items():
                 path = os.path.join(directory, name)
@@ -166,15 +167,15 @@ class CiliumMaps:
                 if not versions:
                     raise CommandError("unavailable", f"{path} is pinned but none of "
                                        f"{', '.join(BACKEND_MAPS[family])} is")
-                services = _open(path, SERVICE_KEY[family], SERVICE_VALUE)
-                families.append(FamilyMaps(family, services, _open(
-                    os.path.join(directory, versions[0]), BACKEND_KEY,
-                    BACKEND_VALUE[versions[0], family]), versions[0]))
-        except OSError as error:
-            cls(families).close()
-            raise _bpf_error(error, f"opening Cilium's maps under {directory}") from None
-        except BaseException:
-            cls(families).close()
+                opened.append(_open(path, SERVICE_KEY[family], SERVICE_VALUE))
+                opened.append(_open(os.path.join(directory, versions[0]), BACKEND_KEY,
+                                    BACKEND_VALUE[versions[0], family]))
+                families.append(FamilyMaps(family, opened[-2], opened[-1], versions[0]))
+        except BaseException as error:
+            for pinned in opened:
+                os.close(pinned.fd)
+            if isinstance(error, OSError):
+                raise _bpf_error(error, f"opening Cilium's maps under {directory}") from None
             raise
         if not families:
             raise CommandError("unavailable", f"no Cilium service map pinned under {directory}"
@@ -235,9 +236,9 @@ class _Raw:
         """(entries added or changed, keys removed) since the last read; None: unchanged."""
         if keys == self.keys and values == self.values:
             return None
+        old: dict[bytes, bytes] = {}
+        new: dict[bytes, bytes] = {}
         if len(keys) == len(self.keys) and len(values) == len(self.values):
-            old: dict[bytes, bytes] = {}
-            new: dict[bytes, bytes] = {}
             k, v = key.size * _CHUNK, value.size * _CHUNK
             for i in range(0, len(keys) // key.size, _CHUNK):
                 ks, vs = slice(i * key.size, i * key.size + k), slice(i * value.size,
@@ -245,16 +246,13 @@ class _Raw:
                 if keys[ks] != self.keys[ks] or values[vs] != self.values[vs]:
                     old.update(_entries(self.keys[ks], self.values[vs], key, value))
                     new.update(_entries(keys[ks], values[vs], key, value))
-            changed = list(new.items() - old.items())
-            removed = list(old.keys() - new.keys())
-            self.entries.update(changed)
-            for gone in removed:
-                del self.entries[gone]
         else:
-            entries = _entries(keys, values, key, value)
-            changed = list(entries.items() - self.entries.items())
-            removed = list(self.entries.keys() - entries.keys())
-            self.entries = entries
+            old, new = self.entries, _entries(keys, values, key, value)
+        changed = list(new.items() - old.items())
+        removed = list(old.keys() - new.keys())
+        self.entries.update(changed)
+        for gone in removed:
+            del self.entries[gone]
         self.keys, self.values = keys, values
         return changed, removed
 
@@ -425,18 +423,11 @@ class CiliumChanges:
         self.root = root
         self.names = names
         self.state = LoadBalancing()
-        self.named: dict[Frontend, tuple[ServicePort, tuple[str, str]]] = {}  # name, ident
+        # Each named frontend as a service port's rules, and its (protocol, "VIP:port").
+        self.named: dict[Frontend, tuple[ProgrammedService, tuple[str, str]]] = {}
         self.by_port: dict[ServicePort, set[Frontend]] = {}
         self.unnamed: set[Frontend] = set()
         self.families: set[int] = set()  # whose maps were read: they must stay pinned
-
-    def selected(self, frontend: Frontend) -> dict[EndpointKey, bool]:
-        service, (port, _) = self.state.service(frontend), self.named[frontend]
-        out: dict[EndpointKey, bool] = {}
-        for endpoint in (*service.cluster, *service.local) if service else ():
-            key = EndpointKey(port, endpoint.ip, endpoint.port)
-            out[key] = out.get(key, False) or endpoint.selected
-        return out
 
     def _changed(self) -> set[Frontend]:
         """Read and decode what changed (in a worker thread: tens of milliseconds at scale,
@@ -454,20 +445,18 @@ class CiliumChanges:
         ports: set[ServicePort] = set()
         for frontend in touched | self.unnamed:
             ports |= self._rename(frontend)
-        delta: dict[ServicePort, dict[EndpointKey, bool]] = {}
-        for port in ports:
-            merged = delta.setdefault(port, {})
-            for frontend in self.by_port.get(port, ()):
-                for key, selected in self.selected(frontend).items():
-                    merged[key] = merged.get(key, False) or selected
-        return delta
+        return {port: DataplaneSnapshot("cilium", None, tuple(
+            self.named[f][0] for f in self.by_port.get(port, ()))).selection()
+            for port in ports}
 
     def _rename(self, frontend: Frontend) -> set[ServicePort]:
         """Name the frontend (again); the service ports whose selection that touches."""
         was = self.named.pop(frontend, None)
         before: set[ServicePort] = set()
         if was is not None:
-            old, ident = was
+            named, ident = was
+            old = named.service_port()
+            assert old is not None  # only frontends with a service port's name are named
             before.add(old)
             self.by_port[old].discard(frontend)
             if not self.by_port[old]:
@@ -478,10 +467,11 @@ class CiliumChanges:
             if was is not None:
                 self.names.forget(ident)
             return before
-        port = self.names.name(service).service_port()
+        named = self.names.name(service)
+        port = named.service_port()
         if port is None:
             self.unnamed.add(frontend)
             return before
-        self.named[frontend] = (port, (service.protocol, service.service))
+        self.named[frontend] = (named, (service.protocol, service.service))
         self.by_port.setdefault(port, set()).add(frontend)
         return before | {port}

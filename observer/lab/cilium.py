@@ -81,12 +81,11 @@ class CiliumAgent:
         return SERVICE_KEY[_family(vip)].pack(_packed(vip), port.to_bytes(2, "big"), slot,
                                               protocol, scope)
 
-    def _backend_entry(self, address: Address, state: int) -> tuple[bytes, bytes]:
+    def _backend_value(self, address: Address, state: int) -> bytes:
         ip, port, protocol = address
         version = BACKEND_MAPS[_family(ip)][0]
-        return (BACKEND_KEY.pack(self.backend_ids[address]),
-                BACKEND_VALUE[version, _family(ip)].pack(_packed(ip), port.to_bytes(2, "big"),
-                                                         protocol, state, 0, 0))
+        return BACKEND_VALUE[version, _family(ip)].pack(_packed(ip), port.to_bytes(2, "big"),
+                                                        protocol, state, 0, 0)
 
     def _orphans(self, frontend: FrontendId, keep: set[Address]) -> None:
         for address in self.slots.get(frontend, []):
@@ -96,8 +95,8 @@ class CiliumAgent:
             users.discard(frontend)
             if not users:
                 del self.references[address]
-                key, _ = self._backend_entry(address, ACTIVE)
-                bpf.delete(self.backends[_family(address[0])], key)
+                bpf.delete(self.backends[_family(address[0])],
+                           BACKEND_KEY.pack(self.backend_ids[address]))
                 del self.backend_ids[address], self.backend_states[address]
 
     def upsert(self, vip: str, port: int, backends: Sequence[tuple[str, int, int]], *,
@@ -120,7 +119,8 @@ class CiliumAgent:
                 self.backend_ids[address] = self._next_backend
                 self._next_backend += 1
             if self.backend_states.get(address) != state:
-                bpf.update(self.backends[family], *self._backend_entry(address, state))
+                bpf.update(self.backends[family], BACKEND_KEY.pack(self.backend_ids[address]),
+                           self._backend_value(address, state))
                 self.backend_states[address] = state
             self.references.setdefault(address, set()).add(frontend)
             bpf.update(self.services[family], self._service_key(frontend, slot),

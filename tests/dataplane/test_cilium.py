@@ -10,13 +10,15 @@ ipvs_netlink.py), with an IPv6 frontend too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -143,32 +145,6 @@ async def test_each_read_tells_only_the_service_ports_that_changed(bpffs: str) -
     agent.close()
 
 
-async def test_the_polling_source_stamps_each_change_once(bpffs: str) -> None:
-    agent = minikube(bpffs)
-    metrics = Metrics()
-    source = DeltaPollingSource(changes=CiliumChanges(bpffs, FrontendNames(candidates)),
-                                clock=SystemClock(), metrics=metrics, interval=0.01)
-    seen: list[DataplaneChange] = []
-    task = asyncio.create_task(source.run(seen.append))
-    try:
-        await until(lambda: metrics.scans >= 1, "the first read")
-        assert seen == []  # the first read is the baseline
-        assert source.selected(EndpointKey(DNS_TCP, "10.244.0.3", 53)) is True
-        agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE),
-                                        ("10.244.0.3", 53, TERMINATING)])
-        await until(lambda: bool(seen), "the change")
-        scans = metrics.scans
-        await until(lambda: metrics.scans >= scans + 2, "two more reads")
-        assert [(c.key, c.selected) for c in seen] == [
-            (EndpointKey(DNS_TCP, "10.244.0.3", 53), False)]
-        assert seen[0].at.source == "dataplane"
-        assert seen[0].at.precision > 0
-        assert source.selected(EndpointKey(DNS_TCP, "10.244.0.3", 53)) is False
-    finally:
-        await cancel_and_wait(task)
-        agent.close()
-
-
 class Metrics:
     def __init__(self) -> None:
         self.scans = 0
@@ -182,6 +158,49 @@ class Metrics:
 
     def drift(self, count: int) -> None:
         raise AssertionError("polling finds no drift")
+
+
+
+@dataclass
+class Polled:
+    agent: CiliumAgent
+    source: DeltaPollingSource
+    metrics: Metrics
+    seen: list[DataplaneChange]
+
+
+@contextlib.asynccontextmanager
+async def polling(bpffs: str) -> AsyncIterator[Polled]:
+    """The minikube maps, polled by the agent's source every 10 ms from its first read on."""
+    agent = minikube(bpffs)
+    metrics = Metrics()
+    source = DeltaPollingSource(changes=CiliumChanges(bpffs, FrontendNames(candidates)),
+                                clock=SystemClock(), metrics=metrics, interval=0.01)
+    seen: list[DataplaneChange] = []
+    task = asyncio.create_task(source.run(seen.append))
+    try:
+        await until(lambda: metrics.scans >= 1, "the first read")
+        yield Polled(agent, source, metrics, seen)
+    finally:
+        await cancel_and_wait(task)
+        agent.close()
+
+
+async def test_the_polling_source_stamps_each_change_once(bpffs: str) -> None:
+    async with polling(bpffs) as polled:
+        agent, source, metrics, seen = polled.agent, polled.source, polled.metrics, polled.seen
+        assert seen == []  # the first read is the baseline
+        assert source.selected(EndpointKey(DNS_TCP, "10.244.0.3", 53)) is True
+        agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE),
+                                        ("10.244.0.3", 53, TERMINATING)])
+        await until(lambda: bool(seen), "the change")
+        scans = metrics.scans
+        await until(lambda: metrics.scans >= scans + 2, "two more reads")
+        assert [(c.key, c.selected) for c in seen] == [
+            (EndpointKey(DNS_TCP, "10.244.0.3", 53), False)]
+        assert seen[0].at.source == "dataplane"
+        assert seen[0].at.precision > 0
+        assert source.selected(EndpointKey(DNS_TCP, "10.244.0.3", 53)) is False
 
 
 def test_no_maps_pinned_is_a_clear_error(bpffs: str) -> None:
@@ -237,14 +256,8 @@ async def test_a_slot_naming_an_unknown_backend_is_counted_and_the_next_read_tel
 
 
 async def test_maps_gone_and_back_are_counted_and_polling_goes_on(bpffs: str) -> None:
-    agent = minikube(bpffs)
-    metrics = Metrics()
-    source = DeltaPollingSource(changes=CiliumChanges(bpffs, FrontendNames(candidates)),
-                                clock=SystemClock(), metrics=metrics, interval=0.01)
-    seen: list[DataplaneChange] = []
-    task = asyncio.create_task(source.run(seen.append))
-    try:
-        await until(lambda: metrics.scans >= 1, "the first read")
+    async with polling(bpffs) as polled:
+        agent, metrics, seen = polled.agent, polled.metrics, polled.seen
         pinned = os.path.join(bpffs, PIN_DIR, SERVICE_MAPS[4])
         moved = os.path.join(bpffs, PIN_DIR, "moved")
         os.rename(pinned, moved)  # unpinned, as when Cilium re-creates its maps
@@ -254,9 +267,6 @@ async def test_maps_gone_and_back_are_counted_and_polling_goes_on(bpffs: str) ->
         await until(lambda: bool(seen), "the change")
         assert [(c.key, c.selected) for c in seen] == [
             (EndpointKey(DNS_TCP, "10.244.0.3", 53), False)]
-    finally:
-        await cancel_and_wait(task)
-        agent.close()
 
 
 async def test_auto_detects_cilium_where_kube_proxy_wrote_nothing(bpffs: str,
