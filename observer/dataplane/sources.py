@@ -198,14 +198,15 @@ class _Polling(_ReadingSource, Generic[T]):
         counted = self.first_read_counts
         while True:
             started = self.clock.monotonic()
+            # The budget counts what a read causes: installing it (a diff, the sink) too.
             with self.budget.measure() if counted else contextlib.nullcontext():
                 read = await self._scan(self._poll())
+                now = self.clock.monotonic()
+                if read is not None:
+                    precision = max(started - previous, now - started)
+                    self._install(read, self._at(started, precision), sink)
+                    previous = started
             counted = True
-            now = self.clock.monotonic()
-            if read is not None:
-                precision = max(started - previous, now - started)
-                self._install(read, self._at(started, precision), sink)
-                previous = started
             await self.sleep(max(0.0, self.budget.period(self.interval) - (now - started)))
 
     async def _poll(self) -> T:
