@@ -134,7 +134,7 @@ async def test_request_errors(http: aiohttp.ClientSession, apiserver: ApiServer)
         (http.get(f"{PODS}?resourceVersion=abc"), 400),
         (http.get(f"{PODS}?resourceVersionMatch=Exact"), 400),
         (http.get(f"{PODS}?watch=maybe"), 400),
-        (http.get("/api/v1/namespaces/default/services"), 404),
+        (http.get("/api/v1/namespaces/default/configmaps"), 404),
         (http.put(PODS, json=GOOD), 405),
         (http.get(f"{PODS}/missing"), 404),
         (http.patch(f"{PODS}/keep", data=b"{}",

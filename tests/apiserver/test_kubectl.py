@@ -222,3 +222,44 @@ async def test_workloads_apply_get_and_validation(kubectl: Kubectl) -> None:
     code, _, err = await kubectl("apply", "-f", "-", stdin=json.dumps(wrong), ok=False)
     assert code == 1
     assert "`selector` does not match template `labels`" in err
+
+
+NODE = {
+    "apiVersion": "v1", "kind": "Node",
+    "metadata": {"name": "node-a", "labels": {"node-role.kubernetes.io/worker": ""}},
+    "status": {"conditions": [{"type": "Ready", "status": "True"}],
+               "nodeInfo": {"kubeletVersion": "v1.34.0"}},
+}
+SERVICE = {
+    "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+    "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]},
+}
+
+
+async def test_services_and_cluster_scoped_nodes(kubectl: Kubectl) -> None:
+    """kube-proxy's other two watches (Services, its own Node) are servable: a cluster-scoped
+    resource has no namespace in its paths or its objects."""
+    await kubectl("create", "-f", "-", stdin=json.dumps(NODE))
+    await kubectl("create", "-f", "-", stdin=json.dumps({**NODE, "metadata": {"name": "node-b"}}))
+    node = await kubectl.json("get", "node", "node-a")
+    assert "namespace" not in node["metadata"]
+    assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.34.0"  # kept, as registered
+    _, out, _ = await kubectl("get", "nodes")
+    header, *rows = out.splitlines()
+    assert header.split() == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
+    assert rows[0].split()[:3] == ["node-a", "Ready", "worker"]
+    _, out, _ = await kubectl("get", "nodes", "--field-selector", "metadata.name=node-b",
+                              "-o", "name")
+    assert out.split() == ["node/node-b"]
+    _, out, _ = await kubectl("api-resources", "--namespaced=false")
+    assert "nodes" in out
+    await kubectl("create", "-f", "-", stdin=json.dumps(SERVICE))
+    svc = await kubectl.json("get", "svc", "web")
+    assert svc["spec"]["ports"][0] == {"name": "http", "port": 80, "protocol": "TCP",
+                                       "targetPort": 80}
+    assert svc["metadata"]["namespace"] == "default"
+    _, out, _ = await kubectl("get", "services", "-A", "-o", "name")
+    assert out.split() == ["service/web"]
+    await kubectl("delete", "node", "node-a")
+    _, out, _ = await kubectl("get", "nodes", "-o", "name")
+    assert out.split() == ["node/node-b"]

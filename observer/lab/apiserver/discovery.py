@@ -46,7 +46,7 @@ def api_group_list() -> dict[str, Any]:
 
 def _resource_entries(rt: ResourceType) -> list[dict[str, Any]]:
     entry: dict[str, Any] = {
-        "name": rt.resource, "singularName": rt.kind.lower(), "namespaced": True,
+        "name": rt.resource, "singularName": rt.kind.lower(), "namespaced": rt.namespaced,
         "kind": rt.kind,
         "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update",
                   "watch"],
@@ -57,7 +57,8 @@ def _resource_entries(rt: ResourceType) -> list[dict[str, Any]]:
         entry["categories"] = ["all"]
     entries = [entry]
     if rt.has_status:
-        entries.append({"name": f"{rt.resource}/status", "singularName": "", "namespaced": True,
+        entries.append({"name": f"{rt.resource}/status", "singularName": "",
+                        "namespaced": rt.namespaced,
                         "kind": rt.kind, "verbs": ["get", "patch", "update"]})
     return entries
 
@@ -109,8 +110,10 @@ def openapi_document(group: str, version_: str) -> dict[str, Any] | None:
     list_params = ("labelSelector", "fieldSelector", "limit", "continue", "resourceVersion",
                    "resourceVersionMatch", "watch", "allowWatchBookmarks", "timeoutSeconds")
     for rt in types:
-        collection = f"{rt.prefix}/namespaces/{{namespace}}/{rt.resource}"
-        paths[f"{rt.prefix}/{rt.resource}"] = {"get": _operation(rt, "list", list_params)}
+        collection = (f"{rt.prefix}/namespaces/{{namespace}}/{rt.resource}" if rt.namespaced
+                      else f"{rt.prefix}/{rt.resource}")
+        if rt.namespaced:
+            paths[f"{rt.prefix}/{rt.resource}"] = {"get": _operation(rt, "list", list_params)}
         paths[collection] = {"get": _operation(rt, "list", list_params),
                              "post": _operation(rt, "post", _WRITE_PARAMS),
                              "delete": _operation(rt, "deletecollection",

@@ -19,7 +19,7 @@ from observer.clock import Clock
 from observer.kube.apitime import format_time
 from observer.lab.apiserver import errors
 from observer.lab.apiserver.errors import ApiError, Cause
-from observer.lab.apiserver.resources import ResourceType, name_causes, pod_initial_status
+from observer.lab.apiserver.resources import ResourceType, name_causes
 from observer.lab.apiserver.schema import conform
 from observer.lab.apiserver.store import Key, Obj, Store
 
@@ -129,12 +129,15 @@ class Registry:
                                                "generateName is required", "metadata.name")])
         for key in _SYSTEM_META:
             meta.pop(key, None)
-        meta["namespace"] = namespace
+        if self.rt.namespaced:
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = format_time(self.clock.wall())
         meta["generation"] = 1
         if self.rt.has_status:
-            obj["status"] = pod_initial_status(obj)
+            obj["status"] = self.rt.initial_status(obj)
         obj = self.rt.default(obj)
         causes = name_causes(meta["name"]) + self.rt.validate(obj)
         if causes:
@@ -166,7 +169,9 @@ class Registry:
     def _replace(self, old: Obj, new: Obj, options: WriteOptions, *, status: bool) -> Obj:
         name = old["metadata"]["name"]
         meta = new["metadata"]
-        meta["name"], meta["namespace"] = name, old["metadata"]["namespace"]
+        meta["name"] = name
+        if self.rt.namespaced:
+            meta["namespace"] = old["metadata"]["namespace"]
         for key in _SYSTEM_META:
             if key in old["metadata"]:
                 meta[key] = old["metadata"][key]
@@ -194,7 +199,7 @@ class Registry:
                 not self.rt.graceful_delete or meta.get("deletionGracePeriodSeconds") == 0):
             # The last finalizer is gone from an object already being deleted.
             if not options.dry_run:
-                return self.store.delete(self.rt.resource, (meta["namespace"], name))
+                return self.store.delete(self.rt.resource, (meta.get("namespace", ""), name))
             return new
         return self._commit(new, options)
 

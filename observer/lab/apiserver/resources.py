@@ -1,4 +1,4 @@
-"""The two resources the server serves, and what is particular to each.
+"""The resources the server serves, and what is particular to each.
 
 Behaviour follows the upstream registry code named at each piece:
 ``pkg/registry/core/pod/strategy.go`` (create/update/status strategies, selectable fields),
@@ -75,6 +75,7 @@ class ResourceType:
     validate_update: Callable[[Obj, Obj], list[Cause]]
     columns: tuple[Column, ...]
     row: Callable[[Obj, float], list[Any]]
+    namespaced: bool = True  # False: cluster-scoped (nodes), no namespace in paths or objects
 
     @property
     def api_version(self) -> str:
@@ -397,6 +398,91 @@ ENDPOINT_SLICES = ResourceType(
 )
 
 
+# --- services and nodes -----------------------------------------------------------------------
+# Served so that kube-proxy's own watches (Services, its Node) can be measured against the
+# agent's (bench/apiserver_load.py); stored with the defaults that matter to their size and
+# shape, validated only as far as names and service ports go.
+
+def _service_default(svc: Obj) -> Obj:
+    """``pkg/apis/core/v1/defaults.go`` SetDefaults_Service, the parts that do not allocate:
+    type, session affinity, port protocol and targetPort (no cluster IP is allocated here)."""
+    spec = svc.setdefault("spec", {})
+    spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    spec.setdefault("internalTrafficPolicy", "Cluster")
+    for port in spec.get("ports") or []:
+        if isinstance(port, dict):
+            port.setdefault("protocol", "TCP")
+            port.setdefault("targetPort", port.get("port"))
+    return svc
+
+
+def _service_validate(svc: Obj) -> list[Cause]:
+    causes = []
+    for i, port in enumerate((svc.get("spec") or {}).get("ports") or []):
+        number = port.get("port") if isinstance(port, dict) else None
+        if not isinstance(number, int) or not 1 <= number <= 65535:
+            causes.append(Cause("FieldValueInvalid", f"Invalid value: {_quote(number)}: must be "
+                                "between 1 and 65535, inclusive", f"spec.ports[{i}].port"))
+    return causes
+
+
+def _service_row(svc: Obj, now: float) -> list[Any]:
+    spec = svc.get("spec") or {}
+    ports = ",".join(f"{p.get('port')}/{p.get('protocol', 'TCP')}"
+                     for p in spec.get("ports") or [])
+    return [svc["metadata"]["name"], spec.get("type", "ClusterIP"),
+            spec.get("clusterIP") or "<none>", "<none>", ports or "<none>", _age(svc, now)]
+
+
+def _no_update_rules(new: Obj, old: Obj) -> list[Cause]:
+    return []
+
+
+SERVICES = ResourceType(
+    group="", version="v1", resource="services", kind="Service", model="V1Service",
+    short_names=("svc",), has_status=True, initial_status=lambda _: {"loadBalancer": {}},
+    graceful_delete=False,
+    selectable={"metadata.name": lambda o: o["metadata"]["name"],
+                "metadata.namespace": lambda o: o["metadata"].get("namespace", "")},
+    default=_service_default, validate=_service_validate, validate_update=_no_update_rules,
+    columns=(_NAME_COLUMN,
+             Column("Type", "string", "", "The type of service."),
+             Column("Cluster-IP", "string", "", "The cluster IP of the service."),
+             Column("External-IP", "string", "", "The external IPs of the service."),
+             Column("Port(s)", "string", "", "The ports of the service."),
+             _AGE_COLUMN),
+    row=_service_row)
+
+
+def _node_row(node: Obj, now: float) -> list[Any]:
+    conditions = (node.get("status") or {}).get("conditions") or []
+    ready = next((c.get("status") for c in conditions if c.get("type") == "Ready"), None)
+    labels = node["metadata"].get("labels") or {}
+    roles = sorted(k.split("/", 1)[1] for k in labels
+                   if k.startswith("node-role.kubernetes.io/"))
+    info = (node.get("status") or {}).get("nodeInfo") or {}
+    return [node["metadata"]["name"], "Ready" if ready == "True" else "NotReady",
+            ",".join(roles) or "<none>", _age(node, now), info.get("kubeletVersion", "")]
+
+
+NODES = ResourceType(
+    group="", version="v1", resource="nodes", kind="Node", model="V1Node", short_names=("no",),
+    # nodeStrategy.PrepareForCreate keeps the status the kubelet registers the node with.
+    has_status=True, initial_status=lambda node: node.get("status") or {},
+    graceful_delete=False,
+    selectable={"metadata.name": lambda o: o["metadata"]["name"],
+                "spec.unschedulable": lambda o: str(bool((o.get("spec") or {}).get(
+                    "unschedulable"))).lower()},
+    default=lambda node: node, validate=lambda node: [], validate_update=_no_update_rules,
+    columns=(_NAME_COLUMN,
+             Column("Status", "string", "", "The status of the node."),
+             Column("Roles", "string", "", "The roles of the node."),
+             _AGE_COLUMN,
+             Column("Version", "string", "", "Kubelet Version reported by the node.")),
+    row=_node_row, namespaced=False)
+
+
 # --- apps/v1 workloads ------------------------------------------------------------------------
 # Stored, validated and served so that `observer report` and kubectl can read them; no
 # controller acts on them (the lab creates the ReplicaSets' pods itself).
@@ -476,6 +562,6 @@ def _workload(resource: str, kind: str, short: str) -> ResourceType:
 
 
 RESOURCES: tuple[ResourceType, ...] = (
-    PODS, ENDPOINT_SLICES, _workload("deployments", "Deployment", "deploy"),
+    PODS, ENDPOINT_SLICES, SERVICES, NODES, _workload("deployments", "Deployment", "deploy"),
     _workload("statefulsets", "StatefulSet", "sts"), _workload("daemonsets", "DaemonSet", "ds"),
     _workload("replicasets", "ReplicaSet", "rs"))

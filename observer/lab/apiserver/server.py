@@ -138,16 +138,18 @@ class ApiServer:
         for rt in RESOURCES:
             reg = self.registries[rt.resource]
             base = rt.prefix
-            router.add_route("*", f"{base}/{rt.resource}", self._bind(self._cluster_collection,
-                                                                      reg))
-            router.add_route("*", f"{base}/namespaces/{{namespace}}/{rt.resource}",
-                             self._bind(self._collection, reg))
-            router.add_route("*", f"{base}/namespaces/{{namespace}}/{rt.resource}/{{name}}",
-                             self._bind(self._item, reg))
+            # A cluster-scoped resource's collection is its only one; a namespaced resource
+            # has one per namespace and a read-only one across all of them.
+            collection = (f"{base}/namespaces/{{namespace}}/{rt.resource}" if rt.namespaced
+                          else f"{base}/{rt.resource}")
+            if rt.namespaced:
+                router.add_route("*", f"{base}/{rt.resource}",
+                                 self._bind(self._cluster_collection, reg))
+            router.add_route("*", collection, self._bind(self._collection, reg))
+            router.add_route("*", f"{collection}/{{name}}", self._bind(self._item, reg))
             if rt.has_status:
-                router.add_route(
-                    "*", f"{base}/namespaces/{{namespace}}/{rt.resource}/{{name}}/status",
-                    self._bind(self._status, reg))
+                router.add_route("*", f"{collection}/{{name}}/status",
+                                 self._bind(self._status, reg))
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -374,9 +376,9 @@ class ApiServer:
         return await self._list_or_watch(request, reg, None)
 
     async def _collection(self, request: web.Request, reg: Registry) -> web.StreamResponse:
-        namespace = request.match_info["namespace"]
+        namespace = request.match_info.get("namespace", "")
         if request.method == "GET":
-            return await self._list_or_watch(request, reg, namespace)
+            return await self._list_or_watch(request, reg, namespace or None)
         if request.method == "POST":
             options = self._write_options(request)
             created = reg.create(namespace, await self._body(request), options)
@@ -582,7 +584,7 @@ class ApiServer:
 
     async def _object(self, request: web.Request, reg: Registry, *,
                       status: bool) -> web.StreamResponse:
-        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        namespace, name = request.match_info.get("namespace", ""), request.match_info["name"]
         if request.method == "GET":
             return self._respond(reg, request, reg.get(namespace, name))
         if request.method == "PUT":
