@@ -36,8 +36,40 @@ log = structlog.get_logger("observer.agent")
 # the agent does too: no dataplane would ever drop their endpoints.
 PROXYABLE_SLICES = "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name"
 # Pods whose containers have all exited (pkg/registry/core/pod/strategy.go makes status.phase
-# selectable; a pod entering the selection arrives as ADDED).
-TERMINAL_PODS = "status.phase!=Pending,status.phase!=Running,status.phase!=Unknown"
+# selectable; a pod entering the selection arrives as ADDED) — of the pods that only end when
+# deleted: restartPolicy Always, which Deployments, StatefulSets, DaemonSets and ReplicaSets
+# require. Jobs' pods (Never/OnFailure) end on their own, thousands a minute in a busy cluster,
+# and rarely back a Service; without this term they were most of what this watch carried
+# (bench/apiserver_load.py, docs/benchmarks.md). A Never/OnFailure pod behind a Service is
+# still measured; other nodes learn its stop from the slice instead.
+TERMINAL_PODS = ("spec.restartPolicy=Always,"
+                 "status.phase!=Pending,status.phase!=Running,status.phase!=Unknown")
+
+
+@dataclass(frozen=True)
+class WatchRequest:
+    """What one of the agent's watches asks of the API server: the list function (a
+    kubernetes_asyncio one) and its selectors."""
+
+    request: Requester
+    field_selector: str = ""
+    label_selector: str = ""
+
+
+def watch_requests(api: client.ApiClient, node_name: str, *,
+                   terminal_pods: bool) -> dict[str, WatchRequest]:
+    """The agent's watches, by the resource name their sinks and metrics use. Also what
+    ``bench/apiserver_load.py`` opens, so its load is the agent's."""
+    list_pods = client.CoreV1Api(api).list_pod_for_all_namespaces
+    requests = {
+        "endpointslices": WatchRequest(
+            client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces,
+            label_selector=PROXYABLE_SLICES),
+        "pods": WatchRequest(list_pods, field_selector=f"spec.nodeName={node_name}"),
+    }
+    if terminal_pods:
+        requests["terminal_pods"] = WatchRequest(list_pods, field_selector=TERMINAL_PODS)
+    return requests
 
 
 @dataclass(frozen=True)
@@ -167,23 +199,17 @@ class Agent:
         if traffic is not None:
             self.tracker.traffic = TrafficBook(window=config.traffic.window, sink=self.metrics,
                                                listener=traffic)
-        def watch(sink: SliceSink | PodSink, request: Requester, *, field_selector: str = "",
-                  label_selector: str = "") -> ResourceWatch:
-            return ResourceWatch(resource=sink.resource, request=request, sink=sink,
-                                 metrics=self.metrics, clock=clock, settings=config.watch,
-                                 field_selector=field_selector, label_selector=label_selector,
-                                 sleep=sleep)
-
-        list_pods = client.CoreV1Api(api).list_pod_for_all_namespaces
-        self.slices = watch(SliceSink(self.tracker, self.metrics),
-                            client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces,
-                            label_selector=PROXYABLE_SLICES)
-        self.pods = watch(PodSink(self.tracker, self.metrics), list_pods,
-                          field_selector=f"spec.nodeName={config.node_name}")
-        self.watches = [self.slices, self.pods]
-        if config.terminal_pod_watch:
-            self.watches.append(watch(TerminalPodSink(self.tracker, self.metrics), list_pods,
-                                      field_selector=TERMINAL_PODS))
+        sinks: dict[str, SliceSink | PodSink] = {sink.resource: sink for sink in (
+            SliceSink(self.tracker, self.metrics), PodSink(self.tracker, self.metrics),
+            TerminalPodSink(self.tracker, self.metrics))}
+        self.watches = [
+            ResourceWatch(resource=resource, request=wanted.request, sink=sinks[resource],
+                          metrics=self.metrics, clock=clock, settings=config.watch,
+                          field_selector=wanted.field_selector,
+                          label_selector=wanted.label_selector, sleep=sleep)
+            for resource, wanted in watch_requests(
+                api, config.node_name, terminal_pods=config.terminal_pod_watch).items()]
+        self.slices, self.pods = self.watches[0], self.watches[1]
         self.registry.register(StateCollector(
             in_flight=lambda: len(self.tracker.episodes),
             last_events=lambda: ((w.resource, w.last_event_wall) for w in self.watches),
