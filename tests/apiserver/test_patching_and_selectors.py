@@ -97,9 +97,9 @@ def test_field_selectors() -> None:
     supported = frozenset({"spec.nodeName", "metadata.name"})
     selector = parse_field_selector("spec.nodeName=node-a,metadata.name!=x",
                                     supported=supported, resource="pods")
-    assert selector.matches({"spec.nodeName": "node-a", "metadata.name": "y"})
-    assert not selector.matches({"spec.nodeName": "node-a", "metadata.name": "x"})
+    assert selector.matches({"spec.nodeName": "node-a", "metadata.name": "y"}.__getitem__)
+    assert not selector.matches({"spec.nodeName": "node-a", "metadata.name": "x"}.__getitem__)
     escaped = parse_field_selector(r"metadata.name=a\,b", supported=supported, resource="pods")
-    assert escaped.matches({"metadata.name": "a,b"})
+    assert escaped.matches({"metadata.name": "a,b"}.__getitem__)
     with pytest.raises(ApiError):
         parse_field_selector("spec.other=1", supported=supported, resource="pods")

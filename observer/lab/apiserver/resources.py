@@ -85,9 +85,6 @@ class ResourceType:
     def prefix(self) -> str:
         return f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
 
-    def fields(self, obj: Obj) -> dict[str, str]:
-        return {name: getter(obj) for name, getter in self.selectable.items()}
-
 
 def human_duration(seconds: float) -> str:
     """``k8s.io/apimachinery/pkg/util/duration.HumanDuration``, as kubectl's AGE column shows."""

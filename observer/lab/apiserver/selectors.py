@@ -10,7 +10,7 @@ Label selector grammar (``labels/selector.go``): comma-separated requirements, e
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from observer.lab.apiserver.errors import ApiError, bad_request
@@ -139,8 +139,9 @@ class FieldRequirement:
 class FieldSelector:
     requirements: tuple[FieldRequirement, ...] = ()
 
-    def matches(self, fields: Mapping[str, str]) -> bool:
-        return all((fields.get(r.field, "") == r.value) == r.equal for r in self.requirements)
+    def matches(self, field: Callable[[str], str]) -> bool:
+        """``field`` gives an object's value of a selectable field, by name."""
+        return all((field(r.field) == r.value) == r.equal for r in self.requirements)
 
 
 def _unescape(value: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import contextlib
 import json
 import secrets
@@ -400,7 +401,7 @@ class ApiServer:
                    fields: FieldSelector) -> Callable[[Obj], bool]:
         def predicate(obj: Obj) -> bool:
             return (labels.matches(obj["metadata"].get("labels") or {})
-                    and fields.matches(reg.rt.fields(obj)))
+                    and fields.matches(lambda name: reg.rt.selectable[name](obj)))
         return predicate
 
     @staticmethod
@@ -454,22 +455,34 @@ class ApiServer:
                                             "message": "Too large resource version"}],
                                 "retryAfterSeconds": 1}, {"Retry-After": "1"})
         try:
-            state = self.store.items(reg.rt.resource, at)
+            state, order = self.store.ordered(reg.rt.resource, at)
         except TooOld as error:
             raise errors.expired(_CONTINUE_EXPIRED if token else str(error)) from error
         revision = at if at is not None else self.store.revision
         predicate = self._predicate(reg, labels, fields)
-        keys = sorted(k for k in state if (namespace is None or k[0] == namespace)
-                      and f"{k[0]}/{k[1]}" > start)
-        matching = [state[k] for k in keys if predicate(state[k])]
+        counting = labels.empty and not fields.requirements  # remainingItemCount is exact
+        matching: list[Obj] = []
+        remaining = 0
+        for index in range(bisect.bisect_right(order, start) if start else 0, len(order)):
+            object_namespace, _, name = order[index].partition("/")
+            if namespace is not None and object_namespace != namespace:
+                continue
+            obj = state[(object_namespace, name)]
+            if not predicate(obj):
+                continue
+            if limit and len(matching) == limit:
+                remaining += 1
+                if not counting:
+                    break
+                continue
+            matching.append(obj)
         meta: dict[str, Any] = {"resourceVersion": str(revision)}
-        if limit and len(matching) > limit:
-            last = matching[limit - 1]["metadata"]
+        if remaining:
+            last = matching[-1]["metadata"]
             meta["continue"] = _encode_continue(revision, f"{last.get('namespace', '')}/"
                                                           f"{last['name']}")
-            if labels.empty and not fields.requirements:
-                meta["remainingItemCount"] = len(matching) - limit
-            matching = matching[:limit]
+            if counting:
+                meta["remainingItemCount"] = remaining
         if negotiated.table_version:
             return _json_response(self._table(reg.rt, negotiated, matching, meta))
         if negotiated.metadata_only:

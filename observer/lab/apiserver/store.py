@@ -19,9 +19,10 @@ Stored objects are never mutated: each write stores a new dict.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -119,6 +120,9 @@ class Store:
         self.revision = 1
         self.oldest = 1  # the oldest revision a watch or list may still start from
         self._objects: dict[str, dict[Key, Obj]] = {}
+        # Per resource, the current objects' "namespace/name" in order, kept as they come and
+        # go: a list (and each page of one) costs no sort of every key.
+        self._order: dict[str, list[str]] = {}
         self._history: deque[Change] = deque()
         self._history_limit = history_limit
         self._watcher_capacity = watcher_capacity
@@ -147,6 +151,16 @@ class Store:
                 state[change.key] = change.prev
         return state
 
+    def ordered(self, resource: str, revision: int | None = None
+                ) -> tuple[Mapping[Key, Obj], list[str]]:
+        """The objects of a resource (now, or as they were at ``revision``) and their
+        "namespace/name" in order — the order of lists and of continue tokens. Both are the
+        store's own when current: to read, not to change, before the next write."""
+        if revision is None or revision >= self.revision:
+            return self._objects.get(resource, {}), self._order.get(resource, [])
+        state = self.items(resource, revision)
+        return state, sorted(f"{ns}/{name}" for ns, name in state)
+
     def _check_revision(self, revision: int) -> None:
         if revision < self.oldest:
             raise TooOld(revision, self.oldest)
@@ -166,12 +180,16 @@ class Store:
         self.revision += 1
         stored = {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.revision)}}
         self._objects.setdefault(resource, {})[key] = stored
+        if prev is None:
+            bisect.insort(self._order.setdefault(resource, []), f"{key[0]}/{key[1]}")
         self._record(Change(self.revision, "MODIFIED" if prev else "ADDED", resource, key,
                             stored, prev))
         return stored
 
     def delete(self, resource: str, key: Key) -> Obj:
         prev = self._objects[resource].pop(key)
+        order = self._order[resource]
+        del order[bisect.bisect_left(order, f"{key[0]}/{key[1]}")]
         self.revision += 1
         gone = {**prev, "metadata": {**prev["metadata"], "resourceVersion": str(self.revision)}}
         self._record(Change(self.revision, "DELETED", resource, key, gone, prev))
