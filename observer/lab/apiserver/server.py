@@ -15,6 +15,7 @@ import bisect
 import contextlib
 import json
 import secrets
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from observer.lab.apiserver.store import Obj, Store, TooOld
 from observer.lab.apiserver.tls import ServingCert, self_signed
 from observer.values import join_host_port
 
+ENCODED_EVENTS = 4096  # watch event lines kept encoded for the next watcher that sends them
 MAX_BODY_BYTES = 3 * 1024 * 1024  # apiserver's default --max-request-body-bytes is 3 MiB
 DEFAULT_WATCH_TIMEOUT = 1800.0  # the real server picks [minRequestTimeout, 2x); 1800 s default
 _CONTINUE_EXPIRED = (
@@ -117,6 +119,10 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
         self._cert: ServingCert | None = None
         self._stopping = asyncio.Event()
+        # Watch event lines already encoded, by (resource, resourceVersion, event type, metadata
+        # only): a change sent to many watchers is serialized once, as the real watch cache
+        # does (KEP-1152, "cachingObject"). Every stored version has its own resourceVersion.
+        self._encoded: OrderedDict[tuple[str, str, str, bool], bytes] = OrderedDict()
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -551,9 +557,13 @@ class ApiServer:
                 control.inject.clear()
                 while watcher.queue:
                     event_type, obj = watcher.queue.popleft()
-                    await send(event_type, self._render(reg.rt, negotiated, obj,
-                                                        table_headers=first_table))
-                    first_table = False
+                    if negotiated.table_version:
+                        await send(event_type, self._table(reg.rt, negotiated, [obj], {},
+                                                           headers=first_table))
+                        first_table = False
+                    else:
+                        await response.write(self._event_line(reg.rt, negotiated, event_type,
+                                                              obj))
                 if watcher.closed:
                     break
                 if bookmarks and now >= next_bookmark:
@@ -571,6 +581,19 @@ class ApiServer:
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()
         return response
+
+    def _event_line(self, rt: ResourceType, negotiated: _Negotiated, event_type: str,
+                    obj: Obj) -> bytes:
+        key = (rt.resource, obj["metadata"]["resourceVersion"], event_type,
+               negotiated.metadata_only)
+        line = self._encoded.get(key)
+        if line is None:
+            line = json.dumps({"type": event_type, "object": self._render(
+                rt, negotiated, obj, table_headers=False)}, separators=(",", ":")).encode() + b"\n"
+            self._encoded[key] = line
+            if len(self._encoded) > ENCODED_EVENTS:
+                self._encoded.popitem(last=False)
+        return line
 
     async def _delete_collection(self, request: web.Request, reg: Registry,
                                  namespace: str) -> web.Response:
