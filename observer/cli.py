@@ -42,6 +42,26 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     """A flag's default from its ``OBSERVER_*`` environment variable."""
     return os.environ.get(f"OBSERVER_{name}", default)
@@ -107,6 +127,16 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                      default=float(_env("WATCH_INACTIVITY_TIMEOUT", "90") or 90),
                      help="seconds without any watch line (bookmarks included) before a "
                           "stream is treated as stalled and resumed")
+    run.add_argument("--watch-start-jitter", type=non_negative_float,
+                     default=float(_env("WATCH_START_JITTER", "0") or 0),
+                     help="each watch's first list waits a random time up to this many "
+                          "seconds, so that agents started together (an install, a rollout "
+                          "of many nodes) do not all list at once (default 0; see "
+                          "docs/deploy.md, 'Running it on a large cluster')")
+    run.add_argument("--watch-page-size", type=non_negative_int,
+                     default=int(_env("WATCH_PAGE_SIZE", "500") or 500),
+                     help="objects per page of a list (limit/continue); 0 lists in one "
+                          "response (default 500)")
     run.add_argument("--max-stage-uncertainty", type=positive_float,
                      default=float(_env("MAX_STAGE_UNCERTAINTY", "0.05") or 0.05),
                      help="a stage whose watch readings may be further than this many seconds "
@@ -146,7 +176,9 @@ async def _run_agent(args: argparse.Namespace) -> int:
         max_in_flight=args.max_in_flight, debug_endpoints=args.debug_endpoints,
         max_stage_uncertainty=args.max_stage_uncertainty,
         terminal_pod_watch=args.terminal_pod_watch,
-        watch=WatchSettings(inactivity_timeout=args.watch_inactivity_timeout),
+        watch=WatchSettings(inactivity_timeout=args.watch_inactivity_timeout,
+                            start_jitter=args.watch_start_jitter,
+                            page_size=args.watch_page_size),
         dataplane=DataplaneSettings(mode=args.dataplane, netns=args.netns,
                                     bpf_root=args.bpf_root,
                                     poll_interval=args.dataplane_poll_interval,

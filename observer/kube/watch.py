@@ -121,7 +121,10 @@ class WatchSettings:
     inactivity_timeout: float = 90.0  # no line (event or bookmark) for this long: reconnect
     server_timeout: int = 300  # timeoutSeconds asked of the server for each watch request
     request_timeout: float = 60.0  # connecting, and a whole list response
-    page_size: int = 500  # list in chunks of this many items (limit/continue)
+    page_size: int = 500  # list in chunks of this many items (limit/continue); 0: one response
+    # The first list waits a random share of this many seconds: a fleet of agents started at
+    # once (an install, a rollout of many nodes) spreads its initial lists over this window.
+    start_jitter: float = 0.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
 
@@ -179,6 +182,8 @@ class ResourceWatch:
 
     async def run(self) -> None:
         """List and watch until cancelled."""
+        if self.settings.start_jitter > 0:
+            await self.sleep(self.settings.start_jitter * self.jitter())
         delay = self.settings.backoff_initial
         while True:
             try:
@@ -238,8 +243,9 @@ class ResourceWatch:
         token = ""
         first = True
         while True:
-            params: dict[str, Any] = {"limit": self.settings.page_size,
-                                      "_request_timeout": self.settings.request_timeout}
+            params: dict[str, Any] = {"_request_timeout": self.settings.request_timeout}
+            if self.settings.page_size > 0:
+                params["limit"] = self.settings.page_size
             if token:
                 params["_continue"] = token
             body = await self._get_json(**params)

@@ -103,3 +103,35 @@ async def test_terminal_pods_watch_carries_only_pods_that_end_when_deleted(
                               TERMINAL_PODS, "-o", "name")
     assert sorted(out.split()) == ["pod/web-done", "pod/web-failed", "pod/web-later",
                                    "pod/web-running"]
+
+
+async def test_page_size_zero_lists_in_one_request_and_start_jitter_delays_the_first(
+        apiserver: ApiServer, api: client.ApiClient) -> None:
+    for i in range(3):
+        make_pod(apiserver, f"web-{i}", "Always", "Running")
+    wanted = watch_requests(api, "node-b", terminal_pods=False)["pods"]
+    calls: list[dict[str, Any]] = []
+    order: list[str] = []
+
+    async def request(**params: Any) -> Any:
+        calls.append(params)
+        order.append("watch" if params.get("watch") else "list")
+        return await wanted.request(**params)
+
+    async def sleep(seconds: float) -> None:
+        order.append(f"sleep {seconds}")
+
+    recorder = Recorder()
+    watch = ResourceWatch(resource="pods", request=request, sink=recorder, metrics=NoMetrics(),
+                          clock=SystemClock(), field_selector=wanted.field_selector,
+                          settings=WatchSettings(page_size=0, start_jitter=8.0),
+                          sleep=sleep, jitter=lambda: 0.25)
+    task = asyncio.create_task(watch.run())
+    try:
+        await watch.synced.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert order[:2] == ["sleep 2.0", "list"]  # a quarter of the window, before any request
+    assert "limit" not in calls[0]
+    assert sorted(recorder.names) == ["web-0", "web-1", "web-2"]
