@@ -7,6 +7,7 @@ events per second of *agent CPU time* (``time.process_time``, so a busy machine 
 load generator does not change it) and per wall second.
 
     .venv/bin/python -m bench.agent_churn [--services 10000] [--per-service 10] [--churn 20000]
+                                          [--page-size 500]
 
 Each churn event rewrites one slice, flipping one endpoint between Ready and terminating:
 half the events start an episode, half abandon one (ready_again).
@@ -38,6 +39,7 @@ from observer.agent import (
 from observer.clock import SystemClock
 from observer.dataplane.memory import MemoryDataplane
 from observer.export.metrics import configure_exposition
+from observer.kube.watch import WatchSettings
 
 
 def serve_in_child(*args: Any) -> None:
@@ -66,7 +68,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async with client.ApiClient(configuration) as api:
                 agent = await build_agent(
                     AgentConfig(node_name="node-0", listen=("127.0.0.1", 0),
-                                traffic=TrafficSettings(mode="off")), api=api,
+                                traffic=TrafficSettings(mode="off"),
+                                watch=WatchSettings(page_size=args.page_size)), api=api,
                     clock=clock, dataplane=given(MemoryDataplane(clock=clock, mode="nftables")))
                 rss_before = rss_mib()
                 stop = asyncio.Event()
@@ -96,6 +99,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(), "python": platform.python_version()},
         "services": args.services, "endpoints": args.services * args.per_service,
+        "page_size": args.page_size,
         "list": {"wall_seconds": round(list_wall, 2), "agent_cpu_seconds": round(list_cpu, 2)},
         "churn": {"events": args.churn, "wall_seconds": round(churn_wall, 2),
                   "agent_cpu_seconds": round(churn_cpu, 2),
@@ -113,6 +117,8 @@ def main() -> None:
     parser.add_argument("--services", type=int, default=10_000)
     parser.add_argument("--per-service", type=int, default=10)
     parser.add_argument("--churn", type=int, default=20_000)
+    parser.add_argument("--page-size", type=int, default=500,
+                        help="--watch-page-size (0: the list in one response)")
     args = parser.parse_args()
     with open(os.devnull, "w") as devnull:
         logs.configure("json", stream=devnull)

@@ -354,6 +354,11 @@ def _add_lab_flags(lab: argparse.ArgumentParser) -> None:
                      help="run twice: measure, then give every workload at least the "
                           "recommended preStop and run again; both runs' failed requests "
                           "side by side")
+    lab.add_argument("--terminal-pod-watch", action=argparse.BooleanOptionalAction,
+                     default=True,
+                     help="the agents watch terminal pods of every node (default: yes; "
+                          "without, what the accuracy table loses is what agent.terminalPodWatch"
+                          "=false costs a cluster)")
     lab.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     lab.add_argument("--json", action="store_true", help="print the result as JSON")
     lab.add_argument("--svg", type=Path, default=Path(".lab/timeline.svg"),
@@ -372,7 +377,7 @@ async def _run_lab(args: argparse.Namespace) -> int:
                          min_sync_period=args.min_sync_period, prestop=args.prestop,
                          app_exit=args.app_exit, dataplane=args.dataplane, seed=args.seed,
                          ingress_delay=args.ingress_delay, request_rate=args.request_rate,
-                         workloads=args.workloads)
+                         workloads=args.workloads, terminal_pod_watch=args.terminal_pod_watch)
     try:
         settings.check()
     except LabConfigError as error:

@@ -159,7 +159,8 @@ async def _one(options: LabOptions, config: LabConfig, *, stop: asyncio.Event, e
                      "elapsed_seconds": round(run.elapsed, 2), "seed": config.seed,
                      "prestop_seconds": {w: config.prestop if w == "careful"
                                          else config.added_prestop for w in config.workloads},
-                     "ingress_delay": str(config.ingress_delay)}
+                     "ingress_delay": str(config.ingress_delay),
+                     "terminal_pod_watch": config.terminal_pod_watch}
     result["traffic"] = run.traffic
     options.svg.parent.mkdir(parents=True, exist_ok=True)
     options.svg.write_text(render_svg(pair(measured, run.truth.episodes)[0]))

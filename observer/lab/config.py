@@ -61,6 +61,7 @@ class LabConfig:
     replicas: int = 2  # pods per workload per node
     episode_ttl: float = 600.0  # the agents' --episode-ttl (also how long pod records stay)
     watch_inactivity_timeout: float = 30.0  # the agents' --watch-inactivity-timeout
+    terminal_pod_watch: bool = True  # the agents' --terminal-pod-watch
     dataplane: LabDataplane = "nftables"
     poll_interval: float = 0.05  # the agents' polling interval (iptables-legacy)
     # The agents' CPU cap for polling. They share one process here, so a read's CPU counts what

@@ -318,6 +318,7 @@ class Lab:
         settings = AgentConfig(
             node_name=node.name, listen=("127.0.0.1", 0), housekeeping_interval=0.5,
             episode_ttl=self.config.episode_ttl,
+            terminal_pod_watch=self.config.terminal_pod_watch,
             watch=WatchSettings(backoff_initial=0.05, backoff_max=1.0,
                                 inactivity_timeout=self.config.watch_inactivity_timeout),
             dataplane=DataplaneSettings(
