@@ -284,7 +284,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             list_seconds, list_cpu = time.monotonic() - started, time.process_time() - cpu
             initial = per_node(nodes, {})
             phases: dict[str, Any] = {}
-            watched = [n.name for n in nodes]
+            watched = sorted({n.name for n in nodes})  # agents' and kube-proxies' share names
             for kind, count in (("replace-small", args.replacements),
                                 ("replace-large", args.replacements), ("job", args.jobs),
                                 ("heartbeat", 1), ("mixed", args.mixed)):
