@@ -254,12 +254,20 @@ async def test_services_and_cluster_scoped_nodes(kubectl: Kubectl) -> None:
     _, out, _ = await kubectl("api-resources", "--namespaced=false")
     assert "nodes" in out
     await kubectl("create", "-f", "-", stdin=json.dumps(SERVICE))
+    headless = {**SERVICE, "metadata": {"name": "db", "labels": {
+        "service.kubernetes.io/headless": ""}}}
+    await kubectl("create", "-f", "-", stdin=json.dumps(headless))
+    # kube-proxy's Services watch (its label selector), as bench/apiserver_load.py opens it.
+    _, out, _ = await kubectl("get", "services", "-A", "-o", "name", "-l",
+                              "!service.kubernetes.io/headless,"
+                              "!service.kubernetes.io/service-proxy-name")
+    assert out.split() == ["service/web"]
     svc = await kubectl.json("get", "svc", "web")
     assert svc["spec"]["ports"][0] == {"name": "http", "port": 80, "protocol": "TCP",
                                        "targetPort": 80}
     assert svc["metadata"]["namespace"] == "default"
-    _, out, _ = await kubectl("get", "services", "-A", "-o", "name")
-    assert out.split() == ["service/web"]
+    _, out, _ = await kubectl("get", "services", "-A", "-o", "name", "--chunk-size=0")
+    assert out.split() == ["service/db", "service/web"]  # one response: no limit asked
     await kubectl("delete", "node", "node-a")
     _, out, _ = await kubectl("get", "nodes", "-o", "name")
     assert out.split() == ["node/node-b"]
