@@ -36,8 +36,12 @@ case "$(/bin/cat {dir}/mode)" in
   fail) echo 'iptables v1.8.9 (legacy): cannot initialize table' >&2; exit 4 ;;
   hang) exec /bin/sleep 30 ;;
   garbage) echo '*nat'; echo ':KUBE-SERVICES - [0:0]'; echo '-A KUBE-SVC- -j'; echo 'junk' ;;
+  *) echo "${{0##*/}}: not found" >&2; exit 127 ;;
 esac
 """
+# The last branch: a run started just before the tools were hidden ("missing") finds that
+# mode. It fails, as running a tool that is not there would; printing nothing and exiting 0
+# instead read as an empty ruleset: the endpoint's drop, seen while the tool was "missing".
 REASONS = {"missing": "missing_tool", "fail": "failed", "hang": "timeout", "garbage": "garbage"}
 
 
