@@ -209,7 +209,8 @@ class Agent:
                           label_selector=wanted.label_selector, sleep=sleep)
             for resource, wanted in watch_requests(
                 api, config.node_name, terminal_pods=config.terminal_pod_watch).items()]
-        self.slices, self.pods = self.watches[0], self.watches[1]
+        by_resource = {w.resource: w for w in self.watches}
+        self.slices, self.pods = by_resource["endpointslices"], by_resource["pods"]
         self.registry.register(StateCollector(
             in_flight=lambda: len(self.tracker.episodes),
             last_events=lambda: ((w.resource, w.last_event_wall) for w in self.watches),
