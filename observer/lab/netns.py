@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import os
 import shutil
 import uuid
 
+import structlog
+
 from observer.dataplane.commands import CommandError, CommandRunner
+
+log = structlog.get_logger("observer.lab")
 
 
 def can_use_namespaces() -> str | None:
@@ -28,12 +32,17 @@ class Namespaces:
 
     async def create(self, node: str) -> str:
         name = f"{self.prefix}-{node}"
-        await self._runner.run(["ip", "netns", "add", name])
+        # Known before it exists: an add cut short (the lab interrupted while it makes a pod)
+        # may have made it all the same, and ``close`` must remove it.
         self.names.append(name)
+        await self._runner.run(["ip", "netns", "add", name])
         return name
 
     async def close(self) -> None:
-        for name in self.names:
-            with contextlib.suppress(CommandError):
+        while self.names:
+            name = self.names.pop()
+            try:
                 await self._runner.run(["ip", "netns", "del", name])
-        self.names.clear()
+            except CommandError as error:
+                if await asyncio.to_thread(os.path.exists, f"/run/netns/{name}"):  # it was made
+                    log.warning("network namespace left behind", netns=name, error=str(error))
