@@ -17,7 +17,7 @@ import struct
 from typing import NamedTuple
 
 _SYSCALL = {"x86_64": 321, "aarch64": 280, "arm64": 280}  # __NR_bpf, <asm/unistd.h>
-_MAP_CREATE, _LOOKUP, _UPDATE, _DELETE = 0, 1, 2, 3
+_MAP_CREATE, _UPDATE, _DELETE = 0, 2, 3
 _OBJ_PIN, _OBJ_GET, _GET_INFO, _LOOKUP_BATCH = 6, 7, 15, 24
 F_RDONLY = 1 << 3  # BPF_F_RDONLY: file_flags of BPF_OBJ_GET
 MAP_TYPE_HASH = 1
@@ -100,19 +100,6 @@ def lookup_batch(fd: int, key_size: int, value_size: int,
             return b"".join(key_parts), b"".join(value_parts)
         ctypes.memmove(token_in, token_out, 8)
         first = False
-
-
-def lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
-    """One entry's value (``BPF_MAP_LOOKUP_ELEM``); None when the key is not there."""
-    k = ctypes.create_string_buffer(key, len(key))
-    value = ctypes.create_string_buffer(value_size)
-    try:
-        _bpf(_LOOKUP, _attr(_ELEM, fd, ctypes.addressof(k), ctypes.addressof(value), 0))
-    except OSError as error:
-        if error.errno == errno.ENOENT:
-            return None
-        raise
-    return value.raw
 
 
 # --- writing: what the lab and the tests do as Cilium's agent would ------------------------

@@ -100,7 +100,8 @@ async def open_source(requested: Requested, *, runner: CommandRunner, clock: Clo
     virtual servers and Cilium's frontends."""
     mode, backend = await resolve(requested, runner, bpf_root)
     if mode == "cilium":
-        CiliumMaps.open(bpf_root).close()  # fail now, not at the first poll, if unreadable
+        if requested == "cilium":  # (detection has opened them already)
+            CiliumMaps.open(bpf_root).close()  # fail now, not at the first poll, if unreadable
         # The reads run in a worker thread: the budget counts the whole process's CPU.
         return DeltaPollingSource(changes=CiliumChanges(bpf_root, FrontendNames(candidates)),
                                   clock=clock, metrics=metrics, interval=poll_interval,
