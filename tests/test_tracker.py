@@ -290,3 +290,22 @@ def test_remote_stops_are_bounded(clock: ManualClock) -> None:
     clock.advance(11)
     t.expire()
     assert [u for u in kept if t.pods.remote_stop(u) is not None] == []
+
+
+def test_the_dataplane_is_told_what_the_slices_expect_of_it(clock: ManualClock) -> None:
+    """Every endpoint that joins or leaves Ready, as it should now be selected or not (what
+    a source that reads by parts reads closely); a change within Ready or not Ready is not."""
+    expected: list[tuple[EndpointKey, bool]] = []
+    t = EpisodeTracker(node_name="node-a", clock=clock, sink=Recorder(), measure_dataplane=True,
+                       dataplane_expect=lambda key, selected: expected.append((key, selected)))
+    other = EndpointKey(SP, "10.0.1.0", 80)
+    t.slices_listed([eps()], t.now("slice_watch"), relist=False)
+    assert set(expected) == {(KEY, True), (other, True)}
+    expected.clear()
+    t.slice_changed(eps(ready=False, terminating=True), t.now("slice_watch"))
+    assert expected == [(KEY, False)]
+    t.slice_changed(eps(ready=False, serving=False, terminating=True), t.now("slice_watch"))
+    assert expected == [(KEY, False)]
+    expected.clear()
+    t.slice_changed(eps(others=0), t.now("slice_watch"))
+    assert set(expected) == {(KEY, True), (other, False)}

@@ -34,18 +34,23 @@ name a backend that is gone, which the datapath cannot reach either. Reading the
 first and the backends second, a slot naming a backend never seen means the maps changed
 during the read: the read is reported unreadable (counted) and the next one tells.
 
-Maps send no notification when they change: the source polls (``sources.DeltaPollingSource``),
-and only what changed between two reads is decoded (``LoadBalancing.apply``).
+Maps send no notification when they change: the source polls (``sources.DeltaPollingSource``).
+A full read copies both maps (BPF_MAP_LOOKUP_BATCH) and decodes only what changed since the
+last (``LoadBalancing.apply``) — still about a second of CPU at 10,000 services when most
+frontends changed, so full reads are rare; the service ports the tracker expects to change
+are read in between by looking their frontends up entry by entry (``CiliumMaps.frontends``:
+master, slots 1..count, their backends; a microsecond or two per entry).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -59,7 +64,8 @@ from observer.dataplane.model import (
     ProgrammedService,
 )
 from observer.dataplane.names import FrontendNames
-from observer.values import EndpointKey, Mode, ServicePort, join_host_port
+from observer.dataplane.sources import Changes, Install
+from observer.values import Mode, ServicePort, join_host_port
 
 DEFAULT_BPF_ROOT = "/sys/fs/bpf"
 PIN_DIR = "tc/globals"  # Cilium's pin path for its global maps, under the BPF filesystem
@@ -191,6 +197,29 @@ class CiliumMaps:
         except OSError as error:
             raise _bpf_error(error, "reading Cilium's maps") from None
 
+    def frontends(self, frontends: Iterable[Frontend]
+                  ) -> dict[Frontend, ProgrammedService | None]:
+        """These frontends as they are now, looked up entry by entry (None: gone). One that
+        Cilium is writing under the read is left out (a slot or backend missing that the master
+        counts, or the master changed by the end): the next read takes it."""
+        lookups = {f.family: (bpf.Lookup(f.services.fd, f.services.key.size,
+                                         f.services.value.size),
+                              bpf.Lookup(f.backends.fd, BACKEND_KEY.size,
+                                         f.backends.value.size), f.backends.value)
+                   for f in self.families}
+        found: dict[Frontend, ProgrammedService | None] = {}
+        try:
+            for frontend in frontends:
+                family = 4 if len(frontend.address) == 4 else 6
+                if family not in lookups:
+                    raise CommandError("unavailable", f"{SERVICE_MAPS[family]} is not pinned")
+                entries = _lookup(frontend, *lookups[family])
+                if entries is not None:
+                    found[frontend] = _describe(frontend, *entries, {})
+        except OSError as error:
+            raise _bpf_error(error, "reading Cilium's maps") from None
+        return found
+
     def close(self) -> None:
         for family in self.families:
             for pinned in (family.services, family.backends):
@@ -198,10 +227,54 @@ class CiliumMaps:
         self.families = []
 
 
+def _lookup(frontend: Frontend, services: bpf.Lookup, backends: bpf.Lookup,
+            layout: struct.Struct
+            ) -> tuple[dict[tuple[int, int], Entry], dict[int, BackendValue]] | None:
+    """A frontend's master entries and the slots its datapath chooses from (1..count: those
+    past count are never selected, so a read of selection leaves them), and their backends;
+    None when Cilium's writes were seen half-done (the reconciler writes backends, then slots,
+    then the master, then deletes what is past the new end: a slot the master counts that is
+    missing, a backend a slot names that is missing, or a master rewritten during the read)."""
+    key = SERVICE_KEY[4 if len(frontend.address) == 4 else 6]
+    entries: dict[tuple[int, int], Entry] = {}
+    for scope in (0, SCOPE_INTERNAL):
+        master_key = key.pack(frontend.address, frontend.port, 0, frontend.proto, scope)
+        master = services(master_key)
+        if master is None:
+            continue
+        entries[scope, 0] = Entry(*_entry(master))
+        for slot in range(1, entries[scope, 0].active + 1):
+            raw = services(key.pack(frontend.address, frontend.port, slot, frontend.proto,
+                                    scope))
+            if raw is None:
+                return None
+            entries[scope, slot] = Entry(*_entry(raw))
+        if services(master_key) != master:
+            return None
+    found: dict[int, BackendValue] = {}
+    for (_, slot), entry in entries.items():
+        if slot and entry.backend_id not in found:
+            raw = backends(BACKEND_KEY.pack(entry.backend_id))
+            if raw is None:
+                return None
+            found[entry.backend_id] = _backend(layout, raw)
+    return entries, found
+
+
 # --- the decoded state --------------------------------------------------------------------
 
 def _address(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+def _entry(raw: bytes) -> tuple[int, int, int, int]:
+    backend_id, count, _, flags, flags2, _ = SERVICE_VALUE.unpack(raw)
+    return backend_id, count, flags, flags2
+
+
+def _backend(layout: struct.Struct, raw: bytes) -> BackendValue:
+    address, port, proto, state = layout.unpack(raw)[:4]
+    return BackendValue(_address(address), int.from_bytes(port, "big"), proto, state)
 
 
 _CHUNK = 8  # entries compared as one stretch of bytes between two reads
@@ -255,6 +328,39 @@ class _Raw:
             del self.entries[gone]
         self.keys, self.values = keys, values
         return changed, removed
+
+
+def _describe(frontend: Frontend, entries: Mapping[tuple[int, int], Entry],
+              backends: Mapping[int, BackendValue], gone: Mapping[int, BackendValue]
+              ) -> ProgrammedService | None:
+    """A frontend's entries (by scope and slot) as the other modes report a service port's
+    rules; None when it has none. ``gone``: backends deleted while a slot still names them
+    (named, but not selected: the datapath finds no backend there)."""
+    if not entries:
+        return None
+    paths: dict[bool, list[ProgrammedEndpoint]] = {False: [], True: []}
+    protocols: set[int] = set()
+    for (scope, slot), entry in sorted(entries.items()):
+        if slot == 0:
+            continue
+        backend = backends.get(entry.backend_id)
+        reachable = backend is not None
+        backend = backend or gone.get(entry.backend_id)
+        if backend is None:
+            continue
+        master = entries.get((scope, 0))
+        count = master.active if master is not None else 0
+        local = master is not None and bool(
+            master.flags & _EXT_LOCAL_SCOPE if scope != SCOPE_INTERNAL
+            else master.flags2 & _INT_LOCAL_SCOPE)
+        paths[local].append(ProgrammedEndpoint(backend.ip, backend.port,
+                                               reachable and slot <= count))
+        protocols.add(backend.proto)
+    proto = frontend.proto or (protocols.pop() if len(protocols) == 1 else 0)
+    ip, port = _address(frontend.address), int.from_bytes(frontend.port, "big")
+    return ProgrammedService(service=join_host_port(ip, port),
+                             protocol=_PROTOCOLS.get(proto, "any"), cluster_ip=ip,
+                             cluster=tuple(paths[False]), local=tuple(paths[True]))
 
 
 class LoadBalancing:
@@ -311,11 +417,11 @@ class LoadBalancing:
             touched.add(frontend)
         for raw, raw_value in changed:
             address, port, slot, proto, scope = key_layout.unpack(raw)
-            backend_id, count, _, flags, flags2, _ = SERVICE_VALUE.unpack(raw_value)
             frontend = Frontend(address, port, proto)
             entries = self.frontends.setdefault(frontend, {})
             old = entries.get((scope, slot))
-            entries[scope, slot] = Entry(backend_id, count, flags, flags2)
+            entries[scope, slot] = entry = Entry(*_entry(raw_value))
+            backend_id = entry.backend_id
             if slot > 0:
                 self.users.setdefault(backend_id, set()).add(frontend)
                 if old is not None and old.backend_id != backend_id:
@@ -344,40 +450,13 @@ class LoadBalancing:
             touched |= self.users.get(backend_id, set())
         for raw, raw_value in changed:
             (backend_id,) = BACKEND_KEY.unpack(raw)
-            address, port, proto, state = layout.unpack(raw_value)[:4]
-            self.backends[backend_id] = BackendValue(_address(address),
-                                                     int.from_bytes(port, "big"), proto, state)
+            self.backends[backend_id] = _backend(layout, raw_value)
             self.gone.pop(backend_id, None)
             touched |= self.users.get(backend_id, set())
 
     def service(self, frontend: Frontend) -> ProgrammedService | None:
         """The frontend as the other modes report a service port's rules; None once gone."""
-        entries = self.frontends.get(frontend)
-        if not entries:
-            return None
-        paths: dict[bool, list[ProgrammedEndpoint]] = {False: [], True: []}
-        protocols: set[int] = set()
-        for (scope, slot), entry in sorted(entries.items()):
-            if slot == 0:
-                continue
-            backend = self.backends.get(entry.backend_id)
-            reachable = backend is not None
-            backend = backend or self.gone.get(entry.backend_id)
-            if backend is None:
-                continue
-            master = entries.get((scope, 0))
-            count = master.active if master is not None else 0
-            local = master is not None and bool(
-                master.flags & _EXT_LOCAL_SCOPE if scope != SCOPE_INTERNAL
-                else master.flags2 & _INT_LOCAL_SCOPE)
-            paths[local].append(ProgrammedEndpoint(backend.ip, backend.port,
-                                                   reachable and slot <= count))
-            protocols.add(backend.proto)
-        proto = frontend.proto or (protocols.pop() if len(protocols) == 1 else 0)
-        ip, port = _address(frontend.address), int.from_bytes(frontend.port, "big")
-        return ProgrammedService(service=join_host_port(ip, port),
-                                 protocol=_PROTOCOLS.get(proto, "any"), cluster_ip=ip,
-                                 cluster=tuple(paths[False]), local=tuple(paths[True]))
+        return _describe(frontend, self.frontends.get(frontend, {}), self.backends, self.gone)
 
     def snapshot(self) -> DataplaneSnapshot:
         services = (self.service(f) for f in self.frontends)
@@ -390,6 +469,15 @@ def _read(root: str) -> list[tuple[FamilyMaps, tuple[bytes, bytes], tuple[bytes,
     maps = CiliumMaps.open(root)
     try:
         return maps.read()
+    finally:
+        maps.close()
+
+
+def _read_frontends(root: str, frontends: Iterable[Frontend]
+                    ) -> dict[Frontend, ProgrammedService | None]:
+    maps = CiliumMaps.open(root)
+    try:
+        return maps.frontends(frontends)
     finally:
         maps.close()
 
@@ -413,41 +501,84 @@ class CiliumReader:
 
 
 class CiliumChanges:
-    """What ``DeltaPollingSource`` polls: each read, the selection of the service ports whose
-    frontends changed (all of them the first time), merged over every frontend that bears the
-    port's name (its cluster IP, node ports, external and load-balancer addresses)."""
+    """What ``DeltaPollingSource`` reads: the service ports whose frontends changed, each
+    with its selection merged over every frontend that bears the port's name (its cluster
+    IP, node ports, external and load-balancer addresses).
+
+    Full reads (``read_all``) decode what changed in the maps since the last one into
+    ``state``, in a worker thread; reads by parts (``parts``) look up the frontends of the
+    service ports asked for, in another, and what they find stands over ``state`` until a
+    full read that started after them is installed. Installing, naming and the merge run in
+    the event loop (the names come from the slices, which the event loop owns)."""
 
     mode: Mode = "cilium"
 
     def __init__(self, root: str, names: FrontendNames) -> None:
         self.root = root
         self.names = names
-        self.state = LoadBalancing()
+        self.state = LoadBalancing()  # changed only by full reads
+        self.families: set[int] = set()  # whose maps were read: they must stay pinned
+        # Frontends read by parts since the full read last installed started: what was found
+        # (None: gone) and when that read started (monotonic).
+        self.parts_read: dict[Frontend, tuple[ProgrammedService | None, float]] = {}
+        self.full_started: float | None = None  # the last full read installed
         # Each named frontend as a service port's rules, and its (protocol, "VIP:port").
         self.named: dict[Frontend, tuple[ProgrammedService, tuple[str, str]]] = {}
         self.by_port: dict[ServicePort, set[Frontend]] = {}
         self.unnamed: set[Frontend] = set()
-        self.families: set[int] = set()  # whose maps were read: they must stay pinned
 
-    def _changed(self) -> set[Frontend]:
-        """Read and decode what changed (in a worker thread: tens of milliseconds at scale,
-        which the event loop's timestamps must not wait for; the state is this object's own)."""
+    def read_all(self) -> Install:
         reads = _read(self.root)
         found = {maps.family for maps, _, _ in reads}
         if self.families - found:  # not "every frontend gone": the maps are (Cilium restarts)
             raise CommandError("unavailable", ", ".join(
                 SERVICE_MAPS[f] for f in sorted(self.families - found)) + " no longer pinned")
         self.families |= found
-        return self.state.apply(reads)
+        touched = self.state.apply(reads)
+        return lambda started: self._install_all(touched, started)
 
-    async def delta(self) -> dict[ServicePort, dict[EndpointKey, bool]]:
-        touched = await asyncio.to_thread(self._changed)
-        ports: set[ServicePort] = set()
-        for frontend in touched | self.unnamed:
-            ports |= self._rename(frontend)
-        return {port: DataplaneSnapshot("cilium", None, tuple(
-            self.named[f][0] for f in self.by_port.get(port, ()))).selection()
-            for port in ports}
+    def _install_all(self, touched: set[Frontend], started: float) -> Changes:
+        """A full read started at ``started`` is newer than every read by parts before it."""
+        previous = started if self.full_started is None else self.full_started
+        since = {f: at for f, (_, at) in self.parts_read.items() if at < started}
+        for frontend in since:
+            del self.parts_read[frontend]
+        self.full_started = started
+        # Frontends read by parts since this read started are newer than what it found.
+        fresh = (touched | self.unnamed | since.keys()) - self.parts_read.keys()
+        return self._renamed(fresh, lambda f: since.get(f, previous))
+
+    def parts(self, ports: Collection[ServicePort]) -> Callable[[], Install] | None:
+        frontends = {f for port in ports for f in self.by_port.get(port, ())}
+        if not frontends:
+            return None
+
+        def read() -> Install:
+            found = _read_frontends(self.root, frontends)
+            return lambda started: self._install_parts(found, started)
+        return read
+
+    def _install_parts(self, found: dict[Frontend, ProgrammedService | None],
+                       started: float) -> Changes:
+        since: dict[Frontend, float] = {}
+        for frontend, service in found.items():
+            before = self.parts_read.get(frontend)
+            since[frontend] = before[1] if before is not None else (
+                self.full_started if self.full_started is not None else started)
+            self.parts_read[frontend] = (service, started)
+        return self._renamed(since.keys(), since.__getitem__)
+
+    def _renamed(self, frontends: Iterable[Frontend], since: Callable[[Frontend], float]
+                 ) -> Changes:
+        """Name each frontend (again): the selection of every service port that touches,
+        with the earliest of its frontends' ``since``."""
+        ports: dict[ServicePort, float] = {}
+        for frontend in frontends:
+            for port in self._rename(frontend):
+                ports[port] = min(ports.get(port, math.inf), since(frontend))
+        return {port: (DataplaneSnapshot("cilium", None, tuple(
+            self.named[f][0] for f in self.by_port.get(port, ()))).selection(), at)
+            for port, at in ports.items()}
 
     def _rename(self, frontend: Frontend) -> set[ServicePort]:
         """Name the frontend (again); the service ports whose selection that touches."""
@@ -461,7 +592,8 @@ class CiliumChanges:
             self.by_port[old].discard(frontend)
             if not self.by_port[old]:
                 del self.by_port[old]
-        service = self.state.service(frontend)
+        read = self.parts_read.get(frontend)
+        service = read[0] if read is not None else self.state.service(frontend)
         self.unnamed.discard(frontend)
         if service is None:  # gone: a frontend made at its address later is named afresh
             if was is not None:

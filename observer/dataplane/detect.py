@@ -3,7 +3,6 @@ replacement), and the reader and change source for it."""
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 from observer.clock import Clock
@@ -102,10 +101,9 @@ async def open_source(requested: Requested, *, runner: CommandRunner, clock: Clo
     if mode == "cilium":
         if requested == "cilium":  # (detection has opened them already)
             CiliumMaps.open(bpf_root).close()  # fail now, not at the first poll, if unreadable
-        # The reads run in a worker thread: the budget counts the whole process's CPU.
         return DeltaPollingSource(changes=CiliumChanges(bpf_root, FrontendNames(candidates)),
                                   clock=clock, metrics=metrics, interval=poll_interval,
-                                  max_cpu=poll_max_cpu, cpu=time.process_time)
+                                  max_cpu=poll_max_cpu)
     if mode == "nftables":
         return MonitorSource(mode=mode, runner=runner, clock=clock, metrics=metrics,
                              tables=KubeProxyTables(), max_cpu=poll_max_cpu)

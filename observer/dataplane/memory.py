@@ -25,6 +25,9 @@ class MemoryDataplane:
             return False
         return None
 
+    def expect(self, key: EndpointKey, selected: bool) -> None:
+        """Nothing to do: every change is noticed at once."""
+
     def set(self, key: EndpointKey, selected: bool) -> None:
         """Program (or unprogram) an endpoint; the change is noticed at once."""
         if self._selected.get(key) == selected:

@@ -39,6 +39,10 @@ class DataplaneSource(Protocol):
         """Whether the endpoint is selected now; None when the dataplane does not know the
         service port at all."""
 
+    def expect(self, key: EndpointKey, selected: bool) -> None:
+        """The slices say the endpoint should now be ``selected`` (it joined or left Ready):
+        a source that reads by parts reads its service port closely until it is."""
+
     async def run(self, sink: ChangeSink) -> None:
         """Report changes to ``sink`` until cancelled."""
 

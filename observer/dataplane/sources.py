@@ -4,6 +4,9 @@
   notification; IPVS here neither). A change is stamped with the start of the read that shows
   it; it happened between the previous read's start and this read's end, which is its stated
   precision (about one interval).
+* ``DeltaPollingSource`` reads a large dataplane with no change notification (Cilium's maps)
+  by parts: the service ports the tracker expects to change, every ``interval``; everything,
+  rarely. A change's precision is about one interval where it was expected.
 * ``MonitorSource`` follows the kernel's nf_tables change events — announced over netlink for
   every change, including those iptables-nft makes — and re-derives selection right after each
   burst of events (one kube-proxy transaction arrives as one burst, so a flushed-and-refilled
@@ -18,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import resource
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 from typing import Generic, Protocol, TypeVar
 
 import structlog
@@ -106,8 +110,11 @@ class _ReadingSource:
     def selected(self, key: EndpointKey) -> bool | None:
         return self._selection.selected(key)
 
-    async def _scan(self, reading: Awaitable[T]) -> T | None:
-        """One full read, timed; a failure is counted and logged, and gives None."""
+    def expect(self, key: EndpointKey, selected: bool) -> None:
+        """Nothing to do: every read of these sources reads everything."""
+
+    async def _scan(self, reading: Awaitable[T], *, full: bool = True) -> T | None:
+        """One read, timed if ``full``; a failure is counted and logged, and gives None."""
         started = self.clock.monotonic()
         try:
             result = await reading
@@ -119,7 +126,8 @@ class _ReadingSource:
             self.metrics.error("garbage")
             log.warning("dataplane output unreadable", error=str(error))
             return None
-        self.metrics.scan(self.clock.monotonic() - started)
+        if full:
+            self.metrics.scan(self.clock.monotonic() - started)
         return result
 
     def _now(self, precision: float) -> Timestamp:
@@ -158,117 +166,214 @@ class ReadBudget:
         try:
             yield
         finally:
-            used = self.cpu() - started
-            self.cost = used if self.cost is None else self.cost + _COST_WEIGHT * (
-                used - self.cost)
+            self.record(self.cpu() - started)
+
+    def record(self, used: float) -> None:
+        """A read took ``used`` CPU seconds."""
+        self.cost = used if self.cost is None else self.cost + _COST_WEIGHT * (used - self.cost)
 
     def period(self, minimum: float) -> float:
         return max(minimum, (self.cost or 0.0) / self.max_cpu)
 
 
-class _Polling(_ReadingSource, Generic[T]):
-    """Starts a read every ``interval`` seconds — but spends no more than ``max_cpu`` of
-    one core (10%) on reading, on average: on a large node a full read costs much (at 10,000
-    services about a second of CPU for ``iptables-save`` and the parse together), and the
-    period grows to match, a bound on CPU that costs detection latency (docs/dataplane.md).
-    ``cpu`` tells the CPU seconds spent so far by what a read runs (``reading_cpu``); the
-    period follows a moving average of each read's share, so one read slowed by the scheduler
-    does not stretch the next period tenfold.
+class PollingSource(_ReadingSource):
+    """Polling by full reads (iptables-legacy has no change notification; IPVS here neither):
+    starts a read every ``interval`` seconds — but spends no more than ``max_cpu`` of one core
+    (10%) on reading, on average: on a large node a full read costs much (at 10,000 services
+    about a second of CPU for ``iptables-save`` and the parse together), and the period grows
+    to match, a bound on CPU that costs detection latency (docs/dataplane.md). ``cpu`` tells
+    the CPU seconds spent so far by what a read runs (``reading_cpu``); the period follows a
+    moving average of each read's share, so one read slowed by the scheduler does not stretch
+    the next period tenfold. Each read's whole selection replaces the last.
 
     A change a read shows happened after the previous read started and before this one ended
     (``iptables-save`` copies the whole table in one ``getsockopt`` as it starts). It is
     stamped with this read's start, its precision the larger distance to either end: with
     reads short against the interval, about one interval."""
 
-    def __init__(self, *, mode: Mode, clock: Clock, metrics: DataplaneMetrics,
-                 interval: float, max_cpu: float = 0.1,
-                 cpu: Callable[[], float] = reading_cpu,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        super().__init__(mode=mode, clock=clock, metrics=metrics)
-        self.interval = interval
-        self.budget = ReadBudget(max_cpu, cpu)
-        self.sleep = sleep
-
-    # Whether the first read's cost counts towards the budget's average (a delta reader's
-    # first read decodes everything: no measure of the reads that follow).
-    first_read_counts = True
-
-    async def run(self, sink: ChangeSink) -> None:
-        previous = self.clock.monotonic()
-        counted = self.first_read_counts
-        while True:
-            started = self.clock.monotonic()
-            # The budget counts what a read causes: installing it (a diff, the sink) too.
-            with self.budget.measure() if counted else contextlib.nullcontext():
-                read = await self._scan(self._poll())
-                now = self.clock.monotonic()
-                if read is not None:
-                    precision = max(started - previous, now - started)
-                    self._install(read, self._at(started, precision), sink)
-                    previous = started
-            counted = True
-            await self.sleep(max(0.0, self.budget.period(self.interval) - (now - started)))
-
-    async def _poll(self) -> T:
-        raise NotImplementedError
-
-    def _install(self, read: T, at: Timestamp, sink: ChangeSink) -> None:
-        raise NotImplementedError
-
-
-class PollingSource(_Polling[dict[EndpointKey, bool]]):
-    """Polling by full reads (iptables-legacy has no change notification; IPVS here neither):
-    each read's whole selection replaces the last."""
-
     def __init__(self, *, reader: Reader, clock: Clock, metrics: DataplaneMetrics,
                  interval: float, max_cpu: float = 0.1,
                  cpu: Callable[[], float] = reading_cpu,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        super().__init__(mode=reader.mode, clock=clock, metrics=metrics, interval=interval,
-                         max_cpu=max_cpu, cpu=cpu, sleep=sleep)
+        super().__init__(mode=reader.mode, clock=clock, metrics=metrics)
         self.reader = reader
+        self.interval = interval
+        self.budget = ReadBudget(max_cpu, cpu)
+        self.sleep = sleep
 
-    async def _poll(self) -> dict[EndpointKey, bool]:
-        return (await self.reader.read()).selection()
+    async def run(self, sink: ChangeSink) -> None:
+        previous = self.clock.monotonic()
+        while True:
+            started = self.clock.monotonic()
+            # The budget counts what a read causes: installing it (a diff, the sink) too.
+            with self.budget.measure():
+                read = await self._scan(self.reader.read())
+                now = self.clock.monotonic()
+                if read is not None:
+                    precision = max(started - previous, now - started)
+                    self._selection.replace(read.selection(), self._at(started, precision),
+                                            sink)
+                    previous = started
+            await self.sleep(max(0.0, self.budget.period(self.interval) - (now - started)))
 
-    def _install(self, read: dict[EndpointKey, bool], at: Timestamp,
-                 sink: ChangeSink) -> None:
-        self._selection.replace(read, at, sink)
+
+# Per service port whose selection a read changed: its whole selection, and since when it
+# may have changed (monotonic: the start of the last read that covered it before this one).
+Changes = dict[ServicePort, tuple[dict[EndpointKey, bool], float]]
+# What a read found, installed in the event loop given the read's start.
+Install = Callable[[float], Changes]
 
 
-Delta = dict[ServicePort, dict[EndpointKey, bool]]
+class PartsReader(Protocol):
+    """A dataplane that can be read in full, rarely, and in parts, often (Cilium's maps:
+    ``cilium.CiliumChanges``). The reads run in a worker thread; what they return is
+    installed in the event loop, one read at a time."""
 
-
-class DeltaReader(Protocol):
     @property
     def mode(self) -> Mode: ...
 
-    async def delta(self) -> Delta:
-        """The whole selection of each service port that changed since the last call (of
-        every one the first time); raises CommandError / DataplaneParseError."""
+    def read_all(self) -> Install:
+        """Read everything (blocking); raises CommandError / DataplaneParseError."""
+
+    def parts(self, ports: Collection[ServicePort]) -> Callable[[], Install] | None:
+        """The read (blocking) of just these service ports' rules; None when the dataplane
+        has none of them."""
 
 
-class DeltaPollingSource(_Polling[Delta]):
-    """Polling, for dataplanes whose reader tells what changed between two reads (Cilium's
-    maps: ``cilium.CiliumChanges``): each read installs only the service ports that changed,
-    so a large dataplane with little churn costs its read, not a diff of everything."""
+class DeltaPollingSource(_ReadingSource):
+    """Polling for a large dataplane that can be read by parts (Cilium's maps, which send no
+    notification of changes): the service ports the tracker waits to see change
+    (``expect``: an endpoint left or joined Ready in the slices) are read every ``interval``
+    seconds until their dataplane agrees or ``expect_for`` seconds have passed; everything is
+    read at most every ``full_interval`` seconds (new frontends, changes no slice announced).
+    Full reads run in a worker thread of their own while the parts go on being read. Each
+    kind of read may take half of ``max_cpu`` of one core on average (``ReadBudget``).
 
-    first_read_counts = False
+    A change is stamped with the start of the read that shows it, its precision the larger
+    distance to the last read that covered its service port before (per service port: the
+    first read of a port newly expected is bounded by the last full read) and to this read's
+    end. A port newly expected is read at once (within a tenth of the interval): the slice
+    update that announces a change reaches the agent about when it reaches Cilium's, so the
+    first read usually comes before the change, and the change is then bounded by the
+    interval."""
 
-    def __init__(self, *, changes: DeltaReader, clock: Clock, metrics: DataplaneMetrics,
-                 interval: float, max_cpu: float = 0.1,
-                 cpu: Callable[[], float] = reading_cpu,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        super().__init__(mode=changes.mode, clock=clock, metrics=metrics, interval=interval,
-                         max_cpu=max_cpu, cpu=cpu, sleep=sleep)
+    def __init__(self, *, changes: PartsReader, clock: Clock, metrics: DataplaneMetrics,
+                 interval: float, full_interval: float = 10.0, expect_for: float = 30.0,
+                 max_cpu: float = 0.1) -> None:
+        super().__init__(mode=changes.mode, clock=clock, metrics=metrics)
         self.changes = changes
+        self.interval = interval
+        self.full_interval = full_interval
+        self.expect_for = expect_for
+        # Full reads and reads by parts each keep to half the share, each measured by the CPU
+        # time of the thread that read (and of the event loop installing what it found).
+        self.full_budget = ReadBudget(max_cpu / 2)
+        self.parts_budget = ReadBudget(max_cpu / 2)
+        # Per service port, the endpoints expected to turn (un)selected, and until when.
+        self.expected: dict[ServicePort, dict[EndpointKey, tuple[bool, float]]] = {}
+        self._fresh = False  # a port newly expected: read it at once
+        self._wake = asyncio.Event()
 
-    async def _poll(self) -> Delta:
-        return await self.changes.delta()
+    def expect(self, key: EndpointKey, selected: bool) -> None:
+        keys = self.expected.get(key.service_port)
+        if bool(self._selection.selected(key)) == selected:
+            if keys is not None:
+                keys.pop(key, None)
+            return
+        if keys is None:
+            keys = self.expected[key.service_port] = {}
+            self._fresh = True
+            self._wake.set()
+        keys[key] = (selected, self.clock.monotonic() + self.expect_for)
 
-    def _install(self, read: Delta, at: Timestamp, sink: ChangeSink) -> None:
-        self._selection.update(read.keys(), read, at, sink)
-        self._selection.primed = True
+    def _watched(self, now: float) -> list[ServicePort]:
+        """The service ports still expected to change (forgetting what came or expired)."""
+        for port, keys in list(self.expected.items()):
+            for key, (selected, until) in list(keys.items()):
+                if until <= now or bool(self._selection.selected(key)) == selected:
+                    del keys[key]
+            if not keys:
+                del self.expected[port]
+        return list(self.expected)
+
+    async def run(self, sink: ChangeSink) -> None:
+        clock = self.clock
+        full: asyncio.Task[tuple[Install, float, float, float] | None] | None = None
+        full_due, parts_started = clock.monotonic(), -math.inf
+        healthy = False  # the last full read succeeded: reads by parts may go on
+        counted = False  # the first full read decodes everything: no measure of the next
+        try:
+            while True:
+                self._wake.clear()
+                now = clock.monotonic()
+                if full is not None and full.done():
+                    done, full = full.result(), None
+                    healthy = done is not None
+                    if done is None:  # counted and logged; tried again in a second
+                        full_due = now + max(1.0, self.interval)
+                    else:
+                        install, started, ended, used = done
+                        self._install(install, started, ended, sink, self.full_budget,
+                                      used if counted else None)
+                        self._selection.primed = counted = True
+                        full_due = started + self.full_budget.period(self.full_interval)
+                if full is None and now >= full_due:
+                    full = asyncio.create_task(self._read(self.changes.read_all, full=True),
+                                               name="dataplane: full read")
+                    full.add_done_callback(lambda _: self._wake.set())
+                parts_due = parts_started + self.parts_budget.period(
+                    self.interval / 10 if self._fresh else self.interval)
+                if healthy and now >= parts_due and self._watched(now):
+                    parts_started, self._fresh = now, False
+                    healthy = await self._read_parts(sink)
+                    if not healthy:
+                        full_due = min(full_due, now + max(1.0, self.interval))
+                    continue
+                deadlines = [full_due] if full is None else []
+                if healthy and self.expected:
+                    deadlines.append(parts_due)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, min(deadlines) - now)
+                                               if deadlines else None):
+                        await self._wake.wait()
+        finally:
+            if full is not None:
+                await cancel_and_wait(full)
+
+    async def _read(self, work: Callable[[], Install], *, full: bool
+                    ) -> tuple[Install, float, float, float] | None:
+        """A read in a worker thread: what it found, its start and end (monotonic), and the
+        thread's CPU seconds; None when it failed (counted and logged)."""
+        def timed() -> tuple[Install, float]:
+            cpu = time.thread_time()
+            return work(), time.thread_time() - cpu
+
+        started = self.clock.monotonic()
+        done = await self._scan(asyncio.to_thread(timed), full=full)
+        if done is None:
+            return None
+        return done[0], started, self.clock.monotonic(), done[1]
+
+    async def _read_parts(self, sink: ChangeSink) -> bool:
+        """Read the expected service ports; whether the read succeeded."""
+        work = self.changes.parts(list(self.expected))
+        if work is None:
+            return True
+        done = await self._read(work, full=False)
+        if done is None:
+            return False
+        install, started, ended, used = done
+        self._install(install, started, ended, sink, self.parts_budget, used)
+        return True
+
+    def _install(self, install: Install, started: float, ended: float, sink: ChangeSink,
+                 budget: ReadBudget, used: float | None) -> None:
+        cpu = time.thread_time()
+        for port, (selection, since) in install(started).items():
+            at = self._at(started, max(started - since, ended - started))
+            self._selection.update((port,), {port: selection}, at, sink)
+        if used is not None:
+            budget.record(used + time.thread_time() - cpu)
 
 
 class _Events(Protocol[E]):

@@ -62,6 +62,7 @@ class EpisodeTracker:
     def __init__(self, *, node_name: str, clock: Clock, sink: EpisodeSink,
                  measure_dataplane: bool,
                  dataplane_selected: Callable[[EndpointKey], bool | None] | None = None,
+                 dataplane_expect: Callable[[EndpointKey, bool], None] | None = None,
                  ttl: float = 600.0, max_in_flight: int = 10_000,
                  keep_finished: int = 500, max_stage_uncertainty: float = 0.05,
                  slices: SliceView | None = None) -> None:
@@ -71,6 +72,9 @@ class EpisodeTracker:
         self.sink = sink
         self.measure_dataplane = measure_dataplane
         self.dataplane_selected = dataplane_selected
+        # Told of every endpoint that joins or leaves Ready, as the dataplane should follow (a
+        # source that reads by parts reads those service ports closely).
+        self.dataplane_expect = dataplane_expect
         self.ttl = ttl
         self.max_in_flight = max_in_flight
         self.episodes: dict[EndpointKey, Episode] = {}
@@ -114,7 +118,10 @@ class EpisodeTracker:
 
     def _transition(self, key: EndpointKey, before: Endpoint | None, after: Endpoint | None,
                     at: Timestamp, *, relist: bool) -> None:
-        if self.traffic is not None and after is not None and after.ready:
+        ready = after is not None and after.ready
+        if self.dataplane_expect is not None and ready != (before is not None and before.ready):
+            self.dataplane_expect(key, ready)
+        if self.traffic is not None and ready:
             self.traffic.ready((key.ip, key.port, key.service_port.protocol))
         episode = self.episodes.get(key)
         if episode is None:

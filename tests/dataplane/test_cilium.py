@@ -17,12 +17,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from observer.clock import SystemClock
+from observer.clock import Clock, SystemClock
 from observer.dataplane import bpf
 from observer.dataplane.cilium import (
     BACKEND_MAPS,
@@ -84,6 +85,24 @@ def minikube(root: str) -> CiliumAgent:
     return agent
 
 
+async def full_read(changes: CiliumChanges, started: float | None = None
+                    ) -> dict[ServicePort, dict[EndpointKey, bool]]:
+    """A full read, installed: the selection of each service port it changed."""
+    install = await asyncio.to_thread(changes.read_all)
+    return {port: selection for port, (selection, _) in install(
+        time.monotonic() if started is None else started).items()}
+
+
+async def parts_read(changes: CiliumChanges, *ports: ServicePort, started: float | None = None
+                     ) -> dict[ServicePort, tuple[dict[EndpointKey, bool], float]] | None:
+    """A read of these service ports' frontends, installed (None: they have none)."""
+    read = changes.parts(ports)
+    if read is None:
+        return None
+    install = await asyncio.to_thread(read)
+    return install(time.monotonic() if started is None else started)
+
+
 def observer_dataplane(*args: str, user: list[str] | None = None
                        ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*(user or []), sys.executable, "-m", "observer.cli", "dataplane",
@@ -124,24 +143,24 @@ async def test_frontends_take_their_service_ports_names(bpffs: str) -> None:
 async def test_each_read_tells_only_the_service_ports_that_changed(bpffs: str) -> None:
     agent = minikube(bpffs)
     changes = CiliumChanges(bpffs, FrontendNames(candidates))
-    assert set(await changes.delta()) == {API, DNS_TCP, DNS, METRICS, DNS6}
-    assert await changes.delta() == {}  # nothing written: nothing decoded
+    assert set(await full_read(changes)) == {API, DNS_TCP, DNS, METRICS, DNS6}
+    assert await full_read(changes) == {}  # nothing written: nothing decoded
     ready, leaving = EndpointKey(DNS_TCP, "10.244.0.2", 53), EndpointKey(DNS_TCP, "10.244.0.3",
                                                                           53)
     # Graceful termination: the backend turns terminating, keeps a slot past count.
     agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE),
                                     ("10.244.0.3", 53, TERMINATING)])
-    assert await changes.delta() == {DNS_TCP: {ready: True, leaving: False}}
+    assert await full_read(changes) == {DNS_TCP: {ready: True, leaving: False}}
     # Removed: its slot and (orphaned) its backend entry go.
     agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE)])
-    assert await changes.delta() == {DNS_TCP: {ready: True}}
+    assert await full_read(changes) == {DNS_TCP: {ready: True}}
     # Nothing Ready: the terminating backends are used (count counts them).
     agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, TERMINATING),
                                     ("10.244.0.3", 53, MAINTENANCE)])
-    assert await changes.delta() == {DNS_TCP: {ready: True, leaving: False}}
+    assert await full_read(changes) == {DNS_TCP: {ready: True, leaving: False}}
     # The frontend deleted: its port's selection is empty.
     agent.delete("10.96.0.10", 53)
-    assert await changes.delta() == {DNS_TCP: {}}
+    assert await full_read(changes) == {DNS_TCP: {}}
     agent.close()
 
 
@@ -165,22 +184,26 @@ class Metrics:
 class Polled:
     agent: CiliumAgent
     source: DeltaPollingSource
+    changes: CiliumChanges
     metrics: Metrics
     seen: list[DataplaneChange]
 
 
 @contextlib.asynccontextmanager
-async def polling(bpffs: str) -> AsyncIterator[Polled]:
-    """The minikube maps, polled by the agent's source every 10 ms from its first read on."""
+async def polling(bpffs: str, *, full_interval: float = 0.01,
+                  clock: Clock | None = None) -> AsyncIterator[Polled]:
+    """The minikube maps, polled by the agent's source from its first read on: read by parts
+    every 10 ms, and in full every ``full_interval``."""
     agent = minikube(bpffs)
     metrics = Metrics()
-    source = DeltaPollingSource(changes=CiliumChanges(bpffs, FrontendNames(candidates)),
-                                clock=SystemClock(), metrics=metrics, interval=0.01)
+    changes = CiliumChanges(bpffs, FrontendNames(candidates))
+    source = DeltaPollingSource(changes=changes, clock=clock or SystemClock(), metrics=metrics,
+                                interval=0.01, full_interval=full_interval)
     seen: list[DataplaneChange] = []
     task = asyncio.create_task(source.run(seen.append))
     try:
         await until(lambda: metrics.scans >= 1, "the first read")
-        yield Polled(agent, source, metrics, seen)
+        yield Polled(agent, source, changes, metrics, seen)
     finally:
         await cancel_and_wait(task)
         agent.close()
@@ -201,6 +224,97 @@ async def test_the_polling_source_stamps_each_change_once(bpffs: str) -> None:
         assert seen[0].at.source == "dataplane"
         assert seen[0].at.precision > 0
         assert source.selected(EndpointKey(DNS_TCP, "10.244.0.3", 53)) is False
+
+
+async def test_reads_by_parts_look_up_the_frontends_of_the_ports_asked_for(bpffs: str) -> None:
+    agent = minikube(bpffs)
+    changes = CiliumChanges(bpffs, FrontendNames(candidates))
+    await full_read(changes, started=1.0)
+    ready, leaving = EndpointKey(DNS_TCP, "10.244.0.2", 53), EndpointKey(DNS_TCP, "10.244.0.3",
+                                                                          53)
+    assert await parts_read(changes, ServicePort("default", "none", "", "TCP")) is None
+    # The first read of a port: what changed since is bounded by the last full read.
+    assert await parts_read(changes, DNS_TCP, started=2.0) == {
+        DNS_TCP: ({ready: True, leaving: True}, 1.0)}
+    agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE),
+                                    ("10.244.0.3", 53, TERMINATING)])
+    agent.upsert("10.96.0.10", 9153, [("10.244.0.2", 9153, TERMINATING)])  # not asked for
+    # (Reads by parts take only the slots new connections are sent to: the terminating
+    # backend is not among them, which says the same as "not selected".)
+    assert await parts_read(changes, DNS_TCP, started=3.0) == {DNS_TCP: ({ready: True}, 2.0)}
+    # A full read that started before the read by parts does not undo what that found...
+    assert await full_read(changes, started=2.5) == {
+        METRICS: {EndpointKey(METRICS, "10.244.0.2", 9153): True}}
+    # ... one that started after it takes over (the same selection: no change to report).
+    assert await full_read(changes, started=4.0) == {DNS_TCP: {ready: True, leaving: False}}
+    assert changes.parts_read == {}
+    agent.close()
+
+
+async def test_a_frontend_cilium_is_writing_is_left_for_the_next_read_by_parts(
+        bpffs: str) -> None:
+    """The reconciler writes backends, then slots, then the master, and deletes orphaned
+    backends first: a read by parts that sees a write half-done leaves the frontend out."""
+    agent = minikube(bpffs)
+    changes = CiliumChanges(bpffs, FrontendNames(candidates))
+    await full_read(changes)
+
+    def slot(number: int) -> bytes:
+        return SERVICE_KEY[4].pack(socket.inet_aton("10.96.0.10"), (53).to_bytes(2, "big"),
+                                   number, socket.IPPROTO_TCP, 0)
+
+    bpf.update(agent.services[4], slot(0), SERVICE_VALUE.pack(0, 3, 0, 0, 0, 0))  # 3 counted
+    assert await parts_read(changes, DNS_TCP) == {}
+    bpf.update(agent.services[4], slot(0), SERVICE_VALUE.pack(0, 2, 0, 0, 0, 0))
+    bpf.update(agent.services[4], slot(2), SERVICE_VALUE.pack(99, 0, 0, 0, 0, 0))  # no backend
+    assert await parts_read(changes, DNS_TCP) == {}
+    agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE)])  # the write completes
+    assert DNS_TCP in (await parts_read(changes, DNS_TCP) or {})
+    agent.close()
+
+
+class Skewed:
+    """The system's clocks, moved on by ``offset`` seconds when a test says so."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def wall(self) -> float:
+        return time.time() + self.offset
+
+
+async def test_an_expected_change_is_bounded_by_reads_by_parts(bpffs: str) -> None:
+    clock = Skewed()
+    async with polling(bpffs, full_interval=3600.0, clock=clock) as polled:
+        agent, source, changes, seen = polled.agent, polled.source, polled.changes, polled.seen
+        clock.offset = 1000.0  # the only full read is 1000 s old
+        leaving = EndpointKey(DNS_TCP, "10.244.0.3", 53)
+        source.expect(leaving, False)  # its slice says it left Ready
+        (frontend,) = changes.by_port[DNS_TCP]
+        await until(lambda: frontend in changes.parts_read, "the port read at once")
+        covered = changes.parts_read[frontend][1]
+        written = clock.monotonic()
+        agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE),
+                                        ("10.244.0.3", 53, TERMINATING)])
+        agent.upsert("10.96.0.10", 9153, [("10.244.0.2", 9153, TERMINATING)])  # unannounced
+        await until(lambda: bool(seen), "the change")
+        await until(lambda: not source.expected, "the expectation met")
+        (change,) = seen
+        assert (change.key, change.selected) == (leaving, False)
+        assert change.at.mono >= covered
+        assert abs(change.at.mono - written) <= change.at.precision < 1000.0
+        # The change no slice announced waits for the next full read.
+        assert source.selected(EndpointKey(METRICS, "10.244.0.2", 9153)) is True
+        # An expectation already met is none; one never met is given up after expect_for.
+        source.expect(EndpointKey(API, "192.168.49.2", 8443), True)
+        assert not source.expected
+        source.expect(EndpointKey(API, "192.168.49.2", 8443), False)
+        assert source.expected
+        clock.offset += source.expect_for
+        await until(lambda: not source.expected, "the expectation given up")
 
 
 def test_no_maps_pinned_is_a_clear_error(bpffs: str) -> None:
@@ -243,15 +357,15 @@ async def test_a_slot_naming_an_unknown_backend_is_counted_and_the_next_read_tel
     backends map: a slot naming a backend that was never in a backends read."""
     agent = minikube(bpffs)
     changes = CiliumChanges(bpffs, FrontendNames(candidates))
-    await changes.delta()
+    await full_read(changes)
     key = SERVICE_KEY[4].pack(socket.inet_aton("10.96.0.10"), (53).to_bytes(2, "big"), 2,
                               socket.IPPROTO_TCP, 0)
     bpf.update(agent.services[4], key, SERVICE_VALUE.pack(99, 0, 0, 0, 0, 0))
     with pytest.raises(DataplaneParseError, match="changed during the read"):
-        await changes.delta()
+        await full_read(changes)
     # Cilium's write completes: the frontend is told at the next read.
     agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE), ("10.244.0.3", 53, ACTIVE)])
-    assert DNS_TCP in await changes.delta()
+    assert DNS_TCP in await full_read(changes)
     agent.close()
 
 
