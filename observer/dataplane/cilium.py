@@ -558,6 +558,9 @@ class CiliumChanges:
             return lambda started: self._install_parts(found, started)
         return read
 
+    def knows(self, port: ServicePort) -> bool:
+        return port in self.by_port
+
     def _install_parts(self, found: dict[Frontend, ProgrammedService | None],
                        started: float) -> Changes:
         since: dict[Frontend, float] = {}

@@ -239,6 +239,10 @@ class PartsReader(Protocol):
         """The read (blocking) of just these service ports' rules; None when the dataplane
         has none of them."""
 
+    def knows(self, port: ServicePort) -> bool:
+        """Whether the last full read found rules for the service port (a read by parts
+        finds only rules a full read found first)."""
+
 
 class DeltaPollingSource(_ReadingSource):
     """Polling for a large dataplane that can be read by parts (Cilium's maps, which send no
@@ -255,7 +259,9 @@ class DeltaPollingSource(_ReadingSource):
     end. A port newly expected is read at once (within a tenth of the interval): the slice
     update that announces a change reaches the agent about when it reaches Cilium's, so the
     first read usually comes before the change, and the change is then bounded by the
-    interval."""
+    interval. While a port expected has no rules any full read found (a new Service; or one
+    Cilium does not program, such as a headless one), full reads come every ``interval``, as
+    the budget allows."""
 
     def __init__(self, *, changes: PartsReader, clock: Clock, metrics: DataplaneMetrics,
                  interval: float, full_interval: float = 10.0, expect_for: float = 30.0,
@@ -299,7 +305,7 @@ class DeltaPollingSource(_ReadingSource):
     async def run(self, sink: ChangeSink) -> None:
         clock = self.clock
         full: asyncio.Task[tuple[Install, float, float, float] | None] | None = None
-        full_due, parts_started = clock.monotonic(), -math.inf
+        full_due, full_started, parts_started = clock.monotonic(), -math.inf, -math.inf
         healthy = False  # the last full read succeeded: reads by parts may go on
         counted = False  # the first full read decodes everything: no measure of the next
         try:
@@ -317,7 +323,12 @@ class DeltaPollingSource(_ReadingSource):
                                       used if counted else None)
                         self._selection.primed = counted = True
                         full_due = started + self.full_budget.period(self.full_interval)
+                if full is None and healthy and not all(map(self.changes.knows,
+                                                            self.expected)):
+                    full_due = min(full_due, full_started + self.full_budget.period(
+                        self.interval))
                 if full is None and now >= full_due:
+                    full_started = now
                     full = asyncio.create_task(self._read(self.changes.read_all, full=True),
                                                name="dataplane: full read")
                     full.add_done_callback(lambda _: self._wake.set())

@@ -53,9 +53,11 @@ DNS_TCP = ServicePort("kube-system", "kube-dns", "dns-tcp", "TCP")
 DNS = ServicePort("kube-system", "kube-dns", "dns", "UDP")
 METRICS = ServicePort("kube-system", "kube-dns", "metrics", "TCP")
 DNS6 = ServicePort("kube-system", "kube-dns-v6", "dns-tcp", "TCP")
+WEB = ServicePort("default", "web", "http", "TCP")  # created by a test
 SLICES = {("192.168.49.2", 8443, "TCP"): {API}, ("10.244.0.2", 53, "TCP"): {DNS_TCP},
           ("10.244.0.3", 53, "TCP"): {DNS_TCP}, ("10.244.0.2", 53, "UDP"): {DNS},
-          ("10.244.0.2", 9153, "TCP"): {METRICS}, ("fd00:10:244::2", 53, "TCP"): {DNS6}}
+          ("10.244.0.2", 9153, "TCP"): {METRICS}, ("fd00:10:244::2", 53, "TCP"): {DNS6},
+          ("10.244.0.9", 8080, "TCP"): {WEB}}
 
 
 def candidates(ip: str, port: int, protocol: str) -> Collection[ServicePort]:
@@ -315,6 +317,19 @@ async def test_an_expected_change_is_bounded_by_reads_by_parts(bpffs: str) -> No
         assert source.expected
         clock.offset += source.expect_for
         await until(lambda: not source.expected, "the expectation given up")
+
+
+async def test_a_port_expected_before_cilium_programs_it_is_found_by_a_full_read(
+        bpffs: str) -> None:
+    """A new Service: its endpoint turns Ready before Cilium writes its frontend, which no
+    read by parts can find. Full reads come at the interval until one does."""
+    async with polling(bpffs, full_interval=3600.0) as polled:
+        key = EndpointKey(WEB, "10.244.0.9", 8080)
+        polled.source.expect(key, True)
+        assert polled.source.selected(key) is None
+        polled.agent.upsert("10.96.0.20", 80, [("10.244.0.9", 8080, ACTIVE)])
+        await until(lambda: polled.source.selected(key) is True, "the new frontend")
+        await until(lambda: not polled.source.expected, "the expectation met")
 
 
 def test_no_maps_pinned_is_a_clear_error(bpffs: str) -> None:
