@@ -113,18 +113,19 @@ def lookup_batch(fd: int, key_size: int, value_size: int,
 
 class Lookup:
     """Entries of one map looked up by key (``BPF_MAP_LOOKUP_ELEM``), about 1.5 µs each
-    here: its buffers and attributes are made once."""
+    here: its buffers and attributes are made once, each key packed in place."""
 
-    def __init__(self, fd: int, key_size: int, value_size: int) -> None:
+    def __init__(self, fd: int, key: struct.Struct, value_size: int) -> None:
         self._number = _number()
-        self._key = ctypes.create_string_buffer(key_size)
+        self._layout = key
+        self._key = ctypes.create_string_buffer(key.size)
         self._value = ctypes.create_string_buffer(value_size)
         self._attr = _attr(_ELEM, fd, ctypes.addressof(self._key),
                            ctypes.addressof(self._value), 0)
 
-    def __call__(self, key: bytes) -> bytes | None:
-        """The value stored under ``key``; None when there is none."""
-        self._key.raw = key
+    def __call__(self, *key: object) -> bytes | None:
+        """The value stored under the key of these fields; None when there is none."""
+        self._layout.pack_into(self._key, 0, *key)
         if _syscall_held(self._number, _LOOKUP, self._attr, _ATTR_SIZE) < 0:
             code = ctypes.get_errno()
             if code == errno.ENOENT:

@@ -62,10 +62,11 @@ from observer.dataplane.model import (
     DataplaneSnapshot,
     ProgrammedEndpoint,
     ProgrammedService,
+    select,
 )
 from observer.dataplane.names import FrontendNames
 from observer.dataplane.sources import Changes, Install
-from observer.values import Mode, ServicePort, join_host_port
+from observer.values import EndpointKey, Mode, ServicePort, join_host_port
 
 DEFAULT_BPF_ROOT = "/sys/fs/bpf"
 PIN_DIR = "tc/globals"  # Cilium's pin path for its global maps, under the BPF filesystem
@@ -197,28 +198,40 @@ class CiliumMaps:
         except OSError as error:
             raise _bpf_error(error, "reading Cilium's maps") from None
 
-    def frontends(self, frontends: Iterable[Frontend]
-                  ) -> dict[Frontend, ProgrammedService | None]:
-        """These frontends as they are now, looked up entry by entry (None: gone). One that
-        Cilium is writing under the read is left out (a slot or backend missing that the master
-        counts, or the master changed by the end): the next read takes it."""
-        lookups = {f.family: (bpf.Lookup(f.services.fd, f.services.key.size,
-                                         f.services.value.size),
-                              bpf.Lookup(f.backends.fd, BACKEND_KEY.size,
-                                         f.backends.value.size), f.backends.value)
+    def frontends(self, frontends: Iterable[Frontend], settled: Collection[Frontend],
+                  last: dict[Frontend, Signature]
+                  ) -> tuple[dict[Frontend, ProgrammedService | None], list[Frontend]]:
+        """These frontends as they are now, looked up entry by entry: those that changed (None:
+        gone), and those ``settled`` that read the same bytes as last time (``last``, kept up
+        to date here; not decoded again). One that Cilium is writing under the read is in
+        neither (a slot or backend missing that the master counts, or the master rewritten by
+        the end of the read): the next read takes it."""
+        lookups = {f.family: (bpf.Lookup(f.services.fd, f.services.key, f.services.value.size),
+                              bpf.Lookup(f.backends.fd, BACKEND_KEY, f.backends.value.size),
+                              f.backends.value)
                    for f in self.families}
         found: dict[Frontend, ProgrammedService | None] = {}
+        same: list[Frontend] = []
         try:
             for frontend in frontends:
                 family = 4 if len(frontend.address) == 4 else 6
                 if family not in lookups:
                     raise CommandError("unavailable", f"{SERVICE_MAPS[family]} is not pinned")
-                entries = _lookup(frontend, *lookups[family])
-                if entries is not None:
-                    found[frontend] = _describe(frontend, *entries, {})
+                services, backends, layout = lookups[family]
+                signature = _lookup(frontend, services, backends)
+                if signature is None:
+                    continue
+                if frontend in settled and last.get(frontend) == signature:
+                    same.append(frontend)
+                    continue
+                last[frontend] = signature
+                entries, ids = signature
+                found[frontend] = _describe(
+                    frontend, {(scope, slot): Entry(*_entry(raw)) for scope, slot, raw in entries},
+                    {i: _backend(layout, raw) for i, raw in ids}, {})
         except OSError as error:
             raise _bpf_error(error, "reading Cilium's maps") from None
-        return found
+        return found, same
 
     def close(self) -> None:
         for family in self.families:
@@ -227,38 +240,43 @@ class CiliumMaps:
         self.families = []
 
 
-def _lookup(frontend: Frontend, services: bpf.Lookup, backends: bpf.Lookup,
-            layout: struct.Struct
-            ) -> tuple[dict[tuple[int, int], Entry], dict[int, BackendValue]] | None:
+# A frontend's entries as read by key: (scope, slot, value) in the order read, and its
+# backends' (id, value).
+Signature = tuple[tuple[tuple[int, int, bytes], ...], tuple[tuple[int, bytes], ...]]
+_COUNT = struct.Struct("=H")  # lb4_service.count, after the 4-byte backend_id
+_BACKEND_ID = struct.Struct("=I")
+
+
+def _lookup(frontend: Frontend, services: bpf.Lookup, backends: bpf.Lookup) -> Signature | None:
     """A frontend's master entries and the slots its datapath chooses from (1..count: those
     past count are never selected, so a read of selection leaves them), and their backends;
     None when Cilium's writes were seen half-done (the reconciler writes backends, then slots,
     then the master, then deletes what is past the new end: a slot the master counts that is
     missing, a backend a slot names that is missing, or a master rewritten during the read)."""
-    key = SERVICE_KEY[4 if len(frontend.address) == 4 else 6]
-    entries: dict[tuple[int, int], Entry] = {}
+    address, port, proto = frontend
+    entries: list[tuple[int, int, bytes]] = []
     for scope in (0, SCOPE_INTERNAL):
-        master_key = key.pack(frontend.address, frontend.port, 0, frontend.proto, scope)
-        master = services(master_key)
+        master = services(address, port, 0, proto, scope)
         if master is None:
             continue
-        entries[scope, 0] = Entry(*_entry(master))
-        for slot in range(1, entries[scope, 0].active + 1):
-            raw = services(key.pack(frontend.address, frontend.port, slot, frontend.proto,
-                                    scope))
+        entries.append((scope, 0, master))
+        for slot in range(1, _COUNT.unpack_from(master, 4)[0] + 1):
+            raw = services(address, port, slot, proto, scope)
             if raw is None:
                 return None
-            entries[scope, slot] = Entry(*_entry(raw))
-        if services(master_key) != master:
+            entries.append((scope, slot, raw))
+        if services(address, port, 0, proto, scope) != master:
             return None
-    found: dict[int, BackendValue] = {}
-    for (_, slot), entry in entries.items():
-        if slot and entry.backend_id not in found:
-            raw = backends(BACKEND_KEY.pack(entry.backend_id))
-            if raw is None:
-                return None
-            found[entry.backend_id] = _backend(layout, raw)
-    return entries, found
+    ids: dict[int, bytes] = {}
+    for _, slot, raw in entries:
+        if slot:
+            (backend_id,) = _BACKEND_ID.unpack_from(raw)
+            if backend_id not in ids:
+                value = backends(backend_id)
+                if value is None:
+                    return None
+                ids[backend_id] = value
+    return tuple(entries), tuple(ids.items())
 
 
 # --- the decoded state --------------------------------------------------------------------
@@ -473,11 +491,12 @@ def _read(root: str) -> list[tuple[FamilyMaps, tuple[bytes, bytes], tuple[bytes,
         maps.close()
 
 
-def _read_frontends(root: str, frontends: Iterable[Frontend]
-                    ) -> dict[Frontend, ProgrammedService | None]:
+def _read_frontends(root: str, frontends: Iterable[Frontend], settled: Collection[Frontend],
+                    last: dict[Frontend, Signature]
+                    ) -> tuple[dict[Frontend, ProgrammedService | None], list[Frontend]]:
     maps = CiliumMaps.open(root)
     try:
-        return maps.frontends(frontends)
+        return maps.frontends(frontends, settled, last)
     finally:
         maps.close()
 
@@ -498,6 +517,15 @@ class CiliumReader:
         state.apply(await asyncio.to_thread(_read, self.root))
         snapshot = state.snapshot()
         return snapshot if self.names is None else self.names.apply(snapshot)
+
+
+class Named(NamedTuple):
+    """A frontend named after a service port: the port, its (protocol, "VIP:port"), and its
+    rules as last read."""
+
+    port: ServicePort
+    ident: tuple[str, str]
+    service: ProgrammedService
 
 
 class CiliumChanges:
@@ -522,8 +550,11 @@ class CiliumChanges:
         # (None: gone) and when that read started (monotonic).
         self.parts_read: dict[Frontend, tuple[ProgrammedService | None, float]] = {}
         self.full_started: float | None = None  # the last full read installed
-        # Each named frontend as a service port's rules, and its (protocol, "VIP:port").
-        self.named: dict[Frontend, tuple[ProgrammedService, tuple[str, str]]] = {}
+        # What each frontend read by parts read as, to tell the next read whether it changed
+        # (kept by the reads, in their worker thread, and by installs, in the event loop:
+        # never at once, as one read at a time is made and installed before the next).
+        self._signatures: dict[Frontend, Signature] = {}
+        self.named: dict[Frontend, Named] = {}
         self.by_port: dict[ServicePort, set[Frontend]] = {}
         self.unnamed: set[Frontend] = set()
 
@@ -552,17 +583,22 @@ class CiliumChanges:
         frontends = {f for port in ports for f in self.by_port.get(port, ())}
         if not frontends:
             return None
+        # Those read by parts since the last full read need not be decoded again if their
+        # bytes are the same; the others stand as a full read found them: decoded.
+        settled = {f for f in frontends if f in self.parts_read}
 
         def read() -> Install:
-            found = _read_frontends(self.root, frontends)
-            return lambda started: self._install_parts(found, started)
+            found, same = _read_frontends(self.root, frontends, settled, self._signatures)
+            return lambda started: self._install_parts(found, same, started)
         return read
 
     def knows(self, port: ServicePort) -> bool:
         return port in self.by_port
 
     def _install_parts(self, found: dict[Frontend, ProgrammedService | None],
-                       started: float) -> Changes:
+                       same: list[Frontend], started: float) -> Changes:
+        for frontend in same:  # unchanged since its last read: covered until now
+            self.parts_read[frontend] = (self.parts_read[frontend][0], started)
         since: dict[Frontend, float] = {}
         for frontend, service in found.items():
             before = self.parts_read.get(frontend)
@@ -579,34 +615,36 @@ class CiliumChanges:
         for frontend in frontends:
             for port in self._rename(frontend):
                 ports[port] = min(ports.get(port, math.inf), since(frontend))
-        return {port: (DataplaneSnapshot("cilium", None, tuple(
-            self.named[f][0] for f in self.by_port.get(port, ()))).selection(), at)
-            for port, at in ports.items()}
+        changes: Changes = {}
+        for port, at in ports.items():
+            selection: dict[EndpointKey, bool] = {}
+            for frontend in self.by_port.get(port, ()):
+                select(port, self.named[frontend].service, selection)
+            changes[port] = (selection, at)
+        return changes
 
     def _rename(self, frontend: Frontend) -> set[ServicePort]:
         """Name the frontend (again); the service ports whose selection that touches."""
         was = self.named.pop(frontend, None)
         before: set[ServicePort] = set()
         if was is not None:
-            named, ident = was
-            old = named.service_port()
-            assert old is not None  # only frontends with a service port's name are named
-            before.add(old)
-            self.by_port[old].discard(frontend)
-            if not self.by_port[old]:
-                del self.by_port[old]
+            before.add(was.port)
+            self.by_port[was.port].discard(frontend)
+            if not self.by_port[was.port]:
+                del self.by_port[was.port]
         read = self.parts_read.get(frontend)
         service = read[0] if read is not None else self.state.service(frontend)
         self.unnamed.discard(frontend)
         if service is None:  # gone: a frontend made at its address later is named afresh
             if was is not None:
-                self.names.forget(ident)
+                self.names.forget(was.ident)
+            self._signatures.pop(frontend, None)
             return before
-        named = self.names.name(service)
-        port = named.service_port()
+        ident = (service.protocol, service.service)
+        port = was.port if was is not None and was.ident == ident else self.names.port(service)
         if port is None:
             self.unnamed.add(frontend)
             return before
-        self.named[frontend] = (named, (service.protocol, service.service))
+        self.named[frontend] = Named(port, ident, service)
         self.by_port.setdefault(port, set()).add(frontend)
         return before | {port}

@@ -116,12 +116,17 @@ class DataplaneSnapshot:
         out: dict[EndpointKey, bool] = {}
         for service in self.services:
             port = service.service_port()
-            if port is None:
-                continue
-            for endpoint in (*service.cluster, *service.local):
-                key = EndpointKey(port, endpoint.ip, endpoint.port)
-                out[key] = out.get(key, False) or endpoint.selected
+            if port is not None:
+                select(port, service, out)
         return out
+
+
+def select(port: ServicePort, service: ProgrammedService, out: dict[EndpointKey, bool]) -> None:
+    """Add a service's endpoints to ``out`` as endpoints of ``port``: selected on any path
+    (of any of the port's frontends, merged into one ``out``)."""
+    for endpoint in (*service.cluster, *service.local):
+        key = EndpointKey(port, endpoint.ip, endpoint.port)
+        out[key] = out.get(key, False) or endpoint.selected
 
 
 # --- what every full read is ---------------------------------------------------------------

@@ -42,12 +42,16 @@ class FrontendNames:
 
     def name(self, service: ProgrammedService) -> ProgrammedService:
         """The frontend under its service port's name, if one is known or decided now."""
+        port = self.port(service)
+        return service if port is None else replace(service, service=str(port))
+
+    def port(self, service: ProgrammedService) -> ServicePort | None:
+        """The service port the frontend is named after, if one is known or decided now."""
         ident = (service.protocol, service.service)
         port = self._names.get(ident) or self._resolve(ident, service)
-        if port is None:
-            return service
-        self._names[ident] = port
-        return replace(service, service=str(port))
+        if port is not None:
+            self._names[ident] = port
+        return port
 
     def keep(self, idents: Iterable[tuple[str, str]]) -> None:
         """Forget every frontend but these (protocol, ``VIP:port``)."""

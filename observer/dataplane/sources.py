@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import resource
 import time
@@ -72,15 +73,16 @@ class _Selection:
         grouped: dict[ServicePort, dict[EndpointKey, bool]] = {}
         for key, selected in new.items():
             grouped.setdefault(key.service_port, {})[key] = selected
-        changed = self.update(self.by_port.keys() | grouped.keys(), grouped, at, sink)
+        changed = self.update(self.by_port.keys() | grouped.keys(), grouped, lambda _: at, sink)
         self.primed = True
         return changed
 
     def update(self, ports: Iterable[ServicePort],
-               fresh: dict[ServicePort, dict[EndpointKey, bool]], at: Timestamp,
-               sink: ChangeSink) -> int:
-        """Install the selection of just these service ports (an event burst's delta).
-        Returns how many endpoints changed (reported to ``sink`` once primed)."""
+               fresh: dict[ServicePort, dict[EndpointKey, bool]],
+               at: Callable[[EndpointKey], Timestamp], sink: ChangeSink) -> int:
+        """Install the selection of just these service ports (an event burst's delta), each
+        endpoint's change stamped ``at(key)``. Returns how many endpoints changed (reported
+        to ``sink`` once primed)."""
         changed = 0
         for port in ports:
             old, new = self.by_port.get(port, {}), fresh.get(port, {})
@@ -88,7 +90,7 @@ class _Selection:
                 if old.get(key, False) != new.get(key, False):
                     changed += 1
                     if self.primed:
-                        sink(DataplaneChange(key, new.get(key, False), at))
+                        sink(DataplaneChange(key, new.get(key, False), at(key)))
             if new:
                 self.by_port[port] = new
             else:
@@ -250,34 +252,37 @@ class DeltaPollingSource(_ReadingSource):
     (``expect``: an endpoint left or joined Ready in the slices) are read every ``interval``
     seconds until their dataplane agrees or ``expect_for`` seconds have passed; everything is
     read at most every ``full_interval`` seconds (new frontends, changes no slice announced).
-    Full reads run in a worker thread of their own while the parts go on being read. Each
-    kind of read may take half of ``max_cpu`` of one core on average (``ReadBudget``).
+    Full reads run in a worker thread of their own while the parts go on being read. Full
+    reads may take a quarter of ``max_cpu`` of one core on average, reads by parts the rest
+    (``ReadBudget``).
 
     A change is stamped with the start of the read that shows it, its precision the larger
-    distance to the last read that covered its service port before (per service port: the
-    first read of a port newly expected is bounded by the last full read) and to this read's
-    end. A port newly expected is read at once (within a tenth of the interval): the slice
-    update that announces a change reaches the agent about when it reaches Cilium's, so the
-    first read usually comes before the change, and the change is then bounded by the
-    interval. While a port expected has no rules any full read found (a new Service; or one
-    Cilium does not program, such as a headless one), full reads come every ``interval``, as
-    the budget allows."""
+    distance to this read's end and to the later of: the last read of its service port that
+    did not show it (a read by parts, else the last full read), and — for a change a slice
+    update announced — the moment that update was received. Cilium programs an endpoint's
+    change only in answer to that update, which the API server sends to it and to this agent
+    at once (the time the update took to reach this agent is not counted, as for every time
+    the agent takes from its watches). So an expected change is bounded by about one
+    interval, with no read needed before it. While a port expected has no rules any full read
+    found (a new Service; or one Cilium does not program, such as a headless one), full
+    reads come every ``interval``, as the budget allows."""
 
     def __init__(self, *, changes: PartsReader, clock: Clock, metrics: DataplaneMetrics,
-                 interval: float, full_interval: float = 10.0, expect_for: float = 30.0,
+                 interval: float, full_interval: float = 30.0, expect_for: float = 30.0,
                  max_cpu: float = 0.1) -> None:
         super().__init__(mode=changes.mode, clock=clock, metrics=metrics)
         self.changes = changes
         self.interval = interval
         self.full_interval = full_interval
         self.expect_for = expect_for
-        # Full reads and reads by parts each keep to half the share, each measured by the CPU
-        # time of the thread that read (and of the event loop installing what it found).
-        self.full_budget = ReadBudget(max_cpu / 2)
-        self.parts_budget = ReadBudget(max_cpu / 2)
-        # Per service port, the endpoints expected to turn (un)selected, and until when.
-        self.expected: dict[ServicePort, dict[EndpointKey, tuple[bool, float]]] = {}
-        self._fresh = False  # a port newly expected: read it at once
+        # Full reads keep to a quarter of the share, reads by parts to the rest, each measured
+        # by the CPU time of the thread that read (and of the event loop installing it).
+        self.full_budget = ReadBudget(max_cpu / 4)
+        self.parts_budget = ReadBudget(max_cpu * 3 / 4)
+        # Per service port, the endpoints expected to turn (un)selected: how, since when (the
+        # slice update that says so was received) and until when.
+        self.expected: dict[ServicePort, dict[EndpointKey, tuple[bool, float, float]]] = {}
+        self._unknown = False  # a port expected that no full read found rules for
         self._wake = asyncio.Event()
 
     def expect(self, key: EndpointKey, selected: bool) -> None:
@@ -288,24 +293,27 @@ class DeltaPollingSource(_ReadingSource):
             return
         if keys is None:
             keys = self.expected[key.service_port] = {}
-            self._fresh = True
+            self._unknown = self._unknown or not self.changes.knows(key.service_port)
             self._wake.set()
-        keys[key] = (selected, self.clock.monotonic() + self.expect_for)
+        now = self.clock.monotonic()
+        keys[key] = (selected, now, now + self.expect_for)
 
     def _watched(self, now: float) -> list[ServicePort]:
         """The service ports still expected to change (forgetting what came or expired)."""
         for port, keys in list(self.expected.items()):
-            for key, (selected, until) in list(keys.items()):
+            for key, (selected, _, until) in list(keys.items()):
                 if until <= now or bool(self._selection.selected(key)) == selected:
                     del keys[key]
             if not keys:
                 del self.expected[port]
+        self._unknown = not all(map(self.changes.knows, self.expected))
         return list(self.expected)
 
     async def run(self, sink: ChangeSink) -> None:
         clock = self.clock
         full: asyncio.Task[tuple[Install, float, float, float] | None] | None = None
-        full_due, full_started, parts_started = clock.monotonic(), -math.inf, -math.inf
+        full_due, full_started = clock.monotonic(), -math.inf
+        parts_started = -math.inf
         healthy = False  # the last full read succeeded: reads by parts may go on
         counted = False  # the first full read decodes everything: no measure of the next
         try:
@@ -323,8 +331,8 @@ class DeltaPollingSource(_ReadingSource):
                                       used if counted else None)
                         self._selection.primed = counted = True
                         full_due = started + self.full_budget.period(self.full_interval)
-                if full is None and healthy and not all(map(self.changes.knows,
-                                                            self.expected)):
+                        self._watched(now)
+                if full is None and healthy and self._unknown:
                     full_due = min(full_due, full_started + self.full_budget.period(
                         self.interval))
                 if full is None and now >= full_due:
@@ -332,13 +340,14 @@ class DeltaPollingSource(_ReadingSource):
                     full = asyncio.create_task(self._read(self.changes.read_all, full=True),
                                                name="dataplane: full read")
                     full.add_done_callback(lambda _: self._wake.set())
-                parts_due = parts_started + self.parts_budget.period(
-                    self.interval / 10 if self._fresh else self.interval)
-                if healthy and now >= parts_due and self._watched(now):
-                    parts_started, self._fresh = now, False
-                    healthy = await self._read_parts(sink)
-                    if not healthy:
-                        full_due = min(full_due, now + max(1.0, self.interval))
+                parts_due = parts_started + self.parts_budget.period(self.interval)
+                if healthy and self.expected and now >= parts_due:
+                    ports = self._watched(now)
+                    parts_started = now
+                    if ports:
+                        healthy = await self._read_parts(ports, sink)
+                        if not healthy:
+                            full_due = min(full_due, now + max(1.0, self.interval))
                     continue
                 deadlines = [full_due] if full is None else []
                 if healthy and self.expected:
@@ -365,9 +374,9 @@ class DeltaPollingSource(_ReadingSource):
             return None
         return done[0], started, self.clock.monotonic(), done[1]
 
-    async def _read_parts(self, sink: ChangeSink) -> bool:
-        """Read the expected service ports; whether the read succeeded."""
-        work = self.changes.parts(list(self.expected))
+    async def _read_parts(self, ports: list[ServicePort], sink: ChangeSink) -> bool:
+        """Read these service ports; whether the read succeeded."""
+        work = self.changes.parts(ports)
         if work is None:
             return True
         done = await self._read(work, full=False)
@@ -377,12 +386,23 @@ class DeltaPollingSource(_ReadingSource):
         self._install(install, started, ended, sink, self.parts_budget, used)
         return True
 
+    def _stamp(self, key: EndpointKey, *, selection: dict[EndpointKey, bool], since: float,
+               read: tuple[float, float]) -> Timestamp:
+        """A change the read (start, end) found: it came after the last read of its port that
+        did not show it (``since``) and, if a slice update announced it, after that update
+        was received."""
+        expected = self.expected.get(key.service_port, {}).get(key)
+        if expected is not None and expected[0] == selection.get(key, False):
+            since = max(since, expected[1])
+        started, ended = read
+        return self._at(started, max(started - since, ended - started))
+
     def _install(self, install: Install, started: float, ended: float, sink: ChangeSink,
                  budget: ReadBudget, used: float | None) -> None:
         cpu = time.thread_time()
         for port, (selection, since) in install(started).items():
-            at = self._at(started, max(started - since, ended - started))
-            self._selection.update((port,), {port: selection}, at, sink)
+            self._selection.update((port,), {port: selection}, functools.partial(
+                self._stamp, selection=selection, since=since, read=(started, ended)), sink)
         if used is not None:
             budget.record(used + time.thread_time() - cpu)
 
@@ -550,7 +570,8 @@ class MonitorSource(_ReadingSource, Generic[E]):
 
     async def _update(self, sink: ChangeSink) -> None:
         delta, complete = self.tables.delta()
-        self._selection.update(delta.keys(), delta, self._now(self.monitor_latency), sink)
+        at = self._now(self.monitor_latency)
+        self._selection.update(delta.keys(), delta, lambda _: at, sink)
         if not complete:
             self._full_read_due()
 

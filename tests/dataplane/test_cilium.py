@@ -289,6 +289,8 @@ class Skewed:
 
 
 async def test_an_expected_change_is_bounded_by_reads_by_parts(bpffs: str) -> None:
+    """Each change the slices announce: its port read every interval until it shows, the
+    change bounded by the read before that showed none, or by the announcement."""
     clock = Skewed()
     async with polling(bpffs, full_interval=3600.0, clock=clock) as polled:
         agent, source, changes, seen = polled.agent, polled.source, polled.changes, polled.seen
@@ -310,6 +312,17 @@ async def test_an_expected_change_is_bounded_by_reads_by_parts(bpffs: str) -> No
         assert abs(change.at.mono - written) <= change.at.precision < 1000.0
         # The change no slice announced waits for the next full read.
         assert source.selected(EndpointKey(METRICS, "10.244.0.2", 9153)) is True
+        # Written as soon as announced, perhaps before any read of its port: bounded by the
+        # announcement (Cilium answers the same slice update).
+        announced = clock.monotonic()
+        source.expect(ready := EndpointKey(DNS_TCP, "10.244.0.2", 53), False)
+        agent.upsert("10.96.0.10", 53, [("10.244.0.4", 53, ACTIVE),
+                                        ("10.244.0.2", 53, TERMINATING),
+                                        ("10.244.0.3", 53, TERMINATING)])
+        await until(lambda: len(seen) == 3, "the next two changes")
+        gone = {(c.key, c.selected): c.at for c in seen}[ready, False]
+        assert announced <= gone.mono and gone.precision < 1000.0
+        await until(lambda: not source.expected, "the expectation met")
         # An expectation already met is none; one never met is given up after expect_for.
         source.expect(EndpointKey(API, "192.168.49.2", 8443), True)
         assert not source.expected
