@@ -13,13 +13,14 @@ frontends named from an index of every endpoint as the slices would give) and re
 
 (a) one full read (both maps, the kernel's batch copy) and one full decode (``CiliumReader``,
     named), and the kernel's part alone;
-(b) the agent's CPU during the churn (this process's, threads included; not the writer's),
+(b) the reader's CPU during the churn (this process's, threads included, less what the
+    stand-in for the slice watch and tracker spends announcing flips; not the writer's),
     target <= 10% of one core; the precision its stamps state, target <= 100 ms; and each
     stamp's error against the moment the writer finished the flip's writes;
 (c) this process's RSS after the first read, target <= 150 MiB.
 
     sudo .venv/bin/python -m bench.cilium [--services 10000] [--per-service 5]
-        [--churn-seconds 60] [--interval 0.05] [--cilium-delay 0.02]
+        [--churn-seconds 120] [--interval 0.05] [--cilium-delay 0.02]
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from observer.dataplane.cilium import CiliumChanges, CiliumMaps, CiliumReader
 from observer.dataplane.model import DataplaneChange
 from observer.dataplane.names import FrontendNames
 from observer.dataplane.sources import DeltaPollingSource
+from observer.episodes.slices import routed
+from observer.kube.objects import Endpoint
 from observer.lab.cilium import ACTIVE, TERMINATING, CiliumAgent
 from observer.tasks import cancel_and_wait
 from observer.values import EndpointKey, ServicePort
@@ -63,10 +66,11 @@ def backend(s: int, b: int) -> str:
     return f"10.{64 + n // 65536}.{n // 256 % 256}.{n % 256}"
 
 
-def writer(root: str, services: int, per: int, delay: float, news: int, ready: Any,
-           go: Any, stop: Any) -> None:
+def writer(root: str, services: int, per: int, together: int, delay: float, news: int,
+           ready: Any, go: Any, stop: Any) -> None:
     """The Cilium agent: fill, then churn until told to stop, telling ``news`` of each flip
-    before (the slice update) and after (the maps written)."""
+    before (the slice update) and after (the maps written). ``together``: backends flipped
+    in each service a flip touches (1: every flip in another service, the most reads)."""
     agent = CiliumAgent(root, max_entries=max(65536, services * (per + 1) + 1024))
     states = {s: [ACTIVE] * per for s in range(services)}
     for s in range(services):
@@ -76,15 +80,18 @@ def writer(root: str, services: int, per: int, delay: float, news: int, ready: A
     flips = max(1, services * per // 1000)  # per 0.1 s: 1% of the backends a second
     tick, turn = time.monotonic(), 0
     while not stop.is_set():
-        batch = [((turn * flips + i) * 7919 % services, (turn + i) % per) for i in range(flips)]
+        batch = [((turn * flips + i - i % together) * 7919 % services, (turn + i) % per)
+                 for i in range(flips)]
         for s, b in batch:
             states[s][b] = TERMINATING if states[s][b] == ACTIVE else ACTIVE
         os.write(news, b"".join(RECORD.pack(s, b, states[s][b], ANNOUNCED, time.monotonic())
                                 for s, b in batch))
         time.sleep(delay)
+        done = []
         for s, b in batch:
             agent.upsert(vip(s), 80, [(backend(s, j), 8080, states[s][j]) for j in range(per)])
-            os.write(news, RECORD.pack(s, b, states[s][b], WRITTEN, time.monotonic()))
+            done.append(RECORD.pack(s, b, states[s][b], WRITTEN, time.monotonic()))
+        os.write(news, b"".join(done))
         turn += 1
         tick += 0.1
         time.sleep(max(0.0, tick - time.monotonic()))
@@ -140,7 +147,8 @@ async def measure(root: str, args: argparse.Namespace, go: Any, news: int) -> di
 
     metrics = Metrics()
     source = DeltaPollingSource(changes=CiliumChanges(root, FrontendNames(candidates)),
-                                clock=SystemClock(), metrics=metrics, interval=args.interval)
+                                clock=SystemClock(), metrics=metrics, interval=args.interval,
+                                max_cpu=args.max_cpu)
     seen: list[DataplaneChange] = []
     task = asyncio.create_task(source.run(seen.append))
     while not metrics.scans:  # noqa: ASYNC110 (the source reports reads as calls, no event)
@@ -148,20 +156,35 @@ async def measure(root: str, args: argparse.Namespace, go: Any, news: int) -> di
     rss = rss_mib()
     first_read = metrics.scans[0]
 
-    written: dict[tuple[EndpointKey, bool], list[float]] = {}
+    written: dict[ServicePort, list[float]] = {}  # when the writer finished each flip
     pending = bytearray()
+    states = {s: [ACTIVE] * args.per_service for s in range(args.services)}
+
+    def merged(s: int) -> dict[EndpointKey, Endpoint]:
+        """Service ``s``'s endpoints as its slices say (terminating ones still serve)."""
+        return {EndpointKey(port(s), backend(s, b), 8080): Endpoint(
+            backend(s, b), state == ACTIVE, True, state == TERMINATING, "", "", "", "")
+            for b, state in enumerate(states[s])}
+
+    announcing = [0.0]  # CPU seconds in ``arrived``: the watch and tracker's part, not the reader's
 
     def arrived() -> None:
-        """The writer's news: an announced flip is what the slice watch would tell."""
+        """The writer's news: an announced flip is what the slice watch tells the tracker,
+        which tells the source what the slices now route to (``routed``)."""
+        cpu = time.thread_time()
         pending.extend(os.read(news, 1 << 16))
         whole = len(pending) // RECORD.size * RECORD.size
         for s, b, state, kind, at in RECORD.iter_unpack(bytes(pending[:whole])):
-            key, selected = EndpointKey(port(s), backend(s, b), 8080), state == ACTIVE
             if kind == ANNOUNCED:
-                source.expect(key, selected)
+                was = routed(merged(s))
+                states[s][b] = state
+                for key, selected in routed(merged(s)).items():
+                    if selected != was[key]:
+                        source.expect(key, selected)
             else:
-                written.setdefault((key, selected), []).append(at)
+                written.setdefault(port(s), []).append(at)
         del pending[:whole]
+        announcing[0] += time.thread_time() - cpu
 
     loop = asyncio.get_running_loop()
     loop.add_reader(news, arrived)
@@ -170,20 +193,24 @@ async def measure(root: str, args: argparse.Namespace, go: Any, news: int) -> di
     seen.clear()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu0, wall0, scans0 = usage.ru_utime + usage.ru_stime, time.monotonic(), len(metrics.scans)
+    announced0 = announcing[0]
     await asyncio.sleep(args.churn_seconds)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (usage.ru_utime + usage.ru_stime - cpu0) / (time.monotonic() - wall0)
+    elapsed = time.monotonic() - wall0
+    cpu = (usage.ru_utime + usage.ru_stime - cpu0) / elapsed
+    tracker = (announcing[0] - announced0) / elapsed
     reads = metrics.scans[scans0:]
     loop.remove_reader(news)
     await cancel_and_wait(task)
     errors = []
-    for change in seen:  # against the last write of that flip the read could have seen
-        writes = [w for w in written.get((change.key, change.selected), ())
+    for change in seen:  # against the last write to its service the read could have seen
+        writes = [w for w in written.get(change.key.service_port, ())
                   if w <= change.at.mono + change.at.precision]
         if writes:
             errors.append(abs(change.at.mono - writes[-1]))
     precisions = [c.at.precision for c in seen]
     flips = sum(1 for times in written.values() for w in times if w >= wall0)
+    expected_left = sum(len(keys) for keys in source.expected.values())
     return {
         "services": args.services, "backends": args.services * args.per_service,
         "endpoints_decoded": entries,
@@ -193,11 +220,15 @@ async def measure(root: str, args: argparse.Namespace, go: Any, news: int) -> di
         "rss_mib_after_first_read": round(rss, 1),
         "churn_backends_per_second": args.services * args.per_service // 100,
         "interval_s": args.interval, "cilium_delay_s": args.cilium_delay,
-        "agent_cpu_share_of_one_core": round(cpu, 3),
+        "max_cpu": args.max_cpu, "backends_flipped_together": args.together,
+        "process_cpu_share_of_one_core": round(cpu, 3),
+        "announcing_cpu_share_of_one_core": round(tracker, 3),
+        "reader_cpu_share_of_one_core": round(cpu - tracker, 3),
         "full_reads_during_churn": len(reads),
         "full_read_ms_median_under_churn": round(statistics.median(reads) * 1e3, 1)
         if reads else None,
         "flips_written": flips, "changes_seen": len(seen),
+        "expectations_pending_at_end": expected_left,
         "stated_precision_ms_p50": percentile(precisions, 0.5),
         "stated_precision_ms_p99": percentile(precisions, 0.99),
         "share_precision_within_100ms": round(
@@ -212,9 +243,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=10_000)
     parser.add_argument("--per-service", type=int, default=5)
-    parser.add_argument("--churn-seconds", type=float, default=60.0)
+    parser.add_argument("--churn-seconds", type=float, default=120.0)
     parser.add_argument("--interval", type=float, default=0.05)
     parser.add_argument("--cilium-delay", type=float, default=0.02)
+    parser.add_argument("--together", type=int, default=1,
+                        help="backends flipped at once in each service touched (1..per)")
+    parser.add_argument("--max-cpu", type=float, default=0.1,
+                        help="the source's CPU budget (--dataplane-poll-max-cpu)")
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="obs-bench-bpffs-")
     subprocess.run(["mount", "-t", "bpf", "bpf", root], check=True)
@@ -223,7 +258,8 @@ def main() -> None:
     news, told = os.pipe()
     os.set_blocking(news, False)
     child = context.Process(target=writer, args=(root, args.services, args.per_service,
-                                                 args.cilium_delay, told, ready, go, stop))
+                                                 args.together, args.cilium_delay, told, ready,
+                                                 go, stop))
     try:
         child.start()
         os.close(told)

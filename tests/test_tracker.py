@@ -293,8 +293,8 @@ def test_remote_stops_are_bounded(clock: ManualClock) -> None:
 
 
 def test_the_dataplane_is_told_what_the_slices_expect_of_it(clock: ManualClock) -> None:
-    """Every endpoint that joins or leaves Ready, as it should now be selected or not (what
-    a source that reads by parts reads closely); a change within Ready or not Ready is not."""
+    """Every endpoint the slices now say should be selected or not (what a source that reads
+    by parts reads closely): Ready, or serving and terminating in a port with none Ready."""
     expected: list[tuple[EndpointKey, bool]] = []
     t = EpisodeTracker(node_name="node-a", clock=clock, sink=Recorder(), measure_dataplane=True,
                        dataplane_expect=lambda key, selected: expected.append((key, selected)))
@@ -309,3 +309,9 @@ def test_the_dataplane_is_told_what_the_slices_expect_of_it(clock: ManualClock) 
     expected.clear()
     t.slice_changed(eps(others=0), t.now("slice_watch"))
     assert set(expected) == {(KEY, True), (other, False)}
+    expected.clear()  # the only endpoint terminates: the fallback keeps it while it serves
+    t.slice_changed(eps(ready=False, terminating=True, others=0), t.now("slice_watch"))
+    assert expected == []
+    t.slice_changed(eps(ready=False, serving=False, terminating=True, others=0),
+                    t.now("slice_watch"))
+    assert expected == [(KEY, False)]

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import math
 import os
 import socket
@@ -199,11 +200,11 @@ class CiliumMaps:
             raise _bpf_error(error, "reading Cilium's maps") from None
 
     def frontends(self, frontends: Iterable[Frontend], settled: Collection[Frontend],
-                  last: dict[Frontend, Signature]
+                  memory: PartsMemory
                   ) -> tuple[dict[Frontend, ProgrammedService | None], list[Frontend]]:
         """These frontends as they are now, looked up entry by entry: those that changed (None:
-        gone), and those ``settled`` that read the same bytes as last time (``last``, kept up
-        to date here; not decoded again). One that Cilium is writing under the read is in
+        gone), and those ``settled`` that read the same bytes as last time (kept in
+        ``memory``; not decoded again). One that Cilium is writing under the read is in
         neither (a slot or backend missing that the master counts, or the master rewritten by
         the end of the read): the next read takes it."""
         lookups = {f.family: (bpf.Lookup(f.services.fd, f.services.key, f.services.value.size),
@@ -218,17 +219,16 @@ class CiliumMaps:
                 if family not in lookups:
                     raise CommandError("unavailable", f"{SERVICE_MAPS[family]} is not pinned")
                 services, backends, layout = lookups[family]
-                signature = _lookup(frontend, services, backends)
+                last = memory.signatures.get(frontend) if frontend in settled else None
+                signature = _lookup(frontend, services, backends, last)
                 if signature is None:
                     continue
-                if frontend in settled and last.get(frontend) == signature:
+                if signature == last:
                     same.append(frontend)
                     continue
-                last[frontend] = signature
-                entries, ids = signature
-                found[frontend] = _describe(
-                    frontend, {(scope, slot): Entry(*_entry(raw)) for scope, slot, raw in entries},
-                    {i: _backend(layout, raw) for i, raw in ids}, {})
+                memory.signatures[frontend] = signature
+                found[frontend] = _selected(frontend, signature,
+                                            functools.partial(memory.backend, layout))
         except OSError as error:
             raise _bpf_error(error, "reading Cilium's maps") from None
         return found, same
@@ -240,6 +240,27 @@ class CiliumMaps:
         self.families = []
 
 
+@dataclass
+class PartsMemory:
+    """What reads by parts keep from one to the next: each frontend's signature, to tell
+    whether it changed, and backends decoded, by their bytes (a backend's address is in its
+    value: the same bytes are the same backend). Kept by the reads, in their worker thread,
+    and by installs, in the event loop: never at once, as one read at a time is made and
+    installed before the next."""
+
+    signatures: dict[Frontend, Signature] = field(default_factory=dict)
+    backends: dict[bytes, BackendValue] = field(default_factory=dict)
+
+    def backend(self, layout: struct.Struct, raw: bytes) -> BackendValue:
+        value = self.backends.get(raw)
+        if value is None:
+            if len(self.backends) >= _MAX_BACKENDS_KEPT:
+                self.backends.clear()
+            value = self.backends[raw] = _backend(layout, raw)
+        return value
+
+
+_MAX_BACKENDS_KEPT = 65536  # Cilium's default backend map size (--bpf-lb-map-max)
 # A frontend's entries as read by key: (scope, slot, value) in the order read, and its
 # backends' (id, value).
 Signature = tuple[tuple[tuple[int, int, bytes], ...], tuple[tuple[int, bytes], ...]]
@@ -247,15 +268,26 @@ _COUNT = struct.Struct("=H")  # lb4_service.count, after the 4-byte backend_id
 _BACKEND_ID = struct.Struct("=I")
 
 
-def _lookup(frontend: Frontend, services: bpf.Lookup, backends: bpf.Lookup) -> Signature | None:
+def _lookup(frontend: Frontend, services: bpf.Lookup, backends: bpf.Lookup,
+            last: Signature | None) -> Signature | None:
     """A frontend's master entries and the slots its datapath chooses from (1..count: those
     past count are never selected, so a read of selection leaves them), and their backends;
     None when Cilium's writes were seen half-done (the reconciler writes backends, then slots,
     then the master, then deletes what is past the new end: a slot the master counts that is
-    missing, a backend a slot names that is missing, or a master rewritten during the read)."""
+    missing, a backend a slot names that is missing, or a master rewritten during the read).
+
+    Given its ``last`` read (since the last full read), only the scopes that had entries then
+    are looked up, and backends it had are not looked up again: Cilium allocates backend ids
+    upwards and gives an id out again only after 2^32 others
+    (``pkg/loadbalancer/reconciler/id_allocator.go`` v1.18, ``acquireLocalID``), so an id
+    names the same address for as long as it exists (after a Cilium restart it may name
+    another: a full read shows it, and each frontend is then looked up afresh)."""
     address, port, proto = frontend
     entries: list[tuple[int, int, bytes]] = []
-    for scope in (0, SCOPE_INTERNAL):
+    known: dict[int, bytes] = dict(last[1]) if last is not None else {}
+    scopes = {scope for scope, _, _ in last[0]} if last is not None and last[0] else (
+        0, SCOPE_INTERNAL)
+    for scope in sorted(scopes):
         master = services(address, port, 0, proto, scope)
         if master is None:
             continue
@@ -272,7 +304,7 @@ def _lookup(frontend: Frontend, services: bpf.Lookup, backends: bpf.Lookup) -> S
         if slot:
             (backend_id,) = _BACKEND_ID.unpack_from(raw)
             if backend_id not in ids:
-                value = backends(backend_id)
+                value = known.get(backend_id) or backends(backend_id)
                 if value is None:
                     return None
                 ids[backend_id] = value
@@ -368,12 +400,49 @@ def _describe(frontend: Frontend, entries: Mapping[tuple[int, int], Entry],
             continue
         master = entries.get((scope, 0))
         count = master.active if master is not None else 0
-        local = master is not None and bool(
-            master.flags & _EXT_LOCAL_SCOPE if scope != SCOPE_INTERNAL
-            else master.flags2 & _INT_LOCAL_SCOPE)
-        paths[local].append(ProgrammedEndpoint(backend.ip, backend.port,
-                                               reachable and slot <= count))
+        paths[master is not None and _local(master, scope)].append(
+            ProgrammedEndpoint(backend.ip, backend.port, reachable and slot <= count))
         protocols.add(backend.proto)
+    return _programmed(frontend, protocols, paths)
+
+
+def _selected(frontend: Frontend, signature: Signature,
+              backend: Callable[[bytes], BackendValue]) -> ProgrammedService | None:
+    """A frontend as a read by parts found it (``_lookup``): every slot it read is one new
+    connections are sent to; None when it has no entries."""
+    entries, ids = signature
+    if not entries:
+        return None
+    values = dict(ids)
+    paths: dict[bool, list[ProgrammedEndpoint]] = {False: [], True: []}
+    protocols: set[int] = set()
+    endpoints = paths[False]
+    for scope, slot, raw in entries:
+        if slot == 0:
+            endpoints = paths[_local(Entry(*_entry(raw)), scope)]
+            continue
+        value = backend(values[_BACKEND_ID.unpack_from(raw)[0]])
+        endpoints.append(ProgrammedEndpoint(value.ip, value.port, True))
+        protocols.add(value.proto)
+    return _programmed(frontend, protocols, paths)
+
+
+def _chosen(service: ProgrammedService) -> tuple[tuple[ProgrammedEndpoint, ...], ...]:
+    """The endpoints new connections are sent to, on each path."""
+    return tuple(e for e in service.cluster if e.selected), tuple(
+        e for e in service.local if e.selected)
+
+
+def _local(master: Entry, scope: int) -> bool:
+    """Whether the scope's slots are the Local traffic policy's path."""
+    return bool(master.flags & _EXT_LOCAL_SCOPE if scope != SCOPE_INTERNAL
+                else master.flags2 & _INT_LOCAL_SCOPE)
+
+
+def _programmed(frontend: Frontend, protocols: set[int],
+                paths: dict[bool, list[ProgrammedEndpoint]]) -> ProgrammedService:
+    """The frontend as the other modes report a service port's rules (a frontend of a
+    release that writes no protocol, pre-1.15, takes its backends')."""
     proto = frontend.proto or (protocols.pop() if len(protocols) == 1 else 0)
     ip, port = _address(frontend.address), int.from_bytes(frontend.port, "big")
     return ProgrammedService(service=join_host_port(ip, port),
@@ -492,11 +561,11 @@ def _read(root: str) -> list[tuple[FamilyMaps, tuple[bytes, bytes], tuple[bytes,
 
 
 def _read_frontends(root: str, frontends: Iterable[Frontend], settled: Collection[Frontend],
-                    last: dict[Frontend, Signature]
+                    memory: PartsMemory
                     ) -> tuple[dict[Frontend, ProgrammedService | None], list[Frontend]]:
     maps = CiliumMaps.open(root)
     try:
-        return maps.frontends(frontends, settled, last)
+        return maps.frontends(frontends, settled, memory)
     finally:
         maps.close()
 
@@ -550,10 +619,7 @@ class CiliumChanges:
         # (None: gone) and when that read started (monotonic).
         self.parts_read: dict[Frontend, tuple[ProgrammedService | None, float]] = {}
         self.full_started: float | None = None  # the last full read installed
-        # What each frontend read by parts read as, to tell the next read whether it changed
-        # (kept by the reads, in their worker thread, and by installs, in the event loop:
-        # never at once, as one read at a time is made and installed before the next).
-        self._signatures: dict[Frontend, Signature] = {}
+        self._memory = PartsMemory()
         self.named: dict[Frontend, Named] = {}
         self.by_port: dict[ServicePort, set[Frontend]] = {}
         self.unnamed: set[Frontend] = set()
@@ -588,7 +654,7 @@ class CiliumChanges:
         settled = {f for f in frontends if f in self.parts_read}
 
         def read() -> Install:
-            found, same = _read_frontends(self.root, frontends, settled, self._signatures)
+            found, same = _read_frontends(self.root, frontends, settled, self._memory)
             return lambda started: self._install_parts(found, same, started)
         return read
 
@@ -625,20 +691,25 @@ class CiliumChanges:
 
     def _rename(self, frontend: Frontend) -> set[ServicePort]:
         """Name the frontend (again); the service ports whose selection that touches."""
+        read = self.parts_read.get(frontend)
+        service = read[0] if read is not None else self.state.service(frontend)
         was = self.named.pop(frontend, None)
+        if (was is not None and service is not None
+                and (service.protocol, service.service) == was.ident
+                and _chosen(service) == _chosen(was.service)):  # its selection is the same
+            self.named[frontend] = Named(was.port, was.ident, service)
+            return set()
         before: set[ServicePort] = set()
         if was is not None:
             before.add(was.port)
             self.by_port[was.port].discard(frontend)
             if not self.by_port[was.port]:
                 del self.by_port[was.port]
-        read = self.parts_read.get(frontend)
-        service = read[0] if read is not None else self.state.service(frontend)
         self.unnamed.discard(frontend)
         if service is None:  # gone: a frontend made at its address later is named afresh
             if was is not None:
                 self.names.forget(was.ident)
-            self._signatures.pop(frontend, None)
+            self._memory.signatures.pop(frontend, None)
             return before
         ident = (service.protocol, service.service)
         port = was.port if was is not None and was.ident == ident else self.names.port(service)

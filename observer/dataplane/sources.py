@@ -292,9 +292,12 @@ class DeltaPollingSource(_ReadingSource):
                 keys.pop(key, None)
             return
         if keys is None:
+            if not self.expected:  # the loop may wait for nothing but a full read
+                self._wake.set()
             keys = self.expected[key.service_port] = {}
-            self._unknown = self._unknown or not self.changes.knows(key.service_port)
-            self._wake.set()
+            if not self._unknown and not self.changes.knows(key.service_port):
+                self._unknown = True
+                self._wake.set()
         now = self.clock.monotonic()
         keys[key] = (selected, now, now + self.expect_for)
 

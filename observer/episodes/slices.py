@@ -36,6 +36,17 @@ class ServiceChange(NamedTuple):
     after: Merged
 
 
+def routed(merged: Merged) -> dict[EndpointKey, bool]:
+    """Which endpoints a proxy sends new connections to, as the slices say: the Ready ones;
+    in a service port with none Ready (per IP family: kube-proxy runs a proxier for each),
+    the serving-and-terminating ones (KEP-1669's fallback: ``pkg/proxy/topology.go``
+    CategorizeEndpoints; Cilium does the same)."""
+    ready = {(key.service_port, ":" in key.ip) for key, ep in merged.items() if ep.ready}
+    return {key: ep.ready or ((key.service_port, ":" in key.ip) not in ready and ep.serving
+                              and ep.terminating)
+            for key, ep in merged.items()}
+
+
 class Update(NamedTuple):
     changes: list[ServiceChange]
     invalid: list[str]  # invalid_input_total reasons, one per finding

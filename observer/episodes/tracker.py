@@ -33,7 +33,7 @@ from observer.clock import Clock
 from observer.dataplane.model import DataplaneChange
 from observer.episodes.model import AbandonReason, Episode
 from observer.episodes.pods import PodNews, PodRecord, PodRecords, RemoteStop
-from observer.episodes.slices import Merged, SliceView, Update
+from observer.episodes.slices import Merged, SliceView, Update, routed
 from observer.episodes.stages import time_stages
 from observer.episodes.traffic import TrafficBook
 from observer.kube.objects import Endpoint, EndpointSlice, Pod
@@ -72,7 +72,7 @@ class EpisodeTracker:
         self.sink = sink
         self.measure_dataplane = measure_dataplane
         self.dataplane_selected = dataplane_selected
-        # Told of every endpoint that joins or leaves Ready, as the dataplane should follow (a
+        # Told of every endpoint the slices now say should be (or no longer be) selected (a
         # source that reads by parts reads those service ports closely).
         self.dataplane_expect = dataplane_expect
         self.ttl = ttl
@@ -110,6 +110,11 @@ class EpisodeTracker:
         for reason in update.invalid:
             self.sink.invalid_input("endpointslices", reason)
         for change in update.changes:
+            if self.dataplane_expect is not None:
+                was, now = routed(change.before), routed(change.after)
+                for key in was.keys() | now.keys():
+                    if was.get(key, False) != now.get(key, False):
+                        self.dataplane_expect(key, now.get(key, False))
             for key in change.before.keys() | change.after.keys():
                 before, after = change.before.get(key), change.after.get(key)
                 if before != after:
@@ -118,10 +123,7 @@ class EpisodeTracker:
 
     def _transition(self, key: EndpointKey, before: Endpoint | None, after: Endpoint | None,
                     at: Timestamp, *, relist: bool) -> None:
-        ready = after is not None and after.ready
-        if self.dataplane_expect is not None and ready != (before is not None and before.ready):
-            self.dataplane_expect(key, ready)
-        if self.traffic is not None and ready:
+        if self.traffic is not None and after is not None and after.ready:
             self.traffic.ready((key.ip, key.port, key.service_port.protocol))
         episode = self.episodes.get(key)
         if episode is None:
@@ -139,14 +141,10 @@ class EpisodeTracker:
             self._abandon(episode, "ready_again")
 
     def _check_fallback(self, merged: Merged) -> None:
-        # Per IP family: kube-proxy runs one proxier for IPv4 and one for IPv6.
-        ready_ports = {(key.service_port, ":" in key.ip) for key, ep in merged.items()
-                       if ep.ready}
-        for key, endpoint in merged.items():
+        for key, selected in routed(merged).items():
             episode = self.episodes.get(key)
             if (episode is not None and not episode.fallback and episode.dataplane is None
-                    and (key.service_port, ":" in key.ip) not in ready_ports
-                    and endpoint.serving and endpoint.terminating):
+                    and selected and not merged[key].ready):
                 episode.fallback = True
                 self.sink.fallback(episode)
                 self._maybe_finish(episode)

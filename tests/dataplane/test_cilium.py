@@ -153,13 +153,17 @@ async def test_each_read_tells_only_the_service_ports_that_changed(bpffs: str) -
     agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE),
                                     ("10.244.0.3", 53, TERMINATING)])
     assert await full_read(changes) == {DNS_TCP: {ready: True, leaving: False}}
-    # Removed: its slot and (orphaned) its backend entry go.
+    # Removed: its slot and (orphaned) its backend entry go; new connections went to the
+    # same endpoints before: no change to tell.
     agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE)])
-    assert await full_read(changes) == {DNS_TCP: {ready: True}}
-    # Nothing Ready: the terminating backends are used (count counts them).
+    assert await full_read(changes) == {}
+    # Nothing Ready: the terminating backends are used (count counts them), not those in
+    # maintenance.
     agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, TERMINATING),
-                                    ("10.244.0.3", 53, MAINTENANCE)])
-    assert await full_read(changes) == {DNS_TCP: {ready: True, leaving: False}}
+                                    ("10.244.0.3", 53, TERMINATING),
+                                    ("10.244.0.4", 53, MAINTENANCE)])
+    assert await full_read(changes) == {DNS_TCP: {
+        ready: True, leaving: True, EndpointKey(DNS_TCP, "10.244.0.4", 53): False}}
     # The frontend deleted: its port's selection is empty.
     agent.delete("10.96.0.10", 53)
     assert await full_read(changes) == {DNS_TCP: {}}
@@ -235,20 +239,18 @@ async def test_reads_by_parts_look_up_the_frontends_of_the_ports_asked_for(bpffs
     ready, leaving = EndpointKey(DNS_TCP, "10.244.0.2", 53), EndpointKey(DNS_TCP, "10.244.0.3",
                                                                           53)
     assert await parts_read(changes, ServicePort("default", "none", "", "TCP")) is None
-    # The first read of a port: what changed since is bounded by the last full read.
-    assert await parts_read(changes, DNS_TCP, started=2.0) == {
-        DNS_TCP: ({ready: True, leaving: True}, 1.0)}
+    assert await parts_read(changes, DNS_TCP, started=2.0) == {}  # as the full read found
     agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE),
                                     ("10.244.0.3", 53, TERMINATING)])
-    agent.upsert("10.96.0.10", 9153, [("10.244.0.2", 9153, TERMINATING)])  # not asked for
+    agent.upsert("10.96.0.10", 9153, [("10.244.0.5", 9153, ACTIVE)])  # not asked for
     # (Reads by parts take only the slots new connections are sent to: the terminating
     # backend is not among them, which says the same as "not selected".)
     assert await parts_read(changes, DNS_TCP, started=3.0) == {DNS_TCP: ({ready: True}, 2.0)}
     # A full read that started before the read by parts does not undo what that found...
     assert await full_read(changes, started=2.5) == {
-        METRICS: {EndpointKey(METRICS, "10.244.0.2", 9153): True}}
+        METRICS: {EndpointKey(METRICS, "10.244.0.5", 9153): True}}
     # ... one that started after it takes over (the same selection: no change to report).
-    assert await full_read(changes, started=4.0) == {DNS_TCP: {ready: True, leaving: False}}
+    assert await full_read(changes, started=4.0) == {}
     assert changes.parts_read == {}
     agent.close()
 
@@ -303,7 +305,7 @@ async def test_an_expected_change_is_bounded_by_reads_by_parts(bpffs: str) -> No
         written = clock.monotonic()
         agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE),
                                         ("10.244.0.3", 53, TERMINATING)])
-        agent.upsert("10.96.0.10", 9153, [("10.244.0.2", 9153, TERMINATING)])  # unannounced
+        agent.upsert("10.96.0.10", 9153, [("10.244.0.5", 9153, ACTIVE)])  # unannounced
         await until(lambda: bool(seen), "the change")
         await until(lambda: not source.expected, "the expectation met")
         (change,) = seen
@@ -391,9 +393,9 @@ async def test_a_slot_naming_an_unknown_backend_is_counted_and_the_next_read_tel
     bpf.update(agent.services[4], key, SERVICE_VALUE.pack(99, 0, 0, 0, 0, 0))
     with pytest.raises(DataplaneParseError, match="changed during the read"):
         await full_read(changes)
-    # Cilium's write completes: the frontend is told at the next read.
-    agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE), ("10.244.0.3", 53, ACTIVE)])
-    assert DNS_TCP in await full_read(changes)
+    # Cilium's write completes (its second backend removed): told at the next read.
+    agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE)])
+    assert await full_read(changes) == {DNS_TCP: {EndpointKey(DNS_TCP, "10.244.0.2", 53): True}}
     agent.close()
 
 
