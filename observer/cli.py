@@ -91,12 +91,14 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument("--dataplane-poll-interval", type=positive_float,
                      default=float(_env("DATAPLANE_POLL_INTERVAL", "0.1") or 0.1),
                      help="seconds between reads where the kernel announces no changes "
-                          "(iptables-legacy, IPVS, Cilium)")
+                          "(iptables-legacy, IPVS; Cilium: between reads of the service ports "
+                          "the slices say are changing)")
     run.add_argument("--dataplane-poll-max-cpu", type=positive_float,
                      default=float(_env("DATAPLANE_POLL_MAX_CPU", "0.1") or 0.1),
                      help="at most this share of one core (with the dump commands) is spent "
-                          "on full reads, on average — polling, and the event-driven modes' "
-                          "resyncs: large or busy rule sets are read less often (default 0.1)")
+                          "on reads, on average — polling, the event-driven modes' resyncs, "
+                          "Cilium's full reads and reads by parts: large or busy rule sets "
+                          "are read less often (default 0.1)")
     run.add_argument("--traffic", choices=("auto", "on", "off"), default=_env("TRAFFIC", "auto"),
                      help="follow new connections to terminating endpoints in the kernel's "
                           "conntrack events (this node's namespace, or --netns): 'auto' when "
