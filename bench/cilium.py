@@ -41,6 +41,7 @@ from collections.abc import Collection
 from typing import Any
 
 from bench import rss_mib
+from observer.cli import collect_garbage_rarely
 from observer.clock import SystemClock
 from observer.dataplane.cilium import CiliumChanges, CiliumMaps, CiliumReader
 from observer.dataplane.model import DataplaneChange
@@ -251,6 +252,7 @@ def main() -> None:
     parser.add_argument("--max-cpu", type=float, default=0.1,
                         help="the source's CPU budget (--dataplane-poll-max-cpu)")
     args = parser.parse_args()
+    collect_garbage_rarely()  # as ``observer run`` does
     root = tempfile.mkdtemp(prefix="obs-bench-bpffs-")
     subprocess.run(["mount", "-t", "bpf", "bpf", root], check=True)
     context = multiprocessing.get_context("fork")

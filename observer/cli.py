@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -442,6 +443,17 @@ async def _serve_apiserver(args: argparse.Namespace) -> int:
     return 0
 
 
+def collect_garbage_rarely() -> None:
+    """For a long-lived process with a large heap of long-lived objects (the slices, pods and
+    dataplane state of a big node): the cyclic garbage collector runs after 100,000 new
+    objects instead of 700, and a full collection, which walks the whole heap, a tenth as
+    often. Nearly everything here is freed by reference counting; a collection mostly walks
+    live objects. Measured with Cilium's maps at 10,000 services under churn
+    (docs/benchmarks.md): the reader's CPU down by about a fifth and its stated precision from
+    p50 ~130 ms to ~50 ms, the default's collections having been the largest single cost."""
+    gc.set_threshold(100_000, 50, 100)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -463,6 +475,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     configure_exposition()
     if args.command == "run":
+        collect_garbage_rarely()
         return asyncio.run(_run_agent(args))
     if args.command == "dataplane":
         return asyncio.run(_dump_dataplane(args))
@@ -478,6 +491,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "lab" and args.lab_command == "apiserver":
         return asyncio.run(_serve_apiserver(args))
     if args.command == "lab":
+        collect_garbage_rarely()
         return asyncio.run(_run_lab(args))
     raise AssertionError(f"unhandled command {args.command}")
 

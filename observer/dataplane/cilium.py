@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import math
 import os
 import socket
@@ -208,8 +207,7 @@ class CiliumMaps:
         neither (a slot or backend missing that the master counts, or the master rewritten by
         the end of the read): the next read takes it."""
         lookups = {f.family: (bpf.Lookup(f.services.fd, f.services.key, f.services.value.size),
-                              bpf.Lookup(f.backends.fd, BACKEND_KEY, f.backends.value.size),
-                              f.backends.value)
+                              bpf.Lookup(f.backends.fd, BACKEND_KEY, f.backends.value.size))
                    for f in self.families}
         found: dict[Frontend, ProgrammedService | None] = {}
         same: list[Frontend] = []
@@ -218,7 +216,7 @@ class CiliumMaps:
                 family = 4 if len(frontend.address) == 4 else 6
                 if family not in lookups:
                     raise CommandError("unavailable", f"{SERVICE_MAPS[family]} is not pinned")
-                services, backends, layout = lookups[family]
+                services, backends = lookups[family]
                 last = memory.signatures.get(frontend) if frontend in settled else None
                 signature = _lookup(frontend, services, backends, last)
                 if signature is None:
@@ -227,8 +225,7 @@ class CiliumMaps:
                     same.append(frontend)
                     continue
                 memory.signatures[frontend] = signature
-                found[frontend] = _selected(frontend, signature,
-                                            functools.partial(memory.backend, layout))
+                found[frontend] = _selected(frontend, signature, memory.address)
         except OSError as error:
             raise _bpf_error(error, "reading Cilium's maps") from None
         return found, same
@@ -243,24 +240,31 @@ class CiliumMaps:
 @dataclass
 class PartsMemory:
     """What reads by parts keep from one to the next: each frontend's signature, to tell
-    whether it changed, and backends decoded, by their bytes (a backend's address is in its
-    value: the same bytes are the same backend). Kept by the reads, in their worker thread,
-    and by installs, in the event loop: never at once, as one read at a time is made and
-    installed before the next."""
+    whether it changed, and backends' addresses decoded, by their bytes (a backend value
+    begins with its address, port and protocol; its state, after them, does not matter to
+    where new connections go). Kept by the reads, in their worker thread, and by installs, in
+    the event loop: never at once, as one read at a time is made and installed before the
+    next."""
 
     signatures: dict[Frontend, Signature] = field(default_factory=dict)
-    backends: dict[bytes, BackendValue] = field(default_factory=dict)
+    addresses: dict[bytes, tuple[str, int, int]] = field(default_factory=dict)
 
-    def backend(self, layout: struct.Struct, raw: bytes) -> BackendValue:
-        value = self.backends.get(raw)
-        if value is None:
-            if len(self.backends) >= _MAX_BACKENDS_KEPT:
-                self.backends.clear()
-            value = self.backends[raw] = _backend(layout, raw)
-        return value
+    def address(self, raw: bytes) -> tuple[str, int, int]:
+        """A backend value's (ip, port, protocol)."""
+        key = raw[:len(raw) - _BACKEND_TAIL[len(raw)]]
+        found = self.addresses.get(key)
+        if found is None:
+            if len(self.addresses) >= _MAX_ADDRESSES_KEPT:
+                self.addresses.clear()
+            found = self.addresses[key] = (_address(key[:-3]), int.from_bytes(key[-3:-1], "big"),
+                                           key[-1])
+        return found
 
 
-_MAX_BACKENDS_KEPT = 65536  # Cilium's default backend map size (--bpf-lb-map-max)
+# Bytes after (address, port, protocol) in a backend value, by the value's size.
+_BACKEND_TAIL = {layout.size: layout.size - _ADDRESS[family] - 3
+                 for (_, family), layout in BACKEND_VALUE.items()}
+_MAX_ADDRESSES_KEPT = 1 << 17  # twice Cilium's default backend map size (--bpf-lb-map-max)
 # A frontend's entries as read by key: (scope, slot, value) in the order read, and its
 # backends' (id, value).
 Signature = tuple[tuple[tuple[int, int, bytes], ...], tuple[tuple[int, bytes], ...]]
@@ -407,7 +411,7 @@ def _describe(frontend: Frontend, entries: Mapping[tuple[int, int], Entry],
 
 
 def _selected(frontend: Frontend, signature: Signature,
-              backend: Callable[[bytes], BackendValue]) -> ProgrammedService | None:
+              address: Callable[[bytes], tuple[str, int, int]]) -> ProgrammedService | None:
     """A frontend as a read by parts found it (``_lookup``): every slot it read is one new
     connections are sent to; None when it has no entries."""
     entries, ids = signature
@@ -421,16 +425,15 @@ def _selected(frontend: Frontend, signature: Signature,
         if slot == 0:
             endpoints = paths[_local(Entry(*_entry(raw)), scope)]
             continue
-        value = backend(values[_BACKEND_ID.unpack_from(raw)[0]])
-        endpoints.append(ProgrammedEndpoint(value.ip, value.port, True))
-        protocols.add(value.proto)
+        ip, port, proto = address(values[_BACKEND_ID.unpack_from(raw)[0]])
+        endpoints.append(ProgrammedEndpoint(ip, port, True))
+        protocols.add(proto)
     return _programmed(frontend, protocols, paths)
 
 
-def _chosen(service: ProgrammedService) -> tuple[tuple[ProgrammedEndpoint, ...], ...]:
+def _chosen(service: ProgrammedService) -> tuple[list[ProgrammedEndpoint], ...]:
     """The endpoints new connections are sent to, on each path."""
-    return tuple(e for e in service.cluster if e.selected), tuple(
-        e for e in service.local if e.selected)
+    return [e for e in service.cluster if e.selected], [e for e in service.local if e.selected]
 
 
 def _local(master: Entry, scope: int) -> bool:
@@ -631,10 +634,12 @@ class CiliumChanges:
             raise CommandError("unavailable", ", ".join(
                 SERVICE_MAPS[f] for f in sorted(self.families - found)) + " no longer pinned")
         self.families |= found
-        touched = self.state.apply(reads)
-        return lambda started: self._install_all(touched, started)
+        # What changed, as rules, made here: the event loop then only compares and names.
+        views = {f: self.state.service(f) for f in self.state.apply(reads)}
+        return lambda started: self._install_all(views, started)
 
-    def _install_all(self, touched: set[Frontend], started: float) -> Changes:
+    def _install_all(self, views: dict[Frontend, ProgrammedService | None],
+                     started: float) -> Changes:
         """A full read started at ``started`` is newer than every read by parts before it."""
         previous = started if self.full_started is None else self.full_started
         since = {f: at for f, (_, at) in self.parts_read.items() if at < started}
@@ -642,8 +647,10 @@ class CiliumChanges:
             del self.parts_read[frontend]
         self.full_started = started
         # Frontends read by parts since this read started are newer than what it found.
-        fresh = (touched | self.unnamed | since.keys()) - self.parts_read.keys()
-        return self._renamed(fresh, lambda f: since.get(f, previous))
+        fresh = (views.keys() | self.unnamed | since.keys()) - self.parts_read.keys()
+        for frontend in fresh - views.keys():
+            views[frontend] = self.state.service(frontend)
+        return self._renamed(fresh, lambda f: since.get(f, previous), views)
 
     def parts(self, ports: Collection[ServicePort]) -> Callable[[], Install] | None:
         frontends = {f for port in ports for f in self.by_port.get(port, ())}
@@ -671,15 +678,15 @@ class CiliumChanges:
             since[frontend] = before[1] if before is not None else (
                 self.full_started if self.full_started is not None else started)
             self.parts_read[frontend] = (service, started)
-        return self._renamed(since.keys(), since.__getitem__)
+        return self._renamed(since.keys(), since.__getitem__, found)
 
-    def _renamed(self, frontends: Iterable[Frontend], since: Callable[[Frontend], float]
-                 ) -> Changes:
-        """Name each frontend (again): the selection of every service port that touches,
-        with the earliest of its frontends' ``since``."""
+    def _renamed(self, frontends: Iterable[Frontend], since: Callable[[Frontend], float],
+                 views: Mapping[Frontend, ProgrammedService | None]) -> Changes:
+        """Name each frontend (again) as it is now (``views``): the selection of every
+        service port that touches, with the earliest of its frontends' ``since``."""
         ports: dict[ServicePort, float] = {}
         for frontend in frontends:
-            for port in self._rename(frontend):
+            for port in self._rename(frontend, views[frontend]):
                 ports[port] = min(ports.get(port, math.inf), since(frontend))
         changes: Changes = {}
         for port, at in ports.items():
@@ -689,14 +696,15 @@ class CiliumChanges:
             changes[port] = (selection, at)
         return changes
 
-    def _rename(self, frontend: Frontend) -> set[ServicePort]:
-        """Name the frontend (again); the service ports whose selection that touches."""
-        read = self.parts_read.get(frontend)
-        service = read[0] if read is not None else self.state.service(frontend)
+    def _rename(self, frontend: Frontend, service: ProgrammedService | None
+                ) -> set[ServicePort]:
+        """Name the frontend (again) as it now is; the service ports whose selection that
+        touches."""
         was = self.named.pop(frontend, None)
         if (was is not None and service is not None
                 and (service.protocol, service.service) == was.ident
-                and _chosen(service) == _chosen(was.service)):  # its selection is the same
+                and (service == was.service or _chosen(service) == _chosen(was.service))):
+            # the same endpoints chosen: no port's selection changes
             self.named[frontend] = Named(was.port, was.ident, service)
             return set()
         before: set[ServicePort] = set()

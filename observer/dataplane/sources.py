@@ -253,8 +253,8 @@ class DeltaPollingSource(_ReadingSource):
     seconds until their dataplane agrees or ``expect_for`` seconds have passed; everything is
     read at most every ``full_interval`` seconds (new frontends, changes no slice announced).
     Full reads run in a worker thread of their own while the parts go on being read. Full
-    reads may take a quarter of ``max_cpu`` of one core on average, reads by parts the rest
-    (``ReadBudget``).
+    reads may take a quarter of ``max_cpu`` of one core on average, reads by parts what full
+    reads leave of it (``ReadBudget``).
 
     A change is stamped with the start of the read that shows it, its precision the larger
     distance to this read's end and to the later of: the last read of its service port that
@@ -275,8 +275,10 @@ class DeltaPollingSource(_ReadingSource):
         self.interval = interval
         self.full_interval = full_interval
         self.expect_for = expect_for
-        # Full reads keep to a quarter of the share, reads by parts to the rest, each measured
-        # by the CPU time of the thread that read (and of the event loop installing it).
+        # Full reads keep to a quarter of the share at most, reads by parts to what full reads
+        # leave, each measured by the CPU time of the thread that read (and of the event loop
+        # installing it).
+        self.max_cpu = max_cpu
         self.full_budget = ReadBudget(max_cpu / 4)
         self.parts_budget = ReadBudget(max_cpu * 3 / 4)
         # Per service port, the endpoints expected to turn (un)selected: how, since when (the
@@ -333,7 +335,10 @@ class DeltaPollingSource(_ReadingSource):
                         self._install(install, started, ended, sink, self.full_budget,
                                       used if counted else None)
                         self._selection.primed = counted = True
-                        full_due = started + self.full_budget.period(self.full_interval)
+                        period = self.full_budget.period(self.full_interval)
+                        full_due = started + period
+                        self.parts_budget.max_cpu = self.max_cpu - (
+                            self.full_budget.cost or 0.0) / period
                         self._watched(now)
                 if full is None and healthy and self._unknown:
                     full_due = min(full_due, full_started + self.full_budget.period(
