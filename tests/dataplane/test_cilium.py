@@ -208,7 +208,8 @@ async def polling(bpffs: str, *, full_interval: float = 0.01,
     seen: list[DataplaneChange] = []
     task = asyncio.create_task(source.run(seen.append))
     try:
-        await until(lambda: metrics.scans >= 1, "the first read")
+        # (The read's metric comes as its thread ends; it is installed in the event loop next.)
+        await until(lambda: changes.full_started is not None, "the first read installed")
         yield Polled(agent, source, changes, metrics, seen)
     finally:
         await cancel_and_wait(task)
