@@ -199,8 +199,7 @@ class CiliumMaps:
             raise _bpf_error(error, "reading Cilium's maps") from None
 
     def frontends(self, frontends: Iterable[Frontend], settled: Collection[Frontend],
-                  memory: PartsMemory
-                  ) -> tuple[dict[Frontend, ProgrammedService | None], list[Frontend]]:
+                  memory: PartsMemory) -> tuple[dict[Frontend, Rules], list[Frontend]]:
         """These frontends as they are now, looked up entry by entry: those that changed (None:
         gone), and those ``settled`` that read the same bytes as last time (kept in
         ``memory``; not decoded again). One that Cilium is writing under the read is in
@@ -209,7 +208,7 @@ class CiliumMaps:
         lookups = {f.family: (bpf.Lookup(f.services.fd, f.services.key, f.services.value.size),
                               bpf.Lookup(f.backends.fd, BACKEND_KEY, f.backends.value.size))
                    for f in self.families}
-        found: dict[Frontend, ProgrammedService | None] = {}
+        found: dict[Frontend, Rules] = {}
         same: list[Frontend] = []
         try:
             for frontend in frontends:
@@ -225,7 +224,7 @@ class CiliumMaps:
                     same.append(frontend)
                     continue
                 memory.signatures[frontend] = signature
-                found[frontend] = _selected(frontend, signature, memory.address)
+                found[frontend] = _rules(_selected(frontend, signature, memory.address))
         except OSError as error:
             raise _bpf_error(error, "reading Cilium's maps") from None
         return found, same
@@ -431,9 +430,19 @@ def _selected(frontend: Frontend, signature: Signature,
     return _programmed(frontend, protocols, paths)
 
 
-def _chosen(service: ProgrammedService) -> tuple[list[ProgrammedEndpoint], ...]:
-    """The endpoints new connections are sent to, on each path."""
-    return [e for e in service.cluster if e.selected], [e for e in service.local if e.selected]
+class Rules(NamedTuple):
+    """A frontend's rules as read (None: gone), and the endpoints new connections are sent to
+    on each path (what a change of the rules is judged by)."""
+
+    service: ProgrammedService | None
+    chosen: tuple[tuple[ProgrammedEndpoint, ...], tuple[ProgrammedEndpoint, ...]]
+
+
+def _rules(service: ProgrammedService | None) -> Rules:
+    if service is None:
+        return Rules(None, ((), ()))
+    return Rules(service, (tuple([e for e in service.cluster if e.selected]),
+                           tuple([e for e in service.local if e.selected])))
 
 
 def _local(master: Entry, scope: int) -> bool:
@@ -564,8 +573,7 @@ def _read(root: str) -> list[tuple[FamilyMaps, tuple[bytes, bytes], tuple[bytes,
 
 
 def _read_frontends(root: str, frontends: Iterable[Frontend], settled: Collection[Frontend],
-                    memory: PartsMemory
-                    ) -> tuple[dict[Frontend, ProgrammedService | None], list[Frontend]]:
+                    memory: PartsMemory) -> tuple[dict[Frontend, Rules], list[Frontend]]:
     maps = CiliumMaps.open(root)
     try:
         return maps.frontends(frontends, settled, memory)
@@ -598,6 +606,7 @@ class Named(NamedTuple):
     port: ServicePort
     ident: tuple[str, str]
     service: ProgrammedService
+    chosen: tuple[tuple[ProgrammedEndpoint, ...], tuple[ProgrammedEndpoint, ...]]
 
 
 class CiliumChanges:
@@ -605,7 +614,7 @@ class CiliumChanges:
     with its selection merged over every frontend that bears the port's name (its cluster
     IP, node ports, external and load-balancer addresses).
 
-    Full reads (``read_all``) decode what changed in the maps since the last one into
+    Full reads (``full``) decode what changed in the maps since the last one into
     ``state``, in a worker thread; reads by parts (``parts``) look up the frontends of the
     service ports asked for, in another, and what they find stands over ``state`` until a
     full read that started after them is installed. Installing, naming and the merge run in
@@ -620,26 +629,31 @@ class CiliumChanges:
         self.families: set[int] = set()  # whose maps were read: they must stay pinned
         # Frontends read by parts since the full read last installed started: what was found
         # (None: gone) and when that read started (monotonic).
-        self.parts_read: dict[Frontend, tuple[ProgrammedService | None, float]] = {}
+        self.parts_read: dict[Frontend, tuple[Rules, float]] = {}
         self.full_started: float | None = None  # the last full read installed
         self._memory = PartsMemory()
         self.named: dict[Frontend, Named] = {}
         self.by_port: dict[ServicePort, set[Frontend]] = {}
         self.unnamed: set[Frontend] = set()
 
-    def read_all(self) -> Install:
-        reads = _read(self.root)
-        found = {maps.family for maps, _, _ in reads}
-        if self.families - found:  # not "every frontend gone": the maps are (Cilium restarts)
-            raise CommandError("unavailable", ", ".join(
-                SERVICE_MAPS[f] for f in sorted(self.families - found)) + " no longer pinned")
-        self.families |= found
-        # What changed, as rules, made here: the event loop then only compares and names.
-        views = {f: self.state.service(f) for f in self.state.apply(reads)}
-        return lambda started: self._install_all(views, started)
+    def full(self) -> Callable[[], Install]:
+        # The frontends whose rules the install may need beyond those that changed: those read
+        # by parts (what they found gives way to this read) and those not named yet.
+        needed = self.parts_read.keys() | self.unnamed
 
-    def _install_all(self, views: dict[Frontend, ProgrammedService | None],
-                     started: float) -> Changes:
+        def read() -> Install:
+            reads = _read(self.root)
+            found = {maps.family for maps, _, _ in reads}
+            if self.families - found:  # not "every frontend gone": the maps are (restart)
+                raise CommandError("unavailable", ", ".join(
+                    SERVICE_MAPS[f] for f in sorted(self.families - found)) + " no longer pinned")
+            self.families |= found
+            # The rules made here, in the read's thread: the event loop only compares, names.
+            views = {f: _rules(self.state.service(f)) for f in self.state.apply(reads) | needed}
+            return lambda started: self._install_all(views, started)
+        return read
+
+    def _install_all(self, views: dict[Frontend, Rules], started: float) -> Changes:
         """A full read started at ``started`` is newer than every read by parts before it."""
         previous = started if self.full_started is None else self.full_started
         since = {f: at for f, (_, at) in self.parts_read.items() if at < started}
@@ -648,8 +662,8 @@ class CiliumChanges:
         self.full_started = started
         # Frontends read by parts since this read started are newer than what it found.
         fresh = (views.keys() | self.unnamed | since.keys()) - self.parts_read.keys()
-        for frontend in fresh - views.keys():
-            views[frontend] = self.state.service(frontend)
+        for frontend in fresh - views.keys():  # (none but those met since the read began)
+            views[frontend] = _rules(self.state.service(frontend))
         return self._renamed(fresh, lambda f: since.get(f, previous), views)
 
     def parts(self, ports: Collection[ServicePort]) -> Callable[[], Install] | None:
@@ -668,8 +682,8 @@ class CiliumChanges:
     def knows(self, port: ServicePort) -> bool:
         return port in self.by_port
 
-    def _install_parts(self, found: dict[Frontend, ProgrammedService | None],
-                       same: list[Frontend], started: float) -> Changes:
+    def _install_parts(self, found: dict[Frontend, Rules], same: list[Frontend],
+                       started: float) -> Changes:
         for frontend in same:  # unchanged since its last read: covered until now
             self.parts_read[frontend] = (self.parts_read[frontend][0], started)
         since: dict[Frontend, float] = {}
@@ -681,7 +695,7 @@ class CiliumChanges:
         return self._renamed(since.keys(), since.__getitem__, found)
 
     def _renamed(self, frontends: Iterable[Frontend], since: Callable[[Frontend], float],
-                 views: Mapping[Frontend, ProgrammedService | None]) -> Changes:
+                 views: Mapping[Frontend, Rules]) -> Changes:
         """Name each frontend (again) as it is now (``views``): the selection of every
         service port that touches, with the earliest of its frontends' ``since``."""
         ports: dict[ServicePort, float] = {}
@@ -696,16 +710,16 @@ class CiliumChanges:
             changes[port] = (selection, at)
         return changes
 
-    def _rename(self, frontend: Frontend, service: ProgrammedService | None
-                ) -> set[ServicePort]:
+    def _rename(self, frontend: Frontend, rules: Rules) -> set[ServicePort]:
         """Name the frontend (again) as it now is; the service ports whose selection that
         touches."""
+        service = rules.service
         was = self.named.pop(frontend, None)
         if (was is not None and service is not None
                 and (service.protocol, service.service) == was.ident
-                and (service == was.service or _chosen(service) == _chosen(was.service))):
+                and rules.chosen == was.chosen):
             # the same endpoints chosen: no port's selection changes
-            self.named[frontend] = Named(was.port, was.ident, service)
+            self.named[frontend] = Named(was.port, was.ident, service, rules.chosen)
             return set()
         before: set[ServicePort] = set()
         if was is not None:
@@ -724,6 +738,6 @@ class CiliumChanges:
         if port is None:
             self.unnamed.add(frontend)
             return before
-        self.named[frontend] = Named(port, ident, service)
+        self.named[frontend] = Named(port, ident, service, rules.chosen)
         self.by_port.setdefault(port, set()).add(frontend)
         return before | {port}

@@ -234,8 +234,8 @@ class PartsReader(Protocol):
     @property
     def mode(self) -> Mode: ...
 
-    def read_all(self) -> Install:
-        """Read everything (blocking); raises CommandError / DataplaneParseError."""
+    def full(self) -> Callable[[], Install]:
+        """The read (blocking) of everything; raises CommandError / DataplaneParseError."""
 
     def parts(self, ports: Collection[ServicePort]) -> Callable[[], Install] | None:
         """The read (blocking) of just these service ports' rules; None when the dataplane
@@ -345,7 +345,7 @@ class DeltaPollingSource(_ReadingSource):
                         self.interval))
                 if full is None and now >= full_due:
                     full_started = now
-                    full = asyncio.create_task(self._read(self.changes.read_all, full=True),
+                    full = asyncio.create_task(self._read(self.changes.full(), full=True),
                                                name="dataplane: full read")
                     full.add_done_callback(lambda _: self._wake.set())
                 parts_due = parts_started + self.parts_budget.period(self.interval)

@@ -90,7 +90,7 @@ def minikube(root: str) -> CiliumAgent:
 async def full_read(changes: CiliumChanges, started: float | None = None
                     ) -> dict[ServicePort, dict[EndpointKey, bool]]:
     """A full read, installed: the selection of each service port it changed."""
-    install = await asyncio.to_thread(changes.read_all)
+    install = await asyncio.to_thread(changes.full())
     return {port: selection for port, (selection, _) in install(
         time.monotonic() if started is None else started).items()}
 
