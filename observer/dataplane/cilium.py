@@ -200,11 +200,11 @@ class CiliumMaps:
 
     def frontends(self, frontends: Iterable[Frontend], settled: Collection[Frontend],
                   memory: PartsMemory) -> tuple[dict[Frontend, Rules], list[Frontend]]:
-        """These frontends as they are now, looked up entry by entry: those that changed (None:
-        gone), and those ``settled`` that read the same bytes as last time (kept in
-        ``memory``; not decoded again). One that Cilium is writing under the read is in
-        neither (a slot or backend missing that the master counts, or the master rewritten by
-        the end of the read): the next read takes it."""
+        """These frontends as they are now, looked up entry by entry: the rules of those that
+        changed (a gone one's are ``Rules(None, …)``), and those ``settled`` that read the
+        same bytes as last time (kept in ``memory``; not decoded again). One that Cilium is
+        writing under the read is in neither (a slot or backend missing that the master
+        counts, or the master rewritten by the end of the read): the next read takes it."""
         lookups = {f.family: (bpf.Lookup(f.services.fd, f.services.key, f.services.value.size),
                               bpf.Lookup(f.backends.fd, BACKEND_KEY, f.backends.value.size))
                    for f in self.families}
@@ -687,11 +687,11 @@ class CiliumChanges:
         for frontend in same:  # unchanged since its last read: covered until now
             self.parts_read[frontend] = (self.parts_read[frontend][0], started)
         since: dict[Frontend, float] = {}
-        for frontend, service in found.items():
+        for frontend, rules in found.items():
             before = self.parts_read.get(frontend)
             since[frontend] = before[1] if before is not None else (
                 self.full_started if self.full_started is not None else started)
-            self.parts_read[frontend] = (service, started)
+            self.parts_read[frontend] = (rules, started)
         return self._renamed(since.keys(), since.__getitem__, found)
 
     def _renamed(self, frontends: Iterable[Frontend], since: Callable[[Frontend], float],

@@ -40,8 +40,9 @@ class DataplaneSource(Protocol):
         service port at all."""
 
     def expect(self, key: EndpointKey, selected: bool) -> None:
-        """The slices say the endpoint should now be ``selected`` (it joined or left Ready):
-        a source that reads by parts reads its service port closely until it is."""
+        """The slices say the endpoint should now be ``selected`` (``slices.routed``: Ready,
+        or serving and terminating in a port with none Ready): a source that reads by parts
+        reads its service port closely until it is."""
 
     async def run(self, sink: ChangeSink) -> None:
         """Report changes to ``sink`` until cancelled."""

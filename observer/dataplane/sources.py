@@ -249,7 +249,7 @@ class PartsReader(Protocol):
 class DeltaPollingSource(_ReadingSource):
     """Polling for a large dataplane that can be read by parts (Cilium's maps, which send no
     notification of changes): the service ports the tracker waits to see change
-    (``expect``: an endpoint left or joined Ready in the slices) are read every ``interval``
+    (``expect``: the slices now route to an endpoint, or no longer) are read every ``interval``
     seconds until their dataplane agrees or ``expect_for`` seconds have passed; everything is
     read at most every ``full_interval`` seconds (new frontends, changes no slice announced).
     Full reads run in a worker thread of their own while the parts go on being read. Full

@@ -110,8 +110,9 @@ class EpisodeTracker:
         for reason in update.invalid:
             self.sink.invalid_input("endpointslices", reason)
         for change in update.changes:
+            now = routed(change.after)
             if self.dataplane_expect is not None:
-                was, now = routed(change.before), routed(change.after)
+                was = routed(change.before)
                 for key in was.keys() | now.keys():
                     if was.get(key, False) != now.get(key, False):
                         self.dataplane_expect(key, now.get(key, False))
@@ -119,7 +120,7 @@ class EpisodeTracker:
                 before, after = change.before.get(key), change.after.get(key)
                 if before != after:
                     self._transition(key, before, after, at, relist=relist)
-            self._check_fallback(change.after)
+            self._check_fallback(change.after, now)
 
     def _transition(self, key: EndpointKey, before: Endpoint | None, after: Endpoint | None,
                     at: Timestamp, *, relist: bool) -> None:
@@ -140,8 +141,9 @@ class EpisodeTracker:
         elif after.ready:
             self._abandon(episode, "ready_again")
 
-    def _check_fallback(self, merged: Merged) -> None:
-        for key, selected in routed(merged).items():
+    def _check_fallback(self, merged: Merged, routed: dict[EndpointKey, bool]) -> None:
+        """``routed``: the merged endpoints' ``slices.routed``."""
+        for key, selected in routed.items():
             episode = self.episodes.get(key)
             if (episode is not None and not episode.fallback and episode.dataplane is None
                     and selected and not merged[key].ready):
