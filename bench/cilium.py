@@ -50,6 +50,7 @@ from observer.dataplane.sources import DeltaPollingSource
 from observer.episodes.slices import routed
 from observer.kube.objects import Endpoint
 from observer.lab.cilium import ACTIVE, TERMINATING, CiliumAgent
+from observer.lab.results import quantile
 from observer.tasks import cancel_and_wait
 from observer.values import EndpointKey, ServicePort
 
@@ -119,9 +120,8 @@ def port(s: int) -> ServicePort:
 
 
 def percentile(values: list[float], share: float) -> float | None:
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(len(values) * share))] * 1e3, 1) \
-        if values else None
+    """The nearest-rank quantile in milliseconds (None for no values)."""
+    return round(quantile(values, share) * 1e3, 1) if values else None
 
 
 async def measure(root: str, args: argparse.Namespace, go: Any, news: int) -> dict[str, Any]:
