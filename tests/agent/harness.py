@@ -182,11 +182,14 @@ class AgentEnv:
         await until(lambda: watch.version == revision, f"{resource} watch at {revision}")
 
     async def watching(self, resource: str) -> None:
-        """Wait until the agent has a watch stream open on ``resource`` (faults act on open
-        streams only)."""
+        """Wait until every watch the agent has on ``resource`` has a stream open (faults act
+        on open streams only; the pods resource carries two watches, the node's pods and the
+        terminal pods, and one open stream said nothing of the other)."""
+        request = next(w.request for w in self.agent.watches if w.resource == resource)
+        wanted = sum(w.request == request for w in self.agent.watches)
         streams = self.cluster.server.faults.streams
-        await until(lambda: any(s.resource == resource for s in streams),
-                    f"{resource} watch open")
+        await until(lambda: sum(s.resource == resource for s in streams) >= wanted,
+                    f"{resource} watches open")
 
     async def settle_finished(self, count: int) -> None:
         await until(lambda: len(self.agent.tracker.finished) >= count,
