@@ -44,9 +44,11 @@ class Timestamp:
                 "precision_seconds": self.precision}
 
 
-@dataclass(frozen=True, slots=True)
-class ServicePort:
-    """One port of one service: what kube-proxy programs as a unit."""
+class ServicePort(NamedTuple):
+    """One port of one service: what kube-proxy programs as a unit. A tuple, as
+    ``EndpointKey``: the agent hashes and builds them on every change (a tuple's hash is the
+    interpreter's, several times a frozen dataclass's Python ``__hash__``; the garbage
+    collector stops tracking tuples of plain values)."""
 
     namespace: str
     service: str
@@ -59,8 +61,7 @@ class ServicePort:
         return f"{base}:{self.port_name}" if self.port_name else base
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointKey:
+class EndpointKey(NamedTuple):
     service_port: ServicePort
     ip: str
     port: int

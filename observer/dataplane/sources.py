@@ -284,6 +284,7 @@ class DeltaPollingSource(_ReadingSource):
         # Per service port, the endpoints expected to turn (un)selected: how, since when (the
         # slice update that says so was received) and until when.
         self.expected: dict[ServicePort, dict[EndpointKey, tuple[bool, float, float]]] = {}
+        self._expiry = math.inf  # the earliest end of an expectation (monotonic)
         self._unknown = False  # a port expected that no full read found rules for
         self._wake = asyncio.Event()
 
@@ -292,6 +293,8 @@ class DeltaPollingSource(_ReadingSource):
         if bool(self._selection.selected(key)) == selected:
             if keys is not None:
                 keys.pop(key, None)
+                if not keys:
+                    del self.expected[key.service_port]
             return
         if keys is None:
             if not self.expected:  # the loop may wait for nothing but a full read
@@ -302,16 +305,37 @@ class DeltaPollingSource(_ReadingSource):
                 self._wake.set()
         now = self.clock.monotonic()
         keys[key] = (selected, now, now + self.expect_for)
+        self._expiry = min(self._expiry, now + self.expect_for)
 
-    def _watched(self, now: float) -> list[ServicePort]:
-        """The service ports still expected to change (forgetting what came or expired)."""
-        for port, keys in list(self.expected.items()):
-            for key, (selected, _, until) in list(keys.items()):
-                if until <= now or bool(self._selection.selected(key)) == selected:
+    def _met(self, ports: Iterable[ServicePort]) -> None:
+        """Forget what the dataplane of these service ports now agrees with (a read installed
+        them: only that changes what it shows); note whether a port still expected has no
+        rules any full read found."""
+        for port in ports:
+            keys = self.expected.get(port)
+            if keys is None:
+                continue
+            for key, (selected, _, _) in list(keys.items()):
+                if bool(self._selection.selected(key)) == selected:
                     del keys[key]
             if not keys:
                 del self.expected[port]
         self._unknown = not all(map(self.changes.knows, self.expected))
+
+    def _watched(self, now: float) -> list[ServicePort]:
+        """The service ports still expected to change, forgetting the expectations that
+        ran out."""
+        if now >= self._expiry:
+            self._expiry = math.inf
+            for port, keys in list(self.expected.items()):
+                for key, (_, _, until) in list(keys.items()):
+                    if until <= now:
+                        del keys[key]
+                    else:
+                        self._expiry = min(self._expiry, until)
+                if not keys:
+                    del self.expected[port]
+            self._unknown = not all(map(self.changes.knows, self.expected))
         return list(self.expected)
 
     async def run(self, sink: ChangeSink) -> None:
@@ -339,7 +363,6 @@ class DeltaPollingSource(_ReadingSource):
                         full_due = started + period
                         self.parts_budget.max_cpu = self.max_cpu - (
                             self.full_budget.cost or 0.0) / period
-                        self._watched(now)
                 if full is None and healthy and self._unknown:
                     full_due = min(full_due, full_started + self.full_budget.period(
                         self.interval))
@@ -408,9 +431,11 @@ class DeltaPollingSource(_ReadingSource):
     def _install(self, install: Install, started: float, ended: float, sink: ChangeSink,
                  budget: ReadBudget, used: float | None) -> None:
         cpu = time.thread_time()
-        for port, (selection, since) in install(started).items():
+        changes = install(started)
+        for port, (selection, since) in changes.items():
             self._selection.update((port,), {port: selection}, functools.partial(
                 self._stamp, selection=selection, since=since, read=(started, ended)), sink)
+        self._met(changes)
         if used is not None:
             budget.record(used + time.thread_time() - cpu)
 
