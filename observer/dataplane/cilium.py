@@ -50,6 +50,7 @@ import math
 import os
 import socket
 import struct
+import threading
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -84,26 +85,14 @@ _PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPRO
 _EXT_LOCAL_SCOPE = 1 << 2  # lb4_service.flags: externalTrafficPolicy=Local
 _INT_LOCAL_SCOPE = 1 << 4  # lb4_service.flags2: internalTrafficPolicy=Local
 SCOPE_INTERNAL = 1
+_FLAGS = 8  # offset of lb4_service.flags in a service value; flags2 follows it
+_SLOT = 0xFFFF  # an entry's place in a frontend's entries: scope << 16 | backend_slot
 
 
 class Frontend(NamedTuple):
     address: bytes  # 4 or 16 bytes, network order
     port: bytes  # 2 bytes, network order
     proto: int  # 0 (any) before v1.15
-
-
-class Entry(NamedTuple):
-    backend_id: int
-    active: int  # the master's count (slots 1..active are chosen from)
-    flags: int
-    flags2: int
-
-
-class BackendValue(NamedTuple):
-    ip: str
-    port: int
-    proto: int
-    state: int
 
 
 # --- the pinned maps ---------------------------------------------------------------------
@@ -158,6 +147,7 @@ class CiliumMaps:
 
     def __init__(self, families: list[FamilyMaps]) -> None:
         self.families = families
+        self._lookups: dict[int, tuple[bpf.Lookup, bpf.Lookup]] | None = None
 
     @classmethod
     def open(cls, root: str) -> CiliumMaps:
@@ -199,15 +189,21 @@ class CiliumMaps:
             raise _bpf_error(error, "reading Cilium's maps") from None
 
     def frontends(self, frontends: Iterable[Frontend], settled: Collection[Frontend],
-                  memory: PartsMemory) -> tuple[dict[Frontend, Rules], list[Frontend]]:
+                  memory: PartsMemory, baseline: Baseline
+                  ) -> tuple[dict[Frontend, Rules], list[Frontend]]:
         """These frontends as they are now, looked up entry by entry: the rules of those that
-        changed (a gone one's are ``Rules(None, …)``), and those ``settled`` that read the
-        same bytes as last time (kept in ``memory``; not decoded again). One that Cilium is
-        writing under the read is in neither (a slot or backend missing that the master
-        counts, or the master rewritten by the end of the read): the next read takes it."""
-        lookups = {f.family: (bpf.Lookup(f.services.fd, f.services.key, f.services.value.size),
-                              bpf.Lookup(f.backends.fd, BACKEND_KEY, f.backends.value.size))
-                   for f in self.families}
+        changed (a gone one's are ``Rules(None, …)``), and those that read the same bytes as
+        when their rules were last installed — by a read by parts (``settled``: their bytes
+        kept in ``memory``), else by the last full read installed (``baseline``) — which are
+        not decoded again. One that Cilium is writing under the read is in neither (a slot or
+        backend missing that the master counts, or the master rewritten by the end of the
+        read): the next read takes it."""
+        if self._lookups is None:  # buffers made once for the maps' life
+            self._lookups = {
+                f.family: (bpf.Lookup(f.services.fd, f.services.key, f.services.value.size),
+                           bpf.Lookup(f.backends.fd, BACKEND_KEY, f.backends.value.size))
+                for f in self.families}
+        lookups = self._lookups
         found: dict[Frontend, Rules] = {}
         same: list[Frontend] = []
         try:
@@ -216,14 +212,15 @@ class CiliumMaps:
                 if family not in lookups:
                     raise CommandError("unavailable", f"{SERVICE_MAPS[family]} is not pinned")
                 services, backends = lookups[family]
-                last = memory.signatures.get(frontend) if frontend in settled else None
+                last = (memory.signatures.get(frontend) if frontend in settled
+                        else baseline.signature(frontend))
                 signature = _lookup(frontend, services, backends, last)
                 if signature is None:
                     continue
+                memory.signatures[frontend] = signature
                 if signature == last:
                     same.append(frontend)
                     continue
-                memory.signatures[frontend] = signature
                 found[frontend] = _rules(_selected(frontend, signature, memory.address))
         except OSError as error:
             raise _bpf_error(error, "reading Cilium's maps") from None
@@ -236,28 +233,54 @@ class CiliumMaps:
         self.families = []
 
 
+class Addresses:
+    """Backends' (ip, port, protocol), decoded once, by their bytes: a backend value begins
+    with its address, port and protocol; its state, after them, does not change where
+    connections go. Full reads and reads by parts share one (each in a worker thread of its
+    own: a dict's single operations are atomic, and a value decodes the same whoever does
+    it)."""
+
+    def __init__(self) -> None:
+        self._known: dict[bytes, tuple[str, int, int]] = {}
+
+    def __call__(self, raw: bytes) -> tuple[str, int, int]:
+        key = raw[:len(raw) - _BACKEND_TAIL[len(raw)]]
+        found = self._known.get(key)
+        if found is None:
+            if len(self._known) >= _MAX_ADDRESSES_KEPT:
+                self._known.clear()
+            found = self._known[key] = (_address(key[:-3]), int.from_bytes(key[-3:-1], "big"),
+                                        key[-1])
+        return found
+
+
 @dataclass
 class PartsMemory:
     """What reads by parts keep from one to the next: each frontend's signature, to tell
-    whether it changed, and backends' addresses decoded, by their bytes (a backend value
-    begins with its address, port and protocol; its state, after them, does not matter to
-    where new connections go). Kept by the reads, in their worker thread, and by installs, in
-    the event loop: never at once, as one read at a time is made and installed before the
+    whether it changed. Kept by the reads, in their worker thread, and by installs, in the
+    event loop: never at once, as one read at a time is made and installed before the
     next."""
 
+    address: Addresses
     signatures: dict[Frontend, Signature] = field(default_factory=dict)
-    addresses: dict[bytes, tuple[str, int, int]] = field(default_factory=dict)
 
-    def address(self, raw: bytes) -> tuple[str, int, int]:
-        """A backend value's (ip, port, protocol)."""
-        key = raw[:len(raw) - _BACKEND_TAIL[len(raw)]]
-        found = self.addresses.get(key)
-        if found is None:
-            if len(self.addresses) >= _MAX_ADDRESSES_KEPT:
-                self.addresses.clear()
-            found = self.addresses[key] = (_address(key[:-3]), int.from_bytes(key[-3:-1], "big"),
-                                           key[-1])
-        return found
+
+@dataclass(frozen=True)
+class Baseline:
+    """The frontends' entries as the last full read installed found them (``LoadBalancing``'s
+    entries at the end of that read: never changed after), and the backends as known now:
+    what a frontend read by parts for the first time since is compared with."""
+
+    frontends: Mapping[Frontend, Mapping[int, bytes]]
+    backends: Mapping[int, bytes]
+
+    def signature(self, frontend: Frontend) -> Signature | None:
+        """The frontend's entries as ``_lookup`` reads them, from the full read's copy."""
+        entries = self.frontends.get(frontend)
+        if entries is None:
+            return None
+        return _lookup(frontend, lambda _a, _p, slot, _r, scope: entries.get(scope << 16 | slot),
+                       self.backends.get, None)
 
 
 # Bytes after (address, port, protocol) in a backend value, by the value's size.
@@ -271,8 +294,9 @@ _COUNT = struct.Struct("=H")  # lb4_service.count, after the 4-byte backend_id
 _BACKEND_ID = struct.Struct("=I")
 
 
-def _lookup(frontend: Frontend, services: bpf.Lookup, backends: bpf.Lookup,
-            last: Signature | None) -> Signature | None:
+def _lookup(frontend: Frontend, services: Callable[[bytes, bytes, int, int, int], bytes | None],
+            backends: Callable[[int], bytes | None], last: Signature | None
+            ) -> Signature | None:
     """A frontend's master entries and the slots its datapath chooses from (1..count: those
     past count are never selected, so a read of selection leaves them), and their backends;
     None when Cilium's writes were seen half-done (the reconciler writes backends, then slots,
@@ -318,16 +342,6 @@ def _lookup(frontend: Frontend, services: bpf.Lookup, backends: bpf.Lookup,
 
 def _address(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
-
-
-def _entry(raw: bytes) -> tuple[int, int, int, int]:
-    backend_id, count, _, flags, flags2, _ = SERVICE_VALUE.unpack(raw)
-    return backend_id, count, flags, flags2
-
-
-def _backend(layout: struct.Struct, raw: bytes) -> BackendValue:
-    address, port, proto, state = layout.unpack(raw)[:4]
-    return BackendValue(_address(address), int.from_bytes(port, "big"), proto, state)
 
 
 _CHUNK = 8  # entries compared as one stretch of bytes between two reads
@@ -383,29 +397,31 @@ class _Raw:
         return changed, removed
 
 
-def _describe(frontend: Frontend, entries: Mapping[tuple[int, int], Entry],
-              backends: Mapping[int, BackendValue], gone: Mapping[int, BackendValue]
-              ) -> ProgrammedService | None:
-    """A frontend's entries (by scope and slot) as the other modes report a service port's
-    rules; None when it has none. ``gone``: backends deleted while a slot still names them
-    (named, but not selected: the datapath finds no backend there)."""
+def _describe(frontend: Frontend, entries: Mapping[int, bytes], backends: Mapping[int, bytes],
+              gone: Mapping[int, bytes], address: Addresses) -> ProgrammedService | None:
+    """A frontend's entries (by place: scope << 16 | slot) as the other modes report a
+    service port's rules; None when it has none. ``gone``: backends deleted while a slot
+    still names them (named, but not selected: the datapath finds no backend there)."""
     if not entries:
         return None
     paths: dict[bool, list[ProgrammedEndpoint]] = {False: [], True: []}
     protocols: set[int] = set()
-    for (scope, slot), entry in sorted(entries.items()):
-        if slot == 0:
+    for place, raw in sorted(entries.items()):
+        slot = place & _SLOT
+        if not slot:
             continue
-        backend = backends.get(entry.backend_id)
-        reachable = backend is not None
-        backend = backend or gone.get(entry.backend_id)
-        if backend is None:
+        (backend_id,) = _BACKEND_ID.unpack_from(raw)
+        value = backends.get(backend_id)
+        reachable = value is not None
+        value = value or gone.get(backend_id)
+        if value is None:
             continue
-        master = entries.get((scope, 0))
-        count = master.active if master is not None else 0
-        paths[master is not None and _local(master, scope)].append(
-            ProgrammedEndpoint(backend.ip, backend.port, reachable and slot <= count))
-        protocols.add(backend.proto)
+        master = entries.get(place - slot)
+        count = _COUNT.unpack_from(master, 4)[0] if master is not None else 0
+        ip, port, proto = address(value)
+        paths[master is not None and _local(master, place >> 16)].append(
+            ProgrammedEndpoint(ip, port, reachable and slot <= count))
+        protocols.add(proto)
     return _programmed(frontend, protocols, paths)
 
 
@@ -422,7 +438,7 @@ def _selected(frontend: Frontend, signature: Signature,
     endpoints = paths[False]
     for scope, slot, raw in entries:
         if slot == 0:
-            endpoints = paths[_local(Entry(*_entry(raw)), scope)]
+            endpoints = paths[_local(raw, scope)]
             continue
         ip, port, proto = address(values[_BACKEND_ID.unpack_from(raw)[0]])
         endpoints.append(ProgrammedEndpoint(ip, port, True))
@@ -445,10 +461,11 @@ def _rules(service: ProgrammedService | None) -> Rules:
                            tuple([e for e in service.local if e.selected])))
 
 
-def _local(master: Entry, scope: int) -> bool:
-    """Whether the scope's slots are the Local traffic policy's path."""
-    return bool(master.flags & _EXT_LOCAL_SCOPE if scope != SCOPE_INTERNAL
-                else master.flags2 & _INT_LOCAL_SCOPE)
+def _local(master: bytes, scope: int) -> bool:
+    """Whether the scope's slots (its master's value given) are the Local traffic policy's
+    path."""
+    return bool(master[_FLAGS] & _EXT_LOCAL_SCOPE if scope != SCOPE_INTERNAL
+                else master[_FLAGS + 1] & _INT_LOCAL_SCOPE)
 
 
 def _programmed(frontend: Frontend, protocols: set[int],
@@ -463,14 +480,18 @@ def _programmed(frontend: Frontend, protocols: set[int],
 
 
 class LoadBalancing:
-    """Cilium's frontends and backends as the maps hold them, updated from each read by what
-    changed: ``apply`` answers which frontends the changes touched."""
+    """Cilium's frontends and backends as the maps hold them (their values' bytes), updated
+    from each read by what changed: ``apply`` answers which frontends the changes touched.
 
-    def __init__(self) -> None:
-        self.frontends: dict[Frontend, dict[tuple[int, int], Entry]] = {}  # (scope, slot)
-        self.backends: dict[int, BackendValue] = {}
-        self.gone: dict[int, BackendValue] = {}  # deleted while a slot still names them
-        self.users: dict[int, set[Frontend]] = {}  # backend id -> frontends naming it
+    A frontend's entries are a dict by place (scope << 16 | slot) that a read replaces
+    rather than changes (``_own``): ``frontends`` copied at the end of a read
+    (``Baseline``) stays as that read found it while the next read goes on."""
+
+    def __init__(self, address: Addresses) -> None:
+        self.address = address
+        self.frontends: dict[Frontend, dict[int, bytes]] = {}
+        self.backends: dict[int, bytes] = {}
+        self.gone: dict[int, bytes] = {}  # deleted while a slot may still name them
         self._raw: dict[str, _Raw] = {}
         self.pending: set[Frontend] = set()  # touched by a read found inconsistent
 
@@ -478,84 +499,96 @@ class LoadBalancing:
               ) -> set[Frontend]:
         touched = self.pending
         self.pending = set()
+        owned: set[Frontend] = set()
+        moved: set[int] = set()  # backends deleted, back, or at another address
         for maps, services, backends in reads:
             family = maps.family
             diff = self._raw.setdefault(maps.services.path, _Raw()).diff(
                 *services, SERVICE_KEY[family], SERVICE_VALUE)
             if diff is not None:
-                self._services(family, *diff, touched)
+                self._services(family, *diff, touched, owned)
             diff = self._raw.setdefault(maps.backends.path, _Raw()).diff(
                 *backends, BACKEND_KEY, BACKEND_VALUE[maps.backend_version, family])
             if diff is not None:
-                self._backends(maps.backend_version, family, *diff, touched)
-        unknown = sorted({entry.backend_id for f in touched if f in self.frontends
-                          for (_, slot), entry in self.frontends[f].items()
-                          if slot > 0 and entry.backend_id not in self.backends
-                          and entry.backend_id not in self.gone})
+                self._backends(*diff, moved)
+        if moved or self.gone:
+            self._users(moved, touched)
+        unknown = sorted({i for f in touched for place, raw in self.frontends.get(f, {}).items()
+                          if place & _SLOT and (i := _BACKEND_ID.unpack_from(raw)[0])
+                          not in self.backends and i not in self.gone})
         if unknown:
             self.pending = touched
             raise DataplaneParseError(
                 f"service slots name backends {unknown[:5]} found in no backend map read: the "
                 "maps changed during the read; the next read will tell")
-        for backend_id in [i for i in self.gone if not self.users.get(i)]:
-            del self.gone[backend_id]
         return touched
 
+    def _own(self, frontend: Frontend, owned: set[Frontend]) -> dict[int, bytes]:
+        """The frontend's entries, this read's own to change (a copy of the last read's)."""
+        entries = self.frontends.get(frontend)
+        if entries is None or frontend not in owned:
+            owned.add(frontend)
+            entries = self.frontends[frontend] = dict(entries or {})
+        return entries
+
     def _services(self, family: int, changed: list[tuple[bytes, bytes]], removed: list[bytes],
-                  touched: set[Frontend]) -> None:
+                  touched: set[Frontend], owned: set[Frontend]) -> None:
         key_layout = SERVICE_KEY[family]
         for raw in removed:
             address, port, slot, proto, scope = key_layout.unpack(raw)
             frontend = Frontend(address, port, proto)
-            entries = self.frontends.get(frontend, {})
-            old = entries.pop((scope, slot), None)
-            if old is not None and slot > 0:
-                self._unuse(old.backend_id, frontend)
+            entries = self._own(frontend, owned)
+            entries.pop(scope << 16 | slot, None)
             if not entries:
-                self.frontends.pop(frontend, None)
+                del self.frontends[frontend]
             touched.add(frontend)
-        for raw, raw_value in changed:
+        for raw, value in changed:
             address, port, slot, proto, scope = key_layout.unpack(raw)
             frontend = Frontend(address, port, proto)
-            entries = self.frontends.setdefault(frontend, {})
-            old = entries.get((scope, slot))
-            entries[scope, slot] = entry = Entry(*_entry(raw_value))
-            backend_id = entry.backend_id
-            if slot > 0:
-                self.users.setdefault(backend_id, set()).add(frontend)
-                if old is not None and old.backend_id != backend_id:
-                    self._unuse(old.backend_id, frontend)
+            self._own(frontend, owned)[scope << 16 | slot] = value
             touched.add(frontend)
 
-    def _unuse(self, backend_id: int, frontend: Frontend) -> None:
-        users = self.users.get(backend_id)
-        if users is None:
-            return
-        frontends = self.frontends.get(frontend, {})
-        if not any(slot > 0 and e.backend_id == backend_id
-                   for (_, slot), e in frontends.items()):
-            users.discard(frontend)
-        if not users:
-            del self.users[backend_id]
-
-    def _backends(self, version: str, family: int, changed: list[tuple[bytes, bytes]],
-                  removed: list[bytes], touched: set[Frontend]) -> None:
-        layout = BACKEND_VALUE[version, family]
+    def _backends(self, changed: list[tuple[bytes, bytes]], removed: list[bytes],
+                  moved: set[int]) -> None:
         for raw in removed:
             (backend_id,) = BACKEND_KEY.unpack(raw)
             value = self.backends.pop(backend_id, None)
-            if value is not None and self.users.get(backend_id):
+            if value is not None:
                 self.gone[backend_id] = value
-            touched |= self.users.get(backend_id, set())
-        for raw, raw_value in changed:
+                moved.add(backend_id)
+        for raw, value in changed:
             (backend_id,) = BACKEND_KEY.unpack(raw)
-            self.backends[backend_id] = _backend(layout, raw_value)
-            self.gone.pop(backend_id, None)
-            touched |= self.users.get(backend_id, set())
+            old = self.backends.get(backend_id)
+            back = self.gone.pop(backend_id, None)
+            cut = len(value) - _BACKEND_TAIL[len(value)]  # the address, port and protocol
+            if back is not None or (old is not None and old[:cut] != value[:cut]):
+                moved.add(backend_id)
+            self.backends[backend_id] = value
+
+    def _users(self, moved: set[int], touched: set[Frontend]) -> None:
+        """Touch the frontends whose slots name a backend that ``moved``; forget the deleted
+        backends no slot names any more. One pass over every entry: done only when backends
+        were deleted (or came back, or, after a restart, name another address), which the
+        reconciler does apart from the slots naming them (``orphanBackends``)."""
+        watched = moved | self.gone.keys()
+        named: set[int] = set()
+        for frontend, entries in self.frontends.items():
+            for place, raw in entries.items():
+                if place & _SLOT and (i := _BACKEND_ID.unpack_from(raw)[0]) in watched:
+                    named.add(i)
+                    if i in moved:
+                        touched.add(frontend)
+        for backend_id in self.gone.keys() - named:
+            del self.gone[backend_id]
+
+    def baseline(self) -> Baseline:
+        """The entries as this read leaves them, to compare reads by parts with."""
+        return Baseline(dict(self.frontends), self.backends)
 
     def service(self, frontend: Frontend) -> ProgrammedService | None:
         """The frontend as the other modes report a service port's rules; None once gone."""
-        return _describe(frontend, self.frontends.get(frontend, {}), self.backends, self.gone)
+        return _describe(frontend, self.frontends.get(frontend, {}), self.backends, self.gone,
+                         self.address)
 
     def snapshot(self) -> DataplaneSnapshot:
         services = (self.service(f) for f in self.frontends)
@@ -572,15 +605,6 @@ def _read(root: str) -> list[tuple[FamilyMaps, tuple[bytes, bytes], tuple[bytes,
         maps.close()
 
 
-def _read_frontends(root: str, frontends: Iterable[Frontend], settled: Collection[Frontend],
-                    memory: PartsMemory) -> tuple[dict[Frontend, Rules], list[Frontend]]:
-    maps = CiliumMaps.open(root)
-    try:
-        return maps.frontends(frontends, settled, memory)
-    finally:
-        maps.close()
-
-
 @dataclass
 class CiliumReader:
     """Full reads, for ``observer dataplane --mode cilium``: every frontend, named after its
@@ -593,7 +617,7 @@ class CiliumReader:
     backend: Backend | None = None
 
     async def read(self) -> DataplaneSnapshot:
-        state = LoadBalancing()
+        state = LoadBalancing(Addresses())
         state.apply(await asyncio.to_thread(_read, self.root))
         snapshot = state.snapshot()
         return snapshot if self.names is None else self.names.apply(snapshot)
@@ -618,20 +642,25 @@ class CiliumChanges:
     ``state``, in a worker thread; reads by parts (``parts``) look up the frontends of the
     service ports asked for, in another, and what they find stands over ``state`` until a
     full read that started after them is installed. Installing, naming and the merge run in
-    the event loop (the names come from the slices, which the event loop owns)."""
+    the event loop (the names come from the slices, which the event loop owns). Reads by
+    parts keep the maps open from one to the next (``close``)."""
 
     mode: Mode = "cilium"
 
     def __init__(self, root: str, names: FrontendNames) -> None:
         self.root = root
         self.names = names
-        self.state = LoadBalancing()  # changed only by full reads
+        addresses = Addresses()
+        self.state = LoadBalancing(addresses)  # changed only by full reads
         self.families: set[int] = set()  # whose maps were read: they must stay pinned
-        # Frontends read by parts since the full read last installed started: what was found
-        # (None: gone) and when that read started (monotonic).
-        self.parts_read: dict[Frontend, tuple[Rules, float]] = {}
+        # Frontends read by parts since the full read last installed started: when that read
+        # started (monotonic).
+        self.parts_read: dict[Frontend, float] = {}
         self.full_started: float | None = None  # the last full read installed
-        self._memory = PartsMemory()
+        self._memory = PartsMemory(addresses)
+        self._baseline = Baseline({}, {})  # the last full read installed
+        self._maps: CiliumMaps | None = None  # open for reads by parts
+        self._maps_lock = threading.Lock()
         self.named: dict[Frontend, Named] = {}
         self.by_port: dict[ServicePort, set[Frontend]] = {}
         self.unnamed: set[Frontend] = set()
@@ -650,16 +679,20 @@ class CiliumChanges:
             self.families |= found
             # The rules made here, in the read's thread: the event loop only compares, names.
             views = {f: _rules(self.state.service(f)) for f in self.state.apply(reads) | needed}
-            return lambda started: self._install_all(views, started)
+            baseline = self.state.baseline()
+            return lambda started: self._install_all(views, baseline, started)
         return read
 
-    def _install_all(self, views: dict[Frontend, Rules], started: float) -> Changes:
+    def _install_all(self, views: dict[Frontend, Rules], baseline: Baseline,
+                     started: float) -> Changes:
         """A full read started at ``started`` is newer than every read by parts before it."""
         previous = started if self.full_started is None else self.full_started
-        since = {f: at for f, (_, at) in self.parts_read.items() if at < started}
+        since = {f: at for f, at in self.parts_read.items() if at < started}
         for frontend in since:
             del self.parts_read[frontend]
         self.full_started = started
+        self._baseline = baseline
+        self.close()  # what a full read found pinned is what reads by parts open next
         # Frontends read by parts since this read started are newer than what it found.
         fresh = (views.keys() | self.unnamed | since.keys()) - self.parts_read.keys()
         for frontend in fresh - views.keys():  # (none but those met since the read began)
@@ -670,28 +703,51 @@ class CiliumChanges:
         frontends = {f for port in ports for f in self.by_port.get(port, ())}
         if not frontends:
             return None
-        # Those read by parts since the last full read need not be decoded again if their
-        # bytes are the same; the others stand as a full read found them: decoded.
+        # Those read by parts since the last full read stand as that read found them; the
+        # others as the last full read did (its baseline).
         settled = {f for f in frontends if f in self.parts_read}
+        baseline = self._baseline
 
         def read() -> Install:
-            found, same = _read_frontends(self.root, frontends, settled, self._memory)
+            found, same = self._read_frontends(frontends, settled, baseline)
             return lambda started: self._install_parts(found, same, started)
         return read
+
+    def _read_frontends(self, frontends: Iterable[Frontend], settled: Collection[Frontend],
+                        baseline: Baseline) -> tuple[dict[Frontend, Rules], list[Frontend]]:
+        """(In the reading thread.) The maps stay open until a full read is installed (Cilium
+        re-creates its maps when it restarts with another size or layout: a full read opens
+        them afresh and finds that) or a read fails."""
+        with self._maps_lock:
+            if self._maps is None:
+                self._maps = CiliumMaps.open(self.root)
+            try:
+                return self._maps.frontends(frontends, settled, self._memory, baseline)
+            except BaseException:
+                self._maps.close()
+                self._maps = None
+                raise
+
+    def close(self) -> None:
+        """Close the maps kept open for reads by parts (the next read opens them again)."""
+        with self._maps_lock:
+            if self._maps is not None:
+                self._maps.close()
+                self._maps = None
 
     def knows(self, port: ServicePort) -> bool:
         return port in self.by_port
 
     def _install_parts(self, found: dict[Frontend, Rules], same: list[Frontend],
                        started: float) -> Changes:
-        for frontend in same:  # unchanged since its last read: covered until now
-            self.parts_read[frontend] = (self.parts_read[frontend][0], started)
+        for frontend in same:  # as when its rules were installed: covered until now
+            self.parts_read[frontend] = started
         since: dict[Frontend, float] = {}
-        for frontend, rules in found.items():
+        for frontend in found:
             before = self.parts_read.get(frontend)
-            since[frontend] = before[1] if before is not None else (
+            since[frontend] = before if before is not None else (
                 self.full_started if self.full_started is not None else started)
-            self.parts_read[frontend] = (rules, started)
+            self.parts_read[frontend] = started
         return self._renamed(since.keys(), since.__getitem__, found)
 
     def _renamed(self, frontends: Iterable[Frontend], since: Callable[[Frontend], float],

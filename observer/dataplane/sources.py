@@ -245,6 +245,9 @@ class PartsReader(Protocol):
         """Whether the last full read found rules for the service port (a read by parts
         finds only rules a full read found first)."""
 
+    def close(self) -> None:
+        """Let go of what reads keep open (the source stops)."""
+
 
 class DeltaPollingSource(_ReadingSource):
     """Polling for a large dataplane that can be read by parts (Cilium's maps, which send no
@@ -253,8 +256,9 @@ class DeltaPollingSource(_ReadingSource):
     seconds until their dataplane agrees or ``expect_for`` seconds have passed; everything is
     read at most every ``full_interval`` seconds (new frontends, changes no slice announced).
     Full reads run in a worker thread of their own while the parts go on being read. Full
-    reads may take a quarter of ``max_cpu`` of one core on average, reads by parts what full
-    reads leave of it (``ReadBudget``).
+    reads may take an eighth of ``max_cpu`` of one core on average (under heavy churn, when
+    much has changed since the last, they come less often), reads by parts what full reads
+    leave of it (``ReadBudget``).
 
     A change is stamped with the start of the read that shows it, its precision the larger
     distance to this read's end and to the later of: the last read of its service port that
@@ -275,12 +279,12 @@ class DeltaPollingSource(_ReadingSource):
         self.interval = interval
         self.full_interval = full_interval
         self.expect_for = expect_for
-        # Full reads keep to a quarter of the share at most, reads by parts to what full reads
+        # Full reads keep to an eighth of the share at most, reads by parts to what full reads
         # leave, each measured by the CPU time of the thread that read (and of the event loop
         # installing it).
         self.max_cpu = max_cpu
-        self.full_budget = ReadBudget(max_cpu / 4)
-        self.parts_budget = ReadBudget(max_cpu * 3 / 4)
+        self.full_budget = ReadBudget(max_cpu / 8)
+        self.parts_budget = ReadBudget(max_cpu * 7 / 8)
         # Per service port, the endpoints expected to turn (un)selected: how, since when (the
         # slice update that says so was received) and until when.
         self.expected: dict[ServicePort, dict[EndpointKey, tuple[bool, float, float]]] = {}
@@ -390,6 +394,7 @@ class DeltaPollingSource(_ReadingSource):
         finally:
             if full is not None:
                 await cancel_and_wait(full)
+            self.changes.close()
 
     async def _read(self, work: Callable[[], Install], *, full: bool
                     ) -> tuple[Install, float, float, float] | None:
