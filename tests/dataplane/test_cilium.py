@@ -27,6 +27,7 @@ import pytest
 from observer.clock import Clock, SystemClock
 from observer.dataplane import bpf, cilium
 from observer.dataplane.cilium import (
+    BACKEND_KEY,
     BACKEND_MAPS,
     PIN_DIR,
     SERVICE_KEY,
@@ -168,6 +169,25 @@ async def test_each_read_tells_only_the_service_ports_that_changed(bpffs: str) -
     # The frontend deleted: its port's selection is empty.
     agent.delete("10.96.0.10", 53)
     assert await full_read(changes) == {DNS_TCP: {}}
+    agent.close()
+
+
+async def test_a_backend_deleted_before_the_slots_naming_it_is_not_selected(bpffs: str
+                                                                           ) -> None:
+    """The reconciler deletes an orphaned backend before it rewrites the slots: a full read
+    in between finds a slot naming a backend that is gone, which the datapath cannot reach."""
+    agent = minikube(bpffs)
+    changes = CiliumChanges(bpffs, FrontendNames(candidates))
+    await full_read(changes)
+    ready, leaving = EndpointKey(DNS_TCP, "10.244.0.2", 53), EndpointKey(DNS_TCP, "10.244.0.3",
+                                                                          53)
+    backend = agent.backend_ids["10.244.0.3", 53, socket.IPPROTO_TCP]
+    bpf.delete(agent.backends[4], BACKEND_KEY.pack(backend))
+    assert await full_read(changes) == {DNS_TCP: {ready: True, leaving: False}}
+    assert set(changes.state.gone) == {backend}
+    agent.upsert("10.96.0.10", 53, [("10.244.0.2", 53, ACTIVE)])  # the slots rewritten
+    assert await full_read(changes) == {}  # (the same endpoints chosen)
+    assert changes.state.gone == {}
     agent.close()
 
 
