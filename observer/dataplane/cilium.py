@@ -236,9 +236,9 @@ class CiliumMaps:
 class Addresses:
     """Backends' (ip, port, protocol), decoded once, by their bytes: a backend value begins
     with its address, port and protocol; its state, after them, does not change where
-    connections go. Full reads and reads by parts share one (each in a worker thread of its
-    own: a dict's single operations are atomic, and a value decodes the same whoever does
-    it)."""
+    connections go. Full reads and reads by parts share one (full reads in a worker thread
+    of their own, while reads by parts go on: a dict's single operations are atomic, and a
+    value decodes the same whoever does it)."""
 
     def __init__(self) -> None:
         self._known: dict[bytes, tuple[str, int, int]] = {}
@@ -257,9 +257,8 @@ class Addresses:
 @dataclass
 class PartsMemory:
     """What reads by parts keep from one to the next: each frontend's signature, to tell
-    whether it changed. Kept by the reads, in their worker thread, and by installs, in the
-    event loop: never at once, as one read at a time is made and installed before the
-    next."""
+    whether it changed. Kept by the reads and by their installs: never at once, as one read
+    at a time is made and installed before the next."""
 
     address: Addresses
     signatures: dict[Frontend, Signature] = field(default_factory=dict)
@@ -640,7 +639,7 @@ class CiliumChanges:
 
     Full reads (``full``) decode what changed in the maps since the last one into
     ``state``, in a worker thread; reads by parts (``parts``) look up the frontends of the
-    service ports asked for, in another, and what they find stands over ``state`` until a
+    service ports asked for, meanwhile, and what they find stands over ``state`` until a
     full read that started after them is installed. Installing, naming and the merge run in
     the event loop (the names come from the slices, which the event loop owns). Reads by
     parts keep the maps open from one to the next (``close``)."""
@@ -715,9 +714,9 @@ class CiliumChanges:
 
     def _read_frontends(self, frontends: Iterable[Frontend], settled: Collection[Frontend],
                         baseline: Baseline) -> tuple[dict[Frontend, Rules], list[Frontend]]:
-        """(In the reading thread.) The maps stay open until a full read is installed (Cilium
-        re-creates its maps when it restarts with another size or layout: a full read opens
-        them afresh and finds that) or a read fails."""
+        """The maps stay open until a full read is installed (Cilium re-creates its maps when
+        it restarts with another size or layout: a full read opens them afresh and finds
+        that) or a read fails."""
         with self._maps_lock:
             if self._maps is None:
                 self._maps = CiliumMaps.open(self.root)

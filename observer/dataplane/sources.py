@@ -46,6 +46,7 @@ log = structlog.get_logger("observer.dataplane")
 T = TypeVar("T")
 E = TypeVar("E")
 _COST_WEIGHT = 0.25  # of the newest full read in the moving average of their CPU cost
+_INLINE_PORTS = 64  # reads by parts of at most this many service ports run in the event loop
 
 
 class DataplaneMetrics(Protocol):
@@ -228,8 +229,9 @@ Install = Callable[[float], Changes]
 
 class PartsReader(Protocol):
     """A dataplane that can be read in full, rarely, and in parts, often (Cilium's maps:
-    ``cilium.CiliumChanges``). The reads run in a worker thread; what they return is
-    installed in the event loop, one read at a time."""
+    ``cilium.CiliumChanges``). The reads are blocking calls, made in a worker thread (reads
+    by parts, mostly, in the event loop); what they return is installed in the event loop,
+    one read at a time."""
 
     @property
     def mode(self) -> Mode: ...
@@ -396,26 +398,35 @@ class DeltaPollingSource(_ReadingSource):
                 await cancel_and_wait(full)
             self.changes.close()
 
-    async def _read(self, work: Callable[[], Install], *, full: bool
+    async def _read(self, work: Callable[[], Install], *, full: bool, inline: bool = False
                     ) -> tuple[Install, float, float, float] | None:
-        """A read in a worker thread: what it found, its start and end (monotonic), and the
-        thread's CPU seconds; None when it failed (counted and logged)."""
+        """A read in a worker thread (or ``inline``, in the event loop): what it found, its
+        start and end (monotonic), and the thread's CPU seconds; None when it failed (counted
+        and logged)."""
         def timed() -> tuple[Install, float]:
             cpu = time.thread_time()
             return work(), time.thread_time() - cpu
 
+        async def at_once() -> tuple[Install, float]:
+            return timed()
+
         started = self.clock.monotonic()
-        done = await self._scan(asyncio.to_thread(timed), full=full)
+        done = await self._scan(at_once() if inline else asyncio.to_thread(timed), full=full)
         if done is None:
             return None
         return done[0], started, self.clock.monotonic(), done[1]
 
     async def _read_parts(self, ports: list[ServicePort], sink: ChangeSink) -> bool:
-        """Read these service ports; whether the read succeeded."""
+        """Read these service ports; whether the read succeeded. In the event loop unless
+        there are many: a read by parts holds the GIL from start to end (its lookups are
+        GIL-holding calls, then it decodes), so a worker thread would run it no sooner, and
+        handing it over costs more CPU than the read (docs/benchmarks.md); one of many ports
+        (a rollout of many Services at once) goes to a worker thread, not to hold the event
+        loop for long."""
         work = self.changes.parts(ports)
         if work is None:
             return True
-        done = await self._read(work, full=False)
+        done = await self._read(work, full=False, inline=len(ports) <= _INLINE_PORTS)
         if done is None:
             return False
         install, started, ended, used = done

@@ -404,6 +404,40 @@ async def test_a_port_expected_before_cilium_programs_it_is_found_by_a_full_read
         await until(lambda: not polled.source.expected, "the expectation met")
 
 
+async def test_a_rollout_of_many_services_at_once_is_read_by_parts(bpffs: str) -> None:
+    """More service ports expected at once than a read by parts takes in the event loop
+    (a rollout of many Services): read in a worker thread, every change found. The only full
+    read is the first: an unannounced change would wait an hour."""
+    agent = CiliumAgent(bpffs)
+    services = {f"10.96.1.{i}": ServicePort("default", f"web-{i}", "http", "TCP")
+                for i in range(1, 81)}
+    slices = {(f"10.244.{side}.{i}", 8080, "TCP"): {port}
+              for i, port in enumerate(services.values(), start=1) for side in (1, 2)}
+    for i, vip in enumerate(services, start=1):
+        agent.upsert(vip, 80, [(f"10.244.1.{i}", 8080, ACTIVE), (f"10.244.2.{i}", 8080, ACTIVE)])
+    changes = CiliumChanges(bpffs, FrontendNames(
+        lambda ip, port, protocol: slices.get((ip, port, protocol), set())))
+    source = DeltaPollingSource(changes=changes, clock=SystemClock(), metrics=Metrics(),
+                                interval=0.01, full_interval=3600.0)
+    seen: list[DataplaneChange] = []
+    task = asyncio.create_task(source.run(seen.append))
+    try:
+        await until(lambda: changes.full_started is not None, "the first read installed")
+        leaving = set()
+        for i, port in enumerate(services.values(), start=1):
+            leaving.add(key := EndpointKey(port, f"10.244.2.{i}", 8080))
+            source.expect(key, False)
+        for i, vip in enumerate(services, start=1):
+            agent.upsert(vip, 80, [(f"10.244.1.{i}", 8080, ACTIVE),
+                                   (f"10.244.2.{i}", 8080, TERMINATING)])
+        await until(lambda: len(seen) == len(services), "every change")
+        assert {(c.key, c.selected) for c in seen} == {(key, False) for key in leaving}
+        await until(lambda: not source.expected, "the expectations met")
+    finally:
+        await cancel_and_wait(task)
+        agent.close()
+
+
 def test_no_maps_pinned_is_a_clear_error(bpffs: str) -> None:
     with pytest.raises(CommandError) as caught:
         CiliumMaps.open(bpffs)
