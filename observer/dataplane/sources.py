@@ -179,6 +179,37 @@ class ReadBudget:
         return max(minimum, (self.cost or 0.0) / self.max_cpu)
 
 
+class CpuAllowance:
+    """Small, frequent reads (Cilium's reads by parts) may take ``max_cpu`` of one core: CPU
+    seconds accrue at that rate, up to what ``window`` seconds bring, and each read spends
+    what it used. After a stall (a long garbage collection, a busy machine) the reads due
+    catch up at once on what accrued — a moving average of each read's cost (``ReadBudget``)
+    would space them out further just as the backlog makes each read cost more. Times are
+    the source's monotonic clock, seconds."""
+
+    def __init__(self, max_cpu: float, window: float = 1.0) -> None:
+        self.max_cpu = max_cpu
+        self.window = window
+        self.balance = 0.0  # CPU seconds that may be spent now (below zero: owed)
+        self._at: float | None = None
+
+    def _accrue(self, now: float) -> None:
+        if self._at is not None:
+            self.balance = min(self.max_cpu * self.window,
+                               self.balance + (now - self._at) * self.max_cpu)
+        self._at = now
+
+    def spend(self, now: float, used: float) -> None:
+        """A read that ended at ``now`` took ``used`` CPU seconds."""
+        self._accrue(now)
+        self.balance -= used
+
+    def due(self, now: float) -> float:
+        """When the next read may start."""
+        self._accrue(now)
+        return now if self.balance >= 0 else now - self.balance / self.max_cpu
+
+
 class PollingSource(_ReadingSource):
     """Polling by full reads (iptables-legacy has no change notification; IPVS here neither):
     starts a read every ``interval`` seconds — but spends no more than ``max_cpu`` of one core
@@ -259,8 +290,8 @@ class DeltaPollingSource(_ReadingSource):
     read at most every ``full_interval`` seconds (new frontends, changes no slice announced).
     Full reads run in a worker thread of their own while the parts go on being read. Full
     reads may take an eighth of ``max_cpu`` of one core on average (under heavy churn, when
-    much has changed since the last, they come less often), reads by parts what full reads
-    leave of it (``ReadBudget``).
+    much has changed since the last, they come less often: ``ReadBudget``), reads by parts
+    what full reads leave of it (``CpuAllowance``: after a stall they catch up at once).
 
     A change is stamped with the start of the read that shows it, its precision the larger
     distance to this read's end and to the later of: the last read of its service port that
@@ -286,7 +317,7 @@ class DeltaPollingSource(_ReadingSource):
         # installing it).
         self.max_cpu = max_cpu
         self.full_budget = ReadBudget(max_cpu / 8)
-        self.parts_budget = ReadBudget(max_cpu * 7 / 8)
+        self.parts_budget = CpuAllowance(max_cpu * 7 / 8)
         # Per service port, the endpoints expected to turn (un)selected: how, since when (the
         # slice update that says so was received) and until when.
         self.expected: dict[ServicePort, dict[EndpointKey, tuple[bool, float, float]]] = {}
@@ -362,8 +393,9 @@ class DeltaPollingSource(_ReadingSource):
                         full_due = now + max(1.0, self.interval)
                     else:
                         install, started, ended, used = done
-                        self._install(install, started, ended, sink, self.full_budget,
-                                      used if counted else None)
+                        cost = self._install(install, started, ended, sink, used)
+                        if counted:
+                            self.full_budget.record(cost)
                         self._selection.primed = counted = True
                         period = self.full_budget.period(self.full_interval)
                         full_due = started + period
@@ -377,7 +409,7 @@ class DeltaPollingSource(_ReadingSource):
                     full = asyncio.create_task(self._read(self.changes.full(), full=True),
                                                name="dataplane: full read")
                     full.add_done_callback(lambda _: self._wake.set())
-                parts_due = parts_started + self.parts_budget.period(self.interval)
+                parts_due = max(parts_started + self.interval, self.parts_budget.due(now))
                 if healthy and self.expected and now >= parts_due:
                     ports = self._watched(now)
                     parts_started = now
@@ -430,7 +462,8 @@ class DeltaPollingSource(_ReadingSource):
         if done is None:
             return False
         install, started, ended, used = done
-        self._install(install, started, ended, sink, self.parts_budget, used)
+        self.parts_budget.spend(self.clock.monotonic(),
+                                self._install(install, started, ended, sink, used))
         return True
 
     def _stamp(self, key: EndpointKey, *, selection: dict[EndpointKey, bool], since: float,
@@ -445,15 +478,15 @@ class DeltaPollingSource(_ReadingSource):
         return self._at(started, max(started - since, ended - started))
 
     def _install(self, install: Install, started: float, ended: float, sink: ChangeSink,
-                 budget: ReadBudget, used: float | None) -> None:
+                 used: float) -> float:
+        """Install what a read found; the CPU seconds of the read (``used``) and of this."""
         cpu = time.thread_time()
         changes = install(started)
         for port, (selection, since) in changes.items():
             self._selection.update((port,), {port: selection}, functools.partial(
                 self._stamp, selection=selection, since=since, read=(started, ended)), sink)
         self._met(changes)
-        if used is not None:
-            budget.record(used + time.thread_time() - cpu)
+        return used + time.thread_time() - cpu
 
 
 class _Events(Protocol[E]):
