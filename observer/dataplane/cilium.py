@@ -286,11 +286,30 @@ class Baseline:
 _BACKEND_TAIL = {layout.size: layout.size - _ADDRESS[family] - 3
                  for (_, family), layout in BACKEND_VALUE.items()}
 _MAX_ADDRESSES_KEPT = 1 << 17  # twice Cilium's default backend map size (--bpf-lb-map-max)
-# A frontend's entries as read by key: (scope, slot, value) in the order read, and its
-# backends' (id, value).
-Signature = tuple[tuple[tuple[int, int, bytes], ...], tuple[tuple[int, bytes], ...]]
+# A frontend's entries as read by key — (scope, slot, value) records (``_ENTRY``) in the
+# order read — and the values of the backends their slots name, in the order first named:
+# two bytes objects, which a read of the same entries reproduces byte for byte (ten
+# thousand frontends' signatures kept as tuples of their parts held a quarter of a million
+# objects).
+Signature = tuple[bytes, bytes]
+_PLACE = struct.Struct("=BH")  # scope, slot
+_ENTRY = struct.Struct(f"=BH{SERVICE_VALUE.size}s")
 _COUNT = struct.Struct("=H")  # lb4_service.count, after the 4-byte backend_id
 _BACKEND_ID = struct.Struct("=I")
+
+
+def _named(entries: bytes) -> dict[int, None]:
+    """The backend ids the slots of a signature's entries name, in the order first named."""
+    return dict.fromkeys(_BACKEND_ID.unpack_from(raw)[0]
+                         for _, slot, raw in _ENTRY.iter_unpack(entries) if slot)
+
+
+def _values(signature: Signature) -> dict[int, bytes]:
+    """A signature's backends' values by id."""
+    entries, values = signature
+    ids = _named(entries)
+    size = len(values) // len(ids) if ids else 0
+    return {backend_id: values[i * size:(i + 1) * size] for i, backend_id in enumerate(ids)}
 
 
 def _lookup(frontend: Frontend, services: Callable[[bytes, bytes, int, int, int], bytes | None],
@@ -309,32 +328,31 @@ def _lookup(frontend: Frontend, services: Callable[[bytes, bytes, int, int, int]
     names the same address for as long as it exists (after a Cilium restart it may name
     another: a full read shows it, and each frontend is then looked up afresh)."""
     address, port, proto = frontend
-    entries: list[tuple[int, int, bytes]] = []
-    known: dict[int, bytes] = dict(last[1]) if last is not None else {}
-    scopes = {scope for scope, _, _ in last[0]} if last is not None and last[0] else (
-        0, SCOPE_INTERNAL)
-    for scope in sorted(scopes):
+    parts: list[bytes] = []
+    ids: dict[int, bytes | None] = {}
+    known = _values(last) if last is not None else {}
+    scopes = sorted({scope for scope, slot, _ in _ENTRY.iter_unpack(last[0]) if not slot}) \
+        if last is not None and last[0] else (0, SCOPE_INTERNAL)
+    for scope in scopes:
         master = services(address, port, 0, proto, scope)
         if master is None:
             continue
-        entries.append((scope, 0, master))
+        parts += (_PLACE.pack(scope, 0), master)
         for slot in range(1, _COUNT.unpack_from(master, 4)[0] + 1):
             raw = services(address, port, slot, proto, scope)
             if raw is None:
                 return None
-            entries.append((scope, slot, raw))
+            parts += (_PLACE.pack(scope, slot), raw)
+            ids.setdefault(_BACKEND_ID.unpack_from(raw)[0])
         if services(address, port, 0, proto, scope) != master:
             return None
-    ids: dict[int, bytes] = {}
-    for _, slot, raw in entries:
-        if slot:
-            (backend_id,) = _BACKEND_ID.unpack_from(raw)
-            if backend_id not in ids:
-                value = known.get(backend_id) or backends(backend_id)
-                if value is None:
-                    return None
-                ids[backend_id] = value
-    return tuple(entries), tuple(ids.items())
+    values: list[bytes] = []
+    for backend_id in ids:
+        value = known.get(backend_id) or backends(backend_id)
+        if value is None:
+            return None
+        values.append(value)
+    return b"".join(parts), b"".join(values)
 
 
 # --- the decoded state --------------------------------------------------------------------
@@ -346,13 +364,16 @@ def _address(raw: bytes) -> str:
 _CHUNK = 8  # entries compared as one stretch of bytes between two reads
 
 
+def _split(buffer: bytes, size: int) -> list[bytes]:
+    """A batch read's keys (or values), one by one."""
+    return [buffer[i:i + size] for i in range(0, len(buffer), size)]
+
+
 def _entries(keys: bytes, values: bytes, key: struct.Struct,
              value: struct.Struct) -> dict[bytes, bytes]:
     if len(keys) % key.size or len(values) % value.size:
         raise DataplaneParseError("a batch read returned partial entries")
-    return dict(zip((keys[i:i + key.size] for i in range(0, len(keys), key.size)),
-                    (values[i:i + value.size] for i in range(0, len(values), value.size)),
-                    strict=True))
+    return dict(zip(_split(keys, key.size), _split(values, value.size), strict=True))
 
 
 @dataclass
@@ -375,23 +396,31 @@ class _Raw:
         """(entries added or changed, keys removed) since the last read; None: unchanged."""
         if keys == self.keys and values == self.values:
             return None
-        old: dict[bytes, bytes] = {}
-        new: dict[bytes, bytes] = {}
+        entries = self.entries
         if len(keys) == len(self.keys) and len(values) == len(self.values):
+            # The stretches that differ: their entries now, against those last read, and the
+            # keys they held (the others' are in unchanged stretches, on both sides).
             k, v = key.size * _CHUNK, value.size * _CHUNK
+            changed: list[tuple[bytes, bytes]] = []
+            held: set[bytes] = set()
+            found: set[bytes] = set()
             for i in range(0, len(keys) // key.size, _CHUNK):
                 ks, vs = slice(i * key.size, i * key.size + k), slice(i * value.size,
                                                                      i * value.size + v)
                 if keys[ks] != self.keys[ks] or values[vs] != self.values[vs]:
-                    old.update(_entries(self.keys[ks], self.values[vs], key, value))
-                    new.update(_entries(keys[ks], values[vs], key, value))
+                    held.update(_split(self.keys[ks], key.size))
+                    for entry in _entries(keys[ks], values[vs], key, value).items():
+                        found.add(entry[0])
+                        if entries.get(entry[0]) != entry[1]:
+                            changed.append(entry)
+            removed = list(held - found)
         else:
-            old, new = self.entries, _entries(keys, values, key, value)
-        changed = list(new.items() - old.items())
-        removed = list(old.keys() - new.keys())
-        self.entries.update(changed)
+            new = _entries(keys, values, key, value)
+            changed = [entry for entry in new.items() if entries.get(entry[0]) != entry[1]]
+            removed = [gone for gone in entries if gone not in new]
+        entries.update(changed)
         for gone in removed:
-            del self.entries[gone]
+            del entries[gone]
         self.keys, self.values = keys, values
         return changed, removed
 
@@ -428,14 +457,13 @@ def _selected(frontend: Frontend, signature: Signature,
               address: Callable[[bytes], tuple[str, int, int]]) -> ProgrammedService | None:
     """A frontend as a read by parts found it (``_lookup``): every slot it read is one new
     connections are sent to; None when it has no entries."""
-    entries, ids = signature
-    if not entries:
+    if not signature[0]:
         return None
-    values = dict(ids)
+    values = _values(signature)
     paths: dict[bool, list[ProgrammedEndpoint]] = {False: [], True: []}
     protocols: set[int] = set()
     endpoints = paths[False]
-    for scope, slot, raw in entries:
+    for scope, slot, raw in _ENTRY.iter_unpack(signature[0]):
         if slot == 0:
             endpoints = paths[_local(raw, scope)]
             continue
@@ -773,8 +801,9 @@ class CiliumChanges:
         if (was is not None and service is not None
                 and (service.protocol, service.service) == was.ident
                 and rules.chosen == was.chosen):
-            # the same endpoints chosen: no port's selection changes
-            self.named[frontend] = Named(was.port, was.ident, service, rules.chosen)
+            # the same endpoints chosen: no port's selection changes (nor what it is made of:
+            # endpoints not chosen are as good as absent)
+            self.named[frontend] = was
             return set()
         before: set[ServicePort] = set()
         if was is not None:
