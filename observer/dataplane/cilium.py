@@ -400,11 +400,15 @@ class _Raw:
         if len(keys) == len(self.keys) and len(values) == len(self.values):
             # The stretches that differ: their entries now, against those last read, and the
             # keys they held (the others' are in unchanged stretches, on both sides).
+            # Taken run by run (stretches that differ, one after another: an entry moves only
+            # within its bucket, and a bucket's entries are read one after another), so that
+            # what a read holds at once stays small.
             k, v = key.size * _CHUNK, value.size * _CHUNK
             changed: list[tuple[bytes, bytes]] = []
+            removed: list[bytes] = []
             held: set[bytes] = set()
             found: set[bytes] = set()
-            for i in range(0, len(keys) // key.size, _CHUNK):
+            for i in range(0, len(keys) // key.size + _CHUNK, _CHUNK):
                 ks, vs = slice(i * key.size, i * key.size + k), slice(i * value.size,
                                                                      i * value.size + v)
                 if keys[ks] != self.keys[ks] or values[vs] != self.values[vs]:
@@ -413,7 +417,9 @@ class _Raw:
                         found.add(entry[0])
                         if entries.get(entry[0]) != entry[1]:
                             changed.append(entry)
-            removed = list(held - found)
+                elif held:  # a run ends
+                    removed += held - found
+                    held, found = set(), set()
         else:
             new = _entries(keys, values, key, value)
             changed = [entry for entry in new.items() if entries.get(entry[0]) != entry[1]]
