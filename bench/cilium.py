@@ -34,9 +34,11 @@ import multiprocessing
 import os
 import platform
 import resource
+import signal
 import statistics
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Collection
@@ -292,6 +294,8 @@ def main() -> None:
                         help="the source's CPU budget (--dataplane-poll-max-cpu)")
     args = parser.parse_args()
     collect_garbage_rarely()  # as ``observer run`` does
+    # Stopped (SIGTERM): unwind, so that the writer stops and the BPF filesystem is unmounted.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     root = tempfile.mkdtemp(prefix="obs-bench-bpffs-")
     subprocess.run(["mount", "-t", "bpf", "bpf", root], check=True)
     context = multiprocessing.get_context("fork")

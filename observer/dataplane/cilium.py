@@ -666,6 +666,13 @@ class Named(NamedTuple):
     chosen: tuple[tuple[ProgrammedEndpoint, ...], tuple[ProgrammedEndpoint, ...]]
 
 
+def _same(named: Named, rules: Rules) -> bool:
+    """Whether the rules read are those the frontend is named with: the same frontend (its
+    protocol and address) choosing the same endpoints."""
+    return (rules.service is not None and rules.chosen == named.chosen
+            and (rules.service.protocol, rules.service.service) == named.ident)
+
+
 class CiliumChanges:
     """What ``DeltaPollingSource`` reads: the service ports whose frontends changed, each
     with its selection merged over every frontend that bears the port's name (its cluster
@@ -710,14 +717,25 @@ class CiliumChanges:
                 raise CommandError("unavailable", ", ".join(
                     SERVICE_MAPS[f] for f in sorted(self.families - found)) + " no longer pinned")
             self.families |= found
-            # The rules made here, in the read's thread: the event loop only compares, names.
-            views = {f: _rules(self.state.service(f)) for f in self.state.apply(reads) | needed}
+            # The rules made here, in the read's thread: the event loop only names and
+            # merges. Those the frontend is named with already (what reads by parts found
+            # since the last full read, mostly) are not kept: ``kept`` says which naming
+            # they matched.
+            views: dict[Frontend, Rules] = {}
+            kept: dict[Frontend, Named] = {}
+            for frontend in self.state.apply(reads) | needed:
+                rules = _rules(self.state.service(frontend))
+                named = self.named.get(frontend)
+                if named is not None and _same(named, rules):
+                    kept[frontend] = named
+                else:
+                    views[frontend] = rules
             baseline = self.state.baseline()
-            return lambda started: self._install_all(views, baseline, started)
+            return lambda started: self._install_all(views, kept, baseline, started)
         return read
 
-    def _install_all(self, views: dict[Frontend, Rules], baseline: Baseline,
-                     started: float) -> Changes:
+    def _install_all(self, views: dict[Frontend, Rules], kept: dict[Frontend, Named],
+                     baseline: Baseline, started: float) -> Changes:
         """A full read started at ``started`` is newer than every read by parts before it."""
         previous = started if self.full_started is None else self.full_started
         since = {f: at for f, at in self.parts_read.items() if at < started}
@@ -727,9 +745,12 @@ class CiliumChanges:
         self._baseline = baseline
         self.close()  # what a full read found pinned is what reads by parts open next
         # Frontends read by parts since this read started are newer than what it found.
-        fresh = (views.keys() | self.unnamed | since.keys()) - self.parts_read.keys()
-        for frontend in fresh - views.keys():  # (none but those met since the read began)
-            views[frontend] = _rules(self.state.service(frontend))
+        fresh = (views.keys() | kept.keys() | self.unnamed | since.keys()) - self.parts_read.keys()
+        for frontend in fresh - views.keys():
+            if frontend in kept and self.named.get(frontend) is kept[frontend]:
+                fresh.discard(frontend)  # named as this read found it
+            else:  # (renamed by a read by parts since the read compared, or met since)
+                views[frontend] = _rules(self.state.service(frontend))
         return self._renamed(fresh, lambda f: since.get(f, previous), views)
 
     def parts(self, ports: Collection[ServicePort]) -> Callable[[], Install] | None:
@@ -804,9 +825,7 @@ class CiliumChanges:
         touches."""
         service = rules.service
         was = self.named.pop(frontend, None)
-        if (was is not None and service is not None
-                and (service.protocol, service.service) == was.ident
-                and rules.chosen == was.chosen):
+        if was is not None and _same(was, rules):
             # the same endpoints chosen: no port's selection changes (nor what it is made of:
             # endpoints not chosen are as good as absent)
             self.named[frontend] = was
