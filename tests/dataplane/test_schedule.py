@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from observer.dataplane.sources import ReadBudget, ReadSchedule
+from observer.dataplane.sources import CpuAllowance, ReadBudget, ReadSchedule
 from tests.conftest import ManualClock
 
 
@@ -86,3 +86,19 @@ def test_reads_that_give_way_are_retried_twice_as_late_each_time(clock: ManualCl
     assert plan.abandoned == 9
     plan.ended()  # one ran to its end
     assert plan.due_in(clock.monotonic()) == 1
+
+
+def test_reads_by_parts_keep_to_an_allowance_and_catch_up_after_a_stall() -> None:
+    """Small reads at a tenth of a core: CPU seconds accrue at that rate up to a second's
+    worth; a read that spent more than there was waits until the debt is paid."""
+    allowance = CpuAllowance(0.1, window=1.0)
+    assert allowance.due(0.0) == 0.0  # nothing owed
+    allowance.spend(0.0, 0.05)
+    assert allowance.due(0.0) == pytest.approx(0.5)  # 0.05 s owed, paid at 0.1 a second
+    assert allowance.due(0.5) == pytest.approx(0.5)
+    # A stall of a minute: no more than a second's worth accrued, but that much at once —
+    # the backlog's reads go on at once, however dear each was before.
+    allowance.spend(60.0, 0.1)
+    assert allowance.due(60.0) == 60.0
+    allowance.spend(60.0, 0.3)
+    assert allowance.due(60.0) == pytest.approx(63.0)
