@@ -47,8 +47,8 @@ class Timestamp:
 class ServicePort(NamedTuple):
     """One port of one service: what kube-proxy programs as a unit. A tuple, as
     ``EndpointKey``: the agent hashes and builds them on every change (a tuple's hash is the
-    interpreter's, several times a frozen dataclass's Python ``__hash__``; the garbage
-    collector stops tracking tuples of plain values)."""
+    interpreter's, several times faster than a frozen dataclass's Python ``__hash__``; a
+    named tuple is built in half the time)."""
 
     namespace: str
     service: str

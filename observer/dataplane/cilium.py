@@ -321,15 +321,16 @@ def _lookup(frontend: Frontend, services: Callable[[bytes, bytes, int, int, int]
     then the master, then deletes what is past the new end: a slot the master counts that is
     missing, a backend a slot names that is missing, or a master rewritten during the read).
 
-    Given its ``last`` read (since the last full read), only the scopes that had entries then
-    are looked up, and backends it had are not looked up again: Cilium allocates backend ids
-    upwards and gives an id out again only after 2^32 others
-    (``pkg/loadbalancer/reconciler/id_allocator.go`` v1.18, ``acquireLocalID``), so an id
-    names the same address for as long as it exists (after a Cilium restart it may name
-    another: a full read shows it, and each frontend is then looked up afresh)."""
+    Given ``last`` — its last read by parts since the last full read, or else that full read's
+    copy of its entries (``Baseline``) — only the scopes that had entries then are looked
+    up, and backends it had are not looked up again: Cilium allocates backend ids upwards and
+    gives an id out again only after 2^32 others (``pkg/loadbalancer/reconciler/
+    id_allocator.go`` v1.18, ``acquireLocalID``), so an id names the same address for as
+    long as it exists (after a Cilium restart it may name another: a full read shows it, and
+    frontends are then compared with what that read found)."""
     address, port, proto = frontend
     parts: list[bytes] = []
-    ids: dict[int, bytes | None] = {}
+    ids: dict[int, None] = {}  # the backends the slots name, in the order first named
     known = _values(last) if last is not None else {}
     scopes = sorted({scope for scope, slot, _ in _ENTRY.iter_unpack(last[0]) if not slot}) \
         if last is not None and last[0] else (0, SCOPE_INTERNAL)

@@ -75,7 +75,7 @@ def endpoint_hash(service: str, protocol: str, ip: str, port: int) -> str:
 
 
 class _Sep(NamedTuple):
-    """A SEP chain's DNAT rule (a tuple, which the garbage collector stops tracking); its
+    """A SEP chain's DNAT rule (a named tuple: cheap to build and to hold); its
     protocol and comment are read from the rule only when asked (a stale chain's owner, a
     service without a protocol of its own)."""
 
