@@ -20,7 +20,7 @@ from observer.agent import (
 )
 from observer.kube.watch import WatchSettings
 from observer.lab.apiserver.server import ApiServer
-from tests.agent.harness import AgentEnv, key, until
+from tests.agent.harness import AgentEnv, Cluster, Endpoint, key, until
 from tests.agent.test_episodes import ready_service
 from tests.conftest import ManualClock
 from tests.dataplane.edits import load
@@ -154,6 +154,51 @@ async def test_observer_run_command(apiserver: ApiServer, kubeconfig: Path,
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_observer_run_imports_only_the_parts_of_kubernetes_asyncio_it_calls(
+        apiserver: ApiServer, kubeconfig: Path) -> None:
+    """The agent's process, listing and watching: no model and no API class it does not call
+    imported (observer/kube/imports.py; -X importtime names every module imported)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-X", "importtime", "-m", "observer.cli", "--log-format", "json", "run",
+        "--kubeconfig", str(kubeconfig), "--listen", "127.0.0.1:0", "--dataplane", "none",
+        env={**os.environ, "OBSERVER_NODE_NAME": "node-a"}, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    imported = asyncio.create_task(proc.stderr.read())  # drained: a full pipe would block it
+    try:
+        started = await read_json_line(proc.stdout, "agent started")
+        url = str(started["url"])
+        await until_ready(url)
+        cluster = Cluster(apiserver)
+        uid = cluster.create_pod("web-0", "node-a", "10.0.0.1")
+        cluster.put_slice("web-abc", "web", Endpoint("10.0.0.1", "node-a", "web-0", uid))
+        await until_seen(url, 'watch_events_total{resource="pods"}',
+                         'watch_events_total{resource="endpointslices"}')
+        proc.send_signal(signal.SIGTERM)
+        await proc.wait()
+        modules = {line.rpartition("|")[2].strip()
+                   for line in (await imported).decode().splitlines()}
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await imported
+    assert proc.returncode == 0
+    assert "kubernetes_asyncio.config.kube_config" in modules
+    assert not {name for name in modules if name.startswith(
+        ("kubernetes_asyncio.client.models.", "kubernetes_asyncio.client.api.apps"))}
+
+
+async def until_seen(url: str, *series: str) -> None:
+    """Until the agent's metrics have every one of ``series``; no deadline of its own."""
+    while True:
+        _, body = await get(f"{url}/metrics")
+        if all(name in body for name in series):
+            return
+        await asyncio.sleep(0.02)
 
 
 async def until_ready(url: str) -> None:

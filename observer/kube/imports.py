@@ -1,0 +1,80 @@
+"""kubernetes_asyncio, imported in the parts the agent calls.
+
+Importing any module of kubernetes_asyncio first runs its packages' ``__init__``: the top package
+imports ``client``, whose ``__init__`` imports every generated API class (``core_v1_api`` alone
+is 2.8 MB of source) and ``client.models``, every model (~700 modules). In kubernetes_asyncio
+36.1 on CPython 3.11 that is 65 MiB of resident memory (``python -c "import
+kubernetes_asyncio.client"``: 76 MiB against 11 for the bare interpreter), in every agent of
+every node: a known cost of the generated clients (kubernetes-client/python#771: "importing
+the Python Kubernetes client imports every model and api"; tomplus/kubernetes_asyncio#293).
+The agent calls ``ApiClient``, ``Configuration``, two API classes and the config loaders, and
+reads the API's JSON itself (``_preload_content=False``, observer/kube/watch.py): it never
+builds a model.
+
+So, when observer is imported before kubernetes_asyncio, kubernetes_asyncio's four packages are
+registered without running their ``__init__`` and the modules the agent uses are imported from
+them; the names the agent and kubernetes_asyncio's config loaders take from ``client`` are set
+on it. A package asked for any other name runs its own ``__init__`` then (a module
+``__getattr__``, PEP 562), so code that needs a model or another API class (the lab's API
+server, ``observer report``) gets it, at the full cost. The agent's modules: 50 MiB resident
+instead of 83 (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+from types import ModuleType
+
+_lock = threading.Lock()
+
+
+def _deferred(name: str) -> ModuleType:
+    """Package ``name`` registered, its ``__init__`` not run until a name it lacks is asked for.
+    Its parent must be registered already (finding a submodule imports its parent)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        raise ImportError(f"{name} is not a package", name=name)
+    loader = spec.loader
+    package = importlib.util.module_from_spec(spec)
+
+    def complete(attribute: str) -> object:
+        with _lock:
+            if package.__dict__.pop("__getattr__", None) is not None:
+                loader.exec_module(package)
+        return getattr(package, attribute)
+
+    package.__getattr__ = complete  # type: ignore[method-assign]
+    sys.modules[name] = package
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, package)
+    return package
+
+
+def import_client_parts() -> None:
+    """Import kubernetes_asyncio's modules the agent uses, not its packages' ``__init__``.
+    Nothing to do when kubernetes_asyncio is imported already."""
+    if "kubernetes_asyncio" in sys.modules:
+        return
+    for name in _PACKAGES:
+        _deferred(name)
+    # One by one and in this order: ``from package import module`` would ask the package for
+    # the name first (running its ``__init__``), and ``api_client`` takes ``rest`` from it.
+    modules = {name: importlib.import_module(f"kubernetes_asyncio.client.{name}")
+               for name in _MODULES}
+    client = sys.modules["kubernetes_asyncio.client"]
+    for name, module in _NAMES.items():
+        setattr(client, name, getattr(modules[module], name))
+    importlib.import_module("kubernetes_asyncio.config")  # its __init__: just its loaders
+
+
+_PACKAGES = ("kubernetes_asyncio", "kubernetes_asyncio.client", "kubernetes_asyncio.client.api",
+             "kubernetes_asyncio.client.models")
+_MODULES = ("exceptions", "configuration", "rest", "api_client", "api.core_v1_api",
+            "api.discovery_v1_api")
+# What the agent and kubernetes_asyncio's config loaders take from ``client``.
+_NAMES = {"ApiException": "exceptions", "Configuration": "configuration",
+          "ApiClient": "api_client", "CoreV1Api": "api.core_v1_api",
+          "DiscoveryV1Api": "api.discovery_v1_api"}
