@@ -18,7 +18,8 @@ frontends named from an index of every endpoint as the slices would give) and re
     target <= 10% of one core; the precision its stamps state, target <= 100 ms; and each
     stamp's error against the moment the writer finished the flip's writes;
 (c) this process's RSS after the source's first read is installed and at the end of the
-    churn (after full reads under churn: the high-water mark), target <= 150 MiB.
+    churn (after full reads under churn: the high-water mark), target <= 150 MiB; with the
+    agent's modules imported as ``observer run`` has them (and their RSS alone).
 
     sudo .venv/bin/python -m bench.cilium [--services 10000] [--per-service 5]
         [--churn-seconds 120] [--interval 0.05] [--cilium-delay 0.02]
@@ -27,7 +28,6 @@ frontends named from an index of every endpoint as the slices would give) and re
 from __future__ import annotations
 
 import argparse
-import array
 import asyncio
 import json
 import multiprocessing
@@ -44,6 +44,7 @@ import time
 from collections.abc import Collection
 from typing import Any
 
+import observer.agent  # noqa: F401  (the agent's modules, in the RSS as `observer run` has them)
 from bench import rss_mib
 from observer.cli import collect_garbage_rarely
 from observer.clock import SystemClock
@@ -61,6 +62,35 @@ from observer.values import EndpointKey, ServicePort
 # writer -> agent: service, backend, new state, 0 announced / 1 written, CLOCK_MONOTONIC
 RECORD = struct.Struct("=IIBBd")
 ANNOUNCED, WRITTEN = 0, 1
+SEEN, WROTE = struct.Struct("=Idd"), struct.Struct("=Id")
+
+
+class Spill:
+    """Records of one layout, appended to a temporary file (page cache, not this process's
+    memory) in blocks of 64 KiB."""
+
+    def __init__(self, layout: struct.Struct) -> None:
+        self.layout = layout
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by ``records``)
+        self.block = bytearray()
+
+    def add(self, *fields: float) -> None:
+        self.block += self.layout.pack(*fields)
+        if len(self.block) >= 1 << 16:
+            self.file.write(self.block)
+            self.block.clear()
+
+    def clear(self) -> None:
+        self.file.truncate(0)
+        self.file.seek(0)
+        self.block.clear()
+
+    def records(self) -> list[tuple[Any, ...]]:
+        self.file.write(self.block)
+        self.file.seek(0)
+        data = self.file.read()
+        self.file.close()
+        return list(self.layout.iter_unpack(data))
 
 
 def vip(s: int) -> str:
@@ -180,13 +210,13 @@ async def measure(root: str, args: argparse.Namespace, go: Any, news: int) -> di
     source = DeltaPollingSource(changes=reader,
                                 clock=SystemClock(), metrics=metrics, interval=args.interval,
                                 max_cpu=args.max_cpu)
-    # Per change seen: its service, stamp (monotonic) and precision (flat, not to hold 60,000
-    # objects in the memory measured).
-    seen = array.array("d")
+    # Per change seen: its service, stamp (monotonic) and precision; per flip written: its
+    # service and when. Kept in files, not in the memory measured (a run of 600 s sees
+    # 300,000 changes: 10 MiB even as flat arrays).
+    seen, written = Spill(SEEN), Spill(WROTE)
 
     def sink(change: DataplaneChange) -> None:
-        seen.extend((int(change.key.service_port.service[4:]), change.at.mono,
-                     change.at.precision))
+        seen.add(int(change.key.service_port.service[4:]), change.at.mono, change.at.precision)
 
     task = asyncio.create_task(source.run(sink))
     # (The read is timed as its thread ends, then installed in the event loop: named, merged.)
@@ -195,7 +225,6 @@ async def measure(root: str, args: argparse.Namespace, go: Any, news: int) -> di
     rss = rss_mib()
     first_read = metrics.scans[0]
 
-    written: dict[int, array.array[float]] = {}  # when the writer finished each flip
     pending = bytearray()
     states = {s: [ACTIVE] * args.per_service for s in range(args.services)}
 
@@ -221,7 +250,7 @@ async def measure(root: str, args: argparse.Namespace, go: Any, news: int) -> di
                     if selected != was[key]:
                         source.expect(key, selected)
             else:
-                written.setdefault(s, array.array("d")).append(at)
+                written.add(s, at)
         del pending[:whole]
         announcing[0] += time.thread_time() - cpu
 
@@ -229,12 +258,15 @@ async def measure(root: str, args: argparse.Namespace, go: Any, news: int) -> di
     loop.add_reader(news, arrived)
     go.set()
     await asyncio.sleep(2.0)  # the writer gets going
-    del seen[:]
+    seen.clear()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu0, wall0, scans0 = usage.ru_utime + usage.ru_stime, time.monotonic(), len(metrics.scans)
     announced0 = announcing[0]
-    await asyncio.sleep(args.churn_seconds)
-    rss_end = rss_mib()
+    rss_series = []  # every 10 s of the churn: whether it settles
+    while (left := wall0 + args.churn_seconds - time.monotonic()) > 0:
+        await asyncio.sleep(min(10.0, left))
+        rss_series.append(round(rss_mib(), 1))
+    rss_end = rss_series[-1]
     usage = resource.getrusage(resource.RUSAGE_SELF)
     elapsed = time.monotonic() - wall0
     cpu = (usage.ru_utime + usage.ru_stime - cpu0) / elapsed
@@ -243,14 +275,16 @@ async def measure(root: str, args: argparse.Namespace, go: Any, news: int) -> di
     loop.remove_reader(news)
     await cancel_and_wait(task)
     errors = []
-    changes = [(int(s), mono, precision) for s, mono, precision in zip(
-        seen[0::3], seen[1::3], seen[2::3], strict=True)]
+    changes = [(int(s), mono, precision) for s, mono, precision in seen.records()]
+    writes_of: dict[int, list[float]] = {}
+    for s, at in written.records():
+        writes_of.setdefault(s, []).append(at)
     for s, mono, precision in changes:  # against the last write the read could have seen
-        writes = [w for w in written.get(s, ()) if w <= mono + precision]
+        writes = [w for w in writes_of.get(s, ()) if w <= mono + precision]
         if writes:
             errors.append(abs(mono - writes[-1]))
     precisions = [precision for _, _, precision in changes]
-    flips = sum(1 for times in written.values() for w in times if w >= wall0)
+    flips = sum(1 for times in writes_of.values() for w in times if w >= wall0)
     expected_left = sum(len(keys) for keys in source.expected.values())
     return {
         "services": args.services, "backends": args.services * args.per_service,
@@ -259,7 +293,8 @@ async def measure(root: str, args: argparse.Namespace, go: Any, news: int) -> di
         "full_read_and_decode_ms_median": round(full * 1e3, 1),
         "agent_first_read_ms": round(first_read * 1e3, 1),
         "rss_mib_after_first_read": round(rss, 1),
-        "rss_mib_end_of_churn": round(rss_end, 1),
+        "rss_mib_end_of_churn": rss_end,
+        "rss_mib_every_10s_of_churn": rss_series,
         "churn_backends_per_second": args.services * args.per_service // 100,
         "interval_s": args.interval, "cilium_delay_s": args.cilium_delay,
         "max_cpu": args.max_cpu, "backends_flipped_together": args.together,
@@ -293,6 +328,7 @@ def main() -> None:
     parser.add_argument("--max-cpu", type=float, default=0.1,
                         help="the source's CPU budget (--dataplane-poll-max-cpu)")
     args = parser.parse_args()
+    imported = rss_mib()
     collect_garbage_rarely()  # as ``observer run`` does
     # Stopped (SIGTERM): unwind, so that the writer stops and the BPF filesystem is unmounted.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -310,6 +346,7 @@ def main() -> None:
         os.close(told)
         ready.wait()
         result = asyncio.run(measure(root, args, go, news))
+        result["rss_mib_after_imports"] = round(imported, 1)
         result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, " \
                             f"Linux {platform.release()}"
         print(json.dumps(result, indent=2))

@@ -379,57 +379,54 @@ def _entries(keys: bytes, values: bytes, key: struct.Struct,
 
 @dataclass
 class _Raw:
-    """One map's last read: its buffers (an unchanged map reads the same bytes) and its
-    entries by key.
+    """One map's last read: its buffers (an unchanged map reads the same bytes).
 
     A hash map is read in bucket order, the same for the same keys: a read of as many entries
     as the last differs from it only where entries changed or moved within their bucket (an
     update puts the entry first in its bucket), so only the stretches (``_CHUNK`` entries)
-    whose bytes differ are decoded — every entry that changed or moved lies in one, on both
-    sides. A read of another length (entries added or removed) is diffed in full."""
+    whose bytes differ are decoded, on both sides — every entry that changed or moved lies in
+    one, and an entry's old and new places in the same run of such stretches (its bucket's
+    entries are read one after another, and those between its places moved with it). A read
+    of another length (entries added or removed) is diffed against the last in full. No
+    entry is kept decoded between reads: the buffers are the map's state (a dict of the
+    service map's 60,000 entries held 9 MiB at 10,000 frontends, changed by every full read)."""
 
     keys: bytes = b""
     values: bytes = b""
-    entries: dict[bytes, bytes] = field(default_factory=dict)
 
     def diff(self, keys: bytes, values: bytes, key: struct.Struct, value: struct.Struct
              ) -> tuple[list[tuple[bytes, bytes]], list[bytes]] | None:
         """(entries added or changed, keys removed) since the last read; None: unchanged."""
         if keys == self.keys and values == self.values:
             return None
-        entries = self.entries
+        changed: list[tuple[bytes, bytes]] = []
+        removed: list[bytes] = []
         if len(keys) == len(self.keys) and len(values) == len(self.values):
-            # The stretches that differ: their entries now, against those last read, and the
-            # keys they held (the others' are in unchanged stretches, on both sides).
-            # Taken run by run (stretches that differ, one after another: an entry moves only
-            # within its bucket, and a bucket's entries are read one after another), so that
-            # what a read holds at once stays small.
+            # Run by run (stretches that differ, one after another), so that what a read
+            # holds at once stays small: the run's entries as last read and as read now.
             k, v = key.size * _CHUNK, value.size * _CHUNK
-            changed: list[tuple[bytes, bytes]] = []
-            removed: list[bytes] = []
-            held: set[bytes] = set()
-            found: set[bytes] = set()
+            was: dict[bytes, bytes] = {}
+            now: dict[bytes, bytes] = {}
             for i in range(0, len(keys) // key.size + _CHUNK, _CHUNK):
                 ks, vs = slice(i * key.size, i * key.size + k), slice(i * value.size,
                                                                      i * value.size + v)
                 if keys[ks] != self.keys[ks] or values[vs] != self.values[vs]:
-                    held.update(_split(self.keys[ks], key.size))
-                    for entry in _entries(keys[ks], values[vs], key, value).items():
-                        found.add(entry[0])
-                        if entries.get(entry[0]) != entry[1]:
-                            changed.append(entry)
-                elif held:  # a run ends
-                    removed += held - found
-                    held, found = set(), set()
+                    was.update(_entries(self.keys[ks], self.values[vs], key, value))
+                    now.update(_entries(keys[ks], values[vs], key, value))
+                elif was or now:  # a run ends
+                    _compare(was, now, changed, removed)
+                    was, now = {}, {}
         else:
-            new = _entries(keys, values, key, value)
-            changed = [entry for entry in new.items() if entries.get(entry[0]) != entry[1]]
-            removed = [gone for gone in entries if gone not in new]
-        entries.update(changed)
-        for gone in removed:
-            del entries[gone]
+            _compare(_entries(self.keys, self.values, key, value),
+                     _entries(keys, values, key, value), changed, removed)
         self.keys, self.values = keys, values
         return changed, removed
+
+
+def _compare(was: dict[bytes, bytes], now: dict[bytes, bytes],
+             changed: list[tuple[bytes, bytes]], removed: list[bytes]) -> None:
+    changed += [entry for entry in now.items() if was.get(entry[0]) != entry[1]]
+    removed += [gone for gone in was if gone not in now]
 
 
 def _describe(frontend: Frontend, entries: Mapping[int, bytes], backends: Mapping[int, bytes],

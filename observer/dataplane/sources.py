@@ -39,6 +39,7 @@ from observer.dataplane.model import (
     Reader,
 )
 from observer.dataplane.nftevents import EventsLost
+from observer.memory import give_back
 from observer.tasks import cancel_and_wait
 from observer.values import EndpointKey, Mode, ProxyMode, ServicePort, Timestamp
 
@@ -394,6 +395,8 @@ class DeltaPollingSource(_ReadingSource):
                     else:
                         install, started, ended, used = done
                         cost = self._install(install, started, ended, sink, used)
+                        del install, done  # the read's transient peak, given back:
+                        give_back()
                         if counted:
                             self.full_budget.record(cost)
                         self._selection.primed = counted = True

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -436,6 +437,57 @@ async def test_a_rollout_of_many_services_at_once_is_read_by_parts(bpffs: str) -
     finally:
         await cancel_and_wait(task)
         agent.close()
+
+
+def test_a_read_diffed_stretch_by_stretch_finds_what_a_full_compare_finds() -> None:
+    """``_Raw.diff`` decodes only the stretches of a read that differ from the last; checked
+    against a compare of every entry on a real hash map whose entries are changed, updated
+    in place (which moves them first in their bucket), removed and added, as the kernel
+    orders them."""
+    require_root()
+    rng = random.Random(17)
+    layout = SERVICE_KEY[4]
+    fd = bpf.map_create(bpf.MAP_TYPE_HASH, layout.size, SERVICE_VALUE.size, 8192, "obs_diff")
+    try:
+        def key(n: int) -> bytes:
+            return layout.pack(n.to_bytes(4, "big"), b"\x00\x50", n % 7, 6, 0)
+
+        def value(n: int) -> bytes:
+            return SERVICE_VALUE.pack(n, n % 5, 1, 0, 0, 0)
+
+        for n in range(3000):
+            bpf.update(fd, key(n), value(n))
+        raw = cilium._Raw()  # noqa: SLF001
+        assert raw.diff(*bpf.lookup_batch(fd, layout.size, SERVICE_VALUE.size), layout,
+                        SERVICE_VALUE) is not None
+        known = {key(n): value(n) for n in range(3000)}
+        sizes = set()
+        for round_ in range(40):
+            live = sorted(known)
+            for k in rng.sample(live, 60):  # changed, or updated unchanged: moved
+                known[k] = value(rng.randrange(1 << 20)) if rng.random() < 0.5 else known[k]
+                bpf.update(fd, k, known[k])
+            if round_ % 4 == 3:  # as many removed as added: the same length, other keys
+                for k in rng.sample(live, 20):
+                    bpf.delete(fd, k)
+                    del known[k]
+            if round_ % 4 in (1, 3):
+                for n in rng.sample(range(3000, 6000), 20):
+                    known[key(n)] = value(n)
+                    bpf.update(fd, key(n), value(n))
+            keys, values = bpf.lookup_batch(fd, layout.size, SERVICE_VALUE.size)
+            sizes.add(len(keys))
+            was = dict(zip(cilium._split(raw.keys, layout.size),  # noqa: SLF001
+                           cilium._split(raw.values, SERVICE_VALUE.size), strict=True))  # noqa: SLF001
+            diff = raw.diff(keys, values, layout, SERVICE_VALUE)
+            assert diff is not None
+            changed, removed = diff
+            assert dict(changed) == {k: v for k, v in known.items() if was.get(k) != v}
+            assert len(changed) == len(dict(changed))
+            assert sorted(removed) == sorted(was.keys() - known.keys())
+        assert len(sizes) > 1  # both paths: reads of the same and of another length
+    finally:
+        os.close(fd)
 
 
 def test_no_maps_pinned_is_a_clear_error(bpffs: str) -> None:
