@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubernetes_asyncio import client, config
-
 from bench import rss_mib
 from observer import logs
 from observer.agent import (
@@ -39,6 +37,7 @@ from observer.agent import (
 from observer.clock import SystemClock
 from observer.dataplane.memory import MemoryDataplane
 from observer.export.metrics import configure_exposition
+from observer.kube.connect import load_api_config
 from observer.kube.watch import WatchSettings
 
 
@@ -50,6 +49,10 @@ def serve_in_child(*args: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    # After observer's modules, as ``observer run`` has it: the parts the agent calls
+    # (observer/kube/imports.py), not all of kubernetes_asyncio.
+    from kubernetes_asyncio import client
+
     with tempfile.TemporaryDirectory() as tmp:
         kubeconfig = Path(tmp) / "kubeconfig"
         # spawn, not fork: the agent process must not carry the lab server's imports.
@@ -61,9 +64,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         proc.start()
         try:
             assert parent.recv() == "ready"
-            configuration = client.Configuration()
-            await config.load_kube_config(config_file=str(kubeconfig),
-                                          client_configuration=configuration)
+            configuration = await load_api_config(str(kubeconfig))
             clock = SystemClock()
             async with client.ApiClient(configuration) as api:
                 agent = await build_agent(
