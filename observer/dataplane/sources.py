@@ -249,6 +249,8 @@ class PollingSource(_ReadingSource):
                     self._selection.replace(read.selection(), self._at(started, precision),
                                             sink)
                     previous = started
+                del read  # the dump's parse, given back:
+                give_back()
             await self.sleep(max(0.0, self.budget.period(self.interval) - (now - started)))
 
 

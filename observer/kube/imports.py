@@ -35,7 +35,7 @@ def _deferred(name: str) -> ModuleType:
     Its parent must be registered already (finding a submodule imports its parent)."""
     spec = importlib.util.find_spec(name)
     if spec is None or spec.loader is None or spec.submodule_search_locations is None:
-        raise ImportError(f"{name} is not a package", name=name)
+        raise ImportError(f"no package {name} (is kubernetes_asyncio installed?)", name=name)
     loader = spec.loader
     package = importlib.util.module_from_spec(spec)
 
