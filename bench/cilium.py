@@ -275,7 +275,7 @@ async def measure(root: str, args: argparse.Namespace, go: Any, news: int) -> di
     loop.remove_reader(news)
     await cancel_and_wait(task)
     errors = []
-    changes = [(int(s), mono, precision) for s, mono, precision in seen.records()]
+    changes = seen.records()
     writes_of: dict[int, list[float]] = {}
     for s, at in written.records():
         writes_of.setdefault(s, []).append(at)

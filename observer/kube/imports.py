@@ -75,6 +75,5 @@ _PACKAGES = ("kubernetes_asyncio", "kubernetes_asyncio.client", "kubernetes_asyn
 _MODULES = ("exceptions", "configuration", "rest", "api_client", "api.core_v1_api",
             "api.discovery_v1_api")
 # What the agent and kubernetes_asyncio's config loaders take from ``client``.
-_NAMES = {"ApiException": "exceptions", "Configuration": "configuration",
-          "ApiClient": "api_client", "CoreV1Api": "api.core_v1_api",
-          "DiscoveryV1Api": "api.discovery_v1_api"}
+_NAMES = {"Configuration": "configuration", "ApiClient": "api_client",
+          "CoreV1Api": "api.core_v1_api", "DiscoveryV1Api": "api.discovery_v1_api"}

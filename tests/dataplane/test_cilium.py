@@ -477,8 +477,7 @@ def test_a_read_diffed_stretch_by_stretch_finds_what_a_full_compare_finds() -> N
                     bpf.update(fd, key(n), value(n))
             keys, values = bpf.lookup_batch(fd, layout.size, SERVICE_VALUE.size)
             sizes.add(len(keys))
-            was = dict(zip(cilium._split(raw.keys, layout.size),  # noqa: SLF001
-                           cilium._split(raw.values, SERVICE_VALUE.size), strict=True))  # noqa: SLF001
+            was = cilium._entries(raw.keys, raw.values, layout, SERVICE_VALUE)  # noqa: SLF001
             diff = raw.diff(keys, values, layout, SERVICE_VALUE)
             assert diff is not None
             changed, removed = diff
