@@ -470,7 +470,10 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     scenario = args.command == "lab" and args.lab_command is None
     # The lab's agents would log every episode; its report is the point, so warnings only.
-    logs.configure(args.log_format, level=logging.WARNING if scenario else logging.INFO)
+    # The agent's log is its output (stdout, as a DaemonSet's); every other command's output
+    # is its result (JSON with --json), so what is logged there goes to stderr.
+    logs.configure(args.log_format, level=logging.WARNING if scenario else logging.INFO,
+                   stream=sys.stdout if args.command == "run" else sys.stderr)
     from observer.export.metrics import configure_exposition  # prometheus_client: not for --help
 
     configure_exposition()

@@ -1,8 +1,9 @@
 """structlog set-up, done once by the command's entry point.
 
-JSON lines when stdout is not a terminal (what log collectors expect from a DaemonSet), a
+JSON lines when the stream is not a terminal (what log collectors expect from a DaemonSet), a
 readable console format on a terminal. Standard-library loggers (aiohttp, kubernetes_asyncio,
-asyncio) are routed through the same processors so every line has one shape.
+asyncio) and Python's warnings are routed through the same processors so every line has one
+shape, on one stream: the agent's stdout; stderr for the commands whose stdout is a result.
 """
 
 from __future__ import annotations
@@ -47,5 +48,6 @@ def configure(fmt: LogFormat = "auto", *, level: int = logging.INFO,
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)  # warnings.warn() of any library: a log line like the rest
     # aiohttp's access log is one line per scrape; the agent's own lines say what matters.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

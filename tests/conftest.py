@@ -112,6 +112,17 @@ def require_tool(name: str) -> str:
     return found
 
 
+def without_capabilities() -> list[str]:
+    """A command prefix that runs the rest as root with no capability at all (``setpriv``
+    empties the bounding and inheritable sets, so ``execve`` grants root none; no new
+    privileges after). The user stays root: the checkout and its ``.venv`` stay readable
+    whatever their mode, as they must for a root user's clone in ``/root`` (mode 0700, which
+    ``nobody`` could not enter); what is missing is exactly the capabilities."""
+    require_root()
+    return [require_tool("setpriv"), "--inh-caps=-all", "--bounding-set=-all",
+            "--no-new-privs"]
+
+
 def missing(message: str) -> NoReturn:
     """Something the test needs is absent: skip on a developer machine, fail in CI."""
     if IN_CI:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -32,8 +34,7 @@ class CommandRunner:
             return list(command)
         return ["ip", "netns", "exec", self.netns, *command]
 
-    async def _spawn(self, command: Sequence[str], *,
-                     stdin: bool = False) -> asyncio.subprocess.Process:
+    async def _spawn(self, command: Sequence[str], *, stdin: bool = False) -> _Child:
         argv = self.argv(command)
         # Cancelling create_subprocess_exec while it connects the pipes can leave it waiting
         # forever for the process it killed (CPython gh-103847 and gh-125502, fixed only in
@@ -42,10 +43,10 @@ class CommandRunner:
             *argv, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, limit=1024 * 1024))
         try:
-            return await asyncio.shield(start)
+            return _Child.of(await asyncio.shield(start))
         except asyncio.CancelledError:
             with contextlib.suppress(OSError):
-                await _reap(await asyncio.shield(start))
+                await _reap(_Child.of(await asyncio.shield(start)))
             raise
         except FileNotFoundError:
             raise CommandError("missing_tool", f"{argv[0]} is not installed") from None
@@ -54,7 +55,8 @@ class CommandRunner:
 
     async def run(self, command: Sequence[str], *, stdin: bytes | None = None) -> bytes:
         """Run to completion (feeding ``stdin``); the whole stdout, or ``CommandError``."""
-        proc = await self._spawn(command, stdin=stdin is not None)
+        child = await self._spawn(command, stdin=stdin is not None)
+        proc = child.proc
         if stdin is not None:
             assert proc.stdin is not None
             proc.stdin.write(stdin)
@@ -66,7 +68,7 @@ class CommandRunner:
             raise CommandError("timeout", f"{command[0]} did not finish in {self.timeout} s"
                                ) from None
         finally:
-            await _reap(proc)
+            await _reap(child)
         if proc.returncode != 0:
             text = stderr.decode(errors="replace").strip()[:500]
             reason = ("permission" if "ermission denied" in text or "not permitted" in text
@@ -96,7 +98,8 @@ class CommandRunner:
         """stdout as it is written, in pieces of whole lines (a large dump is never held
         whole; the last piece may lack its newline), within the same timeout and output bound
         as ``run``; a non-zero exit raises at the end."""
-        proc = await self._spawn(command)
+        child = await self._spawn(command)
+        proc = child.proc
         assert proc.stdout is not None
         assert proc.stderr is not None
         loop = asyncio.get_running_loop()
@@ -134,7 +137,7 @@ class CommandRunner:
                                    f"{command[0]} exited {proc.returncode}: {text}")
         finally:
             await cancel_and_wait(stderr_task)
-            await _reap(proc)
+            await _reap(child)
 
     async def lines(self, command: Sequence[str]) -> AsyncGenerator[bytes, None]:
         """stdout line by line (each with its newline but perhaps the last), as ``chunks``."""
@@ -149,12 +152,12 @@ class CommandRunner:
     @contextlib.asynccontextmanager
     async def stream(self, command: Sequence[str]) -> AsyncIterator[asyncio.StreamReader]:
         """A long-running command's stdout (``nft monitor``); the process ends with the block."""
-        proc = await self._spawn(command)
+        child = await self._spawn(command)
         try:
-            assert proc.stdout is not None
-            yield proc.stdout
+            assert child.proc.stdout is not None
+            yield child.proc.stdout
         finally:
-            await _reap(proc)
+            await _reap(child)
 
 
 async def _head(stream: asyncio.StreamReader, limit: int) -> bytes:
@@ -165,17 +168,58 @@ async def _head(stream: asyncio.StreamReader, limit: int) -> bytes:
     return kept
 
 
-async def _reap(proc: asyncio.subprocess.Process) -> None:
+@dataclass(frozen=True)
+class _Child:
+    """A started command, and a pidfd naming it (``pidfd_open(2)``, Linux 5.3) to signal it.
+
+    Never ``Process.kill()``: it calls ``Popen.send_signal()``, which first polls the child
+    with ``waitpid(WNOHANG)`` (CPython 3.9+); a child that has just exited is reaped by that
+    poll, asyncio's child watcher's own ``waitpid`` then fails, and it reports the exit
+    status as 255 ("Unknown child process pid N", ../shared/BRIEF.md §9). A pidfd keeps
+    naming its process whoever reaps it: signalling one that has exited is ``ESRCH``, never a
+    reap, never another process that reused the pid. Where the kernel has no pidfds
+    (``pidfd`` is None and the process not yet reaped), ``kill(2)`` by pid: it does not reap
+    either; the pid can only be reused once the watcher has reaped it, which sets the
+    return code one loop step later, a window that needs the system's whole pid range to be
+    used up within it."""
+
+    proc: asyncio.subprocess.Process
+    pidfd: int | None
+
+    @classmethod
+    def of(cls, proc: asyncio.subprocess.Process) -> _Child:
+        try:
+            return cls(proc, os.pidfd_open(proc.pid))
+        except ProcessLookupError:  # exited and reaped already: nothing left to signal
+            return cls(proc, None)
+        except OSError:  # no pidfds here (ENOSYS before Linux 5.3, or a seccomp filter)
+            return cls(proc, None)
+
+    def kill(self) -> None:
+        """SIGKILL, unless its exit is known; without reaping it."""
+        if self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            else:
+                os.kill(self.proc.pid, signal.SIGKILL)
+
+
+async def _reap(child: _Child) -> None:
     """Kill (if still running) and wait. What is left in the pipes is read and dropped first:
     asyncio pauses a pipe whose reader fell behind, a paused pipe never reports its end, and
     ``wait()`` waits for the pipes' ends as well as for the exit."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-    if proc.stdin is not None:
-        proc.stdin.close()
-    for pipe in (proc.stdout, proc.stderr):
-        if pipe is not None:
-            while await pipe.read(1024 * 1024):
-                pass
-    await proc.wait()
+    proc = child.proc
+    try:
+        child.kill()
+        if proc.stdin is not None:
+            proc.stdin.close()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                while await pipe.read(1024 * 1024):
+                    pass
+        await proc.wait()
+    finally:
+        if child.pidfd is not None:
+            os.close(child.pidfd)

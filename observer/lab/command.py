@@ -11,17 +11,20 @@ import json
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from observer.clock import SystemClock
+from observer.dataplane.commands import ERROR_REASONS
 from observer.lab.config import LabConfig
 from observer.lab.report import render_svg, render_text, render_verify
 from observer.lab.results import compare, pair
 from observer.lab.scenario import Lab, LabRun
 from observer.report.command import ReportOptions, report
 from observer.tasks import cancel_and_wait
+from observer.traffic.source import ERROR_REASONS as TRAFFIC_ERROR_REASONS
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ async def lab_command(options: LabOptions, *, stop: asyncio.Event, out: TextIO =
     for number in range(1, runs + 1):
         progress = Progress(err, f"run {number} of {runs}: " if runs > 1 else "")
         try:
-            code, result, advice = await _one(options, config, stop=stop, err=err,
+            code, result, advice = await _one(options, config, stop=stop, out=out, err=err,
                                                progress=progress)
         finally:
             progress.done()
@@ -110,11 +113,31 @@ def _applied(config: LabConfig, result: dict[str, Any]) -> LabConfig | None:
                                added_prestop=max(config.added_prestop, float(seconds)))
 
 
-async def _one(options: LabOptions, config: LabConfig, *, stop: asyncio.Event, err: TextIO,
-               progress: Progress) -> tuple[int, dict[str, Any], str]:
+def _agent_errors(run: LabRun) -> dict[str, dict[str, int]]:
+    """The agents' own error counters, summed over the nodes, by reason: a run without
+    injected faults has none (a failed read or a lost event would show here first)."""
+    totals: dict[str, dict[str, int]] = {}
+    for family, reasons in (("dataplane", ERROR_REASONS), ("traffic", TRAFFIC_ERROR_REASONS)):
+        name = f"endpoint_propagation_{family}_errors_total"
+        totals[family] = {reason: int(sum(
+            n.agent.registry.get_sample_value(name, {"reason": reason}) or 0
+            for n in run.nodes if n.agent)) for reason in reasons}
+    return totals
+
+
+def _announcer(options: LabOptions, out: TextIO, err: TextIO) -> Callable[[str], None]:
+    """Where --serve says where the lab is (its kubeconfig, each agent's URL): stdout, but
+    stderr when stdout is for the JSON result alone."""
+    if not options.serve:
+        return lambda _: None
+    stream = err if options.as_json else out
+    return lambda line: print(line, file=stream, flush=True)
+
+
+async def _one(options: LabOptions, config: LabConfig, *, stop: asyncio.Event, out: TextIO,
+               err: TextIO, progress: Progress) -> tuple[int, dict[str, Any], str]:
     lab = Lab(config, clock=SystemClock(), progress=progress,
-              announce=(lambda line: print(line, flush=True)) if options.serve
-              else lambda _: None)
+              announce=_announcer(options, out, err))
     serving = asyncio.Event()
     advice, advice_problems = io.StringIO(), io.StringIO()
 
@@ -162,6 +185,7 @@ async def _one(options: LabOptions, config: LabConfig, *, stop: asyncio.Event, e
                      "ingress_delay": str(config.ingress_delay),
                      "terminal_pod_watch": config.terminal_pod_watch}
     result["traffic"] = run.traffic
+    result["agent_errors"] = _agent_errors(run)
     options.svg.parent.mkdir(parents=True, exist_ok=True)
     options.svg.write_text(render_svg(pair(measured, run.truth.episodes)[0]))
     result["timeline"] = str(options.svg.resolve())

@@ -18,6 +18,7 @@ from observer.clock import SystemClock
 from observer.lab.config import Delay, LabConfig
 from observer.lab.results import compare
 from observer.lab.scenario import Lab
+from tests import noisy
 from tests.conftest import require_root
 
 SMALL = LabConfig(nodes=2, deletions=8, prestop=1.0, app_exit=Delay(0.1, 0.3), spacing=0.3,
@@ -109,11 +110,13 @@ def test_bad_flags_are_refused_plainly(flags: list[str], message: str) -> None:
 
 
 def test_json_report(tmp_path: Any) -> None:
-    result = observer("--log-format", "json", "lab", "--dataplane", "memory", "--nodes", "2",
-                      "--deletions", "4", "--prestop", "1", "--json",
-                      "--svg", str(tmp_path / "t.svg"))
+    # With the libraries warning as it runs: stdout is the JSON document and nothing else.
+    result = noisy.observer("--log-format", "json", "lab", "--dataplane", "memory", "--nodes",
+                            "2", "--deletions", "4", "--prestop", "1", "--json",
+                            "--svg", str(tmp_path / "t.svg"))
     assert result.returncode == 0, result.stderr
-    document = json.loads(result.stdout[result.stdout.index("{\n"):])
+    assert all(mark in result.stderr for mark in noisy.MARKS), result.stderr
+    document = json.loads(result.stdout)
     assert set(document) >= {"truth", "measured", "errors", "unsafe", "recommendation"}
     assert set(document["measured"]["stages"]) == {"controller", "dataplane", "total"}
     assert document["timeline"] == str(tmp_path / "t.svg")
@@ -127,17 +130,18 @@ async def test_interrupted_serve_cleans_up() -> None:
         "--dataplane", "nftables", "--nodes", "2", "--deletions", "200",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ})
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    logged = asyncio.create_task(proc.stderr.read())  # the log lines keep coming
     try:
-        assert proc.stdout is not None
         announced: list[str] = []
         while len(announced) < 3:  # the kubeconfig, then one URL per agent
             line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().strip()
             assert line, "the lab ended before announcing itself"
-            if not line.startswith("{"):
-                announced.append(line)
+            announced.append(line)  # stdout carries these alone: the log is on stderr
         assert announced[0].endswith("kubeconfig")
         assert all(url.startswith("http://127.0.0.1:") for url in announced[1:])
-        drain = asyncio.create_task(proc.stdout.read())  # the log lines keep coming
+        drain = asyncio.create_task(proc.stdout.read())
         proc.send_signal(signal.SIGINT)  # in the middle of the deletions
         assert await asyncio.wait_for(proc.wait(), 60) == 130
         await drain
@@ -145,6 +149,7 @@ async def test_interrupted_serve_cleans_up() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        await logged
     prefix = announced[0].split("/")[-2]  # .../observer-lab-XXXX/kubeconfig
     assert prefix.startswith("observer-lab-")
     assert not await asyncio.to_thread(os.path.exists, announced[0])

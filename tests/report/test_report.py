@@ -24,6 +24,7 @@ from observer.lab.apiserver.registry import WriteOptions
 from observer.lab.apiserver.server import ApiServer
 from observer.report.command import ReportOptions, report
 from observer.report.histograms import Histogram
+from tests import noisy
 from tests.cli_options import actions, commands
 from tests.report.test_prometheus import free_port
 
@@ -375,6 +376,19 @@ async def test_every_agent_is_read_however_they_are_given(
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert json.loads(out)["recommendation"]["source"].startswith("2 agent(s),")
+
+
+async def test_json_is_the_whole_stdout_whatever_the_libraries_log(
+        agents: Agents, apiserver: ApiServer, kubeconfig: Path) -> None:
+    url = await agents.add(observations(controller=[0.1] * 30, dataplane=[0.2] * 30))
+    proc = await asyncio.create_subprocess_exec(
+        *noisy.argv("--log-format", "json", "report", "--agent", url, "--kubeconfig",
+                    str(kubeconfig), "--json"),
+        cwd=noisy.REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert all(mark in err.decode() for mark in noisy.MARKS), err.decode()
+    assert json.loads(out)["recommendation"]["source"].startswith("1 agent(s),")
 
 
 def test_no_option_that_takes_several_values_keeps_only_the_last_use() -> None:

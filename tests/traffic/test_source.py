@@ -30,7 +30,11 @@ from observer.traffic import conntrack
 from observer.traffic.source import ConntrackSource, TrafficError, open_conntrack
 from observer.values import Timestamp
 from tests.agent.harness import key, until
-from tests.conftest import REPO, client_configuration, require_root, require_tool
+from tests.conftest import (
+    REPO,
+    client_configuration,
+    without_capabilities,
+)
 from tests.netns import Netns
 from tests.traffic.topology import Topology
 
@@ -183,8 +187,6 @@ async def test_conntrack_not_loaded_is_said_and_counted(netns: Netns, tmp_path: 
 
 
 def test_without_cap_net_admin_it_is_a_permission_error() -> None:
-    require_root()
-    setpriv = require_tool("setpriv")
     probe = ("import asyncio\n"
              "from observer.clock import SystemClock\n"
              "from observer.traffic.source import TrafficError, open_conntrack\n"
@@ -196,9 +198,8 @@ def test_without_cap_net_admin_it_is_a_permission_error() -> None:
              "    except TrafficError as error:\n"
              "        print('error', error.reason, error)\n"
              "asyncio.run(main())\n")
-    result = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
-                             sys.executable, "-c", probe], cwd=REPO, capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run([*without_capabilities(), sys.executable, "-c", probe], cwd=REPO,
+                            capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert "counted permission" in result.stdout
     assert "error permission" in result.stdout
