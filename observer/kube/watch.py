@@ -252,7 +252,7 @@ class ResourceWatch:
             if not isinstance(body, dict) or not isinstance(body.get("items"), list):
                 raise ValueError(f"{self.resource} list response is not a list")
             meta = body.get("metadata") or {}
-            self.sink.list_page(body["items"], first=first)
+            self._hand(self.sink.list_page, body["items"], first=first)
             del body
             first = False
             token = meta.get("continue") or ""
@@ -261,10 +261,22 @@ class ResourceWatch:
                 break
         self._version = version
         self._alive, self._catch_up = self.clock.monotonic(), None
-        self.sink.listed(relist=self._listed_once)
+        self._hand(self.sink.listed, relist=self._listed_once)
         self._listed_once = True
         self.synced.set()
         self.last_event_wall = self.clock.wall()
+
+    def _hand(self, call: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Hand a list's page, or its end, to the sink. A failure there is the sink's, not the
+        connection's: listing again would fail the same way, for ever (a ``ValueError`` once
+        did, taken for a malformed response). Counted and logged; the list goes on with what
+        the sink made of the page before it failed."""
+        try:
+            call(*args, **kwargs)
+        except Exception as error:
+            self.metrics.invalid_input(self.resource, "unhandled")
+            log.exception("list could not be handled: went on", resource=self.resource,
+                          step=call.__name__, error=repr(error))
 
     async def _mark_catch_up(self) -> None:
         """Before resuming after a gap: where the events that happened during it end (the

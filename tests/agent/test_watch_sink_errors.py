@@ -76,3 +76,38 @@ async def test_a_failure_handling_an_event_is_counted_and_the_stream_goes_on(
     failures = [e for e in logs if e["event"] == "watch event could not be handled: skipped"]
     assert [(f["object"], f["log_level"]) for f in failures] == [("default/trouble", "error")] * 2
     assert all("a bug the object triggers" in f["error"] for f in failures)
+
+
+class FailsOnAListedPod(FailsOnOnePod):
+    """The same bug, met in a list's page."""
+
+    def list_page(self, items: list[dict[str, Any]], *, first: bool) -> None:
+        names = [item["metadata"]["name"] for item in items]
+        if "trouble" in names:
+            raise ValueError("a bug a listed object triggers")
+        self.seen.extend(names)
+
+
+async def test_a_failure_handling_a_list_is_counted_and_the_watch_goes_on(
+        apiserver: ApiServer, kubeconfig: Path) -> None:
+    # A ValueError out of the sink during a list was once taken for a malformed response:
+    # listed again, failed again, for ever, and no event was ever watched.
+    cluster, sink, counts = Cluster(apiserver), FailsOnAListedPod(), Counts()
+    cluster.create_pod("trouble", "node-a", "10.0.0.1")
+    async with client.ApiClient(await client_configuration(kubeconfig)) as api:
+        watch = ResourceWatch(resource="pods", request=client.CoreV1Api(
+            api).list_pod_for_all_namespaces, sink=sink, metrics=counts, clock=SystemClock(),
+            settings=WatchSettings(backoff_initial=0.01, backoff_max=0.05))
+        with capture_logs() as logs:
+            task = asyncio.create_task(watch.run())
+            try:
+                await watch.synced.wait()
+                cluster.create_pod("after", "node-a", "10.0.0.2")
+                await until(lambda: "after" in sink.seen, "an event after the failed list")
+            finally:
+                await cancel_and_wait(task)
+    assert counts.restarts == []
+    assert counts.invalid == [("pods", "unhandled")]
+    failures = [e for e in logs if e["event"] == "list could not be handled: went on"]
+    assert [(f["step"], f["log_level"]) for f in failures] == [("list_page", "error")]
+    assert "a bug a listed object triggers" in failures[0]["error"]
