@@ -142,12 +142,12 @@ class Topology(contextlib.ExitStack):
 
 
 class Recording(TrafficBook):
-    """The book the tracker holds, with the agent's metrics as its sink, also noting each
+    """The book the agent makes, with the agent's metrics as its observer, also noting each
     connection's delay from the kernel."""
 
     def __init__(self, listener: Any) -> None:
         self.registry = CollectorRegistry()
-        super().__init__(window=600.0, sink=AgentMetrics(self.registry, proxy_mode="nftables"),
+        super().__init__(window=600.0, observers=AgentMetrics(self.registry, proxy_mode="nftables"),
                          listener=listener)
         self.delays: list[float] = []
 
@@ -176,12 +176,13 @@ async def measure(topology: Topology, args: argparse.Namespace, *, exact: bool
     source = await open_conntrack(topology.node, clock=SystemClock(), errors=errors)
     book = Recording(source)
     for i in range(args.followed):
-        book.start(Episode(
+        followed = Episode(
             key=EndpointKey(ServicePort("bench", f"svc{i}", "http", "TCP"), followed_ip(i),
                             PORT), cause="deletion", local=False, pod="", pod_uid="",
             not_ready=Timestamp(time.monotonic(), time.time(), "slice_watch", 0.0),
-            stopped=Timestamp(time.monotonic(), time.time(), "pod_watch", 0.0)),
-            time.monotonic())  # stopped pods: each connection counts as it comes
+            stopped=Timestamp(time.monotonic(), time.time(), "pod_watch", 0.0))
+        book.started(followed, time.monotonic())  # as the tracker tells it: stopped pods,
+        book.stopped(followed)  # each connection counts as it comes
     task = asyncio.create_task(source.run(book))
     try:
         while len(source.filtered) != args.followed:  # noqa: ASYNC110 (one loop turn)

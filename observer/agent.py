@@ -19,10 +19,12 @@ from observer.dataplane.cilium import DEFAULT_BPF_ROOT
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.detect import Requested, open_source
 from observer.dataplane.model import DataplaneSource
+from observer.episodes.observers import EpisodeObserver, Observers
 from observer.episodes.sinks import PodSink, SliceSink, TerminalPodSink
 from observer.episodes.slices import SliceView
 from observer.episodes.tracker import EpisodeTracker
 from observer.episodes.traffic import TrafficBook
+from observer.export.log import EpisodeLog
 from observer.export.metrics import AgentMetrics, DataplaneHealth, StateCollector, TrafficHealth
 from observer.export.server import AgentHttp
 from observer.kube.watch import Requester, ResourceWatch, WatchSettings
@@ -188,18 +190,22 @@ class Agent:
         self.registry = registry
         self.metrics = AgentMetrics(self.registry, proxy_mode=self.proxy_mode)
         self.catalog = slices  # the merged slice view, as the dataplane readers see it
+        self.traffic = traffic
+        observers: list[EpisodeObserver] = [self.metrics, EpisodeLog()]
+        # What connections did to the episodes' endpoints, when a traffic source follows them.
+        self.book: TrafficBook | None = None
+        if traffic is not None:
+            self.book = TrafficBook(window=config.traffic.window, listener=traffic,
+                                    observers=Observers(observers))
+            observers.append(self.book)
         self.tracker = EpisodeTracker(
-            node_name=config.node_name, clock=clock, sink=self.metrics, slices=slices,
+            node_name=config.node_name, clock=clock, observers=observers, slices=slices,
             measure_dataplane=dataplane is not None,
             dataplane_selected=dataplane.selected if dataplane is not None else None,
             dataplane_expect=dataplane.expect if dataplane is not None else None,
             ttl=config.episode_ttl, max_in_flight=config.max_in_flight,
             keep_finished=config.keep_finished,
             max_stage_uncertainty=config.max_stage_uncertainty)
-        self.traffic = traffic
-        if traffic is not None:
-            self.tracker.traffic = TrafficBook(window=config.traffic.window, sink=self.metrics,
-                                               listener=traffic)
         sinks: dict[str, SliceSink | PodSink] = {sink.resource: sink for sink in (
             SliceSink(self.tracker, self.metrics), PodSink(self.tracker, self.metrics),
             TerminalPodSink(self.tracker, self.metrics))}
@@ -248,8 +254,8 @@ class Agent:
         jobs = [*(w.run() for w in self.watches), self._housekeeping()]
         if self.dataplane is not None:
             jobs.append(self.dataplane.run(self.tracker.dataplane_changed))
-        if self.traffic is not None and self.tracker.traffic is not None:
-            jobs.append(self.traffic.run(self.tracker.traffic))
+        if self.traffic is not None and self.book is not None:
+            jobs.append(self.traffic.run(self.book))
         tasks = [asyncio.create_task(job) for job in jobs]
         stopper = asyncio.create_task(stop.wait())
         failed: BaseException | None = None

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from observer.dataplane.model import DataplaneChange
 from observer.episodes.model import AbandonReason, Episode
+from observer.episodes.observers import EpisodeObserver
 from observer.episodes.tracker import EpisodeTracker
 from observer.kube.objects import ContainerState, Endpoint, EndpointSlice, Pod, PortRef
 from observer.values import EndpointKey, ServicePort
@@ -16,7 +17,7 @@ KEY = EndpointKey(SP, "10.0.0.1", 80)
 
 
 @dataclass
-class Recorder:
+class Recorder(EpisodeObserver):
     finished_episodes: list[Episode] = field(default_factory=list)
     abandoned_reasons: list[AbandonReason] = field(default_factory=list)
     shutdowns: list[tuple[float, int]] = field(default_factory=list)
@@ -56,7 +57,7 @@ def pod(*, deleting: bool = False, terminated: bool = False, node: str = "node-a
 
 
 def tracker(clock: ManualClock, recorder: Recorder, *, dataplane: bool = True) -> EpisodeTracker:
-    return EpisodeTracker(node_name="node-a", clock=clock, sink=recorder,
+    return EpisodeTracker(node_name="node-a", clock=clock, observers=[recorder],
                           measure_dataplane=dataplane)
 
 
@@ -118,7 +119,7 @@ def test_a_deletion_never_seen_on_the_pods_node_is_partial(clock: ManualClock) -
 
 def test_a_stage_within_the_uncertainty_is_timed(clock: ManualClock) -> None:
     rec = Recorder()
-    t = EpisodeTracker(node_name="node-a", clock=clock, sink=rec, measure_dataplane=True,
+    t = EpisodeTracker(node_name="node-a", clock=clock, observers=[rec], measure_dataplane=True,
                        max_stage_uncertainty=0.05)
     t.slices_listed([eps(node="node-b")], t.now("slice_watch"), relist=False)
     clock.advance(1)
@@ -281,7 +282,7 @@ def test_own_pods_are_left_to_the_pod_watch(clock: ManualClock) -> None:
 
 def test_remote_stops_are_bounded(clock: ManualClock) -> None:
     rec = Recorder()
-    t = EpisodeTracker(node_name="node-a", clock=clock, sink=rec, measure_dataplane=True,
+    t = EpisodeTracker(node_name="node-a", clock=clock, observers=[rec], measure_dataplane=True,
                        max_in_flight=3, ttl=10)
     for i in range(5):
         t.pod_terminal(pod(node="node-b", uid=f"u{i}"), t.now("pod_watch"))
@@ -296,7 +297,8 @@ def test_the_dataplane_is_told_what_the_slices_expect_of_it(clock: ManualClock) 
     """Every endpoint the slices now say should be selected or not (what a source that reads
     by parts reads closely): Ready, or serving and terminating in a port with none Ready."""
     expected: list[tuple[EndpointKey, bool]] = []
-    t = EpisodeTracker(node_name="node-a", clock=clock, sink=Recorder(), measure_dataplane=True,
+    t = EpisodeTracker(node_name="node-a", clock=clock, observers=[Recorder()],
+                       measure_dataplane=True,
                        dataplane_expect=lambda key, selected: expected.append((key, selected)))
     other = EndpointKey(SP, "10.0.1.0", 80)
     t.slices_listed([eps()], t.now("slice_watch"), relist=False)

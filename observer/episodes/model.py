@@ -34,10 +34,11 @@ AFTERS: tuple[After, ...] = ("not_ready", "stopped")
 
 @dataclass(slots=True)
 class Traffic:
-    """What connection tracking showed reach an episode's endpoint from its ``not_ready`` on,
-    until its traffic window closed (``--traffic-window`` after the episode ended, or earlier
-    when the address went to a new endpoint). Connections before ``not_ready`` are not seen:
-    the kernel filter lets an endpoint's events through only once its episode has started."""
+    """What connection tracking showed reach an episode's endpoint, until its traffic window
+    closed (``--traffic-window`` after the episode ended, or earlier when the address went to a
+    new endpoint): from its ``not_ready`` on, and before it those that came after the pod's
+    stop (its addresses are followed from the first sign of the pod's end this node has: its
+    deletion or its stop; ``observer.episodes.traffic``)."""
 
     connections: dict[tuple[Origin, After], int] = field(default_factory=dict)
     last: dict[Origin, Timestamp] = field(default_factory=dict)  # the last new connection

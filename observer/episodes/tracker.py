@@ -20,47 +20,31 @@ legitimately stays in the dataplane until the pod stops; the episode is marked `
 and its dataplane stage is not reported as slowness.
 
 Slice events enter through the merged view of the slices (``observer.episodes.slices``), which
-is also the service catalog the dataplane readers are handed.
+is also the service catalog the dataplane readers are handed. What happens to episodes is told
+to the observers the tracker is built with (``observer.episodes.observers``).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable, Sequence
 
 from observer.clock import Clock
 from observer.dataplane.model import DataplaneChange
 from observer.episodes.model import AbandonReason, Episode
+from observer.episodes.observers import EpisodeObserver, Observers
 from observer.episodes.pods import PodNews, PodRecord, PodRecords, RemoteStop
 from observer.episodes.slices import Merged, SliceView, Update, routed
 from observer.episodes.stages import time_stages
-from observer.episodes.traffic import TrafficBook
 from observer.kube.objects import Endpoint, EndpointSlice, Pod
 from observer.values import EndpointKey, Source, Timestamp
 
 _RECENT_DROP_SECONDS = 30.0  # how long a dataplane removal waits for its slice update
 
 
-class EpisodeSink(Protocol):
-    """Where the tracker's results go (the exporter, a log line, a test)."""
-
-    def finished(self, episode: Episode) -> None: ...
-
-    def abandoned(self, reason: AbandonReason, episode: Episode | None) -> None: ...
-
-    def fallback(self, episode: Episode) -> None: ...
-
-    def pod_shutdown(self, seconds: float, killed: int, prestop: float | None) -> None:
-        """A deleted pod's containers all ended ``seconds`` after its deletion was seen;
-        ``prestop``: its longest preStop hook, when known."""
-
-    def invalid_input(self, resource: str, reason: str) -> None: ...
-
-
 class EpisodeTracker:
-    def __init__(self, *, node_name: str, clock: Clock, sink: EpisodeSink,
-                 measure_dataplane: bool,
+    def __init__(self, *, node_name: str, clock: Clock,
+                 observers: Sequence[EpisodeObserver], measure_dataplane: bool,
                  dataplane_selected: Callable[[EndpointKey], bool | None] | None = None,
                  dataplane_expect: Callable[[EndpointKey, bool], None] | None = None,
                  ttl: float = 600.0, max_in_flight: int = 10_000,
@@ -69,7 +53,9 @@ class EpisodeTracker:
         self.node_name = node_name
         self.max_stage_uncertainty = max_stage_uncertainty
         self.clock = clock
-        self.sink = sink
+        # Told of every episode's life (observer.episodes.observers): the metrics, the log,
+        # the traffic book when connections are followed.
+        self.observers = Observers(observers)
         self.measure_dataplane = measure_dataplane
         self.dataplane_selected = dataplane_selected
         # Told of every endpoint the slices now say should be (or no longer be) selected (a
@@ -83,9 +69,6 @@ class EpisodeTracker:
         self.pods = PodRecords(node_name=node_name, ttl=ttl, max_remote=max_in_flight)
         self._episodes_by_pod: dict[str, set[EndpointKey]] = {}
         self._recent_drops: dict[EndpointKey, Timestamp] = {}
-        # Connections to the episodes' endpoints, when a traffic source follows them (the agent
-        # sets it once that source is open).
-        self.traffic: TrafficBook | None = None
 
     # timestamps ----------------------------------------------------------------------------
 
@@ -108,7 +91,7 @@ class EpisodeTracker:
 
     def _apply(self, update: Update, at: Timestamp, *, relist: bool) -> None:
         for reason in update.invalid:
-            self.sink.invalid_input("endpointslices", reason)
+            self.observers.invalid_input("endpointslices", reason)
         for change in update.changes:
             now = routed(change.after)
             if self.dataplane_expect is not None:
@@ -124,13 +107,13 @@ class EpisodeTracker:
 
     def _transition(self, key: EndpointKey, before: Endpoint | None, after: Endpoint | None,
                     at: Timestamp, *, relist: bool) -> None:
-        if self.traffic is not None and after is not None and after.ready:
-            self.traffic.ready((key.ip, key.port, key.service_port.protocol))
+        if after is not None and after.ready:
+            self.observers.address_ready((key.ip, key.port, key.service_port.protocol))
         episode = self.episodes.get(key)
         if episode is None:
             if before is not None and before.ready and (after is None or not after.ready):
                 if relist:
-                    self.sink.abandoned("watch_gap", None)
+                    self.observers.abandoned("watch_gap", None)
                 else:
                     self._start(key, before, after, at)
             return
@@ -148,7 +131,7 @@ class EpisodeTracker:
             if (episode is not None and not episode.fallback and episode.dataplane is None
                     and selected and not merged[key].ready):
                 episode.fallback = True
-                self.sink.fallback(episode)
+                self.observers.fallback(episode)
                 self._maybe_finish(episode)
 
     # episodes --------------------------------------------------------------------------------
@@ -164,7 +147,7 @@ class EpisodeTracker:
         if not self.measure_dataplane and not (local and deleting):
             return  # nothing this node can time for it
         if len(self.episodes) >= self.max_in_flight:
-            self.sink.abandoned("in_flight_cap", None)
+            self.observers.abandoned("in_flight_cap", None)
             return
         pod = f"{ref.pod_namespace}/{ref.pod_name}" if ref.pod_name else ""
         episode = Episode(key=key, cause="deletion" if deleting else "not_ready", local=local,
@@ -172,6 +155,7 @@ class EpisodeTracker:
         self.episodes[key] = episode
         if uid:
             self._episodes_by_pod.setdefault(uid, set()).add(key)
+        self.observers.started(episode, self.clock.monotonic())
         if record is not None:
             self._apply_record(episode, record)
         remote = self.pods.remote_stop(uid) if uid else None
@@ -179,8 +163,6 @@ class EpisodeTracker:
             self._apply_remote_stop(episode, remote)
         if after is None:
             self._stop(episode, at)
-        if self.traffic is not None:
-            self.traffic.start(episode, self.clock.monotonic())
         dropped = self._recent_drops.pop(key, None)
         if dropped is not None:
             episode.dataplane = dropped
@@ -208,8 +190,7 @@ class EpisodeTracker:
     def _stop(self, episode: Episode, at: Timestamp) -> None:
         if episode.stopped is None:
             episode.stopped = at
-            if self.traffic is not None:
-                self.traffic.stopped(episode)
+            self.observers.stopped(episode)
             self._maybe_finish(episode)
 
     def _maybe_finish(self, episode: Episode) -> None:
@@ -230,17 +211,15 @@ class EpisodeTracker:
         episode.ended = True
         self._forget(episode)
         self.finished.append(episode)
-        self.sink.finished(episode)
-        if self.traffic is not None:
-            self.traffic.ended(episode, self.clock.monotonic())
+        self.observers.finished(episode)
+        self.observers.ended(episode, self.clock.monotonic())
 
     def _abandon(self, episode: Episode, reason: AbandonReason) -> None:
         episode.abandoned, episode.ended = reason, True
         self._forget(episode)
         self.finished.append(episode)
-        if self.traffic is not None:
-            self.traffic.ended(episode, self.clock.monotonic())  # closes its window now
-        self.sink.abandoned(reason, episode)
+        self.observers.abandoned(reason, episode)
+        self.observers.ended(episode, self.clock.monotonic())
 
     def _forget(self, episode: Episode) -> None:
         self.episodes.pop(episode.key, None)
@@ -256,8 +235,8 @@ class EpisodeTracker:
         self._apply_pods(self.pods.listed(pods, at, relist=relist))
 
     def pod_changed(self, pod: Pod, at: Timestamp) -> None:
-        if self.traffic is not None and pod.deletion_timestamp is not None:
-            self.traffic.ending(pod.ips, at.mono)
+        if pod.deletion_timestamp is not None:
+            self.observers.pod_ending(pod.ips, at.mono)
         self._apply_pods(self.pods.changed(pod, at))
 
     def pod_deleted(self, pod: Pod, at: Timestamp) -> None:
@@ -266,7 +245,7 @@ class EpisodeTracker:
     def _apply_pods(self, news: list[PodNews]) -> None:
         for uid, record, shutdown in news:
             if shutdown is not None:
-                self.sink.pod_shutdown(*shutdown)
+                self.observers.pod_shutdown(*shutdown)
             for key in list(self._episodes_by_pod.get(uid, ())):
                 episode = self.episodes.get(key)
                 if episode is not None:
@@ -288,8 +267,8 @@ class EpisodeTracker:
         stop = self.pods.remote_stopped(pod, at, gap=gap)
         if stop is None:
             return
-        if self.traffic is not None and not gap:
-            self.traffic.ending(pod.ips, at.mono)
+        if not gap:
+            self.observers.pod_ending(pod.ips, at.mono)
         for key in list(self._episodes_by_pod.get(pod.uid, ())):
             episode = self.episodes.get(key)
             if episode is not None:
@@ -324,5 +303,4 @@ class EpisodeTracker:
         self._recent_drops = {k: t for k, t in self._recent_drops.items()
                               if now - t.mono <= _RECENT_DROP_SECONDS}
         self.pods.expire(now)
-        if self.traffic is not None:
-            self.traffic.expire(now)
+        self.observers.expire(now)

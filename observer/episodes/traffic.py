@@ -5,9 +5,10 @@ window closes: ``window`` seconds after the episode ended (finished: connections
 arrive after the pod stopped are the failures the preStop exists to prevent, and a slow
 consumer may keep sending for a while), at once when it was abandoned, or earlier when the
 address becomes Ready again for a new endpoint (a reused pod IP: what reaches it then is the
-new pod's). The traffic source (``observer.traffic``) is told whenever the set changes (its
-kernel filter follows it) and, on the pod's node, when the pod stopped (it then counts the
-connections still open to it: cut).
+new pod's). The book observes the tracker's episodes (``observer.episodes.observers``); the
+traffic source (``observer.traffic``) is told whenever the set changes (its kernel filter
+follows it) and, on the pod's node, when the pod stopped (it then counts the connections still
+open to it: cut); what the connections did goes to the book's own observers.
 
 One connection is counted once in the metrics, whatever the number of episodes at its address
 (one pod port behind two service ports); each of those episodes records it.
@@ -17,9 +18,9 @@ EndpointSlice controller): the connections that fail then come before the episod
 a pod's addresses are followed from the first sign of its end this node has — its deletion
 seen (pod's node), its stop (any node: the pod watch, the watch on terminal pods) — and what
 arrives before an episode starts is held (``_Early``, at most ``EARLY_HOLD`` seconds and
-``EARLY_LIMIT`` connections an address); when the episode starts, the held connections that
-came after the pod's stop are its connections ``after="stopped"`` (the others came while it
-still ran, before its removal: not counted).
+``EARLY_LIMIT`` connections an address); when the episode's pod is seen stopped, the held
+connections that came after the stop are its connections ``after="stopped"`` (the others came
+while it still ran, before its removal: not counted).
 
 Which moment a connection came after is decided against the stop reading, and that reading can
 be applied a little after a connection it precedes (a watch event read, then handled after a
@@ -36,9 +37,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from observer.episodes.model import After, Episode, Origin, Traffic
+from observer.episodes.observers import Address, EpisodeObserver, TrafficObserver
 from observer.values import Connection
 
-Address = tuple[str, int, str]  # endpoint address, port, protocol
 EARLY_HOLD = 60.0
 EARLY_LIMIT = 10_000
 HOLD = 0.5
@@ -57,7 +58,7 @@ def address_of(episode: Episode) -> Address:
 
 
 class TrafficListener(Protocol):
-    """The traffic source, as the tracker sees it."""
+    """The traffic source, as the book sees it."""
 
     def endpoints_changed(self) -> None:
         """The followed endpoints changed (``TrafficBook.endpoints``)."""
@@ -67,19 +68,14 @@ class TrafficListener(Protocol):
         the count to ``TrafficBook.cut_counted``."""
 
 
-class TrafficSink(Protocol):
-    def connection(self, origin: Origin, after: After) -> None: ...
+class TrafficBook(EpisodeObserver):
+    """Observes the episodes, is told of connections by the traffic source (``connection``,
+    ``lost``, ``cut_counted``), tells ``observers`` what they did."""
 
-    def connections_cut(self, count: int) -> None: ...
-
-    def traffic_closed(self, episode: Episode) -> None:
-        """The episode's traffic window closed: its record is final."""
-
-
-class TrafficBook:
-    def __init__(self, *, window: float, sink: TrafficSink, listener: TrafficListener) -> None:
+    def __init__(self, *, window: float, observers: TrafficObserver,
+                 listener: TrafficListener) -> None:
         self.window = window
-        self.sink = sink
+        self.observers = observers
         self.listener = listener
         self.following: dict[Address, list[Episode]] = {}
         self.early: dict[str, _Early] = {}  # pod address -> what came before its episodes
@@ -92,8 +88,10 @@ class TrafficBook:
         return [*((ip, port) for ip, port, _ in self.following),
                 *((ip, None) for ip in self.early)]
 
-    def ending(self, ips: tuple[str, ...], now: float) -> None:
-        """A pod's end is near or here (deletion seen, or stopped): follow its addresses."""
+    # EpisodeObserver ---------------------------------------------------------------------
+
+    def pod_ending(self, ips: tuple[str, ...], now: float) -> None:
+        """Follow the pod's addresses from now."""
         added = False
         for ip in ips:
             if ip not in self.early:
@@ -102,40 +100,65 @@ class TrafficBook:
         if added:
             self.listener.endpoints_changed()
 
-    def start(self, episode: Episode, now: float) -> None:
-        """Follow the episode's endpoint; call it once the episode knows what the pod records
-        say (deleted, stopped): connections held for its address that came after the stop
-        are its first failures. (Knowing that much may already have ended it.)"""
+    def started(self, episode: Episode, now: float) -> None:
+        """Follow the episode's endpoint."""
         episode.traffic = Traffic()
         address = address_of(episode)
         followed = address in self.following
         self.following.setdefault(address, []).append(episode)
+        if not followed:
+            self.listener.endpoints_changed()
+
+    def stopped(self, episode: Episode) -> None:
+        """Connections held for its address since before the episode started that came after
+        the stop are its first failures; those held for its stop count now; on the pod's
+        node, the TCP connections still open are counted (once per address)."""
+        if episode.traffic is None or episode.stopped is None:
+            return
+        address = address_of(episode)
         early = self.early.get(address[0])
-        if early is not None and episode.stopped is not None:
+        if early is not None:
             stop = episode.stopped.mono
             for connection in early.held:
                 if connection.at.mono >= stop and (connection.port, connection.protocol) == \
                         address[1:]:
                     self._count(connection, [episode])
-        if not followed:
-            self.listener.endpoints_changed()
-        if episode.stopped is not None:
-            self.stopped(episode)
-        if episode.ended:
-            self.ended(episode, now)
-
-    def stopped(self, episode: Episode) -> None:
-        """The tracker saw the pod stop: the connections held for its stop count now; on the
-        pod's node, the TCP connections still open are counted (once per address)."""
-        if episode.traffic is None:
-            return
         self._release(lambda _, episodes: episode in episodes)
-        if not episode.local or address_of(episode)[2] != "TCP":
+        if not episode.local or address[2] != "TCP":
             return
-        address = address_of(episode)
         if all(e is episode or e.stopped is None or not e.local
                for e in self.following.get(address, ())):
             self.listener.count_open(address)
+
+    def ended(self, episode: Episode, now: float) -> None:
+        if episode.traffic is None:
+            return
+        if episode.abandoned is not None:
+            self._close(episode)  # at once: nothing of it is measured
+        else:
+            episode.traffic.closes_at = now + self.window
+
+    def address_ready(self, address: Address) -> None:
+        """The windows of ended episodes at the address close now (in-flight ones are
+        abandoned by the tracker as ``ready_again``)."""
+        for episode in list(self.following.get(address, ())):
+            if episode.ended:
+                self._close(episode)
+
+    def expire(self, now: float) -> None:
+        self._release(lambda connection, _: connection.at.mono <= now - HOLD)
+        due = [e for episodes in self.following.values() for e in episodes
+               if e.traffic is not None and e.traffic.closes_at is not None
+               and e.traffic.closes_at <= now]
+        for episode in due:
+            self._close(episode)
+        gone = [ip for ip, early in self.early.items() if early.expires <= now]
+        for ip in gone:
+            del self.early[ip]
+        if gone:
+            self.listener.endpoints_changed()
+
+    # From the traffic source (observer.traffic.source.Connections) ------------------------
 
     def cut_counted(self, address: Address, count: int) -> None:
         counted = False
@@ -144,22 +167,7 @@ class TrafficBook:
                 episode.traffic.cut = count
                 counted = True
         if counted and count:
-            self.sink.connections_cut(count)
-
-    def ended(self, episode: Episode, now: float) -> None:
-        if episode.traffic is None:
-            return
-        if episode.abandoned is not None:
-            self._close(episode)
-        else:
-            episode.traffic.closes_at = now + self.window
-
-    def ready(self, address: Address) -> None:
-        """The address is Ready again, for a new endpoint: the windows of ended episodes at it
-        close now (in-flight ones are abandoned by the tracker as ``ready_again``)."""
-        for episode in list(self.following.get(address, ())):
-            if episode.ended:
-                self._close(episode)
+            self.observers.connections_cut(count)
 
     def connection(self, connection: Connection) -> None:
         episodes = self.following.get((connection.ip, connection.port, connection.protocol))
@@ -187,7 +195,7 @@ class TrafficBook:
             traffic.last[origin] = connection.at
             counted = counted or after
         if counted is not None:
-            self.sink.connection(origin, counted)
+            self.observers.connection(origin, counted)
 
     def lost(self) -> None:
         """Events were lost: every followed episode's counts are low bounds from now on."""
@@ -206,19 +214,6 @@ class TrafficBook:
                 kept.append((connection, episodes))
         self._held = kept
 
-    def expire(self, now: float) -> None:
-        self._release(lambda connection, _: connection.at.mono <= now - HOLD)
-        due = [e for episodes in self.following.values() for e in episodes
-               if e.traffic is not None and e.traffic.closes_at is not None
-               and e.traffic.closes_at <= now]
-        for episode in due:
-            self._close(episode)
-        gone = [ip for ip, early in self.early.items() if early.expires <= now]
-        for ip in gone:
-            del self.early[ip]
-        if gone:
-            self.listener.endpoints_changed()
-
     def _close(self, episode: Episode) -> None:
         address = address_of(episode)
         episodes = self.following.get(address, [])
@@ -231,4 +226,4 @@ class TrafficBook:
             self.listener.endpoints_changed()
         assert episode.traffic is not None
         episode.traffic.closed = True
-        self.sink.traffic_closed(episode)
+        self.observers.traffic_closed(episode)

@@ -29,9 +29,9 @@ from observer.episodes.model import (
     Episode,
     Origin,
 )
+from observer.episodes.observers import EpisodeObserver, TrafficObserver
 from observer.kube.watch import RESTART_REASONS
 from observer.traffic.source import ERROR_REASONS as TRAFFIC_ERROR_REASONS
-from observer.values import join_host_port
 
 log = structlog.get_logger("observer.export")
 
@@ -54,7 +54,7 @@ def configure_exposition() -> None:
     disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
-class AgentMetrics:
+class AgentMetrics(EpisodeObserver, TrafficObserver):
     """Counters and histograms the agent updates as things happen."""
 
     def __init__(self, registry: CollectorRegistry, *, proxy_mode: str) -> None:
@@ -163,7 +163,7 @@ class AgentMetrics:
             for invalid in INVALID_INPUT_REASONS:
                 self.invalid_input_total.labels(resource, invalid)
 
-    # EpisodeSink -----------------------------------------------------------------------------
+    # EpisodeObserver -------------------------------------------------------------------------
 
     def finished(self, episode: Episode) -> None:
         for stage, seconds in episode.stages.items():
@@ -178,11 +178,8 @@ class AgentMetrics:
         outcome = episode.outcome
         assert outcome is not None, "a finished episode has ended"
         self._outcomes[outcome].inc()
-        if episode.traffic is None:
-            log.info("episode finished", **_log_fields(episode))
-        # else the canonical line waits for its connections: traffic_closed
 
-    # TrafficSink -------------------------------------------------------------------------------
+    # TrafficObserver ---------------------------------------------------------------------------
 
     def connection(self, origin: Origin, after: After) -> None:
         self._connections[origin, after].inc()
@@ -192,26 +189,20 @@ class AgentMetrics:
 
     def traffic_closed(self, episode: Episode) -> None:
         if episode.abandoned is not None:
-            return  # its line was written when it was abandoned; nothing of it is measured
+            return  # nothing of it is measured
         traffic = episode.traffic
         assert traffic is not None
         if episode.local and episode.deleted is not None:
             for origin, at in traffic.last.items():
                 self.last_connection.labels(origin).observe(
                     max(0.0, at.mono - episode.deleted.mono))
-        log.info("episode finished", **_log_fields(episode))
 
     def abandoned(self, reason: AbandonReason, episode: Episode | None) -> None:
         self.abandoned_total.labels(reason).inc()
         self._outcomes["abandoned"].inc()
-        if episode is not None:
-            log.info("episode abandoned", reason=reason, **_log_fields(episode))
-        else:
-            log.info("episode abandoned before it started", reason=reason)
 
     def fallback(self, episode: Episode) -> None:
         self.fallback_total.inc()
-        log.info("endpoint kept by kube-proxy fallback", endpoint=str(episode.key))
 
     def pod_shutdown(self, seconds: float, killed: int, prestop: float | None) -> None:
         self.pod_shutdown_seconds.observe(seconds)
@@ -283,38 +274,6 @@ class TrafficHealth:
 
     def traffic_error(self, reason: str) -> None:
         self.traffic_errors_total.labels(reason).inc()
-
-
-def _log_fields(episode: Episode) -> dict[str, object]:
-    """The canonical line for one episode: everything about it, flat."""
-    fields: dict[str, object] = {
-        "service": str(episode.key.service_port),
-        "endpoint": join_host_port(episode.key.ip, episode.key.port),
-        "pod": episode.pod, "local": episode.local, "cause": episode.cause,
-        "fallback": episode.fallback, "unsafe": episode.unsafe,
-    }
-    fields.update({f"{stage}_seconds": round(v, 6) for stage, v in episode.stages.items()})
-    fields.update({f"{stage}_unmeasured": why for stage, why in episode.unmeasured.items()})
-    if episode.unsafe_window is not None:
-        fields["unsafe_window_seconds"] = round(episode.unsafe_window, 6)
-    if episode.headroom is not None:
-        fields["headroom_seconds"] = round(episode.headroom, 6)
-    traffic = episode.traffic
-    if traffic is not None:
-        for after in AFTERS:
-            fields[f"connections_after_{after}"] = traffic.count(after)
-        for origin in ORIGINS:
-            fields[f"connections_{origin}"] = sum(n for (o, _), n in traffic.connections.items()
-                                                  if o == origin)
-        start = episode.deleted or episode.not_ready
-        if traffic.last:
-            fields["last_connection_seconds"] = round(
-                max(t.mono for t in traffic.last.values()) - start.mono, 6)
-        if traffic.cut is not None:
-            fields["connections_cut"] = traffic.cut
-        if traffic.lost:
-            fields["traffic_events_lost"] = True
-    return fields
 
 
 class StateCollector(Collector):

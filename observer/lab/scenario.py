@@ -380,8 +380,8 @@ class Lab:
         await self._until(lambda: all(b.settled for b in self.backends), "ingress caught up",
                           self.config.ingress_delay.high + 30)
         await self.clients.stop()
-        await self._until(lambda: all(n.agent is not None and n.agent.tracker.traffic is not None
-                                      and not n.agent.tracker.traffic.following
+        await self._until(lambda: all(n.agent is not None and n.agent.book is not None
+                                      and not n.agent.book.following
                                       for n in run.nodes), "traffic windows closed",
                           self.config.ingress_delay.high + TRAFFIC_SLACK + 30)
         pod_nodes = {server.ip: node.name for node in run.nodes

@@ -36,7 +36,7 @@ from observer.dataplane.commands import CommandError
 from observer.dataplane.model import DataplaneParseError
 from observer.dataplane.netlink import in_namespace, netlink_socket
 from observer.dataplane.nlwire import DATAGRAM, messages
-from observer.episodes.traffic import Address, TrafficBook
+from observer.episodes.observers import Address
 from observer.tasks import cancel_and_wait
 from observer.traffic import conntrack
 from observer.values import Connection, Timestamp
@@ -56,6 +56,21 @@ _ERROR_CODE = struct.Struct("=i")  # struct nlmsgerr's error: a negative errno, 
 _MAX_BACKDATE = 5.0
 _RETRY_SECONDS = 1.0
 _BATCH = 256  # datagrams read before the event loop gets a turn
+
+
+class Connections(Protocol):
+    """Where the source delivers (the agent's ``TrafficBook``)."""
+
+    def endpoints(self) -> list[tuple[str, int | None]]:
+        """What to let through: (address, port), port None for any."""
+
+    def connection(self, connection: Connection) -> None: ...
+
+    def lost(self) -> None:
+        """Events were lost: the counts of what is followed are low bounds from now."""
+
+    def cut_counted(self, address: Address, count: int) -> None:
+        """The count ``count_open`` asked for."""
 
 
 class TrafficErrors(Protocol):
@@ -134,7 +149,8 @@ async def _open(netns: str | None, *, clock: Clock, errors: TrafficErrors,
 
 
 class ConntrackSource:
-    """Made by ``open_conntrack``; ``run`` follows what a ``TrafficBook`` asks for."""
+    """Made by ``open_conntrack``; ``run`` follows what its ``Connections`` ask for, and is
+    their ``TrafficListener`` (``observer.episodes.traffic``)."""
 
     def __init__(self, events: socket.socket, dumps: socket.socket, *, clock: Clock,
                  errors: TrafficErrors) -> None:
@@ -151,7 +167,7 @@ class ConntrackSource:
         self._refilter_due = False
         self._counts: asyncio.Queue[Address] = asyncio.Queue()
         self._seq = 0
-        self._book: TrafficBook | None = None
+        self._book: Connections | None = None
         self._retry: asyncio.Future[None] | None = None
 
     def close(self) -> None:
@@ -186,7 +202,7 @@ class ConntrackSource:
 
     # running ----------------------------------------------------------------------------------
 
-    async def run(self, book: TrafficBook) -> None:
+    async def run(self, book: Connections) -> None:
         """Deliver new connections to ``book`` (and the counts it asks for) until cancelled."""
         self._endpoints = book.endpoints
         self._refilter()
@@ -196,7 +212,7 @@ class ConntrackSource:
         finally:
             await cancel_and_wait(counting)
 
-    async def _receive(self, book: TrafficBook) -> None:
+    async def _receive(self, book: Connections) -> None:
         """Read in the event loop's reader callback (``_readable``): each wake-up drains what
         is queued, without a task switch per wake-up — on these machines a bare asyncio
         wake-up through an Event and a task cost twice the callback's CPU
@@ -238,7 +254,7 @@ class ConntrackSource:
                 return
             self._deliver(book, size)
 
-    def _deliver(self, book: TrafficBook, size: int) -> None:
+    def _deliver(self, book: Connections, size: int) -> None:
         mono, wall = self.clock.monotonic(), self.clock.wall()
         self.datagrams += 1
         try:
@@ -253,7 +269,7 @@ class ConntrackSource:
             self._error("garbage", f"conntrack event unreadable: {error}")
             book.lost()
 
-    async def _count_loop(self, book: TrafficBook) -> None:
+    async def _count_loop(self, book: Connections) -> None:
         while True:
             address = await self._counts.get()
             try:

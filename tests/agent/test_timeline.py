@@ -86,7 +86,7 @@ async def test_timeline_draws_the_episodes(env: AgentEnv, clock: ManualClock) ->
 async def test_timeline_shows_the_connections(env: AgentEnv, clock: ManualClock) -> None:
     """The connections an episode's traffic record holds (what conntrack events put there:
     tests/traffic run them on the real kernel) are drawn and counted in the table."""
-    book = env.agent.tracker.traffic
+    book = env.agent.book
     assert book is not None, "traffic is followed wherever the agent runs as root"
     await two_episodes(env, clock)
 

@@ -21,6 +21,7 @@ from observer.clock import SystemClock
 from observer.dataplane.netlink import enter_namespace
 from observer.dataplane.nlwire import HEADER, attribute
 from observer.episodes.model import After, Episode, Origin
+from observer.episodes.observers import TrafficObserver
 from observer.episodes.traffic import TrafficBook
 from observer.lab.apiserver.server import ApiServer
 from observer.lab.apps import Sockets
@@ -41,7 +42,7 @@ from tests.traffic.topology import Topology
 POD, OTHER = "10.100.0.4", "10.100.0.5"
 
 
-class Recorder:
+class Recorder(TrafficObserver):
     def __init__(self) -> None:
         self.connections: list[tuple[Origin, After]] = []
         self.closed: list[Episode] = []
@@ -84,10 +85,11 @@ def topology(topology: Topology) -> Topology:
 
 @contextlib.asynccontextmanager
 async def following(source: ConntrackSource, *ips: str) -> AsyncIterator[list[Episode]]:
-    book = TrafficBook(window=60.0, sink=Recorder(), listener=source)
+    book = TrafficBook(window=60.0, observers=Recorder(), listener=source)
     episodes = [episode(ip) for ip in ips]
-    for e in episodes:
-        book.start(e, 0.0)
+    for e in episodes:  # as the tracker tells it
+        book.started(e, 0.0)
+        book.stopped(e)
     task = asyncio.create_task(source.run(book))
     try:
         await until(lambda: source.filtered == {(ip, 8080) for ip in ips}, "filter installed")
@@ -213,9 +215,10 @@ async def test_garbage_and_truncated_events_are_counted_and_the_next_one_read() 
     dumps, _ = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     dumps.setblocking(False)  # the count of open connections it asks for is never answered
     source = ConntrackSource(ours, dumps, clock=SystemClock(), errors=errors)
-    book = TrafficBook(window=60.0, sink=Recorder(), listener=source)
+    book = TrafficBook(window=60.0, observers=Recorder(), listener=source)
     followed = episode(POD)
-    book.start(followed, 0.0)
+    book.started(followed, 0.0)
+    book.stopped(followed)
     good = _event(POD, 8080)
     task = asyncio.create_task(source.run(book))
     try:
@@ -251,11 +254,12 @@ async def test_the_filter_matches_address_and_port_in_both_families(netns: Netns
     netns.nft("add table inet t\nadd chain inet t c { type filter hook output priority 0 ; }\n"
               "add rule inet t c ct state new counter\n")
     source = await open_conntrack(netns.name, clock=SystemClock(), errors=Errors())
-    book = TrafficBook(window=60.0, sink=Recorder(), listener=source)
+    book = TrafficBook(window=60.0, observers=Recorder(), listener=source)
     followed = {(ip, port): episode(ip, port) for ip, port in (("127.0.0.1", 8081),
                                                                  ("::1", 8083))}
     for e in followed.values():
-        book.start(e, 0.0)
+        book.started(e, 0.0)
+        book.stopped(e)
     task = asyncio.create_task(source.run(book))
     sockets = Sockets(netns.name)
     try:
