@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from observer.episodes.model import After, Episode, Origin
 from observer.episodes.observers import Address, TrafficObserver
-from observer.episodes.traffic import HOLD, TrafficBook
 from observer.episodes.tracker import EpisodeTracker
+from observer.episodes.traffic import HOLD, TrafficBook
 from observer.values import Connection
 from tests.conftest import ManualClock
 from tests.test_tracker import eps, pod
@@ -137,7 +137,8 @@ def test_the_open_connections_are_counted_once_when_the_pod_stops(clock: ManualC
     assert w.source.counts == [ADDRESS]
     w.book.cut_counted(ADDRESS, 3)
     (episode,) = w.tracker.finished
-    assert episode.traffic is not None and episode.traffic.cut == 3
+    assert episode.traffic is not None
+    assert episode.traffic.cut == 3
     assert w.told.cut == [3]
 
 
@@ -153,7 +154,8 @@ def test_the_window_closes_after_the_episode_ends(clock: ManualClock) -> None:
     assert w.told.closed == []
     w.tick(1)
     assert w.told.closed == [episode]
-    assert episode.traffic is not None and episode.traffic.closed
+    assert episode.traffic is not None
+    assert episode.traffic.closed
     assert episode.traffic.connections == {("forwarded", "stopped"): 1}
     assert ("10.0.0.1", 80) not in w.book.endpoints()
     assert w.source.changes > changes  # the kernel filter follows the set
@@ -182,4 +184,5 @@ def test_lost_events_make_every_followed_record_a_low_bound(clock: ManualClock) 
     w.removed()
     w.book.lost()
     (episode,) = w.tracker.episodes.values()
-    assert episode.traffic is not None and episode.traffic.lost
+    assert episode.traffic is not None
+    assert episode.traffic.lost
