@@ -28,17 +28,12 @@ from typing import Any
 
 from bench import rss_mib
 from observer import logs
-from observer.agent import (
-    AgentConfig,
-    TrafficSettings,
-    build_agent,
-    given,
-)
+from observer.agent import build_agent, given
 from observer.clock import SystemClock
+from observer.config import AgentConfig, TrafficSettings, WatchSettings
 from observer.dataplane.memory import MemoryDataplane
 from observer.export.metrics import configure_exposition
 from observer.kube.connect import load_api_config
-from observer.kube.watch import WatchSettings
 
 
 def serve_in_child(*args: Any) -> None:

@@ -46,7 +46,6 @@ from typing import Any
 
 import observer.agent  # noqa: F401  (the agent's modules, in the RSS as `observer run` has them)
 from bench import rss_mib
-from observer.cli import collect_garbage_rarely
 from observer.clock import SystemClock
 from observer.dataplane.cilium import CiliumChanges, CiliumMaps, CiliumReader
 from observer.dataplane.model import DataplaneChange
@@ -56,6 +55,7 @@ from observer.episodes.slices import routed
 from observer.kube.objects import Endpoint
 from observer.lab.cilium import ACTIVE, TERMINATING, CiliumAgent
 from observer.lab.results import quantile
+from observer.memory import collect_garbage_rarely
 from observer.tasks import cancel_and_wait
 from observer.values import EndpointKey, ServicePort
 

@@ -40,8 +40,9 @@ from typing import Any
 from bench import rss_mib
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
-from observer.dataplane.detect import open_source, reader_for
+from observer.dataplane.mode import Wiring
 from observer.dataplane.model import DataplaneChange
+from observer.dataplane.modes import named, open_source
 from observer.dataplane.sources import MonitorSource
 from observer.lab.rules import ServicePortRules, iptables_sync, nft_sync
 from observer.tasks import cancel_and_wait
@@ -151,8 +152,8 @@ async def bench_mode(mode: str, services: int, per: int, samples: int,
         # (a) bare dump vs read + parse, best of 3 each
         bare, full = [], []
         backend = None if mode == "nftables" else mode.split("-")[1]
-        reader = reader_for("nftables" if mode == "nftables" else "iptables",
-                            backend, runner)  # type: ignore[arg-type]
+        reader = named("nftables" if mode == "nftables" else "iptables").reader(
+            Wiring(runner=runner, options={}, backend=backend))  # type: ignore[arg-type]
         for _ in range(3):
             t = time.monotonic()
             subprocess.run(runner.argv(dump_command(mode)),  # noqa: ASYNC221 - timed alone
@@ -174,9 +175,8 @@ async def bench_mode(mode: str, services: int, per: int, samples: int,
                           "ratio": round(min(full) / min(bare), 2)}
         # (b) latency and (d) RSS
         arrivals: asyncio.Queue[tuple[float, DataplaneChange]] = asyncio.Queue()
-        source = await open_source("nftables" if mode == "nftables" else "iptables",
-                                   runner=runner, clock=SystemClock(), metrics=Health(),
-                                   poll_interval=0.1, poll_max_cpu=0.1)
+        source = await open_source("nftables" if mode == "nftables" else "iptables", Wiring(
+            runner=runner, options={}, clock=SystemClock(), metrics=Health()))
         bursts: list[float] = []
         if isinstance(source, MonitorSource):
             # When a whole burst of events is in hand: the internal latency starts here (for

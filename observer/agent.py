@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry
 
 from observer.clock import Clock
-from observer.dataplane.cilium import DEFAULT_BPF_ROOT
+from observer.config import AgentConfig, DataplaneSettings
 from observer.dataplane.commands import CommandRunner
-from observer.dataplane.detect import Requested, open_source
+from observer.dataplane.mode import Wiring
 from observer.dataplane.model import DataplaneSource
+from observer.dataplane.modes import open_source
 from observer.episodes.observers import EpisodeObserver, Observers
 from observer.episodes.sinks import PodSink, SliceSink, TerminalPodSink
 from observer.episodes.slices import SliceView
@@ -27,7 +28,7 @@ from observer.episodes.traffic import TrafficBook
 from observer.export.log import EpisodeLog
 from observer.export.metrics import AgentMetrics, DataplaneHealth, StateCollector, TrafficHealth
 from observer.export.server import AgentHttp
-from observer.kube.watch import Requester, ResourceWatch, WatchSettings
+from observer.kube.watch import Requester, ResourceWatch
 from observer.tasks import cancel_and_wait
 from observer.traffic.source import ConntrackSource, TrafficError, open_conntrack
 from observer.values import ProxyMode
@@ -75,48 +76,6 @@ def watch_requests(api: client.ApiClient, node_name: str, *,
 
 
 @dataclass(frozen=True)
-class DataplaneSettings:
-    """Which dataplane to read and how (``--dataplane``, ``--netns``, ``--bpf-root``,
-    ``--dataplane-poll-*``)."""
-
-    mode: Requested | Literal["none"] = "auto"
-    netns: str | None = None
-    bpf_root: str = DEFAULT_BPF_ROOT  # where bpffs is mounted (Cilium's pinned maps)
-    poll_interval: float = 0.1
-    poll_max_cpu: float = 0.1
-
-
-@dataclass(frozen=True)
-class TrafficSettings:
-    """Whether to follow connections to terminating endpoints (``--traffic``): ``auto`` does
-    when this node allows it and says why not otherwise; ``on`` refuses to start without it.
-    ``window``: seconds an ended episode's endpoint is still followed (``--traffic-window``)."""
-
-    mode: Literal["auto", "on", "off"] = "auto"
-    window: float = 60.0
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    node_name: str
-    listen: tuple[str, int] = ("127.0.0.1", 9809)
-    episode_ttl: float = 600.0
-    max_in_flight: int = 10_000
-    # Seconds: a stage whose watch readings are less precise than this is not observed.
-    max_stage_uncertainty: float = 0.05
-    keep_finished: int = 500
-    debug_endpoints: bool = True
-    housekeeping_interval: float = 1.0
-    shutdown_timeout: float = 5.0
-    # Watch terminal pods of every node, so this node learns when a remote pod stopped (else
-    # only from the slice, a controller reaction later: more missed unsafe terminations).
-    terminal_pod_watch: bool = True
-    watch: WatchSettings = field(default_factory=WatchSettings)
-    dataplane: DataplaneSettings = field(default_factory=DataplaneSettings)
-    traffic: TrafficSettings = field(default_factory=TrafficSettings)
-
-
-@dataclass(frozen=True)
 class DataplaneWiring:
     """What a dataplane source is opened with: its settings, the clock, the metrics of its
     reads, and the catalog of services the slices name (to name what the rules do not)."""
@@ -136,11 +95,11 @@ async def open_dataplane(wiring: DataplaneWiring) -> DataplaneSource | None:
     settings = wiring.settings
     if settings.mode == "none":
         return None
-    return await open_source(
-        settings.mode, runner=CommandRunner(netns=settings.netns), clock=wiring.clock,
-        metrics=wiring.health, poll_interval=settings.poll_interval,
+    return await open_source(settings.mode, Wiring(
+        runner=CommandRunner(netns=settings.netns), options=settings.options,
+        clock=wiring.clock, metrics=wiring.health, poll_interval=settings.poll_interval,
         poll_max_cpu=settings.poll_max_cpu, known_services=wiring.catalog.service_port_names,
-        candidates=wiring.catalog.service_ports_of, bpf_root=settings.bpf_root)
+        candidates=wiring.catalog.service_ports_of))
 
 
 def given(source: DataplaneSource) -> OpenDataplane:

@@ -1,28 +1,26 @@
-"""The ``observer`` command: parses flags, reads the environment, wires the pieces together."""
+"""The ``observer`` command: parses flags, reads the environment, makes the settings, and
+hands them to the command (``observer.commands``, ``observer.report.command``,
+``observer.lab.command``)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gc
-import json
 import logging
 import os
 import re
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import structlog
-
 from observer import __version__, logs
-from observer.clock import SystemClock
+from observer.commands.dataplane import dump
+from observer.commands.run import run
+from observer.config import AgentConfig, DataplaneSettings, TrafficSettings, WatchSettings
+from observer.dataplane import modes
+from observer.memory import collect_garbage_rarely
 from observer.values import join_host_port, split_host_port
-
-log = structlog.get_logger("observer")
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -55,18 +53,23 @@ non_negative_float = _number(float, "a number", zero=True)
 non_negative_int = _number(int, "a whole number", zero=True)
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    """A flag's default from its ``OBSERVER_*`` environment variable."""
+D = TypeVar("D")
+
+
+def _env(name: str, default: D = None) -> str | D:  # type: ignore[assignment]
+    """A flag's default from its ``OBSERVER_*`` environment variable (text, which argparse
+    converts with the flag's type), else the settings' own default."""
     return os.environ.get(f"OBSERVER_{name}", default)
 
 
-def _stop_on_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(f"OBSERVER_{name}")
+    return default if value is None else value == "true"
 
 
 def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    defaults = AgentConfig(node_name="")
+    dataplane, traffic = defaults.dataplane, defaults.traffic
     run = commands.add_parser(
         "run", help="the node agent (the DaemonSet's entry point)",
         description="Watch EndpointSlices and this node's pods, time every endpoint removal, "
@@ -77,97 +80,102 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                           "~/.kube/config)")
     run.add_argument("--node-name", default=_env("NODE_NAME", os.environ.get("NODE_NAME")),
                      help="this node's name (default: $NODE_NAME, set from the downward API)")
-    run.add_argument("--dataplane",
-                     choices=("auto", "iptables", "nftables", "ipvs", "cilium", "none"),
-                     default=_env("DATAPLANE", "auto"),
-                     help="which service dataplane to read: kube-proxy's modes, or 'cilium' "
-                          "(its kube-proxy replacement's BPF maps); default: detect; 'none' "
-                          "measures the controller stage only")
-    run.add_argument("--bpf-root", default=_env("BPF_ROOT", "/sys/fs/bpf"),
-                     help="where the BPF filesystem is mounted: Cilium's maps are pinned "
-                          "under its tc/globals (default /sys/fs/bpf)")
+    run.add_argument("--dataplane", choices=("auto", *modes.NAMES, "none"),
+                     default=_env("DATAPLANE", dataplane.mode),
+                     help="which service dataplane to read: "
+                          + "; ".join(f"'{m.name}', {m.about}" for m in modes.MODES)
+                          + "; default: detect; 'none' measures the controller stage only")
+    _add_mode_options(run, environment=True)
     run.add_argument("--netns", default=_env("NETNS"),
                      help="read this named network namespace's dataplane instead of the "
                           "agent's own (ip netns exec)")
     run.add_argument("--dataplane-poll-interval", type=positive_float,
-                     default=float(_env("DATAPLANE_POLL_INTERVAL", "0.1") or 0.1),
+                     default=_env("DATAPLANE_POLL_INTERVAL", dataplane.poll_interval),
                      help="seconds between reads where the kernel announces no changes "
                           "(iptables-legacy, IPVS; Cilium: between reads of the service ports "
-                          "the slices say are changing)")
+                          "the slices say are changing; default %(default)s)")
     run.add_argument("--dataplane-poll-max-cpu", type=positive_float,
-                     default=float(_env("DATAPLANE_POLL_MAX_CPU", "0.1") or 0.1),
+                     default=_env("DATAPLANE_POLL_MAX_CPU", dataplane.poll_max_cpu),
                      help="at most this share of one core (with the dump commands) is spent "
                           "on reads, on average — polling, the event-driven modes' resyncs, "
                           "Cilium's full reads and reads by parts: large or busy rule sets "
-                          "are read less often (default 0.1)")
-    run.add_argument("--traffic", choices=("auto", "on", "off"), default=_env("TRAFFIC", "auto"),
+                          "are read less often (default %(default)s)")
+    run.add_argument("--traffic", choices=("auto", "on", "off"),
+                     default=_env("TRAFFIC", traffic.mode),
                      help="follow new connections to terminating endpoints in the kernel's "
                           "conntrack events (this node's namespace, or --netns): 'auto' when "
-                          "the node allows it, 'on' refuses to start without it (default auto)")
+                          "the node allows it, 'on' refuses to start without it (default "
+                          "%(default)s)")
     run.add_argument("--traffic-window", type=positive_float,
-                     default=float(_env("TRAFFIC_WINDOW", "60") or 60),
+                     default=_env("TRAFFIC_WINDOW", traffic.window),
                      help="seconds an endpoint is still followed after its episode ended: "
                           "connections to a stopped pod from consumers slower than this are "
-                          "not seen (default 60)")
-    run.add_argument("--listen", type=host_port, default=_env("LISTEN", "127.0.0.1:9809"),
+                          "not seen (default %(default)s)")
+    _add_run_limits(run, defaults)
+
+
+def _add_run_limits(run: argparse.ArgumentParser, defaults: AgentConfig) -> None:
+    """Where the agent serves, how long it keeps things, how its watches behave."""
+    watch = defaults.watch
+    run.add_argument("--listen", type=host_port,
+                     default=_env("LISTEN", join_host_port(*defaults.listen)),
                      help="HOST:PORT for /metrics, /healthz, /readyz, /debug/episodes "
-                          "(default 127.0.0.1:9809)")
+                          "(default %(default)s)")
     run.add_argument("--episode-ttl", type=positive_float,
-                     default=float(_env("EPISODE_TTL", "600") or 600),
-                     help="seconds after which an unfinished episode is abandoned (reason ttl)")
-    run.add_argument("--max-in-flight", type=int, default=int(_env("MAX_IN_FLIGHT", "10000")
-                                                                or 10000),
-                     help="episodes tracked at once; more are abandoned (reason in_flight_cap)")
+                     default=_env("EPISODE_TTL", defaults.episode_ttl),
+                     help="seconds after which an unfinished episode is abandoned (reason ttl; "
+                          "default %(default)s)")
+    run.add_argument("--max-in-flight", type=int,
+                     default=_env("MAX_IN_FLIGHT", defaults.max_in_flight),
+                     help="episodes tracked at once; more are abandoned (reason in_flight_cap; "
+                          "default %(default)s)")
     run.add_argument("--watch-inactivity-timeout", type=positive_float,
-                     default=float(_env("WATCH_INACTIVITY_TIMEOUT", "90") or 90),
+                     default=_env("WATCH_INACTIVITY_TIMEOUT", watch.inactivity_timeout),
                      help="seconds without any watch line (bookmarks included) before a "
-                          "stream is treated as stalled and resumed")
+                          "stream is treated as stalled and resumed (default %(default)s)")
     run.add_argument("--watch-start-jitter", type=non_negative_float,
-                     default=float(_env("WATCH_START_JITTER", "0") or 0),
+                     default=_env("WATCH_START_JITTER", watch.start_jitter),
                      help="each watch's first list waits a random time up to this many "
                           "seconds, so that agents started together (an install, a rollout "
-                          "of many nodes) do not all list at once (default 0; see "
+                          "of many nodes) do not all list at once (default %(default)s; see "
                           "docs/deploy.md, 'Running it on a large cluster')")
     run.add_argument("--watch-page-size", type=non_negative_int,
-                     default=int(_env("WATCH_PAGE_SIZE", "500") or 500),
+                     default=_env("WATCH_PAGE_SIZE", watch.page_size),
                      help="objects per page of a list (limit/continue); 0 lists in one "
-                          "response (default 500)")
+                          "response (default %(default)s)")
     run.add_argument("--max-stage-uncertainty", type=positive_float,
-                     default=float(_env("MAX_STAGE_UNCERTAINTY", "0.05") or 0.05),
+                     default=_env("MAX_STAGE_UNCERTAINTY", defaults.max_stage_uncertainty),
                      help="a stage whose watch readings may be further than this many seconds "
                           "from when things happened (events received on catch-up after a "
                           "watch reconnected) is not observed but counted as unmeasured "
-                          "(default 0.05)")
+                          "(default %(default)s)")
     run.add_argument("--debug-endpoints", action=argparse.BooleanOptionalAction,
-                     default=_env("DEBUG_ENDPOINTS", "true") == "true",
+                     default=_env_flag("DEBUG_ENDPOINTS", defaults.debug_endpoints),
                      help="serve /debug/episodes and the /timeline page drawing them "
                           "(default: yes)")
     run.add_argument("--terminal-pod-watch", action=argparse.BooleanOptionalAction,
-                     default=_env("TERMINAL_POD_WATCH", "true") == "true",
+                     default=_env_flag("TERMINAL_POD_WATCH", defaults.terminal_pod_watch),
                      help="also watch terminal pods of every node, to learn when a pod on "
                           "another node stopped (default: yes; without it, only from the "
                           "EndpointSlice, a controller reaction later)")
 
 
-async def _run_agent(args: argparse.Namespace) -> int:
-    from kubernetes_asyncio import client, config
+def _add_mode_options(parser: argparse.ArgumentParser, *, environment: bool) -> None:
+    """Each mode's own settings (Cilium's --bpf-root, ...), from the list of modes."""
+    for option in modes.OPTIONS:
+        default = (os.environ.get(option.variable, option.default) if environment
+                   else option.default)
+        parser.add_argument(option.flag, dest=f"mode_{option.name}", default=default,
+                            metavar=option.name.upper(), help=option.help)
 
-    from observer.agent import AgentConfig, DataplaneSettings, TrafficSettings, build_agent
-    from observer.dataplane.commands import CommandError
-    from observer.kube.connect import load_api_config
-    from observer.kube.watch import WatchSettings
-    from observer.traffic.source import TrafficError
 
-    if not args.node_name:
-        log.error("no node name: pass --node-name or set NODE_NAME")
-        return 2
-    try:
-        configuration = await load_api_config(args.kubeconfig)
-    except (config.ConfigException, OSError) as error:
-        log.error("cannot load Kubernetes client configuration", error=str(error))
-        return 2
-    settings = AgentConfig(
-        node_name=args.node_name, listen=args.listen, episode_ttl=args.episode_ttl,
+def _mode_options(args: argparse.Namespace) -> dict[str, str]:
+    return {option.name: getattr(args, f"mode_{option.name}") for option in modes.OPTIONS}
+
+
+def _agent_settings(args: argparse.Namespace) -> AgentConfig:
+    return AgentConfig(
+        node_name=args.node_name or "", listen=args.listen, episode_ttl=args.episode_ttl,
         max_in_flight=args.max_in_flight, debug_endpoints=args.debug_endpoints,
         max_stage_uncertainty=args.max_stage_uncertainty,
         terminal_pod_watch=args.terminal_pod_watch,
@@ -175,70 +183,20 @@ async def _run_agent(args: argparse.Namespace) -> int:
                             start_jitter=args.watch_start_jitter,
                             page_size=args.watch_page_size),
         dataplane=DataplaneSettings(mode=args.dataplane, netns=args.netns,
-                                    bpf_root=args.bpf_root,
+                                    options=_mode_options(args),
                                     poll_interval=args.dataplane_poll_interval,
                                     poll_max_cpu=args.dataplane_poll_max_cpu),
         traffic=TrafficSettings(mode=args.traffic, window=args.traffic_window))
-    stop = asyncio.Event()
-    _stop_on_signals(stop)
-    async with client.ApiClient(configuration) as api:
-        try:
-            agent = await build_agent(settings, api=api, clock=SystemClock())
-        except CommandError as error:
-            log.error("cannot read the dataplane; pass --dataplane none to measure the "
-                      "controller stage only", mode=args.dataplane, error=str(error))
-            return 2
-        except TrafficError as error:
-            log.error("cannot follow connections (--traffic on); pass --traffic auto to run "
-                      "without", reason=error.reason, error=str(error))
-            return 2
-        await agent.run(stop)
-    return 0
 
 
 def _add_dataplane(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dump = commands.add_parser(
         "dataplane", help="print what this node's service dataplane selects, once")
-    dump.add_argument("--mode", choices=("auto", "iptables", "nftables", "ipvs", "cilium"),
-                      default="auto", help="kube-proxy mode, or Cilium's kube-proxy "
-                                           "replacement, to read (default: detect)")
+    dump.add_argument("--mode", choices=("auto", *modes.NAMES), default="auto",
+                      help="the mode to read (default: detect)")
     dump.add_argument("--netns", help="read this named network namespace instead")
-    dump.add_argument("--bpf-root", default="/sys/fs/bpf",
-                      help="where bpffs is mounted, for Cilium (default /sys/fs/bpf)")
+    _add_mode_options(dump, environment=False)
     dump.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-async def _dump_dataplane(args: argparse.Namespace) -> int:
-    from observer.dataplane.commands import CommandError, CommandRunner
-    from observer.dataplane.detect import reader_for, resolve
-    from observer.dataplane.model import DataplaneParseError
-
-    runner = CommandRunner(netns=args.netns)
-    try:
-        mode, backend = await resolve(args.mode, runner, args.bpf_root)
-        snapshot = await reader_for(mode, backend, runner, bpf_root=args.bpf_root).read()
-    except (CommandError, DataplaneParseError) as error:
-        print(f"observer dataplane: {error}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(snapshot.to_json(), indent=2))
-        return 0
-    document = snapshot.to_json()
-    rows = [("SERVICE", "PROTO", "CLUSTER-IP", "PATH", "ENDPOINT", "SELECTED")]
-    for service in document["services"]:
-        for path in ("cluster", "local"):
-            for endpoint in service["paths"][path]:
-                rows.append((service["service"], service["protocol"],
-                             service["cluster_ip"] or "-", path,
-                             join_host_port(endpoint["ip"], endpoint["port"]),
-                             "yes" if endpoint["selected"] else "no"))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    header = f"mode: {snapshot.mode}" + (f" ({snapshot.backend})" if snapshot.backend else "")
-    print(header)
-    for row in rows:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths,
-                                                                      strict=True)).rstrip())
-    return 0
 
 
 def _delay(text: str) -> Any:
@@ -305,56 +263,73 @@ def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     report.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-async def _report(args: argparse.Namespace) -> int:
+def _report(args: argparse.Namespace) -> int:
     from observer.report.advice import DEFAULT_WINDOW
     from observer.report.command import ReportOptions, report
 
-    return await report(ReportOptions(
-        prometheus=args.prometheus, agents=args.agents or (), kubeconfig=args.kubeconfig,
-        namespace=args.namespace, quantile=args.quantile, margin=args.margin,
-        window=args.window or DEFAULT_WINDOW, min_episodes=args.min_episodes,
-        node_label=args.node_label, as_json=args.json))
+    if args.window is not None and args.prometheus is None:
+        build_parser().error("--window needs --prometheus: agents' counters run from their "
+                             "start")
+    try:
+        return asyncio.run(report(ReportOptions(
+            prometheus=args.prometheus, agents=args.agents or (), kubeconfig=args.kubeconfig,
+            namespace=args.namespace, quantile=args.quantile, margin=args.margin,
+            window=args.window or DEFAULT_WINDOW, min_episodes=args.min_episodes,
+            node_label=args.node_label, as_json=args.json)))
+    except BrokenPipeError:  # `observer report | head`: the reader left, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _add_lab_flags(lab: argparse.ArgumentParser) -> None:
-    lab.add_argument("--nodes", type=int, default=3, help="emulated nodes (default 3)")
-    lab.add_argument("--deletions", type=int, default=60, help="pods deleted (default 60)")
-    lab.add_argument("--controller-delay", type=_delay, default="0.05..0.3",
-                     help="EndpointSlice controller reaction, seconds or a range (0.05..0.3)")
-    lab.add_argument("--proxy-delay", type=_delay, default="0.05..0.4",
-                     help="kube-proxy programming delay, seconds or a range (0.05..0.4)")
-    lab.add_argument("--min-sync-period", type=float, default=1.0,
-                     help="kube-proxy minSyncPeriod in seconds (default 1)")
-    lab.add_argument("--prestop", type=float, default=3.0,
+    from observer.lab.config import MODES, LabConfig
+
+    defaults = LabConfig()
+    lab.add_argument("--nodes", type=int, default=defaults.nodes,
+                     help="emulated nodes (default %(default)s)")
+    lab.add_argument("--deletions", type=int, default=defaults.deletions,
+                     help="pods deleted (default %(default)s)")
+    lab.add_argument("--controller-delay", type=_delay, default=defaults.controller_delay,
+                     help="EndpointSlice controller reaction, seconds or a range (default "
+                          "%(default)s)")
+    lab.add_argument("--proxy-delay", type=_delay, default=defaults.proxy_delay,
+                     help="kube-proxy programming delay, seconds or a range (default "
+                          "%(default)s)")
+    lab.add_argument("--min-sync-period", type=float, default=defaults.min_sync_period,
+                     help="kube-proxy minSyncPeriod in seconds (default %(default)s)")
+    lab.add_argument("--prestop", type=float, default=defaults.prestop,
                      help="preStop sleep of the careful workload (the other has none)")
-    lab.add_argument("--app-exit", type=_delay, default="0.1..0.5",
-                     help="SIGTERM to the app having stopped, seconds or a range")
-    lab.add_argument("--dataplane", choices=("nftables", "iptables", "iptables-legacy", "cilium",
-                                             "memory"),
-                     default="nftables", help="what kube-proxy programs, or 'cilium': Cilium's "
-                                              "service maps in a BPF filesystem of the lab's "
-                                              "own (default nftables; memory without network "
-                                              "namespaces)")
-    lab.add_argument("--ingress-delay", type=_delay, default="1..2",
+    lab.add_argument("--app-exit", type=_delay, default=defaults.app_exit,
+                     help="SIGTERM to the app having stopped, seconds or a range (default "
+                          "%(default)s)")
+    lab.add_argument("--dataplane", choices=(*MODES, "memory"), default=defaults.dataplane,
+                     help="what kube-proxy programs, or 'cilium': Cilium's service maps in a "
+                          "BPF filesystem of the lab's own (default %(default)s; memory "
+                          "without network namespaces)")
+    lab.add_argument("--ingress-delay", type=_delay, default=defaults.ingress_delay,
                      help="how long the ingress-like client takes to follow an EndpointSlice "
-                          "change, seconds or a range (default 1..2; with network namespaces)")
-    lab.add_argument("--request-rate", type=float, default=10.0,
-                     help="requests a second of each client, per service (default 10)")
+                          "change, seconds or a range (default %(default)s; with network "
+                          "namespaces)")
+    lab.add_argument("--request-rate", type=float, default=defaults.request_rate,
+                     help="requests a second of each client, per service (default "
+                          "%(default)s)")
     lab.add_argument("--workloads", type=lambda text: tuple(text.split(",")),
-                     default=("careful", "hasty"),
+                     default=defaults.workloads,
                      help="the workloads, of careful (a --prestop sleep), hasty (no preStop, "
                           "exits at once), draining (no preStop, stops accepting at SIGTERM "
-                          "and finishes what it serves); default careful,hasty")
+                          "and finishes what it serves); default "
+                          + ",".join(defaults.workloads))
     lab.add_argument("--verify", action="store_true",
                      help="run twice: measure, then give every workload at least the "
                           "recommended preStop and run again; both runs' failed requests "
                           "side by side")
     lab.add_argument("--terminal-pod-watch", action=argparse.BooleanOptionalAction,
-                     default=True,
+                     default=defaults.terminal_pod_watch,
                      help="the agents watch terminal pods of every node (default: yes; "
                           "without, what the accuracy table loses is what agent.terminalPodWatch"
                           "=false costs a cluster)")
-    lab.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    lab.add_argument("--seed", type=int, default=defaults.seed,
+                     help="random seed (default %(default)s)")
     lab.add_argument("--json", action="store_true", help="print the result as JSON")
     lab.add_argument("--svg", type=Path, default=Path(".lab/timeline.svg"),
                      help="where to write the timeline picture (default .lab/timeline.svg)")
@@ -363,8 +338,8 @@ def _add_lab_flags(lab: argparse.ArgumentParser) -> None:
                           "the kubeconfig path and each agent's URL as soon as they are up")
 
 
-async def _run_lab(args: argparse.Namespace) -> int:
-    from observer.lab.command import LabOptions, lab_command
+def _lab(args: argparse.Namespace) -> int:
+    from observer.lab.command import LabOptions, run_lab
     from observer.lab.config import LabConfig, LabConfigError
 
     settings = LabConfig(nodes=args.nodes, deletions=args.deletions,
@@ -381,10 +356,9 @@ async def _run_lab(args: argparse.Namespace) -> int:
     if args.verify and args.serve:
         print("observer lab: --verify and --serve do not go together", file=sys.stderr)
         return 2
-    stop = asyncio.Event()
-    _stop_on_signals(stop)
-    return await lab_command(LabOptions(config=settings, as_json=args.json, svg=args.svg,
-                                        serve=args.serve, verify=args.verify), stop=stop)
+    collect_garbage_rarely()
+    return asyncio.run(run_lab(LabOptions(config=settings, as_json=args.json, svg=args.svg,
+                                          serve=args.serve, verify=args.verify)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,38 +396,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve_apiserver(args: argparse.Namespace) -> int:
-    from observer.lab.apiserver.server import ApiServer
-
-    server = ApiServer(clock=SystemClock(), bookmark_interval=args.bookmark_interval,
-                       history_limit=args.history)
-    url = await server.start(*args.listen)
-    server.write_kubeconfig(args.kubeconfig_out)
-    log.info("apiserver serving", url=url, kubeconfig=str(args.kubeconfig_out))
-    print(args.kubeconfig_out, flush=True)
-    stop = asyncio.Event()
-    _stop_on_signals(stop)
-    try:
-        await stop.wait()
-    finally:
-        await server.stop()
-        with contextlib.suppress(FileNotFoundError):
-            args.kubeconfig_out.unlink()
-    log.info("apiserver stopped")
-    return 0
-
-
-def collect_garbage_rarely() -> None:
-    """For a long-lived process with a large heap of long-lived objects (the slices, pods and
-    dataplane state of a big node): the cyclic garbage collector runs after 100,000 new
-    objects instead of 700, and a full collection, which walks the whole heap, a tenth as
-    often. Nearly everything here is freed by reference counting; a collection mostly walks
-    live objects. Measured with Cilium's maps at 10,000 services under churn
-    (docs/benchmarks.md): the reader's CPU down by about a fifth and its stated precision from
-    p50 ~130 ms to ~50 ms, the default's collections having been the largest single cost."""
-    gc.set_threshold(100_000, 50, 100)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -479,23 +421,20 @@ def _main(argv: Sequence[str] | None) -> int:
     configure_exposition()
     if args.command == "run":
         collect_garbage_rarely()
-        return asyncio.run(_run_agent(args))
+        return asyncio.run(run(_agent_settings(args), kubeconfig=args.kubeconfig))
     if args.command == "dataplane":
-        return asyncio.run(_dump_dataplane(args))
+        return asyncio.run(dump(args.mode, netns=args.netns, options=_mode_options(args),
+                                as_json=args.json))
     if args.command == "report":
-        if args.window is not None and args.prometheus is None:
-            build_parser().error("--window needs --prometheus: agents' counters run from their "
-                            "start")
-        try:
-            return asyncio.run(_report(args))
-        except BrokenPipeError:  # `observer report | head`: the reader left, nothing to say
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 0
+        return _report(args)
     if args.command == "lab" and args.lab_command == "apiserver":
-        return asyncio.run(_serve_apiserver(args))
+        from observer.lab.command import serve_apiserver
+
+        return asyncio.run(serve_apiserver(
+            listen=args.listen, kubeconfig=args.kubeconfig_out,
+            bookmark_interval=args.bookmark_interval, history=args.history))
     if args.command == "lab":
-        collect_garbage_rarely()
-        return asyncio.run(_run_lab(args))
+        return _lab(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -14,6 +14,7 @@ nothing is done there.
 from __future__ import annotations
 
 import ctypes
+import gc
 
 _trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
 
@@ -23,3 +24,14 @@ def give_back() -> None:
     reader's 31-38 MiB heap."""
     if _trim is not None:
         _trim(0)
+
+
+def collect_garbage_rarely() -> None:
+    """For a long-lived process with a large heap of long-lived objects (the slices, pods and
+    dataplane state of a big node): the cyclic garbage collector runs after 100,000 new
+    objects instead of 700, and a full collection, which walks the whole heap, a tenth as
+    often. Nearly everything here is freed by reference counting; a collection mostly walks
+    live objects. Measured with Cilium's maps at 10,000 services under churn
+    (docs/benchmarks.md): the reader's CPU down by about a fifth and its stated precision from
+    p50 ~130 ms to ~50 ms, the default's collections having been the largest single cost."""
+    gc.set_threshold(100_000, 50, 100)

@@ -16,6 +16,7 @@ dataplane source did exactly that, and the agent never stopped on SIGTERM). Wait
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Any
 
 import structlog
@@ -36,3 +37,10 @@ async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
         if not task.cancelled() and (error := task.exception()) is not None and task in pending:
             log.warning("task failed while it was being stopped", task=task.get_name()
                         if isinstance(task, asyncio.Task) else repr(task), error=repr(error))
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM (the kubelet's, a CI runner's) and SIGINT (Ctrl-C) set ``stop``."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)

@@ -57,16 +57,18 @@ from typing import NamedTuple
 
 from observer.dataplane import bpf
 from observer.dataplane.commands import CommandError
+from observer.dataplane.mode import DataplaneMode, Detected, Option, Probe, Wiring
 from observer.dataplane.model import (
     Backend,
     DataplaneParseError,
     DataplaneSnapshot,
+    DataplaneSource,
     ProgrammedEndpoint,
     ProgrammedService,
     select,
 )
 from observer.dataplane.names import FrontendNames
-from observer.dataplane.sources import Changes, Install
+from observer.dataplane.sources import Changes, DeltaPollingSource, Install
 from observer.values import EndpointKey, Mode, ServicePort, join_host_port
 
 DEFAULT_BPF_ROOT = "/sys/fs/bpf"
@@ -848,3 +850,43 @@ class CiliumChanges:
         self.named[frontend] = Named(port, ident, service, rules.chosen)
         self.by_port.setdefault(port, set()).add(frontend)
         return before | {port}
+
+
+BPF_ROOT = Option("bpf_root", DEFAULT_BPF_ROOT,
+                  "where the BPF filesystem is mounted: Cilium's maps are pinned under its "
+                  f"{PIN_DIR} (default {DEFAULT_BPF_ROOT})")
+
+
+def _root(wiring: Wiring) -> str:
+    return wiring.options.get(BPF_ROOT.name, BPF_ROOT.default)
+
+
+async def _detect(probe: Probe) -> Detected:
+    try:
+        CiliumMaps.open(probe.options.get(BPF_ROOT.name, BPF_ROOT.default)).close()
+    except (CommandError, DataplaneParseError) as error:
+        return Detected(found=False, why=f"no Cilium maps readable: {error}")
+    return Detected(found=True)
+
+
+def _reader(wiring: Wiring) -> CiliumReader:
+    names = FrontendNames(wiring.candidates) if wiring.candidates is not None else None
+    return CiliumReader(_root(wiring), names)
+
+
+async def _source(wiring: Wiring) -> DataplaneSource:
+    """Nothing announces map updates: reads by parts of the service ports the slices say are
+    changing, full reads under the rest of the budget."""
+    clock, metrics = wiring.source_parts()
+    CiliumMaps.open(_root(wiring)).close()  # fail now, not at the first read, if unreadable
+    names = FrontendNames(wiring.candidates or (lambda ip, port, protocol: ()))
+    return DeltaPollingSource(changes=CiliumChanges(_root(wiring), names), clock=clock,
+                              metrics=metrics, interval=wiring.poll_interval,
+                              max_cpu=wiring.poll_max_cpu)
+
+
+MODE = DataplaneMode(
+    name="cilium",
+    about="Cilium's kube-proxy replacement: its service and backend BPF maps, pinned under "
+          "the BPF filesystem, polled",
+    detect=_detect, reader=_reader, source=_source, options=(BPF_ROOT,))

@@ -16,8 +16,8 @@ by recomputing the hash over candidate names (the agent's EndpointSlices supply 
 This module holds the whole mode: the parse, one full read (``read_saves``: both families'
 dumps, used by ``IptablesReader`` for a snapshot and by ``IptablesNftTables`` for the state its
 change events keep), and, for the nf_tables backend, that state: SVC/SVL jumps by rule handle,
-kept from the kernel's nf_tables events (``nftevents``). The legacy backend has no events: it is
-polled (``sources.PollingSource``).
+kept from the kernel's nf_tables events (``iptables_nft_events``). The legacy backend has no
+events: it is polled (``sources.PollingSource``).
 """
 
 from __future__ import annotations
@@ -27,15 +27,18 @@ import base64
 import contextlib
 import hashlib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from observer.dataplane.commands import CommandRunner
+from observer.dataplane.iptables_nft_events import JumpEvent, NftEvents, nft_events
+from observer.dataplane.mode import DataplaneMode, Detected, KnownServices, Probe, Wiring
 from observer.dataplane.model import (
     Backend,
     DataplaneParseError,
     DataplaneSnapshot,
+    DataplaneSource,
     ProgrammedEndpoint,
     ProgrammedService,
     decode_output,
@@ -43,7 +46,7 @@ from observer.dataplane.model import (
     merge_snapshots,
 )
 from observer.dataplane.nftables import CHAIN_LINE, JUMP_TARGET, RULE_HANDLE, nft_lines
-from observer.dataplane.nftevents import JumpEvent, NftEvents, nft_events
+from observer.dataplane.sources import MonitorSource, PollingSource
 from observer.values import EndpointKey, Mode, ServicePort, join_host_port, split_host_port
 
 _JUMP = re.compile(r" (?:-j|--jump) (\S+)")
@@ -341,9 +344,6 @@ class JumpState:
 
 # --- reading: one full read, and the state iptables-nft's change events keep ------------
 
-KnownServices = Callable[[], Iterable[str]]
-
-
 @dataclass
 class IptablesReader:
     runner: CommandRunner
@@ -456,3 +456,34 @@ class IptablesNftTables:
             for port in ports:
                 out.setdefault(port, {})
         return out, complete
+
+
+async def _detect(probe: Probe) -> Detected:
+    backend, rules, ipvs = await probe.iptables_backend()
+    if rules and not ipvs:
+        return Detected(found=True, backend=backend)
+    return Detected(found=False, backend=backend, why=(
+        "kube-proxy's rules are IPVS mode's" if rules
+        else "no KUBE- rules in either iptables backend"))
+
+
+def _reader(wiring: Wiring) -> IptablesReader:
+    return IptablesReader(wiring.runner, wiring.backend or "nft", wiring.known_services)
+
+
+async def _source(wiring: Wiring) -> DataplaneSource:
+    """The nf_tables backend announces its changes; the legacy one is polled."""
+    clock, metrics = wiring.source_parts()
+    if wiring.backend == "legacy":
+        return PollingSource(reader=_reader(wiring), clock=clock, metrics=metrics,
+                             interval=wiring.poll_interval, max_cpu=wiring.poll_max_cpu)
+    return MonitorSource(mode="iptables", runner=wiring.runner, clock=clock, metrics=metrics,
+                         tables=IptablesNftTables(wiring.known_services),
+                         max_cpu=wiring.poll_max_cpu)
+
+
+MODE = DataplaneMode(
+    name="iptables",
+    about="kube-proxy's iptables mode, in the backend holding its rules: nf_tables (changes "
+          "announced by netlink events) or legacy (polled)",
+    detect=_detect, reader=_reader, source=_source)

@@ -34,10 +34,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from observer.dataplane.commands import CommandError, CommandRunner
+from observer.dataplane.mode import DataplaneMode, Detected, Probe, Wiring
 from observer.dataplane.model import (
     Backend,
     DataplaneParseError,
     DataplaneSnapshot,
+    DataplaneSource,
     ProgrammedEndpoint,
     ProgrammedService,
 )
@@ -49,6 +51,7 @@ from observer.dataplane.netlink import (
     netlink_socket,
 )
 from observer.dataplane.nlwire import attribute, attributes
+from observer.dataplane.sources import PollingSource
 from observer.values import Mode, join_host_port
 
 # One netlink attribute set, by name ("IPVS_SVC_ATTR_PORT": 53).
@@ -225,3 +228,29 @@ class IpvsReader:
                                           f"{self.runner.timeout} s") from None
         snapshot = parse_ipvs(virtuals)
         return snapshot if self.names is None else self.names.apply(snapshot)
+
+
+async def _detect(probe: Probe) -> Detected:
+    _, rules, ipvs = await probe.iptables_backend()
+    if rules and ipvs:
+        return Detected(found=True)
+    return Detected(found=False, why="no IPVS mode rules (matching the KUBE-CLUSTER-IP ipset)")
+
+
+def _reader(wiring: Wiring) -> IpvsReader:
+    names = FrontendNames(wiring.candidates) if wiring.candidates is not None else None
+    return IpvsReader(wiring.runner, names)
+
+
+async def _source(wiring: Wiring) -> DataplaneSource:
+    """No notification announces IPVS changes: polled."""
+    clock, metrics = wiring.source_parts()
+    return PollingSource(reader=_reader(wiring), clock=clock, metrics=metrics,
+                         interval=wiring.poll_interval, max_cpu=wiring.poll_max_cpu)
+
+
+MODE = DataplaneMode(
+    name="ipvs",
+    about="kube-proxy's IPVS mode (deprecated since Kubernetes 1.35): the kernel's virtual "
+          "servers over generic netlink, polled; weight 0 is a removal",
+    detect=_detect, reader=_reader, source=_source)

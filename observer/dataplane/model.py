@@ -1,12 +1,13 @@
-"""What every dataplane reader reports, whatever kube-proxy mode it reads.
+"""What every dataplane reader reports, whatever mode it reads.
 
 A reader turns the node's rules into ``DataplaneChange`` records: "endpoint X of service port
 Y stopped (or started) being selected for new connections on this node, noticed at time T".
-The tracker consumes those and knows nothing of iptables, nftables or IPVS. Each mode has one
-module (``iptables``, ``nftables``, ``ipvs``: its reading, parsing and change state); the
-mechanisms they share stand beside them (``commands``: running the tools; ``netlink``,
-``nlwire``, ``nftevents``: the kernel's sockets and messages; ``sources``: polling and
-event-driven change detection under a CPU budget; ``detect``: which mode this node has).
+The tracker consumes those and knows nothing of iptables, nftables, IPVS or BPF maps. Each mode
+has one module (``iptables``, ``nftables``, ``ipvs``, ``cilium``: its reading, parsing and
+change state, and its ``MODE``: ``mode`` says what a mode is, ``modes`` lists them and detects
+which one this node has); the mechanisms they share stand beside them (``commands``: running
+the tools; ``netlink``, ``nlwire``, ``iptables_nft_events``, ``bpf``: the kernel's sockets,
+messages and maps; ``sources``: polling and event-driven change detection under a CPU budget).
 """
 
 from __future__ import annotations
@@ -56,6 +57,16 @@ Backend = Literal["legacy", "nft"]
 class DataplaneParseError(ValueError):
     """Dump output the parser cannot read (garbage, truncated, inconsistent). The only
     exception a parser raises on bad input."""
+
+
+class EventsLost(Exception):
+    """Events the kernel announced that did not reach us whole: the kept state may be wrong
+    until a full read (``reason``: ``events_lost`` — the receive queue overflowed — or
+    ``garbage``)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ProgrammedEndpoint(NamedTuple):

@@ -28,16 +28,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from observer.dataplane.commands import CommandError, CommandRunner
+from observer.dataplane.mode import DataplaneMode, Detected, Probe, Wiring
 from observer.dataplane.model import (
     Backend,
     DataplaneParseError,
     DataplaneSnapshot,
+    DataplaneSource,
     ProgrammedEndpoint,
     ProgrammedService,
     decode_output,
     either_family,
     merge_snapshots,
 )
+from observer.dataplane.sources import MonitorSource
 from observer.values import EndpointKey, Mode, ServicePort
 
 POLICY_PREFIXES = {"service-": "cluster", "local-": "local"}
@@ -417,3 +420,22 @@ class KubeProxyTables:
                 for ip, number in state.selected_by_service(identity):
                     keys[EndpointKey(port, ip, number)] = True
         return out, True
+
+
+async def _detect(probe: Probe) -> Detected:
+    if {"ip kube-proxy", "ip6 kube-proxy"} & await probe.nft_tables():
+        return Detected(found=True)
+    return Detected(found=False, why="no nftables table kube-proxy")
+
+
+async def _source(wiring: Wiring) -> DataplaneSource:
+    clock, metrics = wiring.source_parts()
+    return MonitorSource(mode="nftables", runner=wiring.runner, clock=clock, metrics=metrics,
+                         tables=KubeProxyTables(), max_cpu=wiring.poll_max_cpu)
+
+
+MODE = DataplaneMode(
+    name="nftables",
+    about="kube-proxy's nftables mode: its kube-proxy tables, changes announced by nf_tables "
+          "netlink events",
+    detect=_detect, reader=lambda wiring: NftablesReader(wiring.runner), source=_source)

@@ -36,9 +36,9 @@ from observer.dataplane.model import (
     ChangeSink,
     DataplaneChange,
     DataplaneParseError,
+    EventsLost,
     Reader,
 )
-from observer.dataplane.nftevents import EventsLost
 from observer.memory import give_back
 from observer.tasks import cancel_and_wait
 from observer.values import EndpointKey, Mode, ProxyMode, ServicePort, Timestamp

@@ -34,13 +34,13 @@ import asyncio
 import json
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 import structlog
 
 from observer.clock import Clock
+from observer.config import WatchSettings
 
 log = structlog.get_logger("observer.watch")
 
@@ -114,19 +114,6 @@ class WatchMetrics(Protocol):
     def malformed(self, resource: str) -> None: ...
 
     def invalid_input(self, resource: str, reason: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class WatchSettings:
-    inactivity_timeout: float = 90.0  # no line (event or bookmark) for this long: reconnect
-    server_timeout: int = 300  # timeoutSeconds asked of the server for each watch request
-    request_timeout: float = 60.0  # connecting, and a whole list response
-    page_size: int = 500  # list in chunks of this many items (limit/continue); 0: one response
-    # The first list waits a random share of this many seconds: a fleet of agents started at
-    # once (an install, a rollout of many nodes) spreads its initial lists over this window.
-    start_jitter: float = 0.0
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
 
 
 def _version_number(version: object) -> int | None:

@@ -16,15 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import structlog
+
 from observer.clock import SystemClock
 from observer.dataplane.commands import ERROR_REASONS
+from observer.lab.apiserver.server import ApiServer
 from observer.lab.config import LabConfig
 from observer.lab.report import render_svg, render_text, render_verify
 from observer.lab.results import compare, pair
 from observer.lab.scenario import Lab, LabRun
 from observer.report.command import ReportOptions, report
-from observer.tasks import cancel_and_wait
+from observer.tasks import cancel_and_wait, stop_on_signals
 from observer.traffic.source import ERROR_REASONS as TRAFFIC_ERROR_REASONS
+
+log = structlog.get_logger("observer.lab")
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,34 @@ class Progress:
         if self.live and self._last:
             self.err.write("\r\033[K")
             self.err.flush()
+
+
+async def run_lab(options: LabOptions) -> int:
+    """``observer lab``: the scenario (twice with --verify), until its end or a signal."""
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    return await lab_command(options, stop=stop)
+
+
+async def serve_apiserver(*, listen: tuple[str, int], kubeconfig: Path, bookmark_interval: float,
+                          history: int) -> int:
+    """``observer lab apiserver``: the lab's API server alone, until a signal; the path of its
+    kubeconfig on stdout once it serves."""
+    server = ApiServer(clock=SystemClock(), bookmark_interval=bookmark_interval,
+                       history_limit=history)
+    url = await server.start(*listen)
+    server.write_kubeconfig(kubeconfig)
+    log.info("apiserver serving", url=url, kubeconfig=str(kubeconfig))
+    print(kubeconfig, flush=True)
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        await asyncio.to_thread(kubeconfig.unlink, missing_ok=True)
+    log.info("apiserver stopped")
+    return 0
 
 
 async def lab_command(options: LabOptions, *, stop: asyncio.Event, out: TextIO = sys.stdout,

@@ -7,6 +7,20 @@ from dataclasses import dataclass
 from typing import Literal
 
 LabDataplane = Literal["nftables", "iptables", "iptables-legacy", "cilium", "memory"]
+# Each of the agent's dataplane modes (observer.dataplane.modes) the lab's kube-proxy emulation
+# programs, by the lab's name for it: the mode, and the iptables backend. ("memory" stands in
+# where network namespaces cannot be made: no mode's reader runs then.)
+MODES: dict[str, tuple[str, Literal["nft", "legacy"] | None]] = {
+    "nftables": ("nftables", None),
+    "iptables": ("iptables", "nft"),
+    "iptables-legacy": ("iptables", "legacy"),
+    "cilium": ("cilium", None),
+}
+# The modes the lab cannot run here, and why (tests/test_modes.py keeps both lists whole).
+NOT_IN_THE_LAB = {
+    "ipvs": "the kernel here has no IPVS module (the agent's IPVS source runs against a "
+            "generic netlink stand-in in tests/agent/test_ipvs.py)",
+}
 # careful: a preStop sleep (--prestop), then exits at once; hasty: no preStop, exits at once;
 # draining: no preStop, stops accepting at SIGTERM and finishes the request it serves.
 WORKLOADS = ("careful", "hasty", "draining")

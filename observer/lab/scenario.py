@@ -23,26 +23,18 @@ from typing import Any
 import structlog
 from kubernetes_asyncio import client, config
 
-from observer.agent import (
-    Agent,
-    AgentConfig,
-    DataplaneSettings,
-    TrafficSettings,
-    build_agent,
-    given,
-    open_dataplane,
-)
+from observer.agent import Agent, build_agent, given, open_dataplane
 from observer.clock import Clock
-from observer.dataplane.cilium import DEFAULT_BPF_ROOT
+from observer.config import AgentConfig, DataplaneSettings, TrafficSettings, WatchSettings
+from observer.dataplane.cilium import BPF_ROOT
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.memory import MemoryDataplane
-from observer.kube.watch import WatchSettings
 from observer.lab.apiserver.registry import DeleteOptions, WriteOptions
 from observer.lab.apiserver.server import ApiServer
 from observer.lab.apps import PodRuntime, Sockets
 from observer.lab.cilium import CiliumAgent, CiliumProgrammer
 from observer.lab.clients import Backends, Clients
-from observer.lab.config import LabConfig
+from observer.lab.config import MODES, LabConfig
 from observer.lab.controller import NAMESPACE, EndpointSliceController
 from observer.lab.kubelet import Kubelet
 from observer.lab.kubeproxy import (
@@ -140,9 +132,12 @@ class Lab:
             agent = CiliumAgent(str(self.bpffs / netns))
             self._cilium.append(agent)
             return CiliumProgrammer(agent)
-        if mode == "nftables":
+        agents_mode, backend = MODES[mode]
+        if agents_mode == "nftables":
             return NftProgrammer(runner)
-        return IptablesProgrammer(runner, "legacy" if mode == "iptables-legacy" else "nft")
+        assert agents_mode == "iptables", f"no programmer for {mode}"
+        assert backend is not None
+        return IptablesProgrammer(runner, backend)
 
     async def _node(self, index: int, mode: str) -> Node:
         name = f"node-{index + 1}"
@@ -322,11 +317,10 @@ class Lab:
             watch=WatchSettings(backoff_initial=0.05, backoff_max=1.0,
                                 inactivity_timeout=self.config.watch_inactivity_timeout),
             dataplane=DataplaneSettings(
-                mode=("iptables" if self.config.dataplane.startswith("iptables")
-                      else "cilium" if self.config.dataplane == "cilium" else "nftables"),
-                netns=node.netns, bpf_root=str(self.bpffs / node.netns) if self.bpffs and
-                node.netns else DEFAULT_BPF_ROOT, poll_interval=self.config.poll_interval,
-                poll_max_cpu=self.config.poll_max_cpu),
+                mode=MODES[self.config.dataplane][0] if node.memory is None else "auto",
+                netns=node.netns, options=({BPF_ROOT.name: str(self.bpffs / node.netns)}
+                                           if self.bpffs and node.netns else {}),
+                poll_interval=self.config.poll_interval, poll_max_cpu=self.config.poll_max_cpu),
             # Connections are followed where there are real pods; long enough after an
             # episode's end for the ingress to have caught up.
             traffic=TrafficSettings(mode="on" if node.runtime is not None else "off",

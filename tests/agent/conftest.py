@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from kubernetes_asyncio import client
 
-from observer.agent import AgentConfig, build_agent, given
+from observer.agent import build_agent, given
+from observer.config import AgentConfig, WatchSettings
 from observer.dataplane.memory import MemoryDataplane
-from observer.kube.watch import WatchSettings
 from observer.lab.apiserver.server import ApiServer
 from tests.agent.harness import AgentEnv, Cluster, until
 from tests.conftest import ManualClock, client_configuration

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import pytest
 from kubernetes_asyncio import client
 
-from observer.agent import Agent, AgentConfig, DataplaneWiring, build_agent
+from observer.agent import Agent, DataplaneWiring, build_agent
 from observer.clock import SystemClock
+from observer.config import AgentConfig, WatchSettings
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.ipvs import IpvsReader, Virtual
 from observer.dataplane.names import FrontendNames
 from observer.dataplane.sources import PollingSource
-from observer.kube.watch import WatchSettings
 from observer.lab.apiserver.server import ApiServer
 from tests.agent.harness import Cluster, Endpoint, key, until
 from tests.fixtures.dataplane.ipvs_netlink import Real, Service, virtuals

@@ -13,12 +13,8 @@ import aiohttp
 import pytest
 from kubernetes_asyncio import client
 
-from observer.agent import (
-    AgentConfig,
-    DataplaneSettings,
-    build_agent,
-)
-from observer.kube.watch import WatchSettings
+from observer.agent import build_agent
+from observer.config import AgentConfig, DataplaneSettings, WatchSettings
 from observer.lab.apiserver.server import ApiServer
 from tests.agent.harness import AgentEnv, Cluster, Endpoint, key, until
 from tests.agent.test_episodes import ready_service
@@ -232,7 +228,8 @@ async def test_observer_run_without_kube_proxy_rules_says_so(apiserver: ApiServe
     proc = await start_agent(kubeconfig, "--dataplane", "auto", "--netns", netns.name)
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
-    assert b"no kube-proxy rules found" in out
+    assert b"no dataplane mode found" in out
+    assert b"no KUBE- rules in either iptables backend" in out
     assert b"--dataplane none" in out
     assert b"Traceback" not in out
 

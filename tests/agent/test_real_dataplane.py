@@ -9,12 +9,9 @@ from pathlib import Path
 from kubernetes_asyncio import client
 
 from observer import __version__
-from observer.agent import (
-    AgentConfig,
-    DataplaneSettings,
-    build_agent,
-)
+from observer.agent import build_agent
 from observer.clock import SystemClock
+from observer.config import AgentConfig, DataplaneSettings
 from observer.lab.apiserver.registry import WriteOptions
 from observer.lab.apiserver.server import ApiServer
 from observer.values import EndpointKey, ServicePort

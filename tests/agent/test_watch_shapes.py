@@ -12,7 +12,8 @@ from kubernetes_asyncio import client
 
 from observer.agent import TERMINAL_PODS, watch_requests
 from observer.clock import SystemClock
-from observer.kube.watch import ResourceWatch, WatchSettings
+from observer.config import WatchSettings
+from observer.kube.watch import ResourceWatch
 from observer.lab.apiserver.registry import WriteOptions
 from observer.lab.apiserver.server import ApiServer
 from tests.agent.harness import until

@@ -12,7 +12,8 @@ from kubernetes_asyncio import client
 from structlog.testing import capture_logs
 
 from observer.clock import SystemClock
-from observer.kube.watch import ResourceWatch, WatchSettings
+from observer.config import WatchSettings
+from observer.kube.watch import ResourceWatch
 from observer.lab.apiserver.server import ApiServer
 from observer.tasks import cancel_and_wait
 from tests.agent.harness import Cluster, until

@@ -40,8 +40,9 @@ from observer.dataplane.cilium import (
     CiliumReader,
 )
 from observer.dataplane.commands import CommandError, CommandRunner
-from observer.dataplane.detect import detect, open_source
+from observer.dataplane.mode import Wiring
 from observer.dataplane.model import DataplaneChange, DataplaneParseError
+from observer.dataplane.modes import detect, open_source
 from observer.dataplane.names import FrontendNames
 from observer.dataplane.sources import DeltaPollingSource
 from observer.lab.cilium import ACTIVE, MAINTENANCE, TERMINATING, CiliumAgent
@@ -567,10 +568,11 @@ async def test_auto_detects_cilium_where_kube_proxy_wrote_nothing(bpffs: str,
                                                                   netns: Netns) -> None:
     runner = CommandRunner(netns=netns.name)
     with pytest.raises(CommandError, match="no Cilium service map pinned"):
-        await detect(runner, bpffs)
+        await detect(runner, {"bpf_root": bpffs})
     minikube(bpffs).close()
-    assert await detect(runner, bpffs) == ("cilium", None)
-    source = await open_source("auto", runner=runner, clock=SystemClock(), metrics=Metrics(),
-                               poll_interval=0.1, poll_max_cpu=0.1, bpf_root=bpffs)
+    mode, backend = await detect(runner, {"bpf_root": bpffs})
+    assert (mode.name, backend) == ("cilium", None)
+    source = await open_source("auto", Wiring(runner=runner, options={"bpf_root": bpffs},
+                                              clock=SystemClock(), metrics=Metrics()))
     assert source.mode == "cilium"
 

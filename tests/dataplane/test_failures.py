@@ -14,8 +14,7 @@ import pytest
 
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
-from observer.dataplane.detect import reader_for
-from observer.dataplane.iptables import save_parsed
+from observer.dataplane.iptables import IptablesReader, save_parsed
 from observer.dataplane.model import DataplaneParseError
 from observer.dataplane.nftables import KubeProxyTables, nft_table_state
 from observer.dataplane.sources import MonitorSource, PollingSource
@@ -42,7 +41,7 @@ async def test_failures_are_counted_and_polling_goes_on(behaviour: str, tmp_path
             script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", str(tmp_path))
     health = Health()
-    reader = reader_for("iptables", "legacy", CommandRunner(timeout=0.2))
+    reader = IptablesReader(CommandRunner(timeout=0.2), "legacy")
     source = PollingSource(reader=reader, clock=SystemClock(), metrics=health, interval=0.01)
     task = asyncio.create_task(source.run(lambda change: None))
     try:

@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 from observer.clock import SystemClock
-from observer.dataplane import nftevents
+from observer.dataplane import iptables_nft_events
 from observer.dataplane.commands import CommandRunner
-from observer.dataplane.detect import open_source, reader_for, resolve
 from observer.dataplane.iptables import IptablesNftTables, service_hash
+from observer.dataplane.iptables_nft_events import JumpEvent
+from observer.dataplane.mode import Wiring
 from observer.dataplane.model import DataplaneChange
+from observer.dataplane.modes import open_source, reader
 from observer.dataplane.nftables import KubeProxyTables
-from observer.dataplane.nftevents import JumpEvent
 from observer.dataplane.sources import MonitorSource
 from observer.values import EndpointKey, ServicePort
 from tests.agent.harness import until
@@ -65,8 +66,7 @@ def key(n: int, ip: str) -> EndpointKey:
 
 async def dump(netns: Netns, mode: str = "auto") -> dict[str, Any]:
     runner = CommandRunner(netns=netns.name)
-    resolved, backend = await resolve(mode, runner)  # type: ignore[arg-type]
-    return (await reader_for(resolved, backend, runner).read()).to_json()
+    return (await (await reader(mode, runner, {})).read()).to_json()
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -139,9 +139,9 @@ class Health:
 async def test_change_events(netns: Netns, mode: str) -> None:
     load(netns, mode)
     health, changes = Health(), Recorder()
-    source = await open_source("auto", runner=CommandRunner(netns=netns.name),
-                               clock=SystemClock(), metrics=health, poll_interval=0.05,
-                               poll_max_cpu=0.5)
+    source = await open_source("auto", Wiring(
+        runner=CommandRunner(netns=netns.name), options={}, clock=SystemClock(), metrics=health,
+        poll_interval=0.05, poll_max_cpu=0.5))
     task = asyncio.create_task(source.run(changes))
     try:
         await until(lambda: source.selected(key(4, "10.180.0.4")) is True, "first read")
@@ -174,9 +174,9 @@ async def monitoring(netns: Netns, mode: str, health: Health, changes: Recorder,
     """kube-proxy's rules for ``mode`` loaded, and the event-driven source running on them
     (its task starts at the caller's first await: what the caller sets before runs first)."""
     load(netns, mode)
-    source = await open_source("auto", runner=CommandRunner(netns=netns.name),
-                               clock=SystemClock(), metrics=health, poll_interval=0.05,
-                               poll_max_cpu=0.5)
+    source = await open_source("auto", Wiring(
+        runner=CommandRunner(netns=netns.name), options={}, clock=SystemClock(), metrics=health,
+        poll_interval=0.05, poll_max_cpu=0.5))
     assert isinstance(source, MonitorSource)
     source.schedule.resync_interval = resync_interval
     task = asyncio.create_task(source.run(changes))
@@ -304,7 +304,7 @@ async def test_lost_events_are_counted_and_a_full_read_follows(
     """The kernel's queue for the agent overflows (here: made as small as the kernel allows,
     then a whole rule set rewritten at once): counted as ``events_lost``, a full read comes
     within a few seconds (not at the resync interval), and events go on."""
-    monkeypatch.setattr(nftevents, "RECEIVE_BUFFER", 1)
+    monkeypatch.setattr(iptables_nft_events, "RECEIVE_BUFFER", 1)
     health, changes = Health(), Recorder()
     async with monitoring(netns, "iptables-nft", health, changes,
                           resync_interval=3600) as source:

@@ -20,17 +20,15 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client
 
-from observer.agent import (
-    AgentConfig,
-    build_agent,
-    given,
-)
+from observer.agent import build_agent, given
 from observer.clock import SystemClock
+from observer.config import AgentConfig, WatchSettings
 from observer.dataplane.commands import CommandRunner
-from observer.dataplane.detect import open_source
 from observer.dataplane.memory import MemoryDataplane
+from observer.dataplane.mode import Wiring
+from observer.dataplane.modes import open_source
 from observer.dataplane.sources import MonitorSource
-from observer.kube.watch import ResourceWatch, WatchSettings
+from observer.kube.watch import ResourceWatch
 from observer.lab.apiserver.server import ApiServer
 from observer.lab.config import Delay, LabConfig
 from observer.lab.scenario import Lab
@@ -115,9 +113,9 @@ async def test_a_change_source(netns: Netns, mode: str) -> None:
     load(netns, mode)
 
     async def run() -> None:
-        source = await open_source("auto", runner=CommandRunner(netns=netns.name),
-                                   clock=SystemClock(), metrics=_Nothing(), poll_interval=0.05,
-                                   poll_max_cpu=0.5)
+        source = await open_source("auto", Wiring(
+            runner=CommandRunner(netns=netns.name), options={}, clock=SystemClock(),
+            metrics=_Nothing(), poll_interval=0.05, poll_max_cpu=0.5))
         if isinstance(source, MonitorSource):
             source.schedule.resync_interval = 0.1  # full reads often: more moments inside one
         await source.run(lambda change: None)

@@ -14,17 +14,12 @@ import aiohttp
 import pytest
 from kubernetes_asyncio import client
 
-from observer.agent import (
-    Agent,
-    AgentConfig,
-    DataplaneWiring,
-    build_agent,
-)
+from observer.agent import Agent, DataplaneWiring, build_agent
 from observer.clock import SystemClock
+from observer.config import AgentConfig, WatchSettings
 from observer.dataplane.commands import CommandRunner
-from observer.dataplane.detect import reader_for
+from observer.dataplane.iptables import IptablesReader
 from observer.dataplane.sources import PollingSource
-from observer.kube.watch import WatchSettings
 from observer.lab.apiserver.server import ApiServer
 from observer.lab.rules import ServicePortRules, iptables_sync
 from tests.agent.harness import Cluster, Endpoint, key, until
@@ -99,8 +94,8 @@ async def test_episode_survives_a_broken_dataplane(fault: str, apiserver: ApiSer
 
     async def polling_legacy(wiring: DataplaneWiring) -> PollingSource:
         """What the settings would open, with a runner timeout short enough for the hang."""
-        return PollingSource(reader=reader_for("iptables", "legacy", CommandRunner(timeout=0.3),
-                                               wiring.catalog.service_port_names),
+        return PollingSource(reader=IptablesReader(CommandRunner(timeout=0.3), "legacy",
+                                                   wiring.catalog.service_port_names),
                              clock=wiring.clock, metrics=wiring.health, interval=0.05)
 
     agent = await build_agent(AgentConfig(node_name="node-a", listen=("127.0.0.1", 0),

@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from observer.dataplane.iptables import IptablesNftTables, parse_iptables_save
+from observer.dataplane.iptables_nft_events import JumpEvent, decode
 from observer.dataplane.ipvs import Virtual, dest_attrs, parse_ipvs, service_attrs, service_identity
 from observer.dataplane.model import DataplaneParseError
 from observer.dataplane.nftables import KubeProxyTables, parse_nft_text
-from observer.dataplane.nftevents import JumpEvent, decode
 from observer.kube.lifecycle import containers_of, grace_seconds, prestop_of
 from observer.kube.objects import MalformedObject, parse_endpoint_slice, parse_pod
 from tests.conftest import REPO

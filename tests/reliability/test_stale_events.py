@@ -17,14 +17,10 @@ import yaml
 from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry
 
-from observer.agent import (
-    AgentConfig,
-    build_agent,
-    given,
-)
+from observer.agent import build_agent, given
 from observer.clock import SystemClock
+from observer.config import AgentConfig, WatchSettings
 from observer.dataplane.memory import MemoryDataplane
-from observer.kube.watch import WatchSettings
 from observer.lab.apiserver.server import ApiServer
 from observer.lab.results import accounting
 from tests.agent.harness import Cluster, Endpoint, key, until

@@ -13,8 +13,9 @@ from pathlib import Path
 from kubernetes_asyncio import client
 from structlog.testing import capture_logs
 
-from observer.agent import Agent, AgentConfig, DataplaneSettings, TrafficSettings, build_agent
+from observer.agent import Agent, build_agent
 from observer.clock import SystemClock
+from observer.config import AgentConfig, DataplaneSettings, TrafficSettings
 from observer.episodes.model import Episode
 from observer.lab.apiserver.server import ApiServer
 from observer.lab.clients import Connection

@@ -16,8 +16,9 @@ from typing import Literal
 import pytest
 from kubernetes_asyncio import client
 
-from observer.agent import AgentConfig, DataplaneSettings, TrafficSettings, build_agent
+from observer.agent import build_agent
 from observer.clock import SystemClock
+from observer.config import AgentConfig, DataplaneSettings, TrafficSettings
 from observer.dataplane.netlink import enter_namespace
 from observer.dataplane.nlwire import HEADER, attribute
 from observer.episodes.model import After, Episode, Origin

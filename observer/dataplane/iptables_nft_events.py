@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
-from observer.dataplane.model import DataplaneParseError
+from observer.dataplane.model import DataplaneParseError, EventsLost
 from observer.dataplane.netlink import netlink_error, netlink_socket
 from observer.dataplane.nlwire import DATAGRAM, attributes, elements, messages
 
@@ -66,16 +66,6 @@ class JumpEvent(NamedTuple):
     chain: str
     handle: int | None
     targets: tuple[str, ...] = ()
-
-
-class EventsLost(Exception):
-    """Events the kernel announced that did not reach us whole: the kept state may be wrong
-    until a full read (``reason``: ``events_lost`` — the receive queue overflowed — or
-    ``garbage``)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def _string(data: bytes, span: tuple[int, int] | None) -> bytes:

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from observer.dataplane.model import DataplaneParseError
-from observer.dataplane.nftevents import EventsLost, JumpEvent, NftEvents, decode, nft_events
+from observer.dataplane.iptables_nft_events import JumpEvent, NftEvents, decode, nft_events
+from observer.dataplane.model import DataplaneParseError, EventsLost
 from tests.dataplane.edits import IPTABLES_DROP_SVC4_EP4, load
 from tests.netns import FIXTURES, Netns
 
