@@ -34,6 +34,7 @@ from observer.config import AgentConfig, TrafficSettings, WatchSettings
 from observer.dataplane.memory import MemoryDataplane
 from observer.export.metrics import configure_exposition
 from observer.kube.connect import load_api_config
+from observer.kube.imports import import_client_parts
 
 
 def serve_in_child(*args: Any) -> None:
@@ -44,8 +45,9 @@ def serve_in_child(*args: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    # After observer's modules, as ``observer run`` has it: the parts the agent calls
-    # (observer/kube/imports.py), not all of kubernetes_asyncio.
+    # As ``observer run`` has it: the parts the agent calls (observer/kube/imports.py), not
+    # all of kubernetes_asyncio.
+    import_client_parts()
     from kubernetes_asyncio import client
 
     with tempfile.TemporaryDirectory() as tmp:

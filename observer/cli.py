@@ -20,6 +20,7 @@ from observer.commands.run import run
 from observer.config import AgentConfig, DataplaneSettings, TrafficSettings, WatchSettings
 from observer.dataplane import modes
 from observer.memory import collect_garbage_rarely
+from observer.report.options import ReportOptions
 from observer.values import join_host_port, split_host_port
 
 
@@ -226,8 +227,7 @@ def prometheus_duration(text: str) -> str:
 
 
 def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from observer.report import advice
-
+    defaults = ReportOptions(prometheus=None, agents=(), kubeconfig=None, namespace=None)
     report = commands.add_parser(
         "report", help="recommend a preStop from the measurements and check every workload",
         description="Read the agents' histograms (through Prometheus, or from the agents "
@@ -245,27 +245,26 @@ def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
                         help="kubeconfig for reading workloads (default: in-cluster config, "
                              "then $KUBECONFIG or ~/.kube/config)")
     report.add_argument("--namespace", help="only this namespace's workloads (default: all)")
-    report.add_argument("--quantile", type=quantile, default=advice.DEFAULT_QUANTILE,
+    report.add_argument("--quantile", type=quantile, default=defaults.quantile,
                         help="quantile of each stage the preStop must cover (default %(default)s)")
-    report.add_argument("--margin", type=float, default=advice.DEFAULT_MARGIN,
+    report.add_argument("--margin", type=float, default=defaults.margin,
                         help="seconds added for what the stages do not see (default "
                              "%(default)s)")
     report.add_argument("--window", type=prometheus_duration, default=None,
                         help=f"with --prometheus: how far back to look (default "
-                             f"{advice.DEFAULT_WINDOW}, the recording rules' window); agents "
+                             f"{defaults.window}, the recording rules' window); agents "
                              "count since they started")
-    report.add_argument("--min-episodes", type=int, default=advice.DEFAULT_MIN_EPISODES,
+    report.add_argument("--min-episodes", type=int, default=defaults.min_episodes,
                         help="refuse to recommend from fewer measured deletions (default "
                              "%(default)s)")
-    report.add_argument("--node-label", default=advice.DEFAULT_NODE_LABEL,
+    report.add_argument("--node-label", default=defaults.node_label,
                         help="with --prometheus: the label naming each agent's node (default "
                              "%(default)s, as deploy/'s scrape configuration sets it)")
     report.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _report(args: argparse.Namespace) -> int:
-    from observer.report.advice import DEFAULT_WINDOW
-    from observer.report.command import ReportOptions, report
+    from observer.report.command import report
 
     if args.window is not None and args.prometheus is None:
         build_parser().error("--window needs --prometheus: agents' counters run from their "
@@ -274,7 +273,7 @@ def _report(args: argparse.Namespace) -> int:
         return asyncio.run(report(ReportOptions(
             prometheus=args.prometheus, agents=args.agents or (), kubeconfig=args.kubeconfig,
             namespace=args.namespace, quantile=args.quantile, margin=args.margin,
-            window=args.window or DEFAULT_WINDOW, min_episodes=args.min_episodes,
+            window=args.window or ReportOptions.window, min_episodes=args.min_episodes,
             node_label=args.node_label, as_json=args.json)))
     except BrokenPipeError:  # `observer report | head`: the reader left, nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -8,6 +8,7 @@ import structlog
 
 from observer.clock import SystemClock
 from observer.config import AgentConfig
+from observer.kube.imports import import_client_parts
 from observer.tasks import stop_on_signals
 
 log = structlog.get_logger("observer")
@@ -16,6 +17,8 @@ log = structlog.get_logger("observer")
 async def run(settings: AgentConfig, *, kubeconfig: str | None) -> int:
     """0 after a clean stop; 2 when the agent cannot start (no node name, no API client
     configuration, a dataplane or conntrack that cannot be read as asked)."""
+    # Before anything imports kubernetes_asyncio: the parts the agent calls, not all of it.
+    import_client_parts()
     from kubernetes_asyncio import client, config
 
     from observer.agent import build_agent

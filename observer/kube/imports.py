@@ -11,13 +11,19 @@ The agent calls ``ApiClient``, ``Configuration``, two API classes and the config
 reads the API's JSON itself (``_preload_content=False``, observer/kube/watch.py): it never
 builds a model.
 
-So, when observer is imported before kubernetes_asyncio, kubernetes_asyncio's four packages are
-registered without running their ``__init__`` and the modules the agent uses are imported from
-them; the names the agent and kubernetes_asyncio's config loaders take from ``client`` are set
-on it. A package asked for any other name runs its own ``__init__`` then (a module
-``__getattr__``, PEP 562), so code that needs a model or another API class (the lab's API
-server, ``observer report``) gets it, at the full cost. The agent's modules: 50 MiB resident
-instead of 83 (docs/benchmarks.md).
+So ``observer run`` calls ``import_client_parts`` before anything imports kubernetes_asyncio
+(``observer.commands.run``; nothing else does, and importing observer changes nothing):
+kubernetes_asyncio's four packages are registered without running their ``__init__`` and the
+modules the agent uses are imported from them; the names the agent and kubernetes_asyncio's
+config loaders take from ``client`` are set on it. A package asked for any other name runs its
+own ``__init__`` then (a module ``__getattr__``, PEP 562), so code in the same process that
+needs a model or another API class gets it, at the full cost. The agent's modules: 50 MiB
+resident instead of 83 (docs/benchmarks.md).
+
+It depends on the layout of kubernetes_asyncio's generated packages (the module names below):
+the same in 31.1 and 36.1, the ends of the range pyproject.toml pins, both tested
+(tests/agent/test_client_imports.py). Should a release move them, the call imports all of
+kubernetes_asyncio instead and says so: the agent works, at the full cost.
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ import importlib.util
 import sys
 import threading
 from types import ModuleType
+
+import structlog
+
+log = structlog.get_logger("observer.kube")
 
 _lock = threading.Lock()
 
@@ -53,11 +63,26 @@ def _deferred(name: str) -> ModuleType:
     return package
 
 
-def import_client_parts() -> None:
-    """Import kubernetes_asyncio's modules the agent uses, not its packages' ``__init__``.
-    Nothing to do when kubernetes_asyncio is imported already."""
+def import_client_parts() -> bool:
+    """Import kubernetes_asyncio's modules the agent uses, not its packages' ``__init__``;
+    whether it did (not when kubernetes_asyncio was imported already, or its layout is not
+    the one known)."""
     if "kubernetes_asyncio" in sys.modules:
-        return
+        return False
+    try:
+        _import_parts()
+    except (ImportError, AttributeError) as error:
+        for name in [m for m in sys.modules if m.startswith("kubernetes_asyncio")]:
+            del sys.modules[name]
+        importlib.import_module("kubernetes_asyncio.client")
+        importlib.import_module("kubernetes_asyncio.config")
+        log.info("kubernetes_asyncio imported whole: its layout is not the one known",
+                 error=str(error))
+        return False
+    return True
+
+
+def _import_parts() -> None:
     for name in _PACKAGES:
         _deferred(name)
     # One by one and in this order: ``from package import module`` would ask the package for

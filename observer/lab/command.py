@@ -25,7 +25,8 @@ from observer.lab.config import LabConfig
 from observer.lab.report import render_svg, render_text, render_verify
 from observer.lab.results import compare, pair
 from observer.lab.scenario import Lab, LabRun
-from observer.report.command import ReportOptions, report
+from observer.report.command import report
+from observer.report.options import ReportOptions
 from observer.tasks import cancel_and_wait, stop_on_signals
 from observer.traffic.source import ERROR_REASONS as TRAFFIC_ERROR_REASONS
 

@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry
 
 from observer.episodes.model import Episode
 from observer.lab.truth import TrueEpisode
-from observer.report.advice import DEFAULT_MARGIN, Recommendation
+from observer.report.advice import Recommendation
+from observer.report.options import DEFAULT_MARGIN
 
 STAGES = ("controller", "dataplane", "total")
 

@@ -27,13 +27,9 @@ from dataclasses import dataclass, field
 from observer.kube import lifecycle
 from observer.report.evidence import Evidence
 from observer.report.histograms import Histogram
+from observer.report.options import DEFAULT_MARGIN, DEFAULT_MIN_EPISODES, DEFAULT_QUANTILE
 from observer.report.workloads import WorkloadContainer
 
-DEFAULT_QUANTILE = 0.99
-DEFAULT_MARGIN = 1.0
-DEFAULT_MIN_EPISODES = 20
-DEFAULT_WINDOW = "6h"  # with --prometheus; the recording rules' window
-DEFAULT_NODE_LABEL = "node"  # what deploy/'s scrape configuration names each agent's node
 # over-provisioned: more than this many times the recommendation and at least this much above.
 OVER_FACTOR = 2.0
 OVER_SECONDS = 10.0

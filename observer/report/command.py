@@ -11,7 +11,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, TextIO
 
 import aiohttp
@@ -19,11 +18,6 @@ from kubernetes_asyncio import client, config
 
 from observer.kube.connect import load_api_config
 from observer.report.advice import (
-    DEFAULT_MARGIN,
-    DEFAULT_MIN_EPISODES,
-    DEFAULT_NODE_LABEL,
-    DEFAULT_QUANTILE,
-    DEFAULT_WINDOW,
     ContainerAdvice,
     NotEnoughData,
     Recommendation,
@@ -33,25 +27,12 @@ from observer.report.advice import (
     summary,
 )
 from observer.report.evidence import Evidence, EvidenceError, from_agents, from_prometheus
+from observer.report.options import ReportOptions
 from observer.report.workloads import WorkloadError, read_workloads
 
 EXIT_NOT_ENOUGH_DATA = 3
 EXIT_NO_EVIDENCE = 4
 EXIT_NO_WORKLOADS = 5
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    prometheus: str | None
-    agents: Sequence[str]
-    kubeconfig: str | None
-    namespace: str | None
-    quantile: float = DEFAULT_QUANTILE
-    margin: float = DEFAULT_MARGIN
-    window: str = DEFAULT_WINDOW
-    min_episodes: int = DEFAULT_MIN_EPISODES
-    node_label: str = DEFAULT_NODE_LABEL
-    as_json: bool = False
 
 
 async def _evidence(options: ReportOptions) -> Evidence:

@@ -22,8 +22,9 @@ from observer import cli
 from observer.export.metrics import AgentMetrics
 from observer.lab.apiserver.registry import WriteOptions
 from observer.lab.apiserver.server import ApiServer
-from observer.report.command import ReportOptions, report
+from observer.report.command import report
 from observer.report.histograms import Histogram
+from observer.report.options import ReportOptions
 from tests import noisy
 from tests.cli_options import actions, commands
 from tests.report.test_prometheus import free_port
