@@ -25,7 +25,8 @@ COPY observer ./observer
 RUN python3 -m venv /opt/observer \
     && /opt/observer/bin/pip install --no-compile ${PIP_CERT:+--cert "$PIP_CERT"} ./ \
     && /opt/observer/bin/pip uninstall -y -q pip setuptools \
-    && rm -r /opt/observer/lib/python3*/site-packages/observer/lab
+    && rm -r /opt/observer/lib/python3*/site-packages/observer/lab \
+        /opt/observer/lib/python3*/site-packages/observer/testing
 
 FROM debian:bookworm-slim
 # python3: the interpreter the environment was made with; iptables: both backends

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import rss_mib
 from observer import logs
 from observer.agent import build_agent, given
 from observer.clock import SystemClock
@@ -35,6 +34,7 @@ from observer.dataplane.memory import MemoryDataplane
 from observer.export.metrics import configure_exposition
 from observer.kube.connect import load_api_config
 from observer.kube.imports import import_client_parts
+from observer.testing.soak import rss_mib
 
 
 def serve_in_child(*args: Any) -> None:

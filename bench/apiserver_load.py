@@ -52,11 +52,11 @@ from typing import Any
 
 from kubernetes_asyncio import client, config
 
-from bench import rss_mib
 from observer.agent import PROXYABLE_SLICES, TERMINAL_PODS, WatchRequest, watch_requests
 from observer.clock import SystemClock
 from observer.config import WatchSettings
 from observer.kube.watch import ResourceWatch
+from observer.testing.soak import rss_mib
 
 PARTIAL = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 

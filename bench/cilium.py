@@ -45,7 +45,6 @@ from collections.abc import Collection
 from typing import Any
 
 import observer.agent  # noqa: F401  (the agent's modules, in the RSS as `observer run` has them)
-from bench import rss_mib
 from observer.clock import SystemClock
 from observer.dataplane.cilium import CiliumChanges, CiliumMaps, CiliumReader
 from observer.dataplane.model import DataplaneChange
@@ -57,6 +56,7 @@ from observer.lab.cilium import ACTIVE, TERMINATING, CiliumAgent
 from observer.lab.results import quantile
 from observer.memory import collect_garbage_rarely
 from observer.tasks import cancel_and_wait
+from observer.testing.soak import rss_mib
 from observer.values import EndpointKey, ServicePort
 
 # writer -> agent: service, backend, new state, 0 announced / 1 written, CLOCK_MONOTONIC

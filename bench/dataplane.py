@@ -37,7 +37,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import rss_mib
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.mode import Wiring
@@ -46,6 +45,7 @@ from observer.dataplane.modes import named, open_source
 from observer.dataplane.sources import MonitorSource
 from observer.lab.rules import ServicePortRules, iptables_sync, nft_sync
 from observer.tasks import cancel_and_wait
+from observer.testing.soak import rss_mib
 
 
 def service(s: int, per: int, *, drop_first: bool = False) -> ServicePortRules:

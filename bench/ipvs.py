@@ -25,18 +25,18 @@ import platform
 import time
 from typing import Any
 
-from bench import rss_mib
 from observer.dataplane.ipvs import Virtual, dest_attrs, parse_ipvs, service_attrs
 from observer.dataplane.model import DataplaneSnapshot
 from observer.dataplane.names import FrontendNames
-from observer.values import ServicePort
-from tests.fixtures.dataplane.ipvs_netlink import (
+from observer.testing.ipvs_netlink import (
     Real,
     Service,
     dest_message,
     payload,
     service_message,
 )
+from observer.testing.soak import rss_mib
+from observer.values import ServicePort
 
 
 def services(count: int, per: int) -> list[Service]:

@@ -34,12 +34,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from bench import rss_mib
 from observer.clock import SystemClock
 from observer.episodes.model import Episode
 from observer.episodes.traffic import TrafficBook
 from observer.export.metrics import AgentMetrics, configure_exposition
 from observer.tasks import cancel_and_wait
+from observer.testing.soak import rss_mib
 from observer.traffic import conntrack
 from observer.traffic.source import open_conntrack
 from observer.values import Connection, EndpointKey, ServicePort, Timestamp

@@ -13,7 +13,7 @@ PACKAGE = REPO / "observer"
 # What the measuring core may never import: the composition roots and what stands beside it.
 CORE = {"dataplane", "kube", "episodes", "traffic", "values", "clock", "tasks", "config",
         "memory"}
-OUTSIDE_CORE = {"lab", "cli", "agent", "export", "report", "commands"}
+OUTSIDE_CORE = {"lab", "cli", "agent", "export", "report", "commands", "testing"}
 
 
 def unit(module: str) -> str:
@@ -60,3 +60,25 @@ def test_the_measuring_core_imports_nothing_that_stands_beside_it() -> None:
 
 def test_the_shared_values_import_nothing_of_the_package() -> None:
     assert {b for a, b in imports() if a == "values"} == set()
+
+
+def top_level_imports(directory: str) -> Iterator[tuple[str, str]]:
+    """(file, imported module) for every import in a top-level directory's Python files."""
+    for path in (REPO / directory).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                yield str(path.relative_to(REPO)), node.module
+                yield from ((str(path.relative_to(REPO)), f"{node.module}.{a.name}")
+                            for a in node.names)
+            elif isinstance(node, ast.Import):
+                yield from ((str(path.relative_to(REPO)), a.name) for a in node.names)
+
+
+def test_tests_and_benchmarks_share_observer_testing_not_each_other_nor_the_clis_insides(
+        ) -> None:
+    wrong = sorted(
+        (path, module) for directory, other in (("tests", "bench"), ("bench", "tests"))
+        for path, module in top_level_imports(directory)
+        if module.split(".")[0] == other
+        or (module.startswith("observer.cli.") and module.split(".")[2].startswith("_")))
+    assert wrong == []

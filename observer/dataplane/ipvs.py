@@ -13,7 +13,7 @@ endpoints it balances.
 ``include/uapi/linux/ip_vs.h`` — into the attributes ``parse_ipvs`` reads, by name
 (``IPVS_SVC_ATTR_*``, ``IPVS_DEST_ATTR_*``, the names and values pyroute2 would give them).
 The kernel of our CI machines has no IPVS module, so both are tested on messages encoded in
-that layout (``tests/fixtures/dataplane/ipvs_netlink.py``, its origin stated there), and the
+that layout (``observer/testing/ipvs_netlink.py``, its origin stated there), and the
 decoding against pyroute2's of the same bytes.
 
 The dump is what ``ipvsadm -Ln`` asks for: the ``IPVS`` generic netlink family's id from the

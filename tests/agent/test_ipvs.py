@@ -24,8 +24,8 @@ from observer.dataplane.ipvs import IpvsReader, Virtual
 from observer.dataplane.names import FrontendNames
 from observer.dataplane.sources import PollingSource
 from observer.lab.apiserver.server import ApiServer
+from observer.testing.ipvs_netlink import Real, Service, virtuals
 from tests.agent.harness import Cluster, Endpoint, key, until
-from tests.fixtures.dataplane.ipvs_netlink import Real, Service, virtuals
 
 WEB = key("web", "10.0.0.1")
 

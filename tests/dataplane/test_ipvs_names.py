@@ -8,8 +8,8 @@ from collections.abc import Collection
 from observer.dataplane.ipvs import parse_ipvs
 from observer.dataplane.model import DataplaneSnapshot
 from observer.dataplane.names import FrontendNames
+from observer.testing.ipvs_netlink import KUBE_DNS, Service, virtuals
 from observer.values import EndpointKey, ServicePort
-from tests.fixtures.dataplane.ipvs_netlink import KUBE_DNS, Service, virtuals
 
 DNS = ServicePort("kube-system", "kube-dns", "dns", "UDP")
 DNS_TCP = ServicePort("kube-system", "kube-dns", "dns-tcp", "TCP")

@@ -16,8 +16,7 @@ from observer.dataplane.iptables import (
 from observer.dataplane.ipvs import Attrs, dest_attrs, parse_ipvs, service_attrs, service_identity
 from observer.dataplane.model import DataplaneParseError
 from observer.dataplane.nftables import endpoint_from_chain, parse_nft_text, service_from_chain
-from tests.dataplane.edits import IPTABLES_RULES, without_endpoint_comments
-from tests.fixtures.dataplane.ipvs_netlink import (
+from observer.testing.ipvs_netlink import (
     KUBE_DNS,
     dest_message,
     nla,
@@ -28,6 +27,7 @@ from tests.fixtures.dataplane.ipvs_netlink import (
     u32,
     virtuals,
 )
+from tests.dataplane.edits import IPTABLES_RULES, without_endpoint_comments
 from tests.netns import FIXTURES
 
 

@@ -21,14 +21,14 @@ from observer.dataplane.model import DataplaneParseError
 from observer.dataplane.nftables import KubeProxyTables, parse_nft_text
 from observer.kube.lifecycle import containers_of, grace_seconds, prestop_of
 from observer.kube.objects import MalformedObject, parse_endpoint_slice, parse_pod
-from tests.conftest import REPO
-from tests.fixtures.dataplane.ipvs_netlink import (
+from observer.testing.ipvs_netlink import (
     KUBE_DNS,
     dest_message,
     payload,
     service_message,
     virtuals,
 )
+from tests.conftest import REPO
 
 FIXTURES = REPO / "tests" / "fixtures" / "dataplane"
 IPTABLES = (FIXTURES / "iptables-nat.rules").read_text().splitlines()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from bench.soak import soak
+from observer.testing.soak import soak
 
 NODES = 2
 
