@@ -46,10 +46,12 @@ from typing import Any
 
 import observer.agent  # noqa: F401  (the agent's modules, in the RSS as `observer run` has them)
 from observer.clock import SystemClock
-from observer.dataplane.cilium import CiliumChanges, CiliumMaps, CiliumReader
+from observer.dataplane.cilium.changes import CiliumChanges
+from observer.dataplane.cilium.maps import CiliumMaps
+from observer.dataplane.cilium.source import DeltaPollingSource
+from observer.dataplane.cilium.state import CiliumReader
 from observer.dataplane.model import DataplaneChange
 from observer.dataplane.names import FrontendNames
-from observer.dataplane.sources import DeltaPollingSource
 from observer.episodes.slices import routed
 from observer.kube.objects import Endpoint
 from observer.lab.cilium import ACTIVE, TERMINATING, CiliumAgent

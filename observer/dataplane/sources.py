@@ -4,9 +4,9 @@
   notification; IPVS here neither). A change is stamped with the start of the read that shows
   it; it happened between the previous read's start and this read's end, which is its stated
   precision (about one interval).
-* ``DeltaPollingSource`` reads a large dataplane with no change notification (Cilium's maps)
-  by parts: the service ports the tracker expects to change, every ``interval``; everything,
-  rarely. A change's precision is about one interval where it was expected.
+* ``observer.dataplane.cilium.source.DeltaPollingSource``, on the ``ReadingSource`` here,
+  reads Cilium's maps by parts: the service ports the tracker expects to change, every
+  ``interval``; everything, rarely.
 * ``MonitorSource`` follows the kernel's nf_tables change events — announced over netlink for
   every change, including those iptables-nft makes — and re-derives selection right after each
   burst of events (one kube-proxy transaction arrives as one burst, so a flushed-and-refilled
@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import math
 import resource
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Generic, Protocol, TypeVar
 
 import structlog
@@ -47,7 +45,6 @@ log = structlog.get_logger("observer.dataplane")
 T = TypeVar("T")
 E = TypeVar("E")
 _COST_WEIGHT = 0.25  # of the newest full read in the moving average of their CPU cost
-_INLINE_PORTS = 64  # reads by parts of at most this many service ports run in the event loop
 
 
 class DataplaneMetrics(Protocol):
@@ -100,7 +97,10 @@ class _Selection:
         return changed
 
 
-class _ReadingSource:
+class ReadingSource:
+    """What every reading source shares: the selection last read, reads timed and their
+    failures counted, timestamps of the reads."""
+
     def __init__(self, *, mode: Mode, clock: Clock, metrics: DataplaneMetrics) -> None:
         self._mode = mode
         self.clock = clock
@@ -211,7 +211,7 @@ class CpuAllowance:
         return now if self.balance >= 0 else now - self.balance / self.max_cpu
 
 
-class PollingSource(_ReadingSource):
+class PollingSource(ReadingSource):
     """Polling by full reads (iptables-legacy has no change notification; IPVS here neither):
     starts a read every ``interval`` seconds — but spends no more than ``max_cpu`` of one core
     (10%) on reading, on average: on a large node a full read costs much (at 10,000 services
@@ -252,246 +252,6 @@ class PollingSource(_ReadingSource):
                 del read  # the dump's parse, given back:
                 give_back()
             await self.sleep(max(0.0, self.budget.period(self.interval) - (now - started)))
-
-
-# Per service port whose selection a read changed: its whole selection, and since when it
-# may have changed (monotonic: the start of the last read that covered it before this one).
-Changes = dict[ServicePort, tuple[dict[EndpointKey, bool], float]]
-# What a read found, installed in the event loop given the read's start.
-Install = Callable[[float], Changes]
-
-
-class PartsReader(Protocol):
-    """A dataplane that can be read in full, rarely, and in parts, often (Cilium's maps:
-    ``cilium.CiliumChanges``). The reads are blocking calls, made in a worker thread (reads
-    by parts, mostly, in the event loop); what they return is installed in the event loop,
-    one read at a time."""
-
-    @property
-    def mode(self) -> Mode: ...
-
-    def full(self) -> Callable[[], Install]:
-        """The read (blocking) of everything; raises CommandError / DataplaneParseError."""
-
-    def parts(self, ports: Collection[ServicePort]) -> Callable[[], Install] | None:
-        """The read (blocking) of just these service ports' rules; None when the dataplane
-        has none of them."""
-
-    def knows(self, port: ServicePort) -> bool:
-        """Whether the last full read found rules for the service port (a read by parts
-        finds only rules a full read found first)."""
-
-    def close(self) -> None:
-        """Let go of what reads keep open (the source stops)."""
-
-
-class DeltaPollingSource(_ReadingSource):
-    """Polling for a large dataplane that can be read by parts (Cilium's maps, which send no
-    notification of changes): the service ports the tracker waits to see change
-    (``expect``: the slices now route to an endpoint, or no longer) are read every ``interval``
-    seconds until their dataplane agrees or ``expect_for`` seconds have passed; everything is
-    read at most every ``full_interval`` seconds (new frontends, changes no slice announced).
-    Full reads run in a worker thread of their own while the parts go on being read. Full
-    reads may take an eighth of ``max_cpu`` of one core on average (under heavy churn, when
-    much has changed since the last, they come less often: ``ReadBudget``), reads by parts
-    what full reads leave of it (``CpuAllowance``: after a stall they catch up at once).
-
-    A change is stamped with the start of the read that shows it, its precision the larger
-    distance to this read's end and to the later of: the last read of its service port that
-    did not show it (a read by parts, else the last full read), and — for a change a slice
-    update announced — the moment that update was received. Cilium programs an endpoint's
-    change only in answer to that update, which the API server sends to it and to this agent
-    at once (the time the update took to reach this agent is not counted, as for every time
-    the agent takes from its watches). So an expected change is bounded by about one
-    interval, with no read needed before it. While a port expected has no rules any full read
-    found (a new Service; or one Cilium does not program, such as a headless one), full
-    reads come every ``interval``, as the budget allows."""
-
-    def __init__(self, *, changes: PartsReader, clock: Clock, metrics: DataplaneMetrics,
-                 interval: float, full_interval: float = 30.0, expect_for: float = 30.0,
-                 max_cpu: float = 0.1) -> None:
-        super().__init__(mode=changes.mode, clock=clock, metrics=metrics)
-        self.changes = changes
-        self.interval = interval
-        self.full_interval = full_interval
-        self.expect_for = expect_for
-        # Full reads keep to an eighth of the share at most, reads by parts to what full reads
-        # leave, each measured by the CPU time of the thread that read (and of the event loop
-        # installing it).
-        self.max_cpu = max_cpu
-        self.full_budget = ReadBudget(max_cpu / 8)
-        self.parts_budget = CpuAllowance(max_cpu * 7 / 8)
-        # Per service port, the endpoints expected to turn (un)selected: how, since when (the
-        # slice update that says so was received) and until when.
-        self.expected: dict[ServicePort, dict[EndpointKey, tuple[bool, float, float]]] = {}
-        self._expiry = math.inf  # the earliest end of an expectation (monotonic)
-        self._unknown = False  # a port expected that no full read found rules for
-        self._wake = asyncio.Event()
-
-    def expect(self, key: EndpointKey, selected: bool) -> None:
-        keys = self.expected.get(key.service_port)
-        if bool(self._selection.selected(key)) == selected:
-            if keys is not None:
-                keys.pop(key, None)
-                if not keys:
-                    del self.expected[key.service_port]
-            return
-        if keys is None:
-            if not self.expected:  # the loop may wait for nothing but a full read
-                self._wake.set()
-            keys = self.expected[key.service_port] = {}
-            if not self._unknown and not self.changes.knows(key.service_port):
-                self._unknown = True
-                self._wake.set()
-        now = self.clock.monotonic()
-        keys[key] = (selected, now, now + self.expect_for)
-        self._expiry = min(self._expiry, now + self.expect_for)
-
-    def _met(self, ports: Iterable[ServicePort]) -> None:
-        """Forget what the dataplane of these service ports now agrees with (a read installed
-        them: only that changes what it shows); note whether a port still expected has no
-        rules any full read found."""
-        for port in ports:
-            keys = self.expected.get(port)
-            if keys is None:
-                continue
-            for key, (selected, _, _) in list(keys.items()):
-                if bool(self._selection.selected(key)) == selected:
-                    del keys[key]
-            if not keys:
-                del self.expected[port]
-        self._unknown = not all(map(self.changes.knows, self.expected))
-
-    def _watched(self, now: float) -> list[ServicePort]:
-        """The service ports still expected to change, forgetting the expectations that
-        ran out."""
-        if now >= self._expiry:
-            self._expiry = math.inf
-            for port, keys in list(self.expected.items()):
-                for key, (_, _, until) in list(keys.items()):
-                    if until <= now:
-                        del keys[key]
-                    else:
-                        self._expiry = min(self._expiry, until)
-                if not keys:
-                    del self.expected[port]
-            self._unknown = not all(map(self.changes.knows, self.expected))
-        return list(self.expected)
-
-    async def run(self, sink: ChangeSink) -> None:
-        clock = self.clock
-        full: asyncio.Task[tuple[Install, float, float, float] | None] | None = None
-        full_due, full_started = clock.monotonic(), -math.inf
-        parts_started = -math.inf
-        healthy = False  # the last full read succeeded: reads by parts may go on
-        counted = False  # the first full read decodes everything: no measure of the next
-        try:
-            while True:
-                self._wake.clear()
-                now = clock.monotonic()
-                if full is not None and full.done():
-                    done, full = full.result(), None
-                    healthy = done is not None
-                    if done is None:  # counted and logged; tried again in a second
-                        full_due = now + max(1.0, self.interval)
-                    else:
-                        install, started, ended, used = done
-                        cost = self._install(install, started, ended, sink, used)
-                        del install, done  # the read's transient peak, given back:
-                        give_back()
-                        if counted:
-                            self.full_budget.record(cost)
-                        self._selection.primed = counted = True
-                        period = self.full_budget.period(self.full_interval)
-                        full_due = started + period
-                        self.parts_budget.max_cpu = self.max_cpu - (
-                            self.full_budget.cost or 0.0) / period
-                if full is None and healthy and self._unknown:
-                    full_due = min(full_due, full_started + self.full_budget.period(
-                        self.interval))
-                if full is None and now >= full_due:
-                    full_started = now
-                    full = asyncio.create_task(self._read(self.changes.full(), full=True),
-                                               name="dataplane: full read")
-                    full.add_done_callback(lambda _: self._wake.set())
-                parts_due = max(parts_started + self.interval, self.parts_budget.due(now))
-                if healthy and self.expected and now >= parts_due:
-                    ports = self._watched(now)
-                    parts_started = now
-                    if ports:
-                        healthy = await self._read_parts(ports, sink)
-                        if not healthy:
-                            full_due = min(full_due, now + max(1.0, self.interval))
-                    continue
-                deadlines = [full_due] if full is None else []
-                if healthy and self.expected:
-                    deadlines.append(parts_due)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, min(deadlines) - now)
-                                               if deadlines else None):
-                        await self._wake.wait()
-        finally:
-            if full is not None:
-                await cancel_and_wait(full)
-            self.changes.close()
-
-    async def _read(self, work: Callable[[], Install], *, full: bool, inline: bool = False
-                    ) -> tuple[Install, float, float, float] | None:
-        """A read in a worker thread (or ``inline``, in the event loop): what it found, its
-        start and end (monotonic), and the thread's CPU seconds; None when it failed (counted
-        and logged)."""
-        def timed() -> tuple[Install, float]:
-            cpu = time.thread_time()
-            return work(), time.thread_time() - cpu
-
-        async def at_once() -> tuple[Install, float]:
-            return timed()
-
-        started = self.clock.monotonic()
-        done = await self._scan(at_once() if inline else asyncio.to_thread(timed), full=full)
-        if done is None:
-            return None
-        return done[0], started, self.clock.monotonic(), done[1]
-
-    async def _read_parts(self, ports: list[ServicePort], sink: ChangeSink) -> bool:
-        """Read these service ports; whether the read succeeded. In the event loop unless
-        there are many: a read by parts holds the GIL from start to end (its lookups are
-        GIL-holding calls, then it decodes), so a worker thread would run it no sooner, and
-        handing it over costs more CPU than the read (docs/benchmarks.md); one of many ports
-        (a rollout of many Services at once) goes to a worker thread, not to hold the event
-        loop for long."""
-        work = self.changes.parts(ports)
-        if work is None:
-            return True
-        done = await self._read(work, full=False, inline=len(ports) <= _INLINE_PORTS)
-        if done is None:
-            return False
-        install, started, ended, used = done
-        self.parts_budget.spend(self.clock.monotonic(),
-                                self._install(install, started, ended, sink, used))
-        return True
-
-    def _stamp(self, key: EndpointKey, *, selection: dict[EndpointKey, bool], since: float,
-               read: tuple[float, float]) -> Timestamp:
-        """A change the read (start, end) found: it came after the last read of its port that
-        did not show it (``since``) and, if a slice update announced it, after that update
-        was received."""
-        expected = self.expected.get(key.service_port, {}).get(key)
-        if expected is not None and expected[0] == selection.get(key, False):
-            since = max(since, expected[1])
-        started, ended = read
-        return self._at(started, max(started - since, ended - started))
-
-    def _install(self, install: Install, started: float, ended: float, sink: ChangeSink,
-                 used: float) -> float:
-        """Install what a read found; the CPU seconds of the read (``used``) and of this."""
-        cpu = time.thread_time()
-        changes = install(started)
-        for port, (selection, since) in changes.items():
-            self._selection.update((port,), {port: selection}, functools.partial(
-                self._stamp, selection=selection, since=since, read=(started, ended)), sink)
-        self._met(changes)
-        return used + time.thread_time() - cpu
 
 
 class _Events(Protocol[E]):
@@ -583,7 +343,7 @@ class ReadSchedule:
             self.unknown_since = now
 
 
-class MonitorSource(_ReadingSource, Generic[E]):
+class MonitorSource(ReadingSource, Generic[E]):
     """Event-driven, for the nf_tables-based modes (``nftables``, and ``iptables`` with the
     nft backend): state kept from the kernel's change events, checked by periodic full reads.
 

@@ -15,21 +15,77 @@ benchmark fill real maps with.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
 from collections.abc import Sequence
 
 from observer.dataplane import bpf
-from observer.dataplane.cilium import (
-    BACKEND_KEY,
-    BACKEND_MAPS,
-    BACKEND_VALUE,
-    PIN_DIR,
-    SERVICE_KEY,
-    SERVICE_MAPS,
-    SERVICE_VALUE,
-)
 from observer.lab.rules import ServicePortRules
+
+# The maps' layouts, stated here on their own from Cilium's declarations (cilium/cilium v1.18,
+# ``bpf/lib/lb.h``; ``bpf/lib/common.h`` in older releases), so that the reader's statement of
+# them (``observer.dataplane.cilium.maps``) is checked against an independent one. Each C
+# declaration is quoted above its transcription; ctypes lays the fields out as the C compiler
+# does (natural alignment, no packing: none of these is ``__packed``). ``__be`` fields are
+# byte arrays here, written in network order.
+PIN_DIR = "tc/globals"  # LIBBPF_PIN_BY_NAME, under Cilium's BPF filesystem mount
+SERVICE_MAPS = {4: "cilium_lb4_services_v2", 6: "cilium_lb6_services_v2"}
+BACKEND_MAPS = {4: "cilium_lb4_backends_v3", 6: "cilium_lb6_backends_v3"}
+
+
+class Lb4Key(ctypes.Structure):
+    """struct lb4_key { __be32 address; __be16 dport; __u16 backend_slot; __u8 proto;
+    __u8 scope; __u8 pad[2]; };"""
+
+    _fields_ = (("address", ctypes.c_uint8 * 4), ("dport", ctypes.c_uint8 * 2),
+                ("backend_slot", ctypes.c_uint16), ("proto", ctypes.c_uint8),
+                ("scope", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 2))
+
+
+class Lb6Key(ctypes.Structure):
+    """struct lb6_key { union v6addr address; __be16 dport; __u16 backend_slot; __u8 proto;
+    __u8 scope; __u8 pad[2]; };"""
+
+    _fields_ = (("address", ctypes.c_uint8 * 16), ("dport", ctypes.c_uint8 * 2),
+                ("backend_slot", ctypes.c_uint16), ("proto", ctypes.c_uint8),
+                ("scope", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 2))
+
+
+class LbService(ctypes.Structure):
+    """struct lb4_service (lb6_service alike) { union { __u32 backend_id; __u32
+    affinity_timeout; __u32 l7_lb_proxy_port; }; __u16 count; __u16 rev_nat_index; __u8 flags;
+    __u8 flags2; __u16 qcount; };"""
+
+    _fields_ = (("backend_id", ctypes.c_uint32), ("count", ctypes.c_uint16),
+                ("rev_nat_index", ctypes.c_uint16), ("flags", ctypes.c_uint8),
+                ("flags2", ctypes.c_uint8), ("qcount", ctypes.c_uint16))
+
+
+class Lb4Backend(ctypes.Structure):
+    """struct lb4_backend { __be32 address; __be16 port; __u8 proto; __u8 flags;
+    __u16 cluster_id; __u8 zone; __u8 pad; };"""
+
+    _fields_ = (("address", ctypes.c_uint8 * 4), ("port", ctypes.c_uint8 * 2),
+                ("proto", ctypes.c_uint8), ("flags", ctypes.c_uint8),
+                ("cluster_id", ctypes.c_uint16), ("zone", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8))
+
+
+class Lb6Backend(ctypes.Structure):
+    """struct lb6_backend { union v6addr address; __be16 port; __u8 proto; __u8 flags;
+    __u16 cluster_id; __u8 zone; __u8 pad; };"""
+
+    _fields_ = (("address", ctypes.c_uint8 * 16), ("port", ctypes.c_uint8 * 2),
+                ("proto", ctypes.c_uint8), ("flags", ctypes.c_uint8),
+                ("cluster_id", ctypes.c_uint16), ("zone", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8))
+
+
+KEYS: dict[int, type[ctypes.Structure]] = {4: Lb4Key, 6: Lb6Key}
+BACKENDS: dict[int, type[ctypes.Structure]] = {4: Lb4Backend, 6: Lb6Backend}
+BACKEND_ID = ctypes.c_uint32  # the backends maps' key: __u32 backend_id
+
 
 ACTIVE, TERMINATING, QUARANTINED, MAINTENANCE = 0, 1, 2, 3  # lb4_backend.flags
 MAX_ENTRIES = 65536  # CILIUM_LB_MAP_MAX_ENTRIES' default (--bpf-lb-map-max)
@@ -56,12 +112,11 @@ class CiliumAgent:
         self.services: dict[int, int] = {}
         self.backends: dict[int, int] = {}
         for family in families:
-            backend_map = BACKEND_MAPS[family][0]
             for fds, name, key, value in (
-                    (self.services, SERVICE_MAPS[family], SERVICE_KEY[family].size,
-                     SERVICE_VALUE.size),
-                    (self.backends, backend_map, BACKEND_KEY.size,
-                     BACKEND_VALUE[backend_map, family].size)):
+                    (self.services, SERVICE_MAPS[family], ctypes.sizeof(KEYS[family]),
+                     ctypes.sizeof(LbService)),
+                    (self.backends, BACKEND_MAPS[family], ctypes.sizeof(BACKEND_ID),
+                     ctypes.sizeof(BACKENDS[family]))):
                 fds[family] = bpf.map_create(bpf.MAP_TYPE_HASH, key, value, max_entries, name)
                 bpf.obj_pin(fds[family], os.path.join(directory, name))
         self.backend_ids: dict[Address, int] = {}
@@ -78,14 +133,17 @@ class CiliumAgent:
 
     def _service_key(self, frontend: FrontendId, slot: int) -> bytes:
         vip, port, protocol, scope = frontend
-        return SERVICE_KEY[_family(vip)].pack(_packed(vip), port.to_bytes(2, "big"), slot,
-                                              protocol, scope)
+        key = KEYS[_family(vip)](backend_slot=slot, proto=protocol, scope=scope)
+        ctypes.memmove(key.address, _packed(vip), len(key.address))
+        ctypes.memmove(key.dport, port.to_bytes(2, "big"), 2)
+        return bytes(key)
 
     def _backend_value(self, address: Address, state: int) -> bytes:
         ip, port, protocol = address
-        version = BACKEND_MAPS[_family(ip)][0]
-        return BACKEND_VALUE[version, _family(ip)].pack(_packed(ip), port.to_bytes(2, "big"),
-                                                        protocol, state, 0, 0)
+        value = BACKENDS[_family(ip)](proto=protocol, flags=state)
+        ctypes.memmove(value.address, _packed(ip), len(value.address))
+        ctypes.memmove(value.port, port.to_bytes(2, "big"), 2)
+        return bytes(value)
 
     def _orphans(self, frontend: FrontendId, keep: set[Address]) -> None:
         for address in self.slots.get(frontend, []):
@@ -96,7 +154,7 @@ class CiliumAgent:
             if not users:
                 del self.references[address]
                 bpf.delete(self.backends[_family(address[0])],
-                           BACKEND_KEY.pack(self.backend_ids[address]))
+                           bytes(BACKEND_ID(self.backend_ids[address])))
                 del self.backend_ids[address], self.backend_states[address]
 
     def upsert(self, vip: str, port: int, backends: Sequence[tuple[str, int, int]], *,
@@ -119,13 +177,13 @@ class CiliumAgent:
                 self.backend_ids[address] = self._next_backend
                 self._next_backend += 1
             if self.backend_states.get(address) != state:
-                bpf.update(self.backends[family], BACKEND_KEY.pack(self.backend_ids[address]),
+                bpf.update(self.backends[family], bytes(BACKEND_ID(self.backend_ids[address])),
                            self._backend_value(address, state))
                 self.backend_states[address] = state
             self.references.setdefault(address, set()).add(frontend)
             bpf.update(self.services[family], self._service_key(frontend, slot),
-                       SERVICE_VALUE.pack(self.backend_ids[address], 0, rev_nat, flags, flags2,
-                                          0))
+                       bytes(LbService(backend_id=self.backend_ids[address], count=0,
+                                       rev_nat_index=rev_nat, flags=flags, flags2=flags2)))
             counts[min(state, 2)] += 1
         active, terminating, other = counts
         if active == 0:  # KEP-1669: with no active backend, the terminating ones are used
@@ -133,7 +191,8 @@ class CiliumAgent:
         else:
             other += terminating
         bpf.update(self.services[family], self._service_key(frontend, 0),
-                   SERVICE_VALUE.pack(0, active, rev_nat, flags, flags2, other))
+                   bytes(LbService(backend_id=0, count=active, rev_nat_index=rev_nat,
+                                   flags=flags, flags2=flags2, qcount=other)))
         for slot in range(len(addresses) + 1, len(self.slots.get(frontend, [])) + 1):
             bpf.delete(self.services[family], self._service_key(frontend, slot))
         self.slots[frontend] = addresses

@@ -27,24 +27,25 @@ from typing import Any
 import pytest
 
 from observer.clock import Clock, SystemClock
-from observer.dataplane import bpf, cilium
-from observer.dataplane.cilium import (
+from observer.dataplane import bpf
+from observer.dataplane.cilium import decode
+from observer.dataplane.cilium.changes import CiliumChanges
+from observer.dataplane.cilium.maps import (
     BACKEND_KEY,
     BACKEND_MAPS,
     PIN_DIR,
     SERVICE_KEY,
     SERVICE_MAPS,
     SERVICE_VALUE,
-    CiliumChanges,
     CiliumMaps,
-    CiliumReader,
 )
+from observer.dataplane.cilium.source import DeltaPollingSource
+from observer.dataplane.cilium.state import CiliumReader
 from observer.dataplane.commands import CommandError, CommandRunner
 from observer.dataplane.mode import Wiring
 from observer.dataplane.model import DataplaneChange, DataplaneParseError
 from observer.dataplane.modes import detect, open_source
 from observer.dataplane.names import FrontendNames
-from observer.dataplane.sources import DeltaPollingSource
 from observer.lab.cilium import ACTIVE, MAINTENANCE, TERMINATING, CiliumAgent
 from observer.tasks import cancel_and_wait
 from observer.values import EndpointKey, ServicePort
@@ -289,13 +290,13 @@ async def test_reads_by_parts_compare_frontends_with_what_was_installed_last(
     agent = minikube(bpffs)
     changes = CiliumChanges(bpffs, FrontendNames(candidates))
     decoded: list[object] = []
-    decode = cilium._selected  # noqa: SLF001 - counted: what the comparison spares
+    decode_selection = decode.decode_selection  # counted: what the comparison spares
 
     def counted(*args: Any) -> object:
         decoded.append(args[0])
-        return decode(*args)
+        return decode_selection(*args)
 
-    monkeypatch.setattr(cilium, "_selected", counted)
+    monkeypatch.setattr(decode, "decode_selection", counted)
     both = [("10.244.0.2", 53, ACTIVE), ("10.244.0.3", 53, ACTIVE)]
     leaving = [("10.244.0.2", 53, ACTIVE), ("10.244.0.3", 53, TERMINATING)]
     ready = EndpointKey(DNS_TCP, "10.244.0.2", 53)
@@ -462,7 +463,7 @@ def test_a_read_diffed_stretch_by_stretch_finds_what_a_full_compare_finds() -> N
 
         for n in range(3000):
             bpf.update(fd, key(n), value(n))
-        raw = cilium._Raw()  # noqa: SLF001
+        raw = decode.RawMap()
         assert raw.diff(*bpf.lookup_batch(fd, layout.size, SERVICE_VALUE.size), layout,
                         SERVICE_VALUE) is not None
         known = {key(n): value(n) for n in range(3000)}
@@ -482,7 +483,7 @@ def test_a_read_diffed_stretch_by_stretch_finds_what_a_full_compare_finds() -> N
                     bpf.update(fd, key(n), value(n))
             keys, values = bpf.lookup_batch(fd, layout.size, SERVICE_VALUE.size)
             sizes.add(len(keys))
-            was = cilium._entries(raw.keys, raw.values, layout, SERVICE_VALUE)  # noqa: SLF001
+            was = decode.entries_of(raw.keys, raw.values, layout, SERVICE_VALUE)
             diff = raw.diff(keys, values, layout, SERVICE_VALUE)
             assert diff is not None
             changed, removed = diff
