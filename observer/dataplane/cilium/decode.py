@@ -233,9 +233,10 @@ def describe(frontend: Frontend, entries: Mapping[int, bytes], backends: Mapping
 
 
 def decode_selection(frontend: Frontend, signature: Signature,
-              address: Callable[[bytes], tuple[str, int, int]]) -> ProgrammedService | None:
-    """A frontend as a read by parts found it (``lookup_frontend``): every slot it read is one new
-    connections are sent to; None when it has no entries."""
+                     address: Callable[[bytes], tuple[str, int, int]]
+                     ) -> ProgrammedService | None:
+    """A frontend as a read by parts found it (``lookup_frontend``): every slot it read is one
+    new connections are sent to; None when it has no entries."""
     if not signature[0]:
         return None
     values = backend_values(signature)
