@@ -59,6 +59,13 @@ class AgentMetrics(EpisodeObserver, TrafficObserver):
 
     def __init__(self, registry: CollectorRegistry, *, proxy_mode: str) -> None:
         self.proxy_mode = proxy_mode
+        # Every bounded label value exists from the start: dashboards see zeros, not gaps.
+        self._episode_families(registry)
+        self._pod_families(registry)
+        self._watch_families(registry)
+        self._traffic_families(registry)
+
+    def _episode_families(self, registry: CollectorRegistry) -> None:
         p = "endpoint_propagation_"
         self.duration = Histogram(
             f"{p}duration_seconds",
@@ -100,6 +107,16 @@ class AgentMetrics(EpisodeObserver, TrafficObserver):
             "Episodes in which kube-proxy kept a terminating endpoint because its service port "
             "had no Ready endpoint left; their dataplane stage is not reported.",
             registry=registry)
+        # Every episode ends through one of these: the children are looked up once, here.
+        self._outcomes = {outcome: self.episodes_total.labels(outcome) for outcome in OUTCOMES}
+        for stage in STAGES:
+            for why in UNMEASURED_REASONS:
+                self.stage_unmeasured_total.labels(stage, why)
+        for abandon in ABANDON_REASONS:
+            self.abandoned_total.labels(abandon)
+
+    def _pod_families(self, registry: CollectorRegistry) -> None:
+        p = "endpoint_propagation_"
         self.pod_shutdown_seconds = Histogram(
             f"{p}pod_shutdown_seconds",
             "On the pod's node: pod deletion seen to all of its containers terminated.",
@@ -113,6 +130,9 @@ class AgentMetrics(EpisodeObserver, TrafficObserver):
             f"{p}pod_killed",
             "On the pod's node: containers of deleted pods that ended by SIGKILL, i.e. were "
             "still running at the end of the grace period.", registry=registry)
+
+    def _watch_families(self, registry: CollectorRegistry) -> None:
+        p = "endpoint_propagation_"
         self.watch_events = Counter(
             f"{p}watch_events", "Watch events received, by resource.", ["resource"],
             registry=registry)
@@ -125,6 +145,15 @@ class AgentMetrics(EpisodeObserver, TrafficObserver):
             f"{p}invalid_input",
             "Objects or parts of objects the agent could not use, by resource and reason.",
             ["resource", "reason"], registry=registry)
+        for resource in RESOURCES:
+            self.watch_events.labels(resource)
+            for restart in RESTART_REASONS:
+                self.watch_restarts.labels(resource, restart)
+            for invalid in INVALID_INPUT_REASONS:
+                self.invalid_input_total.labels(resource, invalid)
+
+    def _traffic_families(self, registry: CollectorRegistry) -> None:
+        p = "endpoint_propagation_"
         self.last_connection = Histogram(
             f"{p}last_connection_seconds",
             "On the pod's node: pod deletion seen to the last new connection that reached the "
@@ -143,25 +172,11 @@ class AgentMetrics(EpisodeObserver, TrafficObserver):
             f"{p}connections_cut",
             "On the pod's node: TCP connections still open to an endpoint when its pod was seen "
             "stopped.", registry=registry)
-        # Every bounded label value exists from the start: dashboards see zeros, not gaps.
         for origin in ORIGINS:
             self.last_connection.labels(origin)
         # Looked up once: one is incremented per connection followed.
         self._connections = {(origin, after): self.connections_after_removal.labels(origin, after)
                              for origin in ORIGINS for after in AFTERS}
-        # Every episode ends through one of these: the children are looked up once, here.
-        self._outcomes = {outcome: self.episodes_total.labels(outcome) for outcome in OUTCOMES}
-        for stage in STAGES:
-            for why in UNMEASURED_REASONS:
-                self.stage_unmeasured_total.labels(stage, why)
-        for abandon in ABANDON_REASONS:
-            self.abandoned_total.labels(abandon)
-        for resource in RESOURCES:
-            self.watch_events.labels(resource)
-            for restart in RESTART_REASONS:
-                self.watch_restarts.labels(resource, restart)
-            for invalid in INVALID_INPUT_REASONS:
-                self.invalid_input_total.labels(resource, invalid)
 
     # EpisodeObserver -------------------------------------------------------------------------
 

@@ -111,6 +111,10 @@ class Lab:
         # --dataplane cilium: a BPF filesystem of the lab's own; each node's maps under it.
         self.bpffs: Path | None = None
         self._cilium: list[CiliumAgent] = []
+        # The agents' API client, their stops and tasks (one run a Lab).
+        self._api: client.ApiClient | None = None
+        self._stops: list[asyncio.Event] = []
+        self._agent_tasks: list[asyncio.Task[None]] = []
 
     # set-up ----------------------------------------------------------------------------------
 
@@ -228,49 +232,10 @@ class Lab:
             note = f"in-memory dataplane: network namespaces need root and the tools ({why})"
             mode = "memory"
         self.progress(f"setting up {self.config.nodes} nodes ({mode})")
-        tasks: list[asyncio.Task[None]] = []
-        run = LabRun(self.config, mode, note, self.truth, [], self.kubeconfig, tasks=tasks)
-        api: client.ApiClient | None = None
-        stops: list[asyncio.Event] = []
-        agent_tasks: list[asyncio.Task[None]] = []
+        run = LabRun(self.config, mode, note, self.truth, [], self.kubeconfig, tasks=[])
         try:
-            await self.server.start("127.0.0.1", 0)
-            if mode == "cilium":
-                self.bpffs = Path(self._tmp.name) / "bpf"
-                self.bpffs.mkdir()
-                await CommandRunner().run(["mount", "-t", "bpf", "bpf", str(self.bpffs)])
-            if mode != "memory":
-                self.network = LabNetwork(self.namespaces, self.config.nodes)
-                await self.network.start()
-            self.server.write_kubeconfig(self.kubeconfig,
-                                         ca_file=self.kubeconfig.with_name("ca.crt"))
-            controller = EndpointSliceController(
-                server=self.server, truth=self.truth, clock=self.clock,
-                delay=self.config.controller_delay, rng=random.Random(self.rng.random()))
-            tasks.append(asyncio.create_task(controller.run()))
-            for index in range(self.config.nodes):
-                node = await self._node(index, mode)
-                run.nodes.append(node)
-                tasks.append(asyncio.create_task(node.kubelet.run()))
-                tasks.append(asyncio.create_task(node.kube_proxy.run()))
-            async with asyncio.timeout(30):
-                for node in run.nodes:
-                    await node.kube_proxy.synced.wait()
-            configuration = client.Configuration()
-            await config.load_kube_config(config_file=str(self.kubeconfig),
-                                          client_configuration=configuration)
-            api = client.ApiClient(configuration)
-            for node in run.nodes:
-                stop = asyncio.Event()
-                stops.append(stop)
-                node.agent = await self._agent(node, api)
-                agent_tasks.append(asyncio.create_task(node.agent.run(stop)))
-            await self._until(lambda: all(n.agent and n.agent.ready() and n.agent.http.url
-                                          for n in run.nodes), "agents ready", 30)
-            self.announce(str(self.kubeconfig))
-            for node in run.nodes:
-                assert node.agent is not None
-                self.announce(node.agent.http.url)
+            await self._cluster(run)
+            await self._agents(run)
             if ready is not None:
                 await ready(run)
             await self._workloads(run)
@@ -285,29 +250,75 @@ class Lab:
                 await serve(run)
             return run
         finally:
-            # Each step runs even when one before it fails or is cancelled (the stack runs
-            # them last to first): nothing may outlive the lab.
-            async with contextlib.AsyncExitStack() as cleanup:
-                cleanup.callback(self._tmp.cleanup)
-                if self.bpffs is not None:
-                    cleanup.push_async_callback(CommandRunner().run, ["umount", str(self.bpffs)])
-                for maps in self._cilium:
-                    cleanup.callback(maps.close)
-                cleanup.push_async_callback(self.namespaces.close)
-                for node in run.nodes:
-                    if node.runtime is not None:
-                        cleanup.push_async_callback(node.runtime.close)
-                for sockets in self._sockets:
-                    cleanup.callback(sockets.close)
-                cleanup.push_async_callback(self.clients.stop)
-                cleanup.push_async_callback(self.server.stop)
-                if api is not None:
-                    cleanup.push_async_callback(api.close)
-                cleanup.push_async_callback(cancel_and_wait, *agent_tasks, *tasks)
-                for stop in stops:
-                    stop.set()
-                if agent_tasks:  # they stop themselves (readyz, watches, HTTP) in their bound
-                    await asyncio.wait(agent_tasks, timeout=15)
+            await self._clean_up(run)
+
+    async def _cluster(self, run: LabRun) -> None:
+        """The API server, the network and the BPF filesystem, the controller, and each
+        node's kubelet and kube-proxy, once every kube-proxy has synced."""
+        await self.server.start("127.0.0.1", 0)
+        if run.dataplane == "cilium":
+            self.bpffs = Path(self._tmp.name) / "bpf"
+            self.bpffs.mkdir()
+            await CommandRunner().run(["mount", "-t", "bpf", "bpf", str(self.bpffs)])
+        if run.dataplane != "memory":
+            self.network = LabNetwork(self.namespaces, self.config.nodes)
+            await self.network.start()
+        self.server.write_kubeconfig(self.kubeconfig, ca_file=self.kubeconfig.with_name("ca.crt"))
+        controller = EndpointSliceController(
+            server=self.server, truth=self.truth, clock=self.clock,
+            delay=self.config.controller_delay, rng=random.Random(self.rng.random()))
+        run.tasks.append(asyncio.create_task(controller.run()))
+        for index in range(self.config.nodes):
+            node = await self._node(index, run.dataplane)
+            run.nodes.append(node)
+            run.tasks.append(asyncio.create_task(node.kubelet.run()))
+            run.tasks.append(asyncio.create_task(node.kube_proxy.run()))
+        async with asyncio.timeout(30):
+            for node in run.nodes:
+                await node.kube_proxy.synced.wait()
+
+    async def _agents(self, run: LabRun) -> None:
+        """A real agent per node, each until its stop is set; announced once all are ready."""
+        configuration = client.Configuration()
+        await config.load_kube_config(config_file=str(self.kubeconfig),
+                                      client_configuration=configuration)
+        self._api = client.ApiClient(configuration)
+        for node in run.nodes:
+            stop = asyncio.Event()
+            self._stops.append(stop)
+            node.agent = await self._agent(node, self._api)
+            self._agent_tasks.append(asyncio.create_task(node.agent.run(stop)))
+        await self._until(lambda: all(n.agent and n.agent.ready() and n.agent.http.url
+                                      for n in run.nodes), "agents ready", 30)
+        self.announce(str(self.kubeconfig))
+        for node in run.nodes:
+            assert node.agent is not None
+            self.announce(node.agent.http.url)
+
+    async def _clean_up(self, run: LabRun) -> None:
+        """Each step runs even when one before it fails or is cancelled (the stack runs them
+        last to first): nothing may outlive the lab."""
+        async with contextlib.AsyncExitStack() as cleanup:
+            cleanup.callback(self._tmp.cleanup)
+            if self.bpffs is not None:
+                cleanup.push_async_callback(CommandRunner().run, ["umount", str(self.bpffs)])
+            for maps in self._cilium:
+                cleanup.callback(maps.close)
+            cleanup.push_async_callback(self.namespaces.close)
+            for node in run.nodes:
+                if node.runtime is not None:
+                    cleanup.push_async_callback(node.runtime.close)
+            for sockets in self._sockets:
+                cleanup.callback(sockets.close)
+            cleanup.push_async_callback(self.clients.stop)
+            cleanup.push_async_callback(self.server.stop)
+            if self._api is not None:
+                cleanup.push_async_callback(self._api.close)
+            cleanup.push_async_callback(cancel_and_wait, *self._agent_tasks, *run.tasks)
+            for stop in self._stops:
+                stop.set()
+            if self._agent_tasks:  # they stop themselves (readyz, watches, HTTP) in their bound
+                await asyncio.wait(self._agent_tasks, timeout=15)
 
     async def _agent(self, node: Node, api: client.ApiClient) -> Agent:
         settings = AgentConfig(

@@ -4,13 +4,18 @@ Paths, query parameters, content negotiation, watch framing and error bodies fol
 Kubernetes API concepts page (https://kubernetes.io/docs/reference/using-api/api-concepts/)
 and ``k8s.io/apiserver/pkg/endpoints/handlers``. A watch is one chunked HTTP response whose body
 is a sequence of JSON objects ``{"type": ..., "object": ...}``, one per line.
+
+Longer than the house's ~600 lines, on purpose: it is one aiohttp application, whose routes,
+middlewares and handlers share the server's state (the store, the faults, the events kept
+encoded, the stop); split across modules they would pass all of it around. What holds no state
+is in ``http.py``; what the handlers do to objects is in ``registry.py``, ``store.py``,
+``patching.py`` and ``selectors.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import bisect
 import contextlib
 import json
@@ -28,6 +33,16 @@ from observer.clock import Clock
 from observer.lab.apiserver import discovery, errors
 from observer.lab.apiserver.errors import ApiError
 from observer.lab.apiserver.faults import Faults, StreamControl
+from observer.lab.apiserver.http import (
+    Negotiated,
+    decode_continue,
+    encode_continue,
+    error_response,
+    json_response,
+    query_bool,
+    reject_duplicates,
+    strip_type,
+)
 from observer.lab.apiserver.patching import json_patch, merge_patch, strategic_merge_patch
 from observer.lab.apiserver.registry import DeleteOptions, FieldValidation, Registry, WriteOptions
 from observer.lab.apiserver.resources import RESOURCES, ResourceType
@@ -54,51 +69,6 @@ _CONTINUE_EXPIRED = (
 _UNAUTHENTICATED_PATHS = ("/healthz", "/livez", "/readyz", "/version")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _json_response(body: Any, status: int = 200,
-                   headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=json.dumps(body, separators=(",", ":")).encode(), status=status,
-                        content_type="application/json", headers=headers)
-
-
-def _error_response(error: ApiError) -> web.Response:
-    return _json_response(error.status(), error.code, error.headers)
-
-
-def _strip_type(obj: Obj) -> Obj:
-    """List items carry no kind/apiVersion, as in the real server's typed lists."""
-    return {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
-
-
-class _Negotiated:
-    """What the client asked to receive: the object, a Table, or only metadata."""
-
-    def __init__(self, accept: str, include_object: str) -> None:
-        self.table_version: str | None = None
-        self.metadata_only = False
-        json_ok = not accept.strip()
-        for clause in accept.split(","):
-            parts = [p.strip() for p in clause.split(";")]
-            media, params = parts[0], dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-            if media not in ("application/json", "application/yaml", "*/*", "application/*"):
-                continue
-            if params.get("g") == "meta.k8s.io" and params.get("as") == "Table":
-                if self.table_version is None and not self.metadata_only:
-                    self.table_version = params.get("v", "v1")
-            elif params.get("g") == "meta.k8s.io" and params.get("as", "").startswith(
-                    "PartialObjectMetadata"):
-                if self.table_version is None:
-                    self.metadata_only = True
-            elif "as" not in params:
-                json_ok = True
-        if self.table_version is None and not self.metadata_only and not json_ok:
-            raise ApiError(406, "NotAcceptable",
-                           f"only the following media types are accepted: application/json, "
-                           f"application/yaml ({accept!r} given)")
-        if include_object not in ("", "None", "Metadata", "Object"):
-            raise errors.bad_request(f"invalid includeObject value {include_object!r}")
-        self.include_object = include_object or "Metadata"
 
 
 class ApiServer:
@@ -231,16 +201,16 @@ class ApiServer:
         try:
             return await handler(request)
         except ApiError as error:
-            return _error_response(error)
+            return error_response(error)
         except web.HTTPRequestEntityTooLarge:
-            return _error_response(errors.too_large(self.max_body_bytes))
+            return error_response(errors.too_large(self.max_body_bytes))
         except web.HTTPNotFound:
-            return _error_response(ApiError(404, "NotFound",
+            return error_response(ApiError(404, "NotFound",
                                             "the server could not find the requested resource",
                                             {"causes": [{"reason": "UnexpectedServerResponse",
                                                          "message": "404 page not found"}]}))
         except web.HTTPMethodNotAllowed as error:
-            return _error_response(errors.method_not_allowed(error.method))
+            return error_response(errors.method_not_allowed(error.method))
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -264,39 +234,39 @@ class ApiServer:
     # discovery -------------------------------------------------------------------------------
 
     async def _apis(self, _: web.Request) -> web.Response:
-        return _json_response(discovery.api_group_list())
+        return json_response(discovery.api_group_list())
 
     async def _openapi_index(self, _: web.Request) -> web.Response:
-        return _json_response(discovery.openapi_index(__version__))
+        return json_response(discovery.openapi_index(__version__))
 
     async def _ok(self, _: web.Request) -> web.Response:
         return web.Response(text="ok")
 
     async def _version(self, _: web.Request) -> web.Response:
-        return _json_response(discovery.version(__version__))
+        return json_response(discovery.version(__version__))
 
     async def _api(self, request: web.Request) -> web.Response:
-        return _json_response(discovery.api_versions(request.host))
+        return json_response(discovery.api_versions(request.host))
 
     async def _api_group(self, request: web.Request) -> web.Response:
         group = request.match_info["group"]
         if group not in {rt.group for rt in RESOURCES}:
             raise web.HTTPNotFound()
-        return _json_response(discovery.api_group(group))
+        return json_response(discovery.api_group(group))
 
     async def _resource_list(self, request: web.Request) -> web.Response:
         body = discovery.resource_list(request.match_info.get("group", ""),
                                        request.match_info["version"])
         if body is None:
             raise web.HTTPNotFound()
-        return _json_response(body)
+        return json_response(body)
 
     async def _openapi(self, request: web.Request) -> web.Response:
         body = discovery.openapi_document(request.match_info.get("group", ""),
                                           request.match_info["version"])
         if body is None:
             raise web.HTTPNotFound()
-        return _json_response(body)
+        return json_response(body)
 
     # request helpers -------------------------------------------------------------------------
 
@@ -318,7 +288,7 @@ class ApiServer:
             if media in ("application/yaml", "application/apply-patch+yaml"):
                 return yaml.safe_load(raw)
             if media.startswith("application/") and media.endswith("json"):
-                return json.loads(raw, object_pairs_hook=_reject_duplicates)
+                return json.loads(raw, object_pairs_hook=reject_duplicates)
         except (ValueError, yaml.YAMLError) as error:
             raise errors.bad_request(f"couldn't get version/kind; json parse error: {error}"
                                      ) from error
@@ -339,15 +309,15 @@ class ApiServer:
 
     def _respond(self, reg: Registry, request: web.Request, obj: Obj, status: int = 200,
                  options: WriteOptions | None = None) -> web.Response:
-        negotiated = _Negotiated(request.headers.get("Accept", ""),
+        negotiated = Negotiated(request.headers.get("Accept", ""),
                                  request.query.get("includeObject", ""))
-        response = _json_response(self._render(reg.rt, negotiated, obj, table_headers=True),
+        response = json_response(self._render(reg.rt, negotiated, obj, table_headers=True),
                                   status)
         for warning in options.warnings if options else []:
             response.headers.add("Warning", f'299 - {json.dumps(warning)}')
         return response
 
-    def _render(self, rt: ResourceType, negotiated: _Negotiated, obj: Obj, *,
+    def _render(self, rt: ResourceType, negotiated: Negotiated, obj: Obj, *,
                 table_headers: bool) -> Obj:
         if negotiated.table_version:
             return self._table(rt, negotiated, [obj], {}, headers=table_headers)
@@ -356,7 +326,7 @@ class ApiServer:
                     "metadata": obj["metadata"]}
         return obj
 
-    def _table(self, rt: ResourceType, negotiated: _Negotiated, objs: list[Obj],
+    def _table(self, rt: ResourceType, negotiated: Negotiated, objs: list[Obj],
                list_meta: dict[str, Any], *, headers: bool = True) -> Obj:
         now = self.clock.wall()
         rows = []
@@ -425,14 +395,14 @@ class ApiServer:
                              namespace: str | None) -> web.StreamResponse:
         query = request.query
         labels, fields = self._selectors(request, reg)
-        negotiated = _Negotiated(request.headers.get("Accept", ""), query.get("includeObject", ""))
-        if _query_bool(query, "watch"):
+        negotiated = Negotiated(request.headers.get("Accept", ""), query.get("includeObject", ""))
+        if query_bool(query, "watch"):
             return await self._watch(request, reg, namespace, labels, fields, negotiated)
         return self._list(request, reg, namespace, labels, fields, negotiated)
 
     def _list(self, request: web.Request, reg: Registry, namespace: str | None,
               labels: LabelSelector, fields: FieldSelector,
-              negotiated: _Negotiated) -> web.Response:
+              negotiated: Negotiated) -> web.Response:
         query = request.query
         rv_text, match = query.get("resourceVersion", ""), query.get("resourceVersionMatch", "")
         limit = self._revision(query["limit"], "limit") if query.get("limit") else 0
@@ -449,7 +419,7 @@ class ApiServer:
         at: int | None = None
         start = ""
         if token:
-            at, start = _decode_continue(token)
+            at, start = decode_continue(token)
         elif rv_text and rv_text != "0":
             wanted = self._revision(rv_text)
             if match == "Exact":
@@ -485,32 +455,24 @@ class ApiServer:
         meta: dict[str, Any] = {"resourceVersion": str(revision)}
         if remaining:
             last = matching[-1]["metadata"]
-            meta["continue"] = _encode_continue(revision, f"{last.get('namespace', '')}/"
+            meta["continue"] = encode_continue(revision, f"{last.get('namespace', '')}/"
                                                           f"{last['name']}")
             if counting:
                 meta["remainingItemCount"] = remaining
         if negotiated.table_version:
-            return _json_response(self._table(reg.rt, negotiated, matching, meta))
+            return json_response(self._table(reg.rt, negotiated, matching, meta))
         if negotiated.metadata_only:
-            return _json_response({
+            return json_response({
                 "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
                 "metadata": meta,
                 "items": [{"metadata": o["metadata"]} for o in matching]})
-        return _json_response({"kind": f"{reg.rt.kind}List", "apiVersion": reg.rt.api_version,
-                               "metadata": meta, "items": [_strip_type(o) for o in matching]})
+        return json_response({"kind": f"{reg.rt.kind}List", "apiVersion": reg.rt.api_version,
+                               "metadata": meta, "items": [strip_type(o) for o in matching]})
 
     async def _watch(self, request: web.Request, reg: Registry, namespace: str | None,
                      labels: LabelSelector, fields: FieldSelector,
-                     negotiated: _Negotiated) -> web.StreamResponse:
-        query = request.query
-        rv_text = query.get("resourceVersion", "")
-        since = None if rv_text in ("", "0") else self._revision(rv_text)
-        timeout = (float(self._revision(query["timeoutSeconds"], "timeoutSeconds"))
-                   if query.get("timeoutSeconds") else DEFAULT_WATCH_TIMEOUT)
-        bookmarks = _query_bool(query, "allowWatchBookmarks")
-        if _query_bool(query, "sendInitialEvents"):
-            raise errors.bad_request("sendInitialEvents (streaming lists, KEP-3157) is not "
-                                     "supported by this server; list, then watch")
+                     negotiated: Negotiated) -> web.StreamResponse:
+        rv_text, since, timeout, bookmarks = self._watch_params(request.query)
         response = web.StreamResponse(headers={"Content-Type": "application/json",
                                                "Cache-Control": "no-cache, private"})
         response.enable_chunked_encoding()
@@ -557,13 +519,9 @@ class ApiServer:
                 control.inject.clear()
                 while watcher.queue:
                     event_type, obj = watcher.queue.popleft()
-                    if negotiated.table_version:
-                        await send(event_type, self._table(reg.rt, negotiated, [obj], {},
-                                                           headers=first_table))
-                        first_table = False
-                    else:
-                        await response.write(self._event_line(reg.rt, negotiated, event_type,
-                                                              obj))
+                    await response.write(self._event_line(reg.rt, negotiated, event_type, obj,
+                                                          table_headers=first_table))
+                    first_table = False
                 if watcher.closed:
                     break
                 if bookmarks and now >= next_bookmark:
@@ -582,8 +540,27 @@ class ApiServer:
             await response.write_eof()
         return response
 
-    def _event_line(self, rt: ResourceType, negotiated: _Negotiated, event_type: str,
-                    obj: Obj) -> bytes:
+    def _watch_params(self, query: Mapping[str, str]) -> tuple[str, int | None, float, bool]:
+        """A watch's resourceVersion as given, the revision to start after (None: now), its
+        timeout, and whether it takes bookmarks."""
+        rv_text = query.get("resourceVersion", "")
+        since = None if rv_text in ("", "0") else self._revision(rv_text)
+        timeout = (float(self._revision(query["timeoutSeconds"], "timeoutSeconds"))
+                   if query.get("timeoutSeconds") else DEFAULT_WATCH_TIMEOUT)
+        if query_bool(query, "sendInitialEvents"):
+            raise errors.bad_request("sendInitialEvents (streaming lists, KEP-3157) is not "
+                                     "supported by this server; list, then watch")
+        return rv_text, since, timeout, query_bool(query, "allowWatchBookmarks")
+
+    def _event_line(self, rt: ResourceType, negotiated: Negotiated, event_type: str,
+                    obj: Obj, *, table_headers: bool) -> bytes:
+        """One watch event's line: its object as the client asked, a Table's row (with the
+        column headers in a stream's first) or the object (encoded once, for every watcher
+        that asks the same)."""
+        if negotiated.table_version:
+            return json.dumps({"type": event_type, "object": self._table(
+                rt, negotiated, [obj], {}, headers=table_headers)},
+                separators=(",", ":")).encode() + b"\n"
         key = (rt.resource, obj["metadata"]["resourceVersion"], event_type,
                negotiated.metadata_only)
         line = self._encoded.get(key)
@@ -603,8 +580,8 @@ class ApiServer:
         deleted = []
         for key, obj in sorted(self.store.items(reg.rt.resource).items()):
             if key[0] == namespace and predicate(obj):
-                deleted.append(_strip_type(reg.delete(namespace, key[1], options).obj))
-        return _json_response({"kind": f"{reg.rt.kind}List", "apiVersion": reg.rt.api_version,
+                deleted.append(strip_type(reg.delete(namespace, key[1], options).obj))
+        return json_response({"kind": f"{reg.rt.kind}List", "apiVersion": reg.rt.api_version,
                                "metadata": {"resourceVersion": str(self.store.revision)},
                                "items": deleted})
 
@@ -642,7 +619,7 @@ class ApiServer:
             details: dict[str, Any] = {"name": name, "kind": reg.rt.resource, "uid": meta["uid"]}
             if reg.rt.group:
                 details["group"] = reg.rt.group
-            return _json_response({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {},
                                    "status": "Success", "details": details})
         raise errors.method_not_allowed(request.method)
 
@@ -684,43 +661,3 @@ class ApiServer:
         return DeleteOptions(grace_period_seconds=grace, uid=preconditions.get("uid"),
                              resource_version=preconditions.get("resourceVersion"),
                              dry_run=bool(dry_run))
-
-
-def _query_bool(query: Mapping[str, str], name: str) -> bool:
-    """A boolean query parameter as Go's strconv.ParseBool reads it."""
-    value = query.get(name, "")
-    if value in ("", "0", "f", "F", "false", "FALSE", "False"):
-        return False
-    if value in ("1", "t", "T", "true", "TRUE", "True"):
-        return True
-    raise errors.bad_request(f'Invalid value: "{value}": {name} must be a boolean')
-
-
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """JSON objects with a key twice are rejected, as ``fieldValidation=Strict`` would; the real
-    server's Warn mode keeps the last one, which is also what this would do were it lenient."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f'duplicate field "{key}"')
-        out[key] = value
-    return out
-
-
-def _encode_continue(revision: int, start: str) -> str:
-    token = json.dumps({"v": "meta.k8s.io/v1", "rv": revision, "start": start + "\x00"})
-    return base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
-
-
-def _decode_continue(token: str) -> tuple[int, str]:
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded))
-        revision, start = int(data["rv"]), str(data["start"]).rstrip("\x00")
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise errors.bad_request("continue key is not valid: incorrect encoded start "
-                                 "resourceVersion (version meta.k8s.io/v1)") from None
-    if data.get("v") != "meta.k8s.io/v1":
-        raise errors.bad_request("continue key is not valid: server does not recognize this "
-                                 "encoded key")
-    return revision, start
