@@ -12,7 +12,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from observer import __version__, logs
 from observer.commands.dataplane import dump
@@ -22,6 +22,35 @@ from observer.dataplane import modes
 from observer.memory import collect_garbage_rarely
 from observer.report.options import ReportOptions
 from observer.values import join_host_port, split_host_port
+
+A = TypeVar("A", bound=argparse.Action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, keeping every option it is given in ``options``, in order (argparse
+    keeps them only in a private list): what the tests walk to check every option of every
+    command. A subcommands option's ``choices`` are its subcommands' parsers, by name."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.options: list[argparse.Action] = []
+        super().__init__(*args, **kwargs)
+
+    def _add_action(self, action: A) -> A:
+        self.options.append(action)
+        return super()._add_action(action)
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        """(argparse adds the subcommands' option to its group directly, not through
+        ``_add_action``.)"""
+        action = super().add_subparsers(**kwargs)
+        self.options.append(action)
+        return action
+
+
+class Commands(Protocol):
+    """What ``Parser.add_subparsers`` returns, as the commands use it."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> Parser: ...
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -68,7 +97,7 @@ def _env_flag(name: str, default: bool) -> bool:
     return default if value is None else value == "true"
 
 
-def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_run(commands: Commands) -> None:
     defaults = AgentConfig(node_name="")
     dataplane, traffic = defaults.dataplane, defaults.traffic
     run = commands.add_parser(
@@ -190,7 +219,7 @@ def _agent_settings(args: argparse.Namespace) -> AgentConfig:
         traffic=TrafficSettings(mode=args.traffic, window=args.traffic_window))
 
 
-def _add_dataplane(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_dataplane(commands: Commands) -> None:
     dump = commands.add_parser(
         "dataplane", help="print what this node's service dataplane selects, once")
     dump.add_argument("--mode", choices=("auto", *modes.NAMES), default="auto",
@@ -226,7 +255,7 @@ def prometheus_duration(text: str) -> str:
     return text
 
 
-def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_report(commands: Commands) -> None:
     defaults = ReportOptions(prometheus=None, agents=(), kubeconfig=None, namespace=None)
     report = commands.add_parser(
         "report", help="recommend a preStop from the measurements and check every workload",
@@ -360,9 +389,9 @@ def _lab(args: argparse.Namespace) -> int:
                                           serve=args.serve, verify=args.verify)))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     """The `observer` command's flags and subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="observer",
         description="Measure how long Kubernetes endpoint removal takes to reach each node.")
     parser.add_argument("--version", action="version", version=f"observer {__version__}")

@@ -14,13 +14,12 @@ def commands(parser: argparse.ArgumentParser | None = None, path: str = ""
     parser = parser or cli.build_parser()
     yield path, parser
     for action in actions(parser):
-        # argparse's own class for subcommands (see actions).
-        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+        if isinstance(action.choices, dict):  # the subcommands, by name
             for name, sub in action.choices.items():
                 yield from commands(sub, f"{path} {name}".strip())
 
 
 def actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    """A parser's options. argparse has no public way to list them; its ``_actions`` has been
-    the one everybody uses, unchanged since Python 3.2."""
-    return list(parser._actions)  # noqa: SLF001
+    """A parser's options, as ``cli.Parser`` keeps them."""
+    assert isinstance(parser, cli.Parser), "every parser of the command is a cli.Parser"
+    return list(parser.options)

@@ -25,24 +25,27 @@ def can_use_namespaces() -> str | None:
 
 
 class Namespaces:
-    def __init__(self) -> None:
+    """The lab's network namespaces, made with ``runner`` (``ip netns``), each removed by
+    ``close``."""
+
+    def __init__(self, runner: CommandRunner | None = None) -> None:
         self.prefix = f"obs-lab-{uuid.uuid4().hex[:6]}"
         self.names: list[str] = []
-        self._runner = CommandRunner()
+        self.runner = runner or CommandRunner()
 
     async def create(self, node: str) -> str:
         name = f"{self.prefix}-{node}"
         # Known before it exists: an add cut short (the lab interrupted while it makes a pod)
         # may have made it all the same, and ``close`` must remove it.
         self.names.append(name)
-        await self._runner.run(["ip", "netns", "add", name])
+        await self.runner.run(["ip", "netns", "add", name])
         return name
 
     async def close(self) -> None:
         while self.names:
             name = self.names.pop()
             try:
-                await self._runner.run(["ip", "netns", "del", name])
+                await self.runner.run(["ip", "netns", "del", name])
             except CommandError as error:
                 if await asyncio.to_thread(os.path.exists, f"/run/netns/{name}"):  # it was made
                     log.warning("network namespace left behind", netns=name, error=str(error))

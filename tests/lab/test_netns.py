@@ -17,7 +17,6 @@ async def test_a_namespace_whose_add_was_cut_short_is_removed() -> None:
     """The lab interrupted while a pod's namespace is being made: ``ip netns add`` made it,
     but its caller was cancelled before hearing so. ``close`` removes it all the same."""
     require_root()
-    made = Namespaces()
     real = CommandRunner()
 
     class Interrupted(CommandRunner):
@@ -27,7 +26,7 @@ async def test_a_namespace_whose_add_was_cut_short_is_removed() -> None:
                 raise asyncio.CancelledError  # the namespace exists; the caller never knows
             return out
 
-    made._runner = Interrupted()  # noqa: SLF001 - the runner is the seam under test
+    made = Namespaces(Interrupted())
     try:
         with pytest.raises(asyncio.CancelledError):
             await made.create("pod1")
