@@ -5,6 +5,7 @@ functions included."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 from collections.abc import Iterator
 
 from tests.conftest import REPO
@@ -82,3 +83,14 @@ def test_tests_and_benchmarks_share_observer_testing_not_each_other_nor_the_clis
         if module.split(".")[0] == other
         or (module.startswith("observer.cli.") and module.split(".")[2].startswith("_")))
     assert wrong == []
+
+
+def test_the_picture_of_the_imports_is_the_packages_own() -> None:
+    """docs/imports.dot is what scripts/imports.py draws from the source now (run it after
+    changing imports: it writes the .dot and, with Graphviz, the .svg)."""
+    spec = importlib.util.spec_from_file_location("imports", REPO / "scripts" / "imports.py")
+    assert spec is not None
+    assert spec.loader is not None
+    drawing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(drawing)
+    assert (REPO / "docs" / "imports.dot").read_text() == drawing.dot_source()
