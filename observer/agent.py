@@ -28,6 +28,7 @@ from observer.episodes.traffic import TrafficBook
 from observer.export.log import EpisodeLog
 from observer.export.metrics import AgentMetrics, DataplaneHealth, StateCollector, TrafficHealth
 from observer.export.server import AgentHttp
+from observer.export.workloads import WorkloadMetrics
 from observer.kube.watch import Requester, ResourceWatch
 from observer.tasks import cancel_and_wait
 from observer.traffic.source import ConntrackSource, TrafficError, open_conntrack
@@ -150,7 +151,9 @@ class Agent:
         self.metrics = AgentMetrics(self.registry, proxy_mode=self.proxy_mode)
         self.catalog = slices  # the merged slice view, as the dataplane readers see it
         self.traffic = traffic
-        observers: list[EpisodeObserver] = [self.metrics, EpisodeLog()]
+        observers: list[EpisodeObserver] = [
+            self.metrics, WorkloadMetrics(registry, settings=config.workloads,
+                                          now=clock.monotonic), EpisodeLog()]
         # What connections did to the episodes' endpoints, when a traffic source follows them.
         self.book: TrafficBook | None = None
         if traffic is not None:

@@ -17,7 +17,13 @@ from typing import Any, Protocol, TypeVar
 from observer import __version__, logs
 from observer.commands.dataplane import dump
 from observer.commands.run import run
-from observer.config import AgentConfig, DataplaneSettings, TrafficSettings, WatchSettings
+from observer.config import (
+    AgentConfig,
+    DataplaneSettings,
+    TrafficSettings,
+    WatchSettings,
+    WorkloadSettings,
+)
 from observer.dataplane import modes
 from observer.memory import collect_garbage_rarely
 from observer.report.options import ReportOptions
@@ -183,6 +189,18 @@ def _add_run_limits(run: argparse.ArgumentParser, defaults: AgentConfig) -> None
                      default=_env_flag("DEBUG_ENDPOINTS", defaults.debug_endpoints),
                      help="serve /debug/episodes and the /timeline page drawing them "
                           "(default: yes)")
+    run.add_argument("--workload-metrics", action=argparse.BooleanOptionalAction,
+                     default=_env_flag("WORKLOAD_METRICS", defaults.workloads.enabled),
+                     help="per-workload series (labels namespace and workload) on the pod's "
+                          "node (default: yes; docs/agent.md, 'Per-workload metrics')")
+    run.add_argument("--max-workloads", type=non_negative_int,
+                     default=_env("MAX_WORKLOADS", defaults.workloads.max_workloads),
+                     help="workloads with per-workload series at once on this node; episodes "
+                          "of more are counted under workload=\"_other\" (default %(default)s)")
+    run.add_argument("--workload-idle", type=positive_float,
+                     default=_env("WORKLOAD_IDLE", defaults.workloads.idle),
+                     help="seconds after a workload's last episode here that its series go "
+                          "(default %(default)s)")
     run.add_argument("--terminal-pod-watch", action=argparse.BooleanOptionalAction,
                      default=_env_flag("TERMINAL_POD_WATCH", defaults.terminal_pod_watch),
                      help="also watch terminal pods of every node, to learn when a pod on "
@@ -216,7 +234,9 @@ def _agent_settings(args: argparse.Namespace) -> AgentConfig:
                                     options=_mode_options(args),
                                     poll_interval=args.dataplane_poll_interval,
                                     poll_max_cpu=args.dataplane_poll_max_cpu),
-        traffic=TrafficSettings(mode=args.traffic, window=args.traffic_window))
+        traffic=TrafficSettings(mode=args.traffic, window=args.traffic_window),
+        workloads=WorkloadSettings(enabled=args.workload_metrics,
+                                   max_workloads=args.max_workloads, idle=args.workload_idle))
 
 
 def _add_dataplane(commands: Commands) -> None:

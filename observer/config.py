@@ -48,6 +48,18 @@ class TrafficSettings:
 
 
 @dataclass(frozen=True)
+class WorkloadSettings:
+    """Per-workload metrics (``--workload-metrics``, ``--max-workloads``,
+    ``--workload-idle``): on the pod's node, at most ``max_workloads`` workloads with series
+    at once (the rest under ``_other``), a workload's series gone ``idle`` seconds after its
+    last episode."""
+
+    enabled: bool = True
+    max_workloads: int = 50
+    idle: float = 3600.0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """``observer run``: the whole agent."""
 
@@ -67,3 +79,4 @@ class AgentConfig:
     watch: WatchSettings = field(default_factory=WatchSettings)
     dataplane: DataplaneSettings = field(default_factory=DataplaneSettings)
     traffic: TrafficSettings = field(default_factory=TrafficSettings)
+    workloads: WorkloadSettings = field(default_factory=WorkloadSettings)

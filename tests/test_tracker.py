@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from observer.dataplane.model import DataplaneChange
 from observer.episodes.model import AbandonReason, Episode
 from observer.episodes.observers import EpisodeObserver
+from observer.episodes.pods import Shutdown
 from observer.episodes.tracker import EpisodeTracker
 from observer.kube.objects import ContainerState, Endpoint, EndpointSlice, Pod, PortRef
 from observer.values import EndpointKey, ServicePort
@@ -33,8 +34,8 @@ class Recorder(EpisodeObserver):
     def fallback(self, episode: Episode) -> None:
         self.fallbacks += 1
 
-    def pod_shutdown(self, seconds: float, killed: int, prestop: float | None) -> None:
-        self.shutdowns.append((seconds, killed))
+    def pod_shutdown(self, shutdown: Shutdown) -> None:
+        self.shutdowns.append((shutdown.seconds, shutdown.killed))
 
     def invalid_input(self, resource: str, reason: str) -> None:
         self.invalid.append(reason)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from observer.kube.owners import Workload
 from observer.values import EndpointKey, Timestamp
 
 Cause = Literal["deletion", "not_ready"]
@@ -85,6 +86,8 @@ class Episode:
     headroom: float | None = None
     unmeasured: dict[Stage, UnmeasuredReason] = field(default_factory=dict)
     traffic: Traffic | None = None  # None: connections not followed (--traffic off, or failed)
+    # The pod's workload (observer.kube.owners), on the pod's node: only there is the pod seen.
+    workload: Workload | None = None
 
     @property
     def unsafe(self) -> bool:
@@ -110,6 +113,8 @@ class Episode:
             "service": str(self.key.service_port), "protocol": self.key.service_port.protocol,
             "endpoint": {"ip": self.key.ip, "port": self.key.port},
             "pod": self.pod, "local": self.local, "cause": self.cause,
+            **({"namespace": self.workload.namespace, "workload": self.workload.label}
+               if self.workload is not None else {}),
             "timestamps": {k: v.to_dict() for k, v in stamps.items() if v is not None},
             "api_delete_requested": self.api_delete_requested,
             "fallback": self.fallback,

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from observer.episodes.model import AbandonReason, After, Episode, Origin
+from observer.episodes.pods import Shutdown
 
 Address = tuple[str, int, str]  # endpoint address, port, protocol
 
@@ -52,9 +53,9 @@ class EpisodeObserver:
         """A pod's end is near or here (its deletion seen, or its stop), before any episode
         of it may have started."""
 
-    def pod_shutdown(self, seconds: float, killed: int, prestop: float | None) -> None:
-        """A deleted pod's containers all ended ``seconds`` after its deletion was seen
-        (``killed`` of them by SIGKILL); ``prestop``: its longest preStop hook, when known."""
+    def pod_shutdown(self, shutdown: Shutdown) -> None:
+        """A deleted pod on this node has shut down (``Shutdown``: how long after its deletion
+        was seen, how many containers were killed, its preStop, its workload)."""
 
     def invalid_input(self, resource: str, reason: str) -> None:
         """An object of ``resource`` could not be used (``reason``)."""
@@ -116,9 +117,9 @@ class Observers(EpisodeObserver, TrafficObserver):
         for observer in self.of_episodes:
             observer.pod_ending(ips, now)
 
-    def pod_shutdown(self, seconds: float, killed: int, prestop: float | None) -> None:
+    def pod_shutdown(self, shutdown: Shutdown) -> None:
         for observer in self.of_episodes:
-            observer.pod_shutdown(seconds, killed, prestop)
+            observer.pod_shutdown(shutdown)
 
     def invalid_input(self, resource: str, reason: str) -> None:
         for observer in self.of_episodes:

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from observer.kube.objects import Pod
+from observer.kube.owners import Workload
 from observer.values import Timestamp
 
 
 @dataclass(slots=True)
 class PodRecord:
+    workload: Workload | None = None  # the pod's (observer.kube.owners), once it is known
     deleted: Timestamp | None = None
     api_delete_requested: float | None = None  # the API server's clock, whole seconds
     stopped: Timestamp | None = None
@@ -36,6 +38,7 @@ class Shutdown(NamedTuple):
     seconds: float
     killed: int  # containers that ended by SIGKILL
     prestop: float | None  # its longest preStop hook, when known
+    workload: Workload | None = None  # the pod's
 
 
 class PodNews(NamedTuple):
@@ -70,6 +73,14 @@ class PodRecords:
 
     def record(self, uid: str) -> PodRecord | None:
         return self._records.get(uid)
+
+    def workload_of(self, uid: str) -> Workload | None:
+        """The workload of this node's pod ``uid``, while it is here or its record kept."""
+        pod = self._pods.get(uid)
+        if pod is not None:
+            return pod.workload
+        record = self._records.get(uid)
+        return record.workload if record is not None else None
 
     def remote_stop(self, uid: str) -> RemoteStop | None:
         return self._remote.get(uid)
@@ -114,6 +125,7 @@ class PodRecords:
 
     def _mark_deleted(self, pod: Pod, at: Timestamp, *, gap: bool) -> list[PodNews]:
         record = self._records.setdefault(pod.uid, PodRecord())
+        record.workload = record.workload or pod.workload
         if record.deleted is not None:
             return []
         record.deleted = at
@@ -123,6 +135,7 @@ class PodRecords:
 
     def _mark_stopped(self, pod: Pod, at: Timestamp, *, gap: bool) -> list[PodNews]:
         record = self._records.setdefault(pod.uid, PodRecord())
+        record.workload = record.workload or pod.workload
         if record.stopped is not None:
             return []
         record.stopped = at
@@ -130,7 +143,8 @@ class PodRecords:
         shutdown = None
         if record.deleted is not None and not record.gap:
             shutdown = Shutdown(max(0.0, at.mono - record.deleted.mono),
-                                sum(1 for c in pod.containers if c.killed), pod.prestop_seconds)
+                                sum(1 for c in pod.containers if c.killed), pod.prestop_seconds,
+                                record.workload)
         return [PodNews(pod.uid, record, shutdown)]
 
     # other nodes' pods ------------------------------------------------------------------------

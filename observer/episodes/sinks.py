@@ -114,8 +114,21 @@ class PodSink(_Sink[Pod]):
 
     resource, source = "pods", "pod_watch"
 
+    def __init__(self, tracker: EpisodeTracker, metrics: InputMetrics) -> None:
+        super().__init__(tracker, metrics)
+        self._owner_problem_logged = False
+
     def _read(self, obj: dict[str, Any]) -> Pod:
-        return parse_pod(obj)
+        pod = parse_pod(obj)
+        if pod.owner_problem is not None:
+            # Still measured, as its own workload; said once (a bad controller writes every
+            # pod alike), counted every time.
+            self.metrics.invalid_input(self.resource, "owner_references")
+            if not self._owner_problem_logged:
+                self._owner_problem_logged = True
+                log.warning("owner references not followed: the pod is its own workload "
+                            "(said once)", object=_name(obj), error=pod.owner_problem)
+        return pod
 
     def _listed(self, items: list[Pod], at: Timestamp, relist: bool) -> None:
         self.tracker.pods_listed(items, at, relist=relist)

@@ -151,7 +151,8 @@ class EpisodeTracker:
             return
         pod = f"{ref.pod_namespace}/{ref.pod_name}" if ref.pod_name else ""
         episode = Episode(key=key, cause="deletion" if deleting else "not_ready", local=local,
-                          pod=pod, pod_uid=uid, not_ready=at)
+                          pod=pod, pod_uid=uid, not_ready=at,
+                          workload=self.pods.workload_of(uid) if local and uid else None)
         self.episodes[key] = episode
         if uid:
             self._episodes_by_pod.setdefault(uid, set()).add(key)
@@ -178,6 +179,8 @@ class EpisodeTracker:
                 and not episode.dataplane_untracked)
 
     def _apply_record(self, episode: Episode, record: PodRecord) -> None:
+        if episode.local and episode.workload is None:
+            episode.workload = record.workload
         if record.deleted is not None and episode.deleted is None:
             episode.deleted = record.deleted
             episode.api_delete_requested = record.api_delete_requested
@@ -245,7 +248,7 @@ class EpisodeTracker:
     def _apply_pods(self, news: list[PodNews]) -> None:
         for uid, record, shutdown in news:
             if shutdown is not None:
-                self.observers.pod_shutdown(*shutdown)
+                self.observers.pod_shutdown(shutdown)
             for key in list(self._episodes_by_pod.get(uid, ())):
                 episode = self.episodes.get(key)
                 if episode is not None:

@@ -41,6 +41,9 @@ def log_fields(episode: Episode) -> dict[str, object]:
         "pod": episode.pod, "local": episode.local, "cause": episode.cause,
         "fallback": episode.fallback, "unsafe": episode.unsafe,
     }
+    if episode.workload is not None:
+        fields["namespace"], fields["workload"] = (episode.workload.namespace,
+                                                   episode.workload.label)
     fields.update({f"{stage}_seconds": round(v, 6) for stage, v in episode.stages.items()})
     fields.update({f"{stage}_unmeasured": why for stage, why in episode.unmeasured.items()})
     if episode.unsafe_window is not None:

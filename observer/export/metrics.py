@@ -30,6 +30,7 @@ from observer.episodes.model import (
     Origin,
 )
 from observer.episodes.observers import EpisodeObserver, TrafficObserver
+from observer.episodes.pods import Shutdown
 from observer.kube.watch import RESTART_REASONS
 from observer.traffic.source import ERROR_REASONS as TRAFFIC_ERROR_REASONS
 
@@ -44,7 +45,7 @@ SHUTDOWN_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 3
 RESOURCES = ("pods", "terminal_pods", "endpointslices")
 INVALID_INPUT_REASONS = ("malformed", "malformed_event", "no_service_label",
                          "unsupported_address_type", "duplicate_endpoint", "no_target_ref",
-                         "unhandled")
+                         "owner_references", "unhandled")
 
 
 def configure_exposition() -> None:
@@ -219,12 +220,12 @@ class AgentMetrics(EpisodeObserver, TrafficObserver):
     def fallback(self, episode: Episode) -> None:
         self.fallback_total.inc()
 
-    def pod_shutdown(self, seconds: float, killed: int, prestop: float | None) -> None:
-        self.pod_shutdown_seconds.observe(seconds)
-        if prestop is not None:
-            self.app_shutdown_seconds.observe(max(0.0, seconds - prestop))
-        if killed:
-            self.pod_killed_total.inc(killed)
+    def pod_shutdown(self, shutdown: Shutdown) -> None:
+        self.pod_shutdown_seconds.observe(shutdown.seconds)
+        if shutdown.prestop is not None:
+            self.app_shutdown_seconds.observe(max(0.0, shutdown.seconds - shutdown.prestop))
+        if shutdown.killed:
+            self.pod_killed_total.inc(shutdown.killed)
 
     def invalid_input(self, resource: str, reason: str) -> None:
         self.invalid_input_total.labels(resource, reason).inc()

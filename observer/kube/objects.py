@@ -20,6 +20,7 @@ from typing import Any
 
 from observer.kube.apitime import parse_time
 from observer.kube.lifecycle import containers_of, known_prestop_seconds
+from observer.kube.owners import Workload, owner_of
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
@@ -173,6 +174,10 @@ class Pod:
     containers: tuple[ContainerState, ...]
     resource_version: str
     prestop_seconds: float | None  # the longest preStop hook; None: one takes unknown time
+    # Its workload (observer.kube.owners), and why its owner references could not be
+    # followed, if they could not (it is then its own workload). None: not read.
+    workload: Workload | None = None
+    owner_problem: str | None = None
 
     @property
     def deletion_requested_at(self) -> float | None:
@@ -230,9 +235,11 @@ def parse_pod(raw: Any) -> Pod:
         deletion_ts = parse_time(deletion) if deletion is not None else None
     except (TypeError, ValueError):
         raise MalformedObject("malformed", "metadata.deletionTimestamp is not a time") from None
+    namespace = _str(meta.get("namespace"), "metadata.namespace")
+    name = _str(meta.get("name"), "metadata.name")
+    owner = owner_of(namespace, name, meta)
     return Pod(
-        namespace=_str(meta.get("namespace"), "metadata.namespace"),
-        name=_str(meta.get("name"), "metadata.name"),
+        namespace=namespace, name=name,
         uid=_str(meta.get("uid"), "metadata.uid"),
         node_name=_str(spec.get("nodeName"), "spec.nodeName", required=False),
         ips=tuple(ips), phase=_str(status.get("phase"), "status.phase", required=False),
@@ -241,4 +248,5 @@ def parse_pod(raw: Any) -> Pod:
         resource_version=_str(meta.get("resourceVersion"), "metadata.resourceVersion",
                               required=False),
         prestop_seconds=known_prestop_seconds(containers_of(spec)),
+        workload=owner.workload, owner_problem=owner.problem,
     )

@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from observer import cli
+from observer.episodes.pods import Shutdown
 from observer.export.metrics import AgentMetrics
 from observer.lab.apiserver.registry import WriteOptions
 from observer.lab.apiserver.server import ApiServer
@@ -85,7 +86,7 @@ def observations(controller: list[float] = (), dataplane: list[float] = (),  # t
         for seconds in dataplane:
             metrics.duration.labels("dataplane", "deletion", "nftables").observe(seconds)
         for seconds in app_shutdown:
-            metrics.pod_shutdown(seconds, 0, 0.0)
+            metrics.pod_shutdown(Shutdown(seconds, 0, 0.0))
     return observe
 
 

@@ -1,0 +1,148 @@
+"""Per-workload metrics: what each workload's own pods went through, on the pod's node.
+
+The slowest consumer of a Service belongs to its workload — a public one behind a cloud load
+balancer needs tens of seconds, an internal one a second or two — so the evidence that sizes a
+workload's preStop is kept per workload (``namespace``, ``workload`` = ``<kind>/<name>``,
+``observer.kube.owners``): the last new connection its terminating pods saw, by source; the
+connections after removal, by what they came after; those cut at the stop; its unsafe
+terminations; how long its app took to exit after SIGTERM; how many of its deletions ended
+here. Only on the pod's node: only there does the agent see the pod (and every connection to
+it crosses that node's netfilter).
+
+Cardinality is bounded on each node (docs/agent.md, "Per-workload metrics"): at most
+``max_workloads`` workloads have series at once; an episode of one more is counted under
+``namespace="_other", workload="_other"`` and in ``workloads_folded_total``; a workload with no
+episode for ``idle`` seconds loses its series (the next one brings them back). A switch turns
+them off. Times come from the tracker's monotonic clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from observer.config import WorkloadSettings
+from observer.episodes.model import AFTERS, ORIGINS, Episode
+from observer.episodes.observers import EpisodeObserver, TrafficObserver
+from observer.episodes.pods import Shutdown
+from observer.kube.owners import Workload
+
+# Coarse: a preStop is sized in seconds, and each bucket is a series of every workload.
+WORKLOAD_BUCKETS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+OTHER = ("_other", "_other")
+_P = "endpoint_propagation_workload_"
+
+
+class WorkloadMetrics(EpisodeObserver, TrafficObserver):
+    def __init__(self, registry: CollectorRegistry, *, settings: WorkloadSettings,
+                 now: Callable[[], float]) -> None:
+        self.settings = settings
+        self.now = now
+        labels = ["namespace", "workload"]
+        self.episodes = Counter(
+            f"{_P}episodes",
+            "On the pod's node: deletions of the workload's pods whose episode ended here.",
+            labels, registry=registry)
+        self.unsafe = Counter(
+            f"{_P}unsafe_terminations",
+            "On the pod's node: the workload's pods that stopped before this node's dataplane "
+            "stopped selecting them.", labels, registry=registry)
+        self.last_connection = Histogram(
+            f"{_P}last_connection_seconds",
+            "On the pod's node: pod deletion seen to the last new connection that reached the "
+            "workload's endpoint, by source (local, forwarded), when its traffic window closed.",
+            [*labels, "source"], buckets=WORKLOAD_BUCKETS, registry=registry)
+        self.connections = Counter(
+            f"{_P}connections_after_removal",
+            "On the pod's node: new connections to the workload's endpoints after they left "
+            "Ready, by what they came after (not_ready, stopped: failed for the client).",
+            [*labels, "after"], registry=registry)
+        self.cut = Counter(
+            f"{_P}connections_cut",
+            "On the pod's node: TCP connections still open to the workload's endpoints when "
+            "the pod was seen stopped.", labels, registry=registry)
+        self.app_shutdown = Histogram(
+            f"{_P}app_shutdown_seconds",
+            "On the pod's node: how long the workload's app took to exit after SIGTERM (pod "
+            "shutdown minus its preStop, when that is known).", labels,
+            buckets=WORKLOAD_BUCKETS, registry=registry)
+        self.folded = Counter(
+            "endpoint_propagation_workloads_folded",
+            "Episodes of workloads past --max-workloads, counted under workload=\"_other\".",
+            registry=registry)
+        self.tracked = Gauge(
+            "endpoint_propagation_workloads",
+            "Workloads with per-workload series on this node now (at most --max-workloads, "
+            "and _other).", registry=registry)
+        self._seen: dict[tuple[str, str], float] = {}  # label values -> last episode (mono)
+
+    def _labels(self, workload: Workload | None) -> tuple[str, str] | None:
+        """The label values an event of ``workload`` goes under (None: not counted)."""
+        if workload is None or not self.settings.enabled:
+            return None
+        key = (workload.namespace, workload.label)
+        if key not in self._seen and len(self._seen.keys() - {OTHER}) >= \
+                self.settings.max_workloads:
+            self.folded.inc()
+            key = OTHER
+        self._seen[key] = self.now()
+        self.tracked.set(len(self._seen))
+        return key
+
+    # EpisodeObserver -------------------------------------------------------------------------
+
+    def finished(self, episode: Episode) -> None:
+        key = self._labels(episode.workload if episode.local else None)
+        if key is None:
+            return
+        self.episodes.labels(*key).inc()
+        if episode.unsafe:
+            self.unsafe.labels(*key).inc()
+
+    def pod_shutdown(self, shutdown: Shutdown) -> None:
+        if shutdown.prestop is None:
+            return
+        key = self._labels(shutdown.workload)
+        if key is not None:
+            self.app_shutdown.labels(*key).observe(max(0.0, shutdown.seconds - shutdown.prestop))
+
+    def expire(self, now: float) -> None:
+        """Series of workloads with no episode for ``idle`` seconds go."""
+        for key in [k for k, at in self._seen.items() if now - at > self.settings.idle]:
+            del self._seen[key]
+            for family in (self.episodes, self.unsafe, self.cut, self.app_shutdown):
+                _remove(family, key)
+            for origin in ORIGINS:
+                _remove(self.last_connection, (*key, origin))
+            for after in AFTERS:
+                _remove(self.connections, (*key, after))
+        self.tracked.set(len(self._seen))
+
+    # TrafficObserver -------------------------------------------------------------------------
+
+    def traffic_closed(self, episode: Episode) -> None:
+        traffic = episode.traffic
+        if episode.abandoned is not None or not episode.local or traffic is None:
+            return
+        key = self._labels(episode.workload)
+        if key is None:
+            return
+        if episode.deleted is not None:
+            for origin, at in traffic.last.items():
+                self.last_connection.labels(*key, origin).observe(
+                    max(0.0, at.mono - episode.deleted.mono))
+        for after in AFTERS:
+            count = traffic.count(after)
+            if count:
+                self.connections.labels(*key, after).inc(count)
+        if traffic.cut:
+            self.cut.labels(*key).inc(traffic.cut)
+
+
+def _remove(family: Counter | Histogram, values: tuple[str, ...]) -> None:
+    """A series gone, if it was there (a no-op otherwise in prometheus_client 0.26, which its
+    documentation does not promise)."""
+    with contextlib.suppress(KeyError):
+        family.remove(*values)
