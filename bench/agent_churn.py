@@ -33,8 +33,7 @@ from observer.config import AgentConfig, TrafficSettings, WatchSettings
 from observer.dataplane.memory import MemoryDataplane
 from observer.export.metrics import configure_exposition
 from observer.kube.connect import load_api_config
-from observer.kube.imports import import_client_parts
-from observer.testing.soak import rss_mib
+from observer.testing.rss import rss_mib
 
 
 def serve_in_child(*args: Any) -> None:
@@ -45,10 +44,7 @@ def serve_in_child(*args: Any) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    # As ``observer run`` has it: the parts the agent calls (observer/kube/imports.py), not
-    # all of kubernetes_asyncio.
-    import_client_parts()
-    from kubernetes_asyncio import client
+    from kubernetes_asyncio import client  # its parts, as bench/__init__.py says
 
     with tempfile.TemporaryDirectory() as tmp:
         kubeconfig = Path(tmp) / "kubeconfig"

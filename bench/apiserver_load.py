@@ -56,7 +56,7 @@ from observer.agent import PROXYABLE_SLICES, TERMINAL_PODS, WatchRequest, watch_
 from observer.clock import SystemClock
 from observer.config import WatchSettings
 from observer.kube.watch import ResourceWatch
-from observer.testing.soak import rss_mib
+from observer.testing.rss import rss_mib
 
 PARTIAL = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 

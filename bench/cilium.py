@@ -58,7 +58,7 @@ from observer.lab.cilium import ACTIVE, TERMINATING, CiliumAgent
 from observer.lab.results import quantile
 from observer.memory import collect_garbage_rarely
 from observer.tasks import cancel_and_wait
-from observer.testing.soak import rss_mib
+from observer.testing.rss import rss_mib
 from observer.values import EndpointKey, ServicePort
 
 # writer -> agent: service, backend, new state, 0 announced / 1 written, CLOCK_MONOTONIC

@@ -45,7 +45,7 @@ from observer.dataplane.modes import named, open_source
 from observer.dataplane.sources import MonitorSource
 from observer.lab.rules import ServicePortRules, iptables_sync, nft_sync
 from observer.tasks import cancel_and_wait
-from observer.testing.soak import rss_mib
+from observer.testing.rss import rss_mib
 
 
 def service(s: int, per: int, *, drop_first: bool = False) -> ServicePortRules:

@@ -35,7 +35,7 @@ from observer.testing.ipvs_netlink import (
     payload,
     service_message,
 )
-from observer.testing.soak import rss_mib
+from observer.testing.rss import rss_mib
 from observer.values import ServicePort
 
 

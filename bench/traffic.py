@@ -39,7 +39,7 @@ from observer.episodes.model import Episode
 from observer.episodes.traffic import TrafficBook
 from observer.export.metrics import AgentMetrics, configure_exposition
 from observer.tasks import cancel_and_wait
-from observer.testing.soak import rss_mib
+from observer.testing.rss import rss_mib
 from observer.traffic import conntrack
 from observer.traffic.source import open_conntrack
 from observer.values import Connection, EndpointKey, ServicePort, Timestamp

@@ -12,7 +12,8 @@ reads the API's JSON itself (``_preload_content=False``, observer/kube/watch.py)
 builds a model.
 
 So ``observer run`` calls ``import_client_parts`` before anything imports kubernetes_asyncio
-(``observer.commands.run``; nothing else does, and importing observer changes nothing):
+(``observer.commands.run``; the benchmarks, which measure the agent as it runs, do it in
+``bench/__init__.py``; nothing else does, and importing observer changes nothing):
 kubernetes_asyncio's four packages are registered without running their ``__init__`` and the
 modules the agent uses are imported from them; the names the agent and kubernetes_asyncio's
 config loaders take from ``client`` are set on it. A package asked for any other name runs its

@@ -16,21 +16,13 @@ import asyncio
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from observer.clock import SystemClock
 from observer.lab.config import Delay, LabConfig
 from observer.lab.results import Accounting, accounting
 from observer.lab.scenario import Lab, LabRun
-
-
-def rss_mib() -> float:
-    """This process's resident set size now, MiB (``VmRSS`` of /proc/self/status)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("/proc/self/status has no VmRSS")
+from observer.testing.rss import rss_mib
 
 
 @dataclass
