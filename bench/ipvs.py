@@ -5,7 +5,7 @@ The kernel here has no ``ip_vs`` module, so neither the dump itself (one ``IPVS_
 dump, then one ``IPVS_CMD_GET_DEST`` dump per virtual server: 10,001 netlink round trips) nor
 the ``ipvsadm`` it would be compared with can run. What can be measured is everything the agent
 does with the kernel's answer: the messages are encoded in the kernel's layout
-(``tests/fixtures/dataplane/ipvs_netlink.py``, before the clock starts), then decoded as
+(``observer/testing/ipvs_netlink.py``, before the clock starts), then decoded as
 ``ipvs_dump`` does (``service_attrs``, ``dest_attrs``), parsed (``parse_ipvs``) and named after
 service ports
 (``FrontendNames``, with every endpoint indexed as the tracker would). Reported: CPU seconds of

@@ -3,7 +3,7 @@
 Each test mounts a BPF filesystem of its own, creates and pins maps with Cilium's v1.18
 layouts there, and fills them as Cilium's agent does (``observer.lab.cilium.CiliumAgent``
 follows its reconciler's order of writes) for a minikube-like cluster: the API server and
-kube-dns — the same services the IPVS tests' fixture holds (tests/fixtures/dataplane/
+kube-dns — the same services the IPVS tests' fixture holds (observer/testing/
 ipvs_netlink.py), with an IPv6 frontend too.
 """
 
