@@ -36,6 +36,10 @@ def test_rules_compute_the_recommendation() -> None:
     assert "SUCCESS" in promtool("test", "rules", "recommendation_test.yaml", cwd=HERE)
 
 
+def test_rules_compute_each_workloads_recommendation() -> None:
+    assert "SUCCESS" in promtool("test", "rules", "workloads_test.yaml", cwd=HERE)
+
+
 def metric_names(expr: str) -> set[str]:
     """The agent metrics an expression reads (recording-rule names contain a colon)."""
     names = set()
