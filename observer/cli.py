@@ -409,6 +409,42 @@ def _lab(args: argparse.Namespace) -> int:
                                           serve=args.serve, verify=args.verify)))
 
 
+def _add_lab(commands: Commands) -> None:
+    lab = commands.add_parser(
+        "lab", help="run the tool on one machine with emulated cluster parts",
+        description="A local cluster: the lab API server, an EndpointSlice controller, and per "
+                    "node a kubelet, a kube-proxy programming real rules in the node's own "
+                    "network namespace, and a real agent; then pod deletions, and every "
+                    "measurement compared with the truth.")
+    try:
+        _add_lab_flags(lab)
+    except ModuleNotFoundError as error:
+        if not (error.name or "").startswith("observer.lab"):
+            raise
+        # Not installed (the container image carries the agent alone): whatever follows
+        # `lab` is let through, and the command says so.
+        lab.set_defaults(lab_command=None, lab_installed=False)
+        return
+    lab_commands = lab.add_subparsers(dest="lab_command", required=False, metavar="LAB_COMMAND")
+    api = lab_commands.add_parser(
+        "apiserver", help="serve the lab's Kubernetes API (pods, EndpointSlices) until SIGTERM")
+    api.add_argument("--listen", type=host_port, default=("127.0.0.1", 0),
+                     help="HOST:PORT to listen on (default 127.0.0.1 and a free port)")
+    api.add_argument("--kubeconfig-out", type=Path, required=True,
+                     help="where to write a kubeconfig for kubectl and kubernetes_asyncio")
+    api.add_argument("--bookmark-interval", type=positive_float, default=60.0,
+                     help="seconds between BOOKMARK events on watches that allow them")
+    api.add_argument("--history", type=int, default=10_000,
+                     help="changes kept for watch resumption; older resourceVersions get 410")
+
+
+def _lab_missing() -> int:
+    print("observer: the lab is not part of this installation (the container image "
+          "carries the agent alone); install the package from its source to run it",
+          file=sys.stderr)
+    return 2
+
+
 def build_parser() -> Parser:
     """The `observer` command's flags and subcommands."""
     parser = Parser(
@@ -423,24 +459,7 @@ def build_parser() -> Parser:
     _add_dataplane(commands)
     _add_report(commands)
 
-    lab = commands.add_parser(
-        "lab", help="run the tool on one machine with emulated cluster parts",
-        description="A local cluster: the lab API server, an EndpointSlice controller, and per "
-                    "node a kubelet, a kube-proxy programming real rules in the node's own "
-                    "network namespace, and a real agent; then pod deletions, and every "
-                    "measurement compared with the truth.")
-    _add_lab_flags(lab)
-    lab_commands = lab.add_subparsers(dest="lab_command", required=False, metavar="LAB_COMMAND")
-    api = lab_commands.add_parser(
-        "apiserver", help="serve the lab's Kubernetes API (pods, EndpointSlices) until SIGTERM")
-    api.add_argument("--listen", type=host_port, default=("127.0.0.1", 0),
-                     help="HOST:PORT to listen on (default 127.0.0.1 and a free port)")
-    api.add_argument("--kubeconfig-out", type=Path, required=True,
-                     help="where to write a kubeconfig for kubectl and kubernetes_asyncio")
-    api.add_argument("--bookmark-interval", type=positive_float, default=60.0,
-                     help="seconds between BOOKMARK events on watches that allow them")
-    api.add_argument("--history", type=int, default=10_000,
-                     help="changes kept for watch resumption; older resourceVersions get 410")
+    _add_lab(commands)
     return parser
 
 
@@ -450,14 +469,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError as error:
         if not (error.name or "").startswith("observer.lab"):
             raise
-        print("observer: the lab is not part of this installation (the container image "
-              "carries the agent alone); install the package from its source to run it",
-              file=sys.stderr)
-        return 2
+        return _lab_missing()
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "lab" and not getattr(args, "lab_installed", True):
+        return _lab_missing()
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     scenario = args.command == "lab" and args.lab_command is None
     # The lab's agents would log every episode; its report is the point, so warnings only.
     # The agent's log is its output (stdout, as a DaemonSet's); every other command's output
