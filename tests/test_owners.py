@@ -6,9 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from observer.episodes.sinks import PodSink
+from observer.episodes.tracker import EpisodeTracker
 from observer.kube.objects import parse_pod
 from observer.kube.owners import Owner, Workload, owner_of
+from tests.conftest import ManualClock
 
 
 def controller(kind: str, name: str, **extra: Any) -> dict[str, Any]:
@@ -84,3 +88,30 @@ def test_a_parsed_pod_carries_its_workload_and_the_label_value() -> None:
                      "spec": {}, "status": {}})
     assert odd.workload == Workload("shop", "pod", "p")
     assert odd.owner_problem == "metadata.ownerReferences is not a list"
+
+
+class Counted:
+    def __init__(self) -> None:
+        self.reasons: list[tuple[str, str]] = []
+
+    def invalid_input(self, resource: str, reason: str) -> None:
+        self.reasons.append((resource, reason))
+
+
+def test_a_pod_whose_owners_cannot_be_followed_is_counted_logged_once_and_kept(
+        clock: ManualClock) -> None:
+    tracker = EpisodeTracker(node_name="node-a", clock=clock, observers=[],
+                             measure_dataplane=True)
+    counted = Counted()
+    sink = PodSink(tracker, counted)
+    raw = {"metadata": {"namespace": "shop", "name": "odd", "uid": "u-odd",
+                        "resourceVersion": "7", "ownerReferences": {"kind": "ReplicaSet"}},
+           "spec": {"nodeName": "node-a"}, "status": {"phase": "Running"}}
+    with capture_logs() as logs:
+        sink.event("ADDED", raw, precision=0.0)
+        sink.event("MODIFIED", raw, precision=0.0)
+    assert counted.reasons == [("pods", "owner_references")] * 2
+    said = [e for e in logs if e["event"].startswith("owner references not followed")]
+    assert len(said) == 1
+    assert said[0]["object"] == "shop/odd"
+    assert tracker.pods.workload_of("u-odd") == Workload("shop", "pod", "odd")

@@ -66,12 +66,14 @@ class Cluster:
     port_names: dict[str, str] = field(default_factory=dict)
 
     def create_pod(self, name: str, node: str, ip: str,
-                   prestop: dict[str, Any] | None = None) -> str:
+                   prestop: dict[str, Any] | None = None, *,
+                   metadata: dict[str, Any] | None = None) -> str:
+        """A running, Ready pod; ``metadata``: more of it (labels, owner references)."""
         pods = self.server.registries["pods"]
         app: dict[str, Any] = {"name": "app", "image": "app:1"}
         if prestop is not None:
             app["lifecycle"] = {"preStop": prestop}
-        created = pods.create(NS, {"metadata": {"name": name}, "spec": {
+        created = pods.create(NS, {"metadata": {"name": name, **(metadata or {})}, "spec": {
             "nodeName": node, "containers": [app]}}, WriteOptions())
         pods.patch(NS, name, {**created, "status": {
             "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],

@@ -202,3 +202,29 @@ async def test_dataplane_before_slice_update_is_kept(env: AgentEnv, clock: Manua
     assert env.stage_sum("dataplane") == 0.0  # never negative
     assert env.sample("endpoint_propagation_unsafe_terminations_total") == 0
     assert env.sample("endpoint_propagation_headroom_seconds_sum") == 0.0625
+
+
+async def test_a_deployments_pod_is_measured_under_its_workload(env: AgentEnv,
+                                                                clock: ManualClock) -> None:
+    """Owned as a Deployment's pods are (a ReplicaSet named after the template hash the pod
+    carries), its deletion counts under deployment/web, on the pod's node."""
+    owner = {"labels": {"app": "web", "pod-template-hash": "5d8f7c"},
+             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                  "name": "web-5d8f7c", "uid": "uid-rs", "controller": True,
+                                  "blockOwnerDeletion": True}]}
+    uids = [env.cluster.create_pod(f"web-{i}", "node-a", f"10.0.0.{i + 1}", metadata=owner)
+            for i in range(2)]
+    for i in range(2):
+        env.dataplane.set(key("web", f"10.0.0.{i + 1}"), True)
+    env.cluster.put_slice("web-abc", "web", *(Endpoint(f"10.0.0.{i + 1}", "node-a", f"web-{i}",
+                                                       uid) for i, uid in enumerate(uids)))
+    await env.seen("endpointslices")
+    await safe_deletion(env, clock, "web-0", "10.0.0.1", 1)
+    workload = {"namespace": "default", "workload": "deployment/web"}
+    assert env.sample("endpoint_propagation_workload_episodes_total", **workload) == 1
+    assert env.sample("endpoint_propagation_workload_app_shutdown_seconds_sum", **workload) \
+        == 2.75
+    assert env.sample("endpoint_propagation_workloads") == 1
+    (episode,) = env.agent.tracker.finished
+    assert (episode.to_dict()["namespace"], episode.to_dict()["workload"]) == (
+        "default", "deployment/web")
