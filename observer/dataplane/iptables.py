@@ -486,4 +486,4 @@ MODE = DataplaneMode(
     name="iptables",
     about="kube-proxy's iptables mode, in the backend holding its rules: nf_tables (changes "
           "announced by netlink events) or legacy (polled)",
-    detect=_detect, reader=_reader, source=_source)
+    detect=_detect, reader=_reader, source=_source, picks_backend=True)

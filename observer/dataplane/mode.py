@@ -131,3 +131,6 @@ class DataplaneMode:
     reader: Callable[[Wiring], Reader]
     source: Callable[[Wiring], Awaitable[DataplaneSource]]
     options: tuple[Option, ...] = field(default=())
+    # Its detection also picks a backend (iptables': nf_tables or legacy), which a request
+    # for the mode by name still needs.
+    picks_backend: bool = False

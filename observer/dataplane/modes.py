@@ -31,11 +31,6 @@ def named(name: str) -> DataplaneMode:
     raise ValueError(f"no dataplane mode {name!r} (one of {', '.join(NAMES)})")
 
 
-def defaults() -> dict[str, str]:
-    """Every mode's options at their defaults."""
-    return {option.name: option.default for option in OPTIONS}
-
-
 async def detect(runner: CommandRunner, options: Mapping[str, str]
                  ) -> tuple[DataplaneMode, Backend | None]:
     """The mode this node's dataplane is in; ``CommandError`` saying why each was not found."""
@@ -51,10 +46,13 @@ async def detect(runner: CommandRunner, options: Mapping[str, str]
 
 async def resolve(requested: str, runner: CommandRunner, options: Mapping[str, str]
                   ) -> tuple[DataplaneMode, Backend | None]:
-    """The mode asked for (``auto``: detected), and what its detection says of its backend."""
+    """The mode asked for (``auto``: detected), and the backend its detection picks for a mode
+    that has one (no other is probed when asked for by name)."""
     if requested == "auto":
         return await detect(runner, options)
     mode = named(requested)
+    if not mode.picks_backend:
+        return mode, None
     return mode, (await mode.detect(Probe(runner, options))).backend
 
 
