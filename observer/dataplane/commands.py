@@ -190,9 +190,9 @@ class _Child:
     def of(cls, proc: asyncio.subprocess.Process) -> _Child:
         try:
             return cls(proc, os.pidfd_open(proc.pid))
-        except ProcessLookupError:  # exited and reaped already: nothing left to signal
-            return cls(proc, None)
-        except OSError:  # no pidfds here (ENOSYS before Linux 5.3, or a seccomp filter)
+        # ESRCH: exited and reaped already, nothing left to signal; else no pidfds here
+        # (ENOSYS before Linux 5.3, or a seccomp filter).
+        except OSError:
             return cls(proc, None)
 
     def kill(self) -> None:

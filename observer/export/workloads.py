@@ -83,7 +83,7 @@ class WorkloadMetrics(EpisodeObserver, TrafficObserver):
         if workload is None or not self.settings.enabled:
             return None
         key = (workload.namespace, workload.label)
-        if key not in self._seen and len(self._seen.keys() - {OTHER}) >= \
+        if key not in self._seen and len(self._seen) - (OTHER in self._seen) >= \
                 self.settings.max_workloads:
             self.folded.inc()
             key = OTHER

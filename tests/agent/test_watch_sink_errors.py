@@ -53,13 +53,18 @@ class FailsOnOnePod:
         self.seen.append(name)
 
 
+def pod_watch(api: client.ApiClient, sink: FailsOnOnePod, counts: Counts) -> ResourceWatch:
+    """The agent's watch of pods, into ``sink``, retrying at once."""
+    return ResourceWatch(resource="pods", request=client.CoreV1Api(
+        api).list_pod_for_all_namespaces, sink=sink, metrics=counts, clock=SystemClock(),
+        settings=WatchSettings(backoff_initial=0.01, backoff_max=0.05))
+
+
 async def test_a_failure_handling_an_event_is_counted_and_the_stream_goes_on(
         apiserver: ApiServer, kubeconfig: Path) -> None:
     cluster, sink, counts = Cluster(apiserver), FailsOnOnePod(), Counts()
     async with client.ApiClient(await client_configuration(kubeconfig)) as api:
-        watch = ResourceWatch(resource="pods", request=client.CoreV1Api(
-            api).list_pod_for_all_namespaces, sink=sink, metrics=counts, clock=SystemClock(),
-            settings=WatchSettings(backoff_initial=0.01, backoff_max=0.05))
+        watch = pod_watch(api, sink, counts)
         with capture_logs() as logs:
             task = asyncio.create_task(watch.run())
             try:
@@ -96,9 +101,7 @@ async def test_a_failure_handling_a_list_is_counted_and_the_watch_goes_on(
     cluster, sink, counts = Cluster(apiserver), FailsOnAListedPod(), Counts()
     cluster.create_pod("trouble", "node-a", "10.0.0.1")
     async with client.ApiClient(await client_configuration(kubeconfig)) as api:
-        watch = ResourceWatch(resource="pods", request=client.CoreV1Api(
-            api).list_pod_for_all_namespaces, sink=sink, metrics=counts, clock=SystemClock(),
-            settings=WatchSettings(backoff_initial=0.01, backoff_max=0.05))
+        watch = pod_watch(api, sink, counts)
         with capture_logs() as logs:
             task = asyncio.create_task(watch.run())
             try:

@@ -26,6 +26,8 @@ master, slots 1..count, their backends; a microsecond or two per entry).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from observer.dataplane.cilium.changes import CiliumChanges
 from observer.dataplane.cilium.maps import DEFAULT_BPF_ROOT, PIN_DIR, CiliumMaps
 from observer.dataplane.cilium.source import DeltaPollingSource
@@ -40,13 +42,13 @@ BPF_ROOT = Option("bpf_root", DEFAULT_BPF_ROOT,
                   f"{PIN_DIR} (default {DEFAULT_BPF_ROOT})")
 
 
-def _root(wiring: Wiring) -> str:
-    return wiring.options.get(BPF_ROOT.name, BPF_ROOT.default)
+def _root(options: Mapping[str, str]) -> str:
+    return options.get(BPF_ROOT.name, BPF_ROOT.default)
 
 
 async def _detect(probe: Probe) -> Detected:
     try:
-        CiliumMaps.open(probe.options.get(BPF_ROOT.name, BPF_ROOT.default)).close()
+        CiliumMaps.open(_root(probe.options)).close()
     except (CommandError, DataplaneParseError) as error:
         return Detected(found=False, why=f"no Cilium maps readable: {error}")
     return Detected(found=True)
@@ -54,16 +56,17 @@ async def _detect(probe: Probe) -> Detected:
 
 def _reader(wiring: Wiring) -> CiliumReader:
     names = FrontendNames(wiring.candidates) if wiring.candidates is not None else None
-    return CiliumReader(_root(wiring), names)
+    return CiliumReader(_root(wiring.options), names)
 
 
 async def _source(wiring: Wiring) -> DataplaneSource:
     """Nothing announces map updates: reads by parts of the service ports the slices say are
     changing, full reads under the rest of the budget."""
     clock, metrics = wiring.source_parts()
-    CiliumMaps.open(_root(wiring)).close()  # fail now, not at the first read, if unreadable
+    root = _root(wiring.options)
+    CiliumMaps.open(root).close()  # fail now, not at the first read, if unreadable
     names = FrontendNames(wiring.candidates or (lambda ip, port, protocol: ()))
-    return DeltaPollingSource(changes=CiliumChanges(_root(wiring), names), clock=clock,
+    return DeltaPollingSource(changes=CiliumChanges(root, names), clock=clock,
                               metrics=metrics, interval=wiring.poll_interval,
                               max_cpu=wiring.poll_max_cpu)
 
