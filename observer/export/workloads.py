@@ -83,15 +83,31 @@ class WorkloadMetrics(EpisodeObserver, TrafficObserver):
         if workload is None or not self.settings.enabled:
             return None
         key = (workload.namespace, workload.label)
-        if key not in self._seen and len(self._seen) - (OTHER in self._seen) >= \
-                self.settings.max_workloads:
+        if key not in self._seen and not self._room():
             self.folded.inc()
             key = OTHER
         self._seen[key] = self.now()
         self.tracked.set(len(self._seen))
         return key
 
+    def _room(self) -> bool:
+        return len(self._seen) - (OTHER in self._seen) < self.settings.max_workloads
+
     # EpisodeObserver -------------------------------------------------------------------------
+
+    def started(self, episode: Episode, now: float) -> None:
+        """The workload's counters exist, at 0, from its deletion on: Prometheus' increase()
+        does not count a series' first sample, so a counter born at 1 when the episode ends
+        would lose that episode (when a scrape falls between the two)."""
+        workload = episode.workload
+        if not (self.settings.enabled and episode.local and workload is not None):
+            return
+        key = (workload.namespace, workload.label)
+        if key in self._seen or self._room():
+            self._seen[key] = self.now()
+            self.tracked.set(len(self._seen))
+            self.episodes.labels(*key)
+            self.unsafe.labels(*key)
 
     def finished(self, episode: Episode) -> None:
         key = self._labels(episode.workload if episode.local else None)

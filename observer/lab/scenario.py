@@ -29,6 +29,7 @@ from observer.config import AgentConfig, DataplaneSettings, TrafficSettings, Wat
 from observer.dataplane.cilium import BPF_ROOT
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.memory import MemoryDataplane
+from observer.kube.owners import TEMPLATE_HASH_LABEL
 from observer.lab.apiserver.registry import DeleteOptions, WriteOptions
 from observer.lab.apiserver.server import ApiServer
 from observer.lab.apps import PodRuntime, Sockets
@@ -54,6 +55,7 @@ log = structlog.get_logger("observer.lab")
 Hook = Callable[["LabRun"], Awaitable[None]]
 CLUSTER_IPS = {"careful": "172.30.0.10", "hasty": "172.30.0.11", "draining": "172.30.0.12"}
 POD_PORT = 8080
+_TEMPLATE_HASH = "5d8f7c9b6"
 TRAFFIC_SLACK = 2.0  # seconds an endpoint is followed past the ingress' longest delay
 
 
@@ -180,9 +182,16 @@ class Lab:
         owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": workload,
                  "uid": deployment["metadata"]["uid"], "controller": True,
                  "blockOwnerDeletion": True}
+        # The deployment controller labels the ReplicaSet, its selector and its pods
+        # pod-template-hash=<hash> and names it <deployment>-<hash> (observer/kube/owners.py).
+        labels = {"app": workload, TEMPLATE_HASH_LABEL: _TEMPLATE_HASH}
+        template = self._template(workload)
+        template["metadata"]["labels"] = labels
         replica_set = self.server.registries["replicasets"].create(NAMESPACE, {
-            "metadata": {"name": f"{workload}-5d8f7c9b6", "ownerReferences": [owner],
-                         "labels": {"app": workload}}, "spec": spec}, WriteOptions())
+            "metadata": {"name": f"{workload}-{_TEMPLATE_HASH}", "ownerReferences": [owner],
+                         "labels": labels},
+            "spec": {**spec, "selector": {"matchLabels": labels}, "template": template}},
+            WriteOptions())
         self._owners[workload] = {**owner, "kind": "ReplicaSet",
                                   "name": replica_set["metadata"]["name"],
                                   "uid": replica_set["metadata"]["uid"]}
@@ -192,7 +201,8 @@ class Lab:
         name = f"{workload}-{self._pod_counter}"
         template = self._template(workload)
         self.server.registries["pods"].create(NAMESPACE, {
-            "metadata": {**template["metadata"], "name": name,
+            "metadata": {"labels": {"app": workload, TEMPLATE_HASH_LABEL: _TEMPLATE_HASH},
+                         "name": name,
                          "ownerReferences": [self._owners[workload]]},
             "spec": {**template["spec"], "nodeName": node}}, WriteOptions())
         return name

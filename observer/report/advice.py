@@ -21,7 +21,6 @@ whole seconds: what a preStop sleep is written in.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from observer.kube import lifecycle
@@ -156,9 +155,10 @@ class ContainerAdvice:
                 "suggested_prestop_seconds": self.suggested_prestop_seconds}
 
 
-def advise(workload: WorkloadContainer, rec: Recommendation) -> ContainerAdvice:
-    """Findings for one serving container (docs/report.md, "Findings")."""
-    needed = rec.prestop_seconds
+def advise(workload: WorkloadContainer, needed: int, app_shutdown: float | None,
+           margin: float) -> ContainerAdvice:
+    """Findings for one serving container against its workload's preStop ``needed`` and its
+    app's exit after SIGTERM (docs/report.md, "Findings")."""
     findings: list[str] = []
     prestop, grace = workload.prestop, workload.grace_seconds
     seconds = prestop.seconds
@@ -176,26 +176,6 @@ def advise(workload: WorkloadContainer, rec: Recommendation) -> ContainerAdvice:
         suggested = needed
     else:
         suggested = seconds
-    if rec.app_shutdown is not None and grace <= suggested + rec.app_shutdown:
+    if app_shutdown is not None and grace < math.ceil(suggested + app_shutdown + margin):
         findings.append("grace-too-short")
     return ContainerAdvice(workload, tuple(sorted(findings, key=FINDINGS.index)), suggested)
-
-
-def sort_key(advice: ContainerAdvice) -> tuple[int, str, str, str, str]:
-    worst = min((FINDINGS.index(f) for f in advice.findings), default=len(FINDINGS))
-    w = advice.workload
-    return (worst, w.namespace, w.kind, w.name, w.container)
-
-
-def summary(rec: Recommendation, advice: Sequence[ContainerAdvice]) -> str:
-    workloads = {(a.workload.namespace, a.workload.kind, a.workload.name) for a in advice}
-    flagged = {(a.workload.namespace, a.workload.kind, a.workload.name) for a in advice
-               if a.findings}
-    counts: dict[str, int] = {}
-    for item in advice:
-        for finding in item.findings:
-            counts[finding] = counts.get(finding, 0) + 1
-    detail = ", ".join(f"{counts[f]} {f}" for f in FINDINGS if f in counts)
-    return (f"preStop of {rec.prestop_seconds} s recommended from {rec.episodes} episodes; "
-            f"{len(flagged)} of {len(workloads)} workloads need attention"
-            + (f" ({detail})" if detail else ""))

@@ -17,17 +17,17 @@ import aiohttp
 from kubernetes_asyncio import client, config
 
 from observer.kube.connect import load_api_config
-from observer.report.advice import (
-    ContainerAdvice,
-    NotEnoughData,
-    Recommendation,
-    advise,
-    recommend,
-    sort_key,
-    summary,
-)
+from observer.report.advice import NotEnoughData, Recommendation, recommend
 from observer.report.evidence import Evidence, EvidenceError, from_agents, from_prometheus
 from observer.report.options import ReportOptions
+from observer.report.per_workload import (
+    CLUSTER_WIDE,
+    CONNECTIONS,
+    WORKLOAD_FINDINGS,
+    WorkloadAdvice,
+    advise_workloads,
+    folded_warning,
+)
 from observer.report.workloads import WorkloadError, read_workloads
 
 EXIT_NOT_ENOUGH_DATA = 3
@@ -43,7 +43,8 @@ async def _evidence(options: ReportOptions) -> Evidence:
         return await from_agents(options.agents, session)
 
 
-async def _workloads(options: ReportOptions, rec: Recommendation) -> list[ContainerAdvice]:
+async def _workloads(options: ReportOptions, rec: Recommendation,
+                     evidence: Evidence) -> list[WorkloadAdvice]:
     try:
         configuration = await load_api_config(options.kubeconfig)
     except (config.ConfigException, OSError) as error:
@@ -51,7 +52,7 @@ async def _workloads(options: ReportOptions, rec: Recommendation) -> list[Contai
                             ) from None
     async with client.ApiClient(configuration) as api:
         found = await read_workloads(api, options.namespace)
-    return sorted((advise(w, rec) for w in found), key=sort_key)
+    return advise_workloads(found, rec, evidence.workloads, options.min_episodes)
 
 
 async def report(options: ReportOptions, out: TextIO = sys.stdout,
@@ -61,6 +62,8 @@ async def report(options: ReportOptions, out: TextIO = sys.stdout,
     except EvidenceError as error:
         print(f"observer report: cannot read the measurements: {error}", file=err)
         return EXIT_NO_EVIDENCE
+    if (folded := folded_warning(evidence.workloads)) is not None:
+        evidence.warnings.append(folded)
     for warning in evidence.warnings:
         print(f"observer report: warning: {warning}", file=err)
     try:
@@ -70,7 +73,7 @@ async def report(options: ReportOptions, out: TextIO = sys.stdout,
         print(f"observer report: not recommending anything: {error}", file=err)
         return EXIT_NOT_ENOUGH_DATA
     try:
-        advice = await _workloads(options, rec)
+        advice = await _workloads(options, rec, evidence)
     except WorkloadError as error:
         print(f"observer report: cannot read the workloads: {error}", file=err)
         return EXIT_NO_WORKLOADS
@@ -82,7 +85,7 @@ async def report(options: ReportOptions, out: TextIO = sys.stdout,
     return 0
 
 
-def to_json(rec: Recommendation, advice: Sequence[ContainerAdvice],
+def to_json(rec: Recommendation, advice: Sequence[WorkloadAdvice],
             evidence: Evidence) -> dict[str, Any]:
     return {
         "recommendation": {
@@ -108,8 +111,8 @@ def _colour(out: TextIO) -> bool:
     return out.isatty() and "NO_COLOR" not in os.environ
 
 
-_PAINT = {"at-risk": "31", "no-prestop": "31", "grace-too-short": "31", "unknown": "33",
-          "over-provisioned": "33", "ok": "32"}
+_PAINT = {"at-risk": "31", "no-prestop": "31", "grace-too-short": "31", "drain": "33",
+          "unknown": "33", "over-provisioned": "33", "ok": "32"}
 
 
 def _seconds(value: float | None) -> str:
@@ -118,7 +121,25 @@ def _seconds(value: float | None) -> str:
     return f"{value:g}s"
 
 
-def to_text(rec: Recommendation, advice: Sequence[ContainerAdvice], evidence: Evidence, *,
+def summary(rec: Recommendation, advice: Sequence[WorkloadAdvice]) -> str:
+    flagged = [a for a in advice if a.findings]
+    counts: dict[str, int] = {}
+    for item in flagged:
+        for finding in item.findings:
+            counts[finding] = counts.get(finding, 0) + 1
+    detail = ", ".join(f"{counts[f]} {f}" for f in WORKLOAD_FINDINGS if f in counts)
+    set_by = {how: sum(a.sizing.set_by == how for a in advice)
+              for how in (CONNECTIONS, "kube-proxy", CLUSTER_WIDE)}
+    return (f"preStop of {rec.prestop_seconds} s recommended cluster-wide from {rec.episodes} "
+            f"episodes; {len(flagged)} of {len(advice)} workloads need attention"
+            + (f" ({detail})" if detail else "")
+            + f"\n  per workload: {set_by[CONNECTIONS]} sized by their own consumers' "
+            f"connections, {set_by['kube-proxy']} by kube-proxy's rules, "
+            f"{set_by[CLUSTER_WIDE]} on the cluster-wide number (fewer deletions measured than "
+            "--min-episodes)")
+
+
+def to_text(rec: Recommendation, advice: Sequence[WorkloadAdvice], evidence: Evidence, *,
             colour: bool = False) -> str:
     lines = [summary(rec, advice), f"  basis: {rec.basis}", f"  source: {evidence.source}"]
     if (share := evidence.measured_share) is not None:
@@ -128,7 +149,7 @@ def to_text(rec: Recommendation, advice: Sequence[ContainerAdvice], evidence: Ev
     if rec.app_shutdown is not None:
         lines.append(f"  apps exit p{rec.quantile * 100:g} {rec.app_shutdown:.2f} s after "
                      f"SIGTERM ({round(rec.app_shutdown_pods)} pods): grace periods are "
-                     "checked against preStop + that")
+                     "checked against preStop + that + margin")
     else:
         lines.append("  no app shutdown measured yet: grace periods not checked")
     if rec.set_by == "connections":
@@ -138,24 +159,33 @@ def to_text(rec: Recommendation, advice: Sequence[ContainerAdvice], evidence: Ev
         lines.append(f"  failures clients saw: {round(rec.failed_connections)} new connections "
                      f"reached pods that had stopped, {round(rec.cut_connections)} open ones "
                      "were cut")
-    rows = [("NAMESPACE", "KIND", "NAME", "CONTAINER", "PRESTOP", "GRACE", "FINDINGS",
-             "SUGGESTED")]
+    rows = [("NAMESPACE", "WORKLOAD", "CONTAINER", "PRESTOP", "GRACE", "RECOMMENDED", "SET-BY",
+             "EPISODES", "FINDINGS")]
     for a in advice:
-        w = a.workload
-        prestop = "none" if w.prestop.kind == "none" else (
-            f"{w.prestop.kind} {_seconds(w.prestop.seconds)}")
-        rows.append((w.namespace, w.kind, w.name, w.container, prestop,
-                     _seconds(w.grace_seconds), ",".join(a.findings) or "ok",
-                     _seconds(a.suggested_prestop_seconds)))
+        for c in a.containers:
+            w = c.workload
+            prestop = "none" if w.prestop.kind == "none" else (
+                f"{w.prestop.kind} {_seconds(w.prestop.seconds)}")
+            findings = [f for f in a.findings if f in c.findings or f == "drain"]
+            rows.append((a.namespace, a.workload, w.container, prestop,
+                         _seconds(w.grace_seconds), _seconds(c.suggested_prestop_seconds),
+                         a.sizing.set_by, str(a.sizing.episodes), ",".join(findings) or "ok"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines.append("")
     for index, row in enumerate(rows):
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
         if colour and index > 0:
-            code = _PAINT[row[6].split(",")[0]]
-            cells[6] = f"\033[{code}m{cells[6]}\033[0m"
+            code = _PAINT[row[8].split(",")[0]]
+            cells[8] = f"\033[{code}m{cells[8]}\033[0m"
         lines.append("  ".join(cells).rstrip())
     if len(rows) == 1:
         lines.append("(no workloads with serving containers found)")
+    drain = [a for a in advice if a.evidence.cut]
+    if drain:
+        lines.append("")
+        lines.append("drain these: connections were open when their pods stopped (keep-alive or "
+                     "streaming clients); no preStop helps them — close them gracefully after "
+                     "SIGTERM, within the grace period:")
+        lines += [f"  {a.namespace} {a.workload}: {round(a.evidence.cut)} connections cut"
+                  for a in drain]
     return "\n".join(lines) + "\n"
-

@@ -16,6 +16,10 @@ What is read (metric names from docs/metrics.md):
   {after="stopped"}`` and ``cut``: ``endpoint_propagation_connections_cut_total``, summed:
   connections that reached pods that had stopped, or were open when they did — the failures
   clients saw.
+- ``workloads``: the ``endpoint_propagation_workload_*`` families by (``namespace``,
+  ``workload``), summed over nodes (each deletion counts on its pod's node only): each
+  workload's episodes, unsafe terminations, last connection by source, connections after
+  removal by what they came after, connections cut, and its app's exit after SIGTERM.
 
 Both causes (deletion, readiness lost) count: propagation does not depend on why an endpoint
 stopped being ready. Agents' counters run from each agent's start; Prometheus reads the
@@ -40,6 +44,12 @@ EPISODES = "endpoint_propagation_episodes"
 LAST_CONNECTION = "endpoint_propagation_last_connection_seconds"
 AFTER_REMOVAL = "endpoint_propagation_connections_after_removal"
 CUT = "endpoint_propagation_connections_cut"
+_W = "endpoint_propagation_workload_"
+W_EPISODES, W_UNSAFE = f"{_W}episodes", f"{_W}unsafe_terminations"
+W_LAST_CONNECTION, W_APP_SHUTDOWN = f"{_W}last_connection_seconds", f"{_W}app_shutdown_seconds"
+W_AFTER_REMOVAL, W_CUT = f"{_W}connections_after_removal", f"{_W}connections_cut"
+WORKLOAD_FAMILIES = (W_EPISODES, W_UNSAFE, W_LAST_CONNECTION, W_APP_SHUTDOWN, W_AFTER_REMOVAL,
+                     W_CUT)
 # Below this share of ended episodes measured in full, the report warns: the quantiles then come
 # from a sample that may not be like the rest (e.g. deletions during API server trouble).
 LOW_MEASURED_SHARE = 0.8
@@ -51,6 +61,47 @@ class EvidenceError(Exception):
 
 
 @dataclass
+class WorkloadEvidence:
+    """One workload's own measurements, from its pods' nodes."""
+
+    episodes: float = 0.0  # its deletions whose episode ended
+    unsafe: float = 0.0  # of those, unsafe terminations
+    last_connection: dict[str, Histogram] = field(default_factory=dict)  # by source
+    app_shutdown: Histogram = field(default_factory=Histogram)
+    after: dict[str, float] = field(default_factory=dict)  # connections after removal, by after
+    cut: float = 0.0  # connections open when its pods stopped
+
+    def add(self, sample: str, labels: Mapping[str, str], value: float) -> None:
+        """One sample of a ``endpoint_propagation_workload_*`` family (its full sample name:
+        ``…_total``, ``…_bucket``); others (``_created``, ``_sum``, ``_count``) are ignored."""
+        if math.isnan(value):
+            return
+        if sample.endswith("_bucket"):
+            if "le" not in labels:
+                return
+            le = _le(labels["le"])
+            if sample == f"{W_LAST_CONNECTION}_bucket":
+                self.last_connection.setdefault(labels.get("source", ""), Histogram()).add(
+                    le, value)
+            elif sample == f"{W_APP_SHUTDOWN}_bucket":
+                self.app_shutdown.add(le, value)
+        elif sample == f"{W_EPISODES}_total":
+            self.episodes += value
+        elif sample == f"{W_UNSAFE}_total":
+            self.unsafe += value
+        elif sample == f"{W_CUT}_total":
+            self.cut += value
+        elif sample == f"{W_AFTER_REMOVAL}_total":
+            after = labels.get("after", "")
+            self.after[after] = self.after.get(after, 0.0) + value
+
+    @property
+    def failed(self) -> float:
+        """New connections that reached its pods after they had stopped."""
+        return self.after.get("stopped", 0.0)
+
+
+@dataclass
 class Evidence:
     controller: Histogram = field(default_factory=Histogram)
     dataplane: dict[str, Histogram] = field(default_factory=dict)  # by node
@@ -59,6 +110,7 @@ class Evidence:
     last_connection: dict[str, Histogram] = field(default_factory=dict)  # by source
     failed_connections: float = 0.0  # new connections after the pod stopped
     cut_connections: float = 0.0
+    workloads: dict[tuple[str, str], WorkloadEvidence] = field(default_factory=dict)
     source: str = ""
     warnings: list[str] = field(default_factory=list)  # partial data, said out loud
 
@@ -67,6 +119,13 @@ class Evidence:
         """Of the episodes that ended, the share measured in full (None: none ended)."""
         ended = sum(self.outcomes.values())
         return self.outcomes.get("measured", 0.0) / ended if ended else None
+
+    def add_workload_sample(self, sample: str, labels: Mapping[str, str],
+                            value: float) -> None:
+        namespace, workload = labels.get("namespace"), labels.get("workload")
+        if namespace is not None and workload is not None:
+            self.workloads.setdefault((namespace, workload), WorkloadEvidence()).add(
+                sample, labels, value)
 
     def check_measured_share(self) -> None:
         """Warn, with the counts, when too few episodes were measured in full."""
@@ -91,6 +150,10 @@ def parse_agent_metrics(text: str, node: str, into: Evidence) -> None:
     except ValueError as error:
         raise EvidenceError(f"not Prometheus text exposition: {error}") from None
     for family in families:
+        if family.name in WORKLOAD_FAMILIES:
+            for sample in family.samples:
+                into.add_workload_sample(sample.name, sample.labels, sample.value)
+            continue
         if family.name == EPISODES:
             for sample in family.samples:
                 if sample.name == f"{EPISODES}_total" and "outcome" in sample.labels:
@@ -219,6 +282,15 @@ async def from_prometheus(url: str, window: str, node_label: str,
         rows = await prometheus.query(f"sum(increase({metric}_total{{{selector}}}[{window}]))")
         return sum(value for _, value in rows if not math.isnan(value))
 
+    workloads: list[tuple[str, list[tuple[Mapping[str, str], float]]]] = []
+    for family, by in ((W_EPISODES, ""), (W_UNSAFE, ""), (W_CUT, ""),
+                       (W_AFTER_REMOVAL, ", after")):
+        workloads.append((f"{family}_total", await prometheus.query(
+            f"sum by (namespace, workload{by}) (increase({family}_total[{window}]))")))
+    for family, by in ((W_LAST_CONNECTION, ", source"), (W_APP_SHUTDOWN, "")):
+        workloads.append((f"{family}_bucket", await prometheus.query(
+            increase(family, "", f"namespace, workload{by}, le"))))
+
     evidence = Evidence(
         controller=_buckets(controller, None).get("", Histogram()),
         dataplane={node or f"(no {node_label} label)": h
@@ -231,5 +303,8 @@ async def from_prometheus(url: str, window: str, node_label: str,
         cut_connections=await total(CUT),
         source=f"Prometheus {prometheus.url}, increase over {window}",
         warnings=[f"Prometheus: {w}" for w in prometheus.warnings])
+    for sample, rows in workloads:
+        for labels, value in rows:
+            evidence.add_workload_sample(sample, labels, value)
     evidence.check_measured_share()
     return evidence

@@ -11,6 +11,7 @@ import math
 import re
 import sys
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from observer import cli
+from observer.config import WorkloadSettings
 from observer.episodes.pods import Shutdown
 from observer.export.metrics import AgentMetrics
+from observer.export.workloads import WorkloadMetrics
 from observer.lab.apiserver.registry import WriteOptions
 from observer.lab.apiserver.server import ApiServer
 from observer.report.command import report
@@ -30,7 +33,7 @@ from tests import noisy
 from tests.cli_options import actions, commands
 from tests.report.test_prometheus import free_port
 
-Observe = Callable[[AgentMetrics], None]
+Observe = Callable[[AgentMetrics, WorkloadMetrics], None]
 
 
 class Agents:
@@ -41,7 +44,8 @@ class Agents:
 
     async def add(self, observe: Observe) -> str:
         registry = CollectorRegistry()
-        observe(AgentMetrics(registry, proxy_mode="nftables"))
+        observe(AgentMetrics(registry, proxy_mode="nftables"),
+                WorkloadMetrics(registry, settings=WorkloadSettings(), now=lambda: 0.0))
 
         async def metrics(_: web.Request) -> web.Response:
             return web.Response(body=generate_latest(registry),
@@ -71,8 +75,11 @@ def observations(controller: list[float] = (), dataplane: list[float] = (),  # t
                  app_shutdown: list[float] = (),  # type: ignore[assignment]
                  outcomes: dict[str, int] | None = None,
                  last_connection: dict[str, list[float]] | None = None,
-                 failed: int = 0, cut: int = 0) -> Observe:
-    def observe(metrics: AgentMetrics) -> None:
+                 failed: int = 0, cut: int = 0,
+                 workloads: dict[tuple[str, str], Own] | None = None) -> Observe:
+    def observe(metrics: AgentMetrics, per_workload: WorkloadMetrics) -> None:
+        for (namespace, name), own in (workloads or {}).items():
+            own.observe(per_workload, namespace, name)
         for source, seconds_list in (last_connection or {}).items():
             for seconds in seconds_list:
                 metrics.last_connection.labels(source).observe(seconds)
@@ -88,6 +95,30 @@ def observations(controller: list[float] = (), dataplane: list[float] = (),  # t
         for seconds in app_shutdown:
             metrics.pod_shutdown(Shutdown(seconds, 0, 0.0))
     return observe
+
+
+@dataclass
+class Own:
+    """One workload's own measurements, as its pods' node exports them."""
+
+    episodes: int = 0
+    last_connection: dict[str, list[float]] = field(default_factory=dict)
+    app_shutdown: list[float] = field(default_factory=list)
+    failed: int = 0
+    cut: int = 0
+
+    def observe(self, metrics: WorkloadMetrics, namespace: str, name: str) -> None:
+        labels = (namespace, name)
+        metrics.episodes.labels(*labels).inc(self.episodes)
+        for source, seconds_list in self.last_connection.items():
+            for seconds in seconds_list:
+                metrics.last_connection.labels(*labels, source).observe(seconds)
+        for seconds in self.app_shutdown:
+            metrics.app_shutdown.labels(*labels).observe(seconds)
+        if self.failed:
+            metrics.connections.labels(*labels, "stopped").inc(self.failed)
+        if self.cut:
+            metrics.cut.labels(*labels).inc(self.cut)
 
 
 def options(**changes: Any) -> ReportOptions:
@@ -177,7 +208,9 @@ async def test_recommendation_and_findings(agents: Agents, apiserver: ApiServer,
     assert rec["episodes"] == 25
     assert math.isclose(rec["app_shutdown_seconds"], 1.99)
 
-    rows = {(w["kind"], w["name"], w["container"]): w for w in result["workloads"]}
+    workloads = {w["workload"]: w for w in result["workloads"]}
+    rows = {(w["kind"], w["name"], c["container"]): c for w in result["workloads"]
+            for c in w["containers"]}
     assert set(rows) == {("Deployment", "web", "web"), ("Deployment", "web", "mesh"),
                          ("StatefulSet", "db", "db"), ("DaemonSet", "edge", "edge"),
                          ("ReplicaSet", "orphan", "app"), ("Pod", "debug", "shell")}
@@ -187,7 +220,7 @@ async def test_recommendation_and_findings(agents: Agents, apiserver: ApiServer,
         ("StatefulSet", "db", "db"): ("none", None, ["no-prestop"], 3),
         ("DaemonSet", "edge", "edge"): ("http", None, ["unknown"], 3),
         ("ReplicaSet", "orphan", "app"): ("exec-sleep", 1.0, ["at-risk"], 3),
-        # grace 4 s is not above preStop 3 s + apps' p99 exit time 1.99 s.
+        # grace 4 s is below preStop 3 s + apps' p99 exit time 1.99 s + margin 1 s.
         ("Pod", "debug", "shell"): ("exec-sleep", 3.0, ["grace-too-short"], 3.0),
     }
     for key, (kind, seconds, findings, suggested) in expect.items():
@@ -195,20 +228,31 @@ async def test_recommendation_and_findings(agents: Agents, apiserver: ApiServer,
         assert (row["prestop_kind"], row["prestop_seconds"], row["findings"],
                 row["suggested_prestop_seconds"]) == (kind, seconds, findings, suggested), key
     assert rows[("Pod", "debug", "shell")]["grace_seconds"] == 4
-    assert result["workloads"][0]["findings"] == ["at-risk"]  # worst first
+    # No workload has its own evidence: each falls back to the cluster-wide number.
+    assert {(w["set_by"], w["recommended_prestop_seconds"], w["episodes"])
+            for w in workloads.values()} == {("cluster-wide", 3, 0)}
+    assert [w["finding"] for w in result["workloads"]] == [
+        "at-risk", "no-prestop", "grace-too-short", "unknown", "over-provisioned"]  # worst first
+    assert workloads["deployment/web"]["findings"] == ["over-provisioned"]
+    assert workloads["deployment/web"]["configured_prestop_seconds"] == 5.0  # the shorter
+    assert workloads["daemonset/edge"]["configured_prestop_seconds"] is None  # unknown
+    assert workloads["pod/debug"]["recommended_grace_seconds"] == 6  # ceil(3 + 1.99 + 1)
 
     code, out, _ = await run(options(agents=(first, second), kubeconfig=str(kubeconfig),
                                      namespace="shop", as_json=False))
     lines = out.splitlines()
     assert code == 0
-    assert lines[0] == ("preStop of 3 s recommended from 25 episodes; 5 of 5 workloads need "
-                        "attention (1 at-risk, 1 no-prestop, 1 grace-too-short, 1 unknown, "
-                        "1 over-provisioned)")
+    assert lines[0] == ("preStop of 3 s recommended cluster-wide from 25 episodes; 5 of 5 "
+                        "workloads need attention (1 at-risk, 1 no-prestop, 1 grace-too-short, "
+                        "1 unknown, 1 over-provisioned)")
+    assert lines[1] == ("  per workload: 0 sized by their own consumers' connections, 0 by "
+                        "kube-proxy's rules, 5 on the cluster-wide number (fewer deletions "
+                        "measured than --min-episodes)")
     header = next(i for i, line in enumerate(lines) if line.startswith("NAMESPACE"))
-    assert lines[header].split() == ["NAMESPACE", "KIND", "NAME", "CONTAINER", "PRESTOP",
-                                     "GRACE", "FINDINGS", "SUGGESTED"]
-    assert lines[header + 1].split() == ["shop", "ReplicaSet", "orphan", "app", "exec-sleep",
-                                         "1s", "30s", "at-risk", "3s"]
+    assert lines[header].split() == ["NAMESPACE", "WORKLOAD", "CONTAINER", "PRESTOP", "GRACE",
+                                     "RECOMMENDED", "SET-BY", "EPISODES", "FINDINGS"]
+    assert lines[header + 1].split() == ["shop", "replicaset/orphan", "app", "exec-sleep",
+                                         "1s", "30s", "3s", "cluster-wide", "0", "at-risk"]
     assert "\033[" not in out  # no colour when not a terminal
 
 
@@ -242,6 +286,64 @@ async def test_a_consumer_slower_than_kube_proxy_sets_the_recommendation(
         2, "kube-proxy", 2)
 
 
+async def test_each_workload_is_sized_by_its_own_consumers(
+        agents: Agents, apiserver: ApiServer, kubeconfig: Path) -> None:
+    """Rules path 2 s (as above). ``web`` sits behind a consumer that kept sending new
+    connections (5, 10] s after its deletions: its own p99 9.95 s sets 11 s. ``db`` had as many
+    deletions and no late connection: kube-proxy's 2 s. ``edge`` had 5 deletions, below
+    --min-episodes: the cluster-wide number, which web's consumer drove up. Deletions folded
+    under ``_other`` by an agent past its cap are warned about."""
+    create_workloads(apiserver)
+    node_1 = await agents.add(observations(
+        controller=[0.2] * 55, dataplane=[0.3] * 55,
+        last_connection={"forwarded": [6.0] * 25}, failed=4, cut=3, workloads={
+            ("shop", "deployment/web"): Own(episodes=25, last_connection={
+                "forwarded": [6.0] * 25, "local": [0.1] * 25}, app_shutdown=[4.0] * 25,
+                failed=4, cut=3),
+            ("shop", "daemonset/edge"): Own(episodes=5),
+            ("_other", "_other"): Own(episodes=2)}))
+    node_2 = await agents.add(observations(dataplane=[0.3] * 55, workloads={
+        ("shop", "statefulset/db"): Own(episodes=25)}))
+
+    code, out, err = await run(options(agents=(node_1, node_2), kubeconfig=str(kubeconfig),
+                                       namespace="shop"))
+    assert code == 0
+    assert 'warning: 2 deletions were counted under workload="_other"' in err
+    result = json.loads(out)
+    cluster_wide = result["recommendation"]["prestop_seconds"]
+    assert cluster_wide > 2  # the forwarded connections of web's consumer, cluster-wide
+    rows = {w["workload"]: w for w in result["workloads"]}
+    web, db, edge = rows["deployment/web"], rows["statefulset/db"], rows["daemonset/edge"]
+    assert (web["recommended_prestop_seconds"], web["set_by"], web["episodes"]) == (
+        11, "connections", 25)
+    assert web["last_connection_seconds_by_source"] == {
+        "forwarded": pytest.approx(9.95), "local": pytest.approx(0.495)}
+    assert (db["recommended_prestop_seconds"], db["set_by"], db["episodes"]) == (
+        2, "kube-proxy", 25)
+    assert (edge["recommended_prestop_seconds"], edge["set_by"], edge["episodes"]) == (
+        cluster_wide, "cluster-wide", 5)
+    # web: its own app exit p99 4.98 s; grace covers its longest preStop, the mesh sidecar's
+    # 20 s: ceil(20 + 4.98 + 1) = 26 s, 30 s configured.
+    assert (web["app_shutdown_seconds"], web["app_shutdown_measured_here"]) == (
+        pytest.approx(4.98), True)
+    assert web["recommended_grace_seconds"] == 26
+    assert "grace-too-short" not in web["findings"]
+    # web's own preStop (exec sleep 5) no longer covers its consumer; its mesh sidecar's 20 s
+    # does; the 3 connections cut at the stop are for the app to drain.
+    assert web["findings"] == ["at-risk", "drain"]
+    assert (web["failed_connections"], web["cut_connections"]) == (4, 3)
+    assert [c["findings"] for c in web["containers"]] == [[], ["at-risk"]]  # mesh, web
+    assert db["findings"] == ["no-prestop"]
+
+    code, out, _ = await run(options(agents=(node_1, node_2), kubeconfig=str(kubeconfig),
+                                     namespace="shop", as_json=False))
+    assert code == 0
+    assert ("per workload: 1 sized by their own consumers' connections, 1 by kube-proxy's "
+            "rules, 3 on the cluster-wide number") in out
+    assert "drain these:" in out
+    assert "  shop deployment/web: 3 connections cut" in out
+
+
 async def test_all_namespaces_by_default(agents: Agents, apiserver: ApiServer,
                                          kubeconfig: Path) -> None:
     url = await agents.add(observations(controller=[0.1] * 20, dataplane=[0.1] * 20))
@@ -252,6 +354,7 @@ async def test_all_namespaces_by_default(agents: Agents, apiserver: ApiServer,
     # No app shutdown measured: grace periods are not judged.
     assert json.loads(out)["recommendation"]["app_shutdown_seconds"] is None
     assert not any("grace-too-short" in w["findings"] for w in json.loads(out)["workloads"])
+    assert {w["recommended_grace_seconds"] for w in json.loads(out)["workloads"]} == {None}
 
 
 @pytest.mark.parametrize(("observe", "message"), [
