@@ -90,8 +90,19 @@ class Episode:
     workload: Workload | None = None
 
     @property
+    def failed_connections(self) -> int:
+        """New connections that reached the pod after it stopped: failed for their clients
+        (0 when connections are not followed)."""
+        return self.traffic.count("stopped") if self.traffic is not None else 0
+
+    @property
     def unsafe(self) -> bool:
-        return self.unsafe_window is not None
+        """Unsafe means failed connections, whatever the rules say: the pod stopped before
+        this node's dataplane stopped selecting it (``unsafe_window``, the rules' verdict, all a
+        node without traffic evidence has), or new connections reached it after it stopped —
+        kept by kube-proxy's fallback, or sent by a consumer kube-proxy knows nothing of.
+        Final once the record is (``EpisodeObserver.final``)."""
+        return self.unsafe_window is not None or self.failed_connections > 0
 
     @property
     def outcome(self) -> Outcome | None:
@@ -124,6 +135,7 @@ class Episode:
             "unmeasured": dict(self.unmeasured),
             "unsafe": self.unsafe,
             "unsafe_window_seconds": self.unsafe_window,
+            "failed_connections": self.failed_connections,
             "headroom_seconds": self.headroom,
             "traffic": self.traffic.to_dict() if self.traffic is not None else None,
         }

@@ -3,8 +3,10 @@
 The tracker (``observer.episodes.tracker``) tells the observers it was built with of each
 episode's life, in this order: ``started`` (before anything else happens to it), then as they
 come ``stopped`` and ``fallback``, and at its end ``finished`` or ``abandoned``, then
-``ended``. Around episodes it tells ``address_ready``, ``pod_ending``, ``pod_shutdown``,
-``invalid_input``, and ``expire`` at each housekeeping.
+``ended``; a finished episode is ``final`` once its record is (at once when its connections
+are not followed, when its traffic window closes when they are: the unsafe verdict and the
+episode's log line wait for it). Around episodes it tells ``address_ready``, ``pod_ending``,
+``pod_shutdown``, ``invalid_input``, and ``expire`` at each housekeeping.
 
 The traffic book (``observer.episodes.traffic``) is one such observer; what connections did it
 tells ``TrafficObserver``s of its own: ``connection``, ``connections_cut``, and
@@ -39,6 +41,10 @@ class EpisodeObserver:
 
     def finished(self, episode: Episode) -> None:
         """The episode has what it waited for; its stages are timed."""
+
+    def final(self, episode: Episode) -> None:
+        """A finished episode's record is final (its connections counted, if followed): told
+        once, after ``finished``, and after ``traffic_closed`` when its traffic is followed."""
 
     def abandoned(self, reason: AbandonReason, episode: Episode | None) -> None:
         """It ended without an answer (``episode`` None: abandoned before it started)."""
@@ -100,6 +106,12 @@ class Observers(EpisodeObserver, TrafficObserver):
     def finished(self, episode: Episode) -> None:
         for observer in self.of_episodes:
             observer.finished(episode)
+        if episode.traffic is None:
+            self.final(episode)
+
+    def final(self, episode: Episode) -> None:
+        for observer in self.of_episodes:
+            observer.final(episode)
 
     def abandoned(self, reason: AbandonReason, episode: Episode | None) -> None:
         for observer in self.of_episodes:
@@ -140,3 +152,5 @@ class Observers(EpisodeObserver, TrafficObserver):
     def traffic_closed(self, episode: Episode) -> None:
         for observer in self.of_traffic:
             observer.traffic_closed(episode)
+        if episode.abandoned is None:
+            self.final(episode)

@@ -7,21 +7,15 @@ from __future__ import annotations
 import structlog
 
 from observer.episodes.model import AFTERS, ORIGINS, AbandonReason, Episode
-from observer.episodes.observers import EpisodeObserver, TrafficObserver
+from observer.episodes.observers import EpisodeObserver
 from observer.values import join_host_port
 
 log = structlog.get_logger("observer.export")
 
 
-class EpisodeLog(EpisodeObserver, TrafficObserver):
-    def finished(self, episode: Episode) -> None:
-        if episode.traffic is None:
-            log.info("episode finished", **log_fields(episode))
-        # else the line waits for its connections: traffic_closed
-
-    def traffic_closed(self, episode: Episode) -> None:
-        if episode.abandoned is None:  # an abandoned one's line was written then
-            log.info("episode finished", **log_fields(episode))
+class EpisodeLog(EpisodeObserver):
+    def final(self, episode: Episode) -> None:
+        log.info("episode finished", **log_fields(episode))
 
     def abandoned(self, reason: AbandonReason, episode: Episode | None) -> None:
         if episode is not None:
@@ -41,6 +35,8 @@ def log_fields(episode: Episode) -> dict[str, object]:
         "pod": episode.pod, "local": episode.local, "cause": episode.cause,
         "fallback": episode.fallback, "unsafe": episode.unsafe,
     }
+    if episode.failed_connections:
+        fields["failed_connections"] = episode.failed_connections
     if episode.workload is not None:
         fields["namespace"], fields["workload"] = (episode.workload.namespace,
                                                    episode.workload.label)

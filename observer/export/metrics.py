@@ -77,7 +77,8 @@ class AgentMetrics(EpisodeObserver, TrafficObserver):
         self.unsafe_total = Counter(
             f"{p}unsafe_terminations",
             "Endpoint removals in which the pod stopped serving before this node's dataplane "
-            "stopped selecting it.", registry=registry)
+            "stopped selecting it, or new connections reached it after it stopped.",
+            registry=registry)
         self.unsafe_window = Histogram(
             f"{p}unsafe_window_seconds",
             "How long this node's dataplane kept selecting an endpoint whose pod had already "
@@ -185,7 +186,6 @@ class AgentMetrics(EpisodeObserver, TrafficObserver):
         for stage, seconds in episode.stages.items():
             self.duration.labels(stage, episode.cause, self.proxy_mode).observe(seconds)
         if episode.unsafe_window is not None:
-            self.unsafe_total.inc()
             self.unsafe_window.observe(episode.unsafe_window)
         if episode.headroom is not None:
             self.headroom.observe(episode.headroom)
@@ -212,6 +212,10 @@ class AgentMetrics(EpisodeObserver, TrafficObserver):
             for origin, at in traffic.last.items():
                 self.last_connection.labels(origin).observe(
                     max(0.0, at.mono - episode.deleted.mono))
+
+    def final(self, episode: Episode) -> None:
+        if episode.unsafe:
+            self.unsafe_total.inc()
 
     def abandoned(self, reason: AbandonReason, episode: Episode | None) -> None:
         self.abandoned_total.labels(reason).inc()

@@ -114,7 +114,12 @@ class WorkloadMetrics(EpisodeObserver, TrafficObserver):
         if key is None:
             return
         self.episodes.labels(*key).inc()
-        if episode.unsafe:
+
+    def final(self, episode: Episode) -> None:
+        if not episode.unsafe:
+            return
+        key = self._labels(episode.workload if episode.local else None)
+        if key is not None:
             self.unsafe.labels(*key).inc()
 
     def pod_shutdown(self, shutdown: Shutdown) -> None:

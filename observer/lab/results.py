@@ -155,9 +155,12 @@ def last_connections(measured: list[tuple[str, Episode]]) -> dict[str, list[floa
 
 
 def _confusion(pairs: list[Pair]) -> tuple[int, int, int]:
+    """The rules' verdict against the rules' truth (which of the stop and this node's rules
+    came first): ``unsafe_window``, not ``unsafe``, which also counts connections after the
+    stop — evidence of another kind, checked against the clients' own failures."""
     true = sum(1 for p in pairs if p.truly_unsafe())
-    detected = sum(1 for p in pairs if p.measured.unsafe)
-    both = sum(1 for p in pairs if p.truly_unsafe() and p.measured.unsafe)
+    detected = sum(1 for p in pairs if p.measured.unsafe_window is not None)
+    both = sum(1 for p in pairs if p.truly_unsafe() and p.measured.unsafe_window is not None)
     return true, detected, both
 
 

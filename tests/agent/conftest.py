@@ -8,7 +8,7 @@ import pytest
 from kubernetes_asyncio import client
 
 from observer.agent import build_agent, given
-from observer.config import AgentConfig, WatchSettings
+from observer.config import AgentConfig, TrafficSettings, WatchSettings
 from observer.dataplane.memory import MemoryDataplane
 from observer.lab.apiserver.server import ApiServer
 from tests.agent.harness import AgentEnv, Cluster, until
@@ -17,9 +17,12 @@ from tests.conftest import ManualClock, client_configuration
 
 @pytest.fixture
 def agent_config() -> AgentConfig:
+    # Connections are not followed here (the host's conntrack, as root, would be: its traffic
+    # windows would hold each episode's record open); tests/traffic follows them in netns.
     return AgentConfig(node_name="node-a", listen=("127.0.0.1", 0), housekeeping_interval=0.01,
                        watch=WatchSettings(inactivity_timeout=5.0, backoff_initial=0.01,
-                                           backoff_max=0.05))
+                                           backoff_max=0.05),
+                       traffic=TrafficSettings(mode="off"))
 
 
 @pytest.fixture

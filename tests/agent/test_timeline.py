@@ -5,6 +5,7 @@ $OBSERVER_TEST_ARTIFACTS)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -12,11 +13,19 @@ import tempfile
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from observer.config import AgentConfig, TrafficSettings
 from observer.values import Connection, Timestamp
 from tests.agent.harness import AgentEnv
 from tests.agent.test_episodes import ready_service, safe_deletion, unsafe_deletion
 from tests.conftest import REPO, ManualClock, require_tool
+
+
+@pytest.fixture
+def agent_config(agent_config: AgentConfig) -> AgentConfig:
+    """The page draws connections: they are followed (root: the test suite runs as root)."""
+    return dataclasses.replace(agent_config, traffic=TrafficSettings(mode="on"))
 
 ARTIFACTS = Path(os.environ.get("OBSERVER_TEST_ARTIFACTS", REPO / "test-artifacts"))
 

@@ -139,3 +139,13 @@ async def test_counts_equal_what_the_clients_recorded(apiserver: ApiServer, kube
             line["connections_local"], line["connections_forwarded"],
             line["connections_cut"]) == (local[POD] + 6, 5, local[POD], 11, 3)
     assert line["last_connection_seconds"] > line["total_seconds"]
+    # kube-proxy dropped the pod before it stopped (the rules say safe), yet 5 new connections
+    # failed: unsafe means failed connections, whatever the rules say — counted once the
+    # record was final, on the pod's node for its workload too.
+    assert episode.unsafe_window is None and episode.headroom is not None
+    assert (episode.unsafe, episode.failed_connections) == (True, 5)
+    assert (line["unsafe"], line["failed_connections"]) == (True, 5)
+    assert sample("endpoint_propagation_unsafe_terminations_total") == 1
+    assert episode.workload is not None
+    assert sample("endpoint_propagation_workload_unsafe_terminations_total", {
+        "namespace": episode.workload.namespace, "workload": episode.workload.label}) == 1
