@@ -310,6 +310,10 @@ def _add_report(commands: Commands) -> None:
                         help="with --prometheus: the label naming each agent's node (default "
                              "%(default)s, as deploy/'s scrape configuration sets it)")
     report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.add_argument("--patches", metavar="DIR|-",
+                        help="write a strategic-merge patch per workload that needs one into "
+                             "DIR (for kustomize's patches:), or with '-' print kubectl patch "
+                             "commands instead of the report")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -318,12 +322,15 @@ def _report(args: argparse.Namespace) -> int:
     if args.window is not None and args.prometheus is None:
         build_parser().error("--window needs --prometheus: agents' counters run from their "
                              "start")
+    if args.patches == "-" and args.json:
+        build_parser().error("--patches - prints commands instead of the report: give a "
+                             "directory with --json")
     try:
         return asyncio.run(report(ReportOptions(
             prometheus=args.prometheus, agents=args.agents or (), kubeconfig=args.kubeconfig,
             namespace=args.namespace, quantile=args.quantile, margin=args.margin,
             window=args.window or ReportOptions.window, min_episodes=args.min_episodes,
-            node_label=args.node_label, as_json=args.json)))
+            node_label=args.node_label, as_json=args.json, patches=args.patches)))
     except BrokenPipeError:  # `observer report | head`: the reader left, nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -27,9 +27,9 @@ def hook(prestop: dict[str, Any]) -> dict[str, Any]:
     ({"exec": {"command": ["/bin/busybox", "sleep", "3"]}}, PreStop("exec-sleep", 3.0)),
     ({"exec": {"command": ["sh", "-c", "sleep 15"]}}, PreStop("exec-sleep", 15.0)),
     ({"exec": {"command": ["/bin/sh", "-c", "sleep 15 && nginx -s quit"]}},
-     PreStop("exec-sleep", 15.0)),
+     PreStop("exec-sleep", 15.0, runs_more=True)),
     ({"exec": {"command": ["/bin/bash", "-ec", "echo draining\nsleep 5; sleep '10'"]}},
-     PreStop("exec-sleep", 15.0)),
+     PreStop("exec-sleep", 15.0, runs_more=True)),
     # -c takes one string: `15` becomes $0 and sleep fails at once for want of an operand.
     ({"exec": {"command": ["/bin/sh", "-c", "sleep", "15"]}}, PreStop("exec-sleep", 0.0)),
     ({"exec": {"command": ["sleep", 20]}}, PreStop("exec-sleep", 20.0)),  # number, not string
@@ -44,7 +44,11 @@ def hook(prestop: dict[str, Any]) -> dict[str, Any]:
     ({"tcpSocket": {"port": 8080}}, PreStop("none", None)),  # never run for hooks
 ])
 def test_prestop_shapes(prestop: dict[str, Any], expected: PreStop) -> None:
-    assert prestop_of(hook(prestop)) == expected
+    found = prestop_of(hook(prestop))
+    assert found == expected
+    # A patch may replace a hook that only waits; never one that runs something else.
+    assert found.replaceable == (expected.kind in ("none", "sleep-action") or (
+        expected.kind == "exec-sleep" and not expected.runs_more))
 
 
 def test_no_lifecycle_is_no_prestop() -> None:
@@ -71,7 +75,7 @@ def test_containers_sidecars_and_init_containers() -> None:
     assert containers_of(spec) == [
         ContainerLifecycle("web", PreStop("exec-sleep", 5.0), serves=True),
         ContainerLifecycle("logs", PreStop("none", None), serves=False),
-        ContainerLifecycle("mesh", PreStop("sleep-action", 20.0), serves=True),
+        ContainerLifecycle("mesh", PreStop("sleep-action", 20.0), serves=True, sidecar=True),
     ]
     # The hooks run in parallel: the pod is held for the longest.
     assert known_prestop_seconds(containers_of(spec)) == 20.0

@@ -44,6 +44,14 @@ _SEPARATORS = re.compile(r"&&|\|\||[;\n|]")
 class PreStop:
     kind: str
     seconds: float | None  # how long the hook holds the container before SIGTERM; None: unknown
+    runs_more: bool = False  # an exec-sleep script that also runs other commands
+
+    @property
+    def replaceable(self) -> bool:
+        """The hook does nothing but wait (or there is none): a patch may replace it with a
+        sleep of another length without losing anything."""
+        return self.kind in (NONE, SLEEP_ACTION) or (self.kind == EXEC_SLEEP
+                                                      and not self.runs_more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +59,7 @@ class ContainerLifecycle:
     name: str
     prestop: PreStop
     serves: bool  # declares ports (or nothing in the pod does): a container traffic reaches
+    sidecar: bool = False  # an init container with restartPolicy Always (in initContainers)
 
 
 def number(value: Any) -> float | None:
@@ -92,31 +101,34 @@ def _sleep_operands_of(words: Sequence[str]) -> list[str] | None:
     return list(words[1:])
 
 
-def _script(script: str) -> float | None:
-    """The sleeps a ``sh -c`` script runs one after another; None if it runs none (or one
-    whose time cannot be read, ``sleep $DELAY``)."""
-    total, found = 0.0, False
+def _script(script: str) -> tuple[float, bool] | None:
+    """The sleeps a ``sh -c`` script runs one after another, and whether it runs anything
+    else; None if it runs none (or one whose time cannot be read, ``sleep $DELAY``)."""
+    total, found, more = 0.0, False, False
     for part in _SEPARATORS.split(script):
         try:
-            operands = _sleep_operands_of(shlex.split(part))
+            words = shlex.split(part)
         except ValueError:
             return None
+        operands = _sleep_operands_of(words)
         if operands is None:
+            more = more or bool(words)
             continue
         seconds = _sleep_operands(operands)
         if seconds is None:
             return None
         total, found = total + seconds, True
-    return total if found else None
+    return (total, more) if found else None
 
 
-def exec_sleep_seconds(command: Sequence[Any]) -> float | None:
-    """How long an exec hook's command sleeps; None when it is not a sleep (or says so in a
-    way that cannot be read)."""
+def _exec_sleep(command: Sequence[Any]) -> tuple[float, bool] | None:
+    """How long an exec hook's command sleeps, and whether it does more than sleep; None when
+    it is not a sleep (or says so in a way that cannot be read)."""
     words = [str(word) for word in command]
     operands = _sleep_operands_of(words)
     if operands is not None:
-        return _sleep_operands(operands)
+        seconds = _sleep_operands(operands)
+        return None if seconds is None else (seconds, False)
     if (len(words) >= 3 and _program(words[0]) in _SHELLS
             and re.fullmatch(r"-[a-z]*c[a-z]*", words[1])):
         return _script(words[2])
@@ -134,8 +146,8 @@ def prestop_of(container: Mapping[str, Any]) -> PreStop:
     exec_ = hook.get("exec")
     if isinstance(exec_, Mapping):
         command = exec_.get("command")
-        seconds = exec_sleep_seconds(command) if isinstance(command, list) else None
-        return PreStop(EXEC_SLEEP, seconds) if seconds is not None else PreStop(EXEC, None)
+        found = _exec_sleep(command) if isinstance(command, list) else None
+        return PreStop(EXEC_SLEEP, *found) if found is not None else PreStop(EXEC, None)
     if isinstance(hook.get("httpGet"), Mapping):
         return PreStop(HTTP, None)
     return PreStop(NONE, None)
@@ -145,14 +157,14 @@ def containers_of(pod_spec: Mapping[str, Any]) -> list[ContainerLifecycle]:
     """The containers that run for the pod's lifetime: regular ones and sidecars (init
     containers with ``restartPolicy: Always``, KEP-753). A container serves when it declares
     ports, or when no container of the pod declares any (ports are optional in the API)."""
-    running: list[Mapping[str, Any]] = [c for c in _items(pod_spec.get("containers"))
-                                        if isinstance(c, Mapping)]
-    running += [c for c in _items(pod_spec.get("initContainers"))
+    running: list[tuple[Mapping[str, Any], bool]] = [
+        (c, False) for c in _items(pod_spec.get("containers")) if isinstance(c, Mapping)]
+    running += [(c, True) for c in _items(pod_spec.get("initContainers"))
                 if isinstance(c, Mapping) and c.get("restartPolicy") == "Always"]
-    any_ports = any(c.get("ports") for c in running)
+    any_ports = any(c.get("ports") for c, _ in running)
     return [ContainerLifecycle(name=str(c.get("name", "")), prestop=prestop_of(c),
-                               serves=bool(c.get("ports")) or not any_ports)
-            for c in running]
+                               serves=bool(c.get("ports")) or not any_ports, sidecar=sidecar)
+            for c, sidecar in running]
 
 
 def _items(value: Any) -> list[Any]:

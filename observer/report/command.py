@@ -11,15 +11,18 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
 from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from observer.kube.connect import load_api_config
 from observer.report.advice import NotEnoughData, Recommendation, recommend
 from observer.report.evidence import Evidence, EvidenceError, from_agents, from_prometheus
 from observer.report.options import ReportOptions
+from observer.report.patches import has_sleep_action, plan, script, write
 from observer.report.per_workload import (
     CLUSTER_WIDE,
     CONNECTIONS,
@@ -44,15 +47,56 @@ async def _evidence(options: ReportOptions) -> Evidence:
 
 
 async def _workloads(options: ReportOptions, rec: Recommendation,
-                     evidence: Evidence) -> list[WorkloadAdvice]:
+                     evidence: Evidence) -> tuple[list[WorkloadAdvice], str | None]:
+    """Each workload's advice; and, with --patches, why the cluster's preStop sleep action
+    cannot be used (None: it can, or no patches asked for)."""
     try:
         configuration = await load_api_config(options.kubeconfig)
     except (config.ConfigException, OSError) as error:
         raise WorkloadError(f"cannot load a Kubernetes client configuration: {error}"
                             ) from None
+    no_sleep_action = None
     async with client.ApiClient(configuration) as api:
         found = await read_workloads(api, options.namespace)
-    return advise_workloads(found, rec, evidence.workloads, options.min_episodes)
+        if options.patches is not None:
+            no_sleep_action = await _no_sleep_action(api)
+    return (advise_workloads(found, rec, evidence.workloads, options.min_episodes),
+            no_sleep_action)
+
+
+async def _no_sleep_action(api: client.ApiClient) -> str | None:
+    """Why the preStop sleep action cannot be used, read from ``/version`` (None: it can)."""
+    try:
+        version = await client.VersionApi(api).get_code()
+        found = has_sleep_action(str(version.major), str(version.minor))
+        served = f"v{version.major}.{version.minor}"
+    except ApiException as error:
+        found, served = None, f"unknown (/version answered HTTP {error.status})"
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as error:
+        found, served = None, f"unknown ({error or type(error).__name__})"
+    if found:
+        return None
+    return (f"the cluster's version is {served}: patches use an exec hook running `sleep`, "
+            "which needs a sleep binary in the image (distroless images have none); the "
+            "preStop sleep action needs Kubernetes 1.30 or later")
+
+
+def _patches(options: ReportOptions, advice: Sequence[WorkloadAdvice],
+             no_sleep_action: str | None, out: TextIO, err: TextIO) -> None:
+    if no_sleep_action is not None:
+        print(f"observer report: warning: {no_sleep_action}", file=err)
+    planned = [p for a in advice if (p := plan(a, sleep_action=no_sleep_action is None,
+                                                margin=options.margin))]
+    if options.patches == "-":
+        out.write(script(planned))
+        return
+    assert options.patches is not None
+    written = write(planned, Path(options.patches))
+    print(f"observer report: {len(written)} patch(es) written to {options.patches}", file=err)
+    for patch in planned:
+        for note in patch.notes:
+            print(f"observer report: {patch.advice.namespace} {patch.advice.workload}: {note}",
+                  file=err)
 
 
 async def report(options: ReportOptions, out: TextIO = sys.stdout,
@@ -73,10 +117,14 @@ async def report(options: ReportOptions, out: TextIO = sys.stdout,
         print(f"observer report: not recommending anything: {error}", file=err)
         return EXIT_NOT_ENOUGH_DATA
     try:
-        advice = await _workloads(options, rec, evidence)
+        advice, no_sleep_action = await _workloads(options, rec, evidence)
     except WorkloadError as error:
         print(f"observer report: cannot read the workloads: {error}", file=err)
         return EXIT_NO_WORKLOADS
+    if options.patches is not None:
+        _patches(options, advice, no_sleep_action, out, err)
+        if options.patches == "-":
+            return 0
     if options.as_json:
         json.dump(to_json(rec, advice, evidence), out, indent=2)
         out.write("\n")

@@ -25,3 +25,4 @@ class ReportOptions:
     min_episodes: int = DEFAULT_MIN_EPISODES  # fewer measured deletions: no recommendation
     node_label: str = DEFAULT_NODE_LABEL  # with --prometheus: the label naming each node
     as_json: bool = False
+    patches: str | None = None  # write patches into this directory; "-": print kubectl patch

@@ -37,6 +37,7 @@ class WorkloadContainer:
     container: str
     prestop: lifecycle.PreStop
     grace_seconds: float
+    sidecar: bool = False  # in initContainers (restartPolicy: Always)
 
 
 def _controlled(obj: dict[str, Any]) -> bool:
@@ -53,7 +54,7 @@ def containers(kind: str, obj: dict[str, Any]) -> list[WorkloadContainer]:
         return []
     grace = lifecycle.grace_seconds(pod_spec)
     return [WorkloadContainer(str(meta.get("namespace", "")), kind, str(meta.get("name", "")),
-                              c.name, c.prestop, grace)
+                              c.name, c.prestop, grace, c.sidecar)
             for c in lifecycle.containers_of(pod_spec) if c.serves]
 
 

@@ -10,7 +10,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,16 +59,6 @@ class Agents:
         await web.TCPSite(runner, "127.0.0.1", port).start()
         self.runners.append(runner)
         return f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture
-async def agents() -> AsyncIterator[Agents]:
-    served = Agents()
-    try:
-        yield served
-    finally:
-        for runner in served.runners:
-            await runner.cleanup()
 
 
 def observations(controller: list[float] = (), dataplane: list[float] = (),  # type: ignore[assignment]

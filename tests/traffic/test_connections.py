@@ -142,7 +142,8 @@ async def test_counts_equal_what_the_clients_recorded(apiserver: ApiServer, kube
     # kube-proxy dropped the pod before it stopped (the rules say safe), yet 5 new connections
     # failed: unsafe means failed connections, whatever the rules say — counted once the
     # record was final, on the pod's node for its workload too.
-    assert episode.unsafe_window is None and episode.headroom is not None
+    assert episode.unsafe_window is None
+    assert episode.headroom is not None
     assert (episode.unsafe, episode.failed_connections) == (True, 5)
     assert (line["unsafe"], line["failed_connections"]) == (True, 5)
     assert sample("endpoint_propagation_unsafe_terminations_total") == 1

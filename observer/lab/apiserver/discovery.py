@@ -16,8 +16,10 @@ from observer.lab.apiserver.resources import RESOURCES, ResourceType
 KUBE_VERSION = {"major": "1", "minor": "34", "gitVersion": "v1.34.0-observer-lab"}
 
 
-def version(build: str) -> dict[str, Any]:
-    return {**KUBE_VERSION, "gitCommit": build, "gitTreeState": "clean",
+def version(build: str, served: dict[str, str]) -> dict[str, Any]:
+    """``/version``; ``served``: the major, minor and gitVersion it says (``KUBE_VERSION``
+    unless a test plays an older cluster)."""
+    return {**served, "gitCommit": build, "gitTreeState": "clean",
             "buildDate": "1970-01-01T00:00:00Z", "goVersion": "n/a (Python)",
             "compiler": "cpython", "platform": "linux/amd64"}
 

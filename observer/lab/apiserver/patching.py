@@ -22,30 +22,38 @@ from typing import Any
 from observer.lab.apiserver.errors import ApiError, bad_request
 
 # patchMergeKey of the lists that merge, by path of field names ("[]" enters a list item).
-# Taken from the ``patchStrategy``/``patchMergeKey`` struct tags in k8s.io/api core/v1 and
-# meta/v1 types.go; "" marks a primitive list whose strategy is merge (a set union).
+# Taken from the ``patchStrategy``/``patchMergeKey`` struct tags in k8s.io/api core/v1, apps/v1
+# and meta/v1 types.go; "" marks a primitive list whose strategy is merge (a set union). A pod
+# spec's lists merge the same way in a pod (``spec``) and in a workload's pod template
+# (``spec.template.spec``: Deployments, StatefulSets, DaemonSets, ReplicaSets).
+_POD_SPEC_KEYS = {
+    "containers": "name",
+    "initContainers": "name",
+    "ephemeralContainers": "name",
+    "volumes": "name",
+    "imagePullSecrets": "name",
+    "hostAliases": "ip",
+    "topologySpreadConstraints": "topologyKey",
+    "resourceClaims": "name",
+    "schedulingGates": "name",
+}
+_CONTAINER_KEYS = {"ports": "containerPort", "env": "name", "volumeMounts": "mountPath",
+                   "volumeDevices": "devicePath"}
 MERGE_KEYS: dict[str, str] = {
     "metadata.finalizers": "",
     "metadata.ownerReferences": "uid",
-    "spec.containers": "name",
-    "spec.initContainers": "name",
-    "spec.ephemeralContainers": "name",
-    "spec.volumes": "name",
-    "spec.imagePullSecrets": "name",
-    "spec.hostAliases": "ip",
-    "spec.topologySpreadConstraints": "topologyKey",
-    "spec.resourceClaims": "name",
-    "spec.schedulingGates": "name",
+    "spec.template.metadata.finalizers": "",
+    "spec.template.metadata.ownerReferences": "uid",
     "status.conditions": "type",
     "status.podIPs": "ip",
     "status.hostIPs": "ip",
     "status.resourceClaimStatuses": "name",
 }
-for _list in ("spec.containers[]", "spec.initContainers[]", "spec.ephemeralContainers[]"):
-    MERGE_KEYS[f"{_list}.ports"] = "containerPort"
-    MERGE_KEYS[f"{_list}.env"] = "name"
-    MERGE_KEYS[f"{_list}.volumeMounts"] = "mountPath"
-    MERGE_KEYS[f"{_list}.volumeDevices"] = "devicePath"
+for _spec in ("spec", "spec.template.spec"):
+    MERGE_KEYS.update({f"{_spec}.{field}": key for field, key in _POD_SPEC_KEYS.items()})
+    for _list in ("containers", "initContainers", "ephemeralContainers"):
+        MERGE_KEYS.update({f"{_spec}.{_list}[].{field}": key
+                           for field, key in _CONTAINER_KEYS.items()})
 
 
 def _invalid_patch(message: str) -> ApiError:

@@ -66,7 +66,7 @@ _CONTINUE_EXPIRED = (
     "results in an inconsistent list - objects that were created, modified, or deleted between "
     "the time the first chunk was returned and now may show up in the list."
 )
-_UNAUTHENTICATED_PATHS = ("/healthz", "/livez", "/readyz", "/version")
+_UNAUTHENTICATED_PATHS = ("/healthz", "/livez", "/readyz", "/version", "/version/")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -84,6 +84,9 @@ class ApiServer:
         self.registries = {rt.resource: Registry(rt, store=self.store, clock=clock)
                            for rt in RESOURCES}
         self.bookmark_interval = bookmark_interval
+        # What /version says; a test may play an older cluster (e.g. one without the preStop
+        # sleep action, before 1.30).
+        self.kube_version = dict(discovery.KUBE_VERSION)
         self.max_body_bytes = max_body_bytes
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -101,6 +104,9 @@ class ApiServer:
                               client_max_size=self.max_body_bytes)
         router = app.router
         router.add_get("/version", self._version)
+        # The generated clients (kubernetes_asyncio's VersionApi.get_code) ask for "/version/",
+        # which kube-apiserver answers as well.
+        router.add_get("/version/", self._version)
         router.add_get("/healthz", self._ok)
         router.add_get("/livez", self._ok)
         router.add_get("/readyz", self._ok)
@@ -243,7 +249,7 @@ class ApiServer:
         return web.Response(text="ok")
 
     async def _version(self, _: web.Request) -> web.Response:
-        return json_response(discovery.version(__version__))
+        return json_response(discovery.version(__version__, self.kube_version))
 
     async def _api(self, request: web.Request) -> web.Response:
         return json_response(discovery.api_versions(request.host))
