@@ -25,6 +25,7 @@ from observer.episodes.sinks import PodSink, SliceSink, TerminalPodSink
 from observer.episodes.slices import SliceView
 from observer.episodes.tracker import EpisodeTracker
 from observer.episodes.traffic import TrafficBook
+from observer.export.events import EventRecorder, KubernetesEvents
 from observer.export.log import EpisodeLog
 from observer.export.metrics import AgentMetrics, DataplaneHealth, StateCollector, TrafficHealth
 from observer.export.server import AgentHttp
@@ -154,6 +155,13 @@ class Agent:
         observers: list[EpisodeObserver] = [
             self.metrics, WorkloadMetrics(registry, settings=config.workloads,
                                           now=clock.monotonic), EpisodeLog()]
+        # Unsafe terminations as Kubernetes Events on their pods (--events).
+        self.events: EventRecorder | None = None
+        if config.events.enabled:
+            self.events = EventRecorder(settings=config.events, node_name=config.node_name,
+                                        api=KubernetesEvents(api), registry=registry,
+                                        clock=clock)
+            observers.append(self.events)
         # What connections did to the episodes' endpoints, when a traffic source follows them.
         self.book: TrafficBook | None = None
         if traffic is not None:
@@ -218,6 +226,8 @@ class Agent:
             jobs.append(self.dataplane.run(self.tracker.dataplane_changed))
         if self.traffic is not None and self.book is not None:
             jobs.append(self.traffic.run(self.book))
+        if self.events is not None:
+            jobs.append(self.events.run())
         tasks = [asyncio.create_task(job) for job in jobs]
         stopper = asyncio.create_task(stop.wait())
         failed: BaseException | None = None

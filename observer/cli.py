@@ -20,6 +20,7 @@ from observer.commands.run import run
 from observer.config import (
     AgentConfig,
     DataplaneSettings,
+    EventSettings,
     TrafficSettings,
     WatchSettings,
     WorkloadSettings,
@@ -201,6 +202,11 @@ def _add_run_limits(run: argparse.ArgumentParser, defaults: AgentConfig) -> None
                      default=_env("WORKLOAD_IDLE", defaults.workloads.idle),
                      help="seconds after a workload's last episode here that its series go "
                           "(default %(default)s)")
+    run.add_argument("--events", choices=("on", "off"),
+                     default=_env("EVENTS", "on" if defaults.events.enabled else "off"),
+                     help="record each unsafe termination as a Kubernetes Event on its pod "
+                          "(events.k8s.io/v1, reason UnsafeTermination; rate-limited; needs "
+                          "create and patch on events; default %(default)s)")
     run.add_argument("--terminal-pod-watch", action=argparse.BooleanOptionalAction,
                      default=_env_flag("TERMINAL_POD_WATCH", defaults.terminal_pod_watch),
                      help="also watch terminal pods of every node, to learn when a pod on "
@@ -236,7 +242,8 @@ def _agent_settings(args: argparse.Namespace) -> AgentConfig:
                                     poll_max_cpu=args.dataplane_poll_max_cpu),
         traffic=TrafficSettings(mode=args.traffic, window=args.traffic_window),
         workloads=WorkloadSettings(enabled=args.workload_metrics,
-                                   max_workloads=args.max_workloads, idle=args.workload_idle))
+                                   max_workloads=args.max_workloads, idle=args.workload_idle),
+        events=EventSettings(enabled=args.events == "on"))
 
 
 def _add_dataplane(commands: Commands) -> None:

@@ -60,6 +60,19 @@ class WorkloadSettings:
 
 
 @dataclass(frozen=True)
+class EventSettings:
+    """Kubernetes Events on unsafe terminations (``--events``): at most ``burst`` created at
+    once, then one more each ``refill`` seconds; past that, an unsafe termination of a
+    workload with an Event recorded here in the last ``series_window`` seconds is counted in
+    that Event's ``series``, otherwise dropped (counted)."""
+
+    enabled: bool = True
+    burst: int = 10
+    refill: float = 60.0
+    series_window: float = 600.0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """``observer run``: the whole agent."""
 
@@ -80,3 +93,4 @@ class AgentConfig:
     dataplane: DataplaneSettings = field(default_factory=DataplaneSettings)
     traffic: TrafficSettings = field(default_factory=TrafficSettings)
     workloads: WorkloadSettings = field(default_factory=WorkloadSettings)
+    events: EventSettings = field(default_factory=EventSettings)

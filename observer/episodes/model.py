@@ -88,6 +88,7 @@ class Episode:
     traffic: Traffic | None = None  # None: connections not followed (--traffic off, or failed)
     # The pod's workload (observer.kube.owners), on the pod's node: only there is the pod seen.
     workload: Workload | None = None
+    prestop: float | None = None  # the pod's longest preStop, on its node, once it is deleted
 
     @property
     def failed_connections(self) -> int:

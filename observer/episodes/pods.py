@@ -25,6 +25,7 @@ from observer.values import Timestamp
 @dataclass(slots=True)
 class PodRecord:
     workload: Workload | None = None  # the pod's (observer.kube.owners), once it is known
+    prestop: float | None = None  # its longest preStop hook, seconds (None: unknown)
     deleted: Timestamp | None = None
     api_delete_requested: float | None = None  # the API server's clock, whole seconds
     stopped: Timestamp | None = None
@@ -123,9 +124,15 @@ class PodRecords:
         self._records.setdefault(pod.uid, PodRecord()).gone_at = at.mono
         return news
 
-    def _mark_deleted(self, pod: Pod, at: Timestamp, *, gap: bool) -> list[PodNews]:
+    def _record(self, pod: Pod) -> PodRecord:
         record = self._records.setdefault(pod.uid, PodRecord())
         record.workload = record.workload or pod.workload
+        if record.prestop is None:
+            record.prestop = pod.prestop_seconds
+        return record
+
+    def _mark_deleted(self, pod: Pod, at: Timestamp, *, gap: bool) -> list[PodNews]:
+        record = self._record(pod)
         if record.deleted is not None:
             return []
         record.deleted = at
@@ -134,8 +141,7 @@ class PodRecords:
         return [PodNews(pod.uid, record, None)]
 
     def _mark_stopped(self, pod: Pod, at: Timestamp, *, gap: bool) -> list[PodNews]:
-        record = self._records.setdefault(pod.uid, PodRecord())
-        record.workload = record.workload or pod.workload
+        record = self._record(pod)
         if record.stopped is not None:
             return []
         record.stopped = at

@@ -181,6 +181,8 @@ class EpisodeTracker:
     def _apply_record(self, episode: Episode, record: PodRecord) -> None:
         if episode.local and episode.workload is None:
             episode.workload = record.workload
+        if episode.local and episode.prestop is None:
+            episode.prestop = record.prestop
         if record.deleted is not None and episode.deleted is None:
             episode.deleted = record.deleted
             episode.api_delete_requested = record.api_delete_requested

@@ -7,7 +7,7 @@ is 2.8 MB of source) and ``client.models``, every model (~700 modules). In kuber
 kubernetes_asyncio.client"``: 76 MiB against 11 for the bare interpreter), in every agent of
 every node: a known cost of the generated clients (kubernetes-client/python#771: "importing
 the Python Kubernetes client imports every model and api"; tomplus/kubernetes_asyncio#293).
-The agent calls ``ApiClient``, ``Configuration``, two API classes and the config loaders, and
+The agent calls ``ApiClient``, ``Configuration``, three API classes and the config loaders, and
 reads the API's JSON itself (``_preload_content=False``, observer/kube/watch.py): it never
 builds a model.
 
@@ -99,7 +99,8 @@ def _import_parts() -> None:
 _PACKAGES = ("kubernetes_asyncio", "kubernetes_asyncio.client", "kubernetes_asyncio.client.api",
              "kubernetes_asyncio.client.models")
 _MODULES = ("exceptions", "configuration", "rest", "api_client", "api.core_v1_api",
-            "api.discovery_v1_api")
+            "api.discovery_v1_api", "api.events_v1_api")
 # What the agent and kubernetes_asyncio's config loaders take from ``client``.
 _NAMES = {"Configuration": "configuration", "ApiClient": "api_client",
-          "CoreV1Api": "api.core_v1_api", "DiscoveryV1Api": "api.discovery_v1_api"}
+          "CoreV1Api": "api.core_v1_api", "DiscoveryV1Api": "api.discovery_v1_api",
+          "EventsV1Api": "api.events_v1_api"}

@@ -28,6 +28,7 @@ HELM_SETTINGS = {
     "everything": ["--set", "serviceMonitor.enabled=true", "--set", "prometheusRule.enabled=true",
                    "--set", "dashboards.enabled=true"],
     "no-dataplane": ["--set", "agent.dataplane=none", "--set", "agent.traffic=off"],
+    "no-events": ["--set", "agent.events=false"],
 }
 
 

@@ -10,9 +10,12 @@ import pytest
 from tests.conftest import REPO
 from tests.deploy.test_deploy import HELM_SETTINGS, helm_template, kustomize, only
 
-AGENT_RULES = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-               {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
-                "verbs": ["get", "list", "watch"]}]
+READ_RULES = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+              {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+               "verbs": ["get", "list", "watch"]}]
+# Exactly create and patch (a series) on events: no get, list, update or delete.
+EVENT_RULE = {"apiGroups": ["events.k8s.io"], "resources": ["events"],
+              "verbs": ["create", "patch"]}
 
 
 def agent_objects() -> dict[str, list[dict[str, Any]]]:
@@ -20,11 +23,16 @@ def agent_objects() -> dict[str, list[dict[str, Any]]]:
             **{f"helm {name}": helm_template(*flags) for name, flags in HELM_SETTINGS.items()}}
 
 
-@pytest.mark.parametrize("source", ["kustomize", "helm default", "helm no-dataplane"])
-def test_cluster_role_is_exactly_read_only_pods_and_slices(source: str) -> None:
+@pytest.mark.parametrize(("source", "rules"), [
+    ("kustomize", [*READ_RULES, EVENT_RULE]), ("helm default", [*READ_RULES, EVENT_RULE]),
+    ("helm no-dataplane", [*READ_RULES, EVENT_RULE]), ("helm no-events", READ_RULES)])
+def test_cluster_role_reads_pods_and_slices_and_writes_only_events(
+        source: str, rules: list[dict[str, Any]]) -> None:
     objects = agent_objects()[source]
     role = only(objects, "ClusterRole")
-    assert role["rules"] == AGENT_RULES
+    assert role["rules"] == rules
+    events = {e["name"]: e.get("value") for e in container(objects)[1]["env"]}["OBSERVER_EVENTS"]
+    assert events == ("on" if EVENT_RULE in rules else "off")
     assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
     binding = only(objects, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from observer.lab.apiserver.resources import RESOURCES, ResourceType
+from observer.lab.apiserver.catalog import RESOURCES
+from observer.lab.apiserver.resources import ResourceType
 
 # The Kubernetes API version whose behaviour this server follows.
 KUBE_VERSION = {"major": "1", "minor": "34", "gitVersion": "v1.34.0-observer-lab"}

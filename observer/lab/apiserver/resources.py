@@ -558,7 +558,7 @@ def _workload(resource: str, kind: str, short: str) -> ResourceType:
         row=_workload_row)
 
 
-RESOURCES: tuple[ResourceType, ...] = (
+CORE_AND_APPS: tuple[ResourceType, ...] = (
     PODS, ENDPOINT_SLICES, SERVICES, NODES, _workload("deployments", "Deployment", "deploy"),
     _workload("statefulsets", "StatefulSet", "sts"), _workload("daemonsets", "DaemonSet", "ds"),
     _workload("replicasets", "ReplicaSet", "rs"))

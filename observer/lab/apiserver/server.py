@@ -31,6 +31,7 @@ from aiohttp import web
 from observer import __version__
 from observer.clock import Clock
 from observer.lab.apiserver import discovery, errors
+from observer.lab.apiserver.catalog import RESOURCES
 from observer.lab.apiserver.errors import ApiError
 from observer.lab.apiserver.faults import Faults, StreamControl
 from observer.lab.apiserver.http import (
@@ -45,7 +46,7 @@ from observer.lab.apiserver.http import (
 )
 from observer.lab.apiserver.patching import json_patch, merge_patch, strategic_merge_patch
 from observer.lab.apiserver.registry import DeleteOptions, FieldValidation, Registry, WriteOptions
-from observer.lab.apiserver.resources import RESOURCES, ResourceType
+from observer.lab.apiserver.resources import ResourceType
 from observer.lab.apiserver.selectors import (
     FieldSelector,
     LabelSelector,

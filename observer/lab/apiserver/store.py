@@ -133,6 +133,11 @@ class Store:
     def get(self, resource: str, key: Key) -> Obj | None:
         return self._objects.get(resource, {}).get(key)
 
+    def last_change(self, resource: str) -> int | None:
+        """The revision of the latest change to ``resource`` the history keeps."""
+        return next((c.revision for c in reversed(self._history) if c.resource == resource),
+                    None)
+
     def items(self, resource: str, revision: int | None = None) -> dict[Key, Obj]:
         """All objects of a resource, now or as they were at ``revision``."""
         current = self._objects.get(resource, {})
