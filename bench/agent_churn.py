@@ -7,10 +7,17 @@ events per second of *agent CPU time* (``time.process_time``, so a busy machine 
 load generator does not change it) and per wall second.
 
     .venv/bin/python -m bench.agent_churn [--services 10000] [--per-service 10] [--churn 20000]
-                                          [--page-size 500]
+                                          [--page-size 500] [--local-workloads N
+                                          [--no-workload-metrics]]
 
 Each churn event rewrites one slice, flipping one endpoint between Ready and terminating:
 half the events start an episode, half abandon one (ready_again).
+
+With ``--local-workloads N`` every pod runs on the agent's node, owned by one of N Deployments,
+and the dataplane selects nothing: each flip to terminating is a local episode of a workload
+that ends at once (nothing to wait for on this node), so every other event goes through the
+per-workload metrics — the worst case for what ``--workload-metrics`` costs; run it with and
+without (``--no-workload-metrics``) and compare.
 """
 
 from __future__ import annotations
@@ -29,7 +36,13 @@ from typing import Any
 from observer import logs
 from observer.agent import build_agent, given
 from observer.clock import SystemClock
-from observer.config import AgentConfig, TrafficSettings, WatchSettings
+from observer.config import (
+    AgentConfig,
+    EventSettings,
+    TrafficSettings,
+    WatchSettings,
+    WorkloadSettings,
+)
 from observer.dataplane.memory import MemoryDataplane
 from observer.export.metrics import configure_exposition
 from observer.kube.connect import load_api_config
@@ -53,7 +66,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         parent, child = context.Pipe()
         proc = context.Process(target=serve_in_child, args=(child, args.services,
                                                            args.per_service, args.churn,
-                                                           str(kubeconfig)))
+                                                           str(kubeconfig),
+                                                           args.local_workloads))
         proc.start()
         try:
             assert parent.recv() == "ready"
@@ -63,13 +77,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 agent = await build_agent(
                     AgentConfig(node_name="node-0", listen=("127.0.0.1", 0),
                                 traffic=TrafficSettings(mode="off"),
-                                watch=WatchSettings(page_size=args.page_size)), api=api,
+                                watch=WatchSettings(page_size=args.page_size),
+                                workloads=WorkloadSettings(enabled=args.workload_metrics),
+                                events=EventSettings(enabled=False)), api=api,
                     clock=clock, dataplane=given(MemoryDataplane(clock=clock, mode="nftables")))
                 rss_before = rss_mib()
                 stop = asyncio.Event()
                 wall, cpu = time.monotonic(), time.process_time()
                 task = asyncio.create_task(agent.run(stop))
                 await agent.slices.synced.wait()
+                await agent.pods.synced.wait()
                 list_wall, list_cpu = time.monotonic() - wall, time.process_time() - cpu
                 rss_listed = rss_mib()
                 loop = asyncio.get_running_loop()
@@ -82,6 +99,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 rss_churned = rss_mib()
                 finished = len(agent.tracker.finished)
                 in_flight = len(agent.tracker.episodes)
+                series = sum(1 for family in agent.registry.collect()
+                             if family.name.startswith("endpoint_propagation_workload_")
+                             for sample in family.samples)
                 stop.set()
                 await task
             parent.send("stop")
@@ -93,7 +113,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(), "python": platform.python_version()},
         "services": args.services, "endpoints": args.services * args.per_service,
-        "page_size": args.page_size,
+        "page_size": args.page_size, "local_workloads": args.local_workloads,
+        "workload_metrics": args.workload_metrics, "workload_series": series,
         "list": {"wall_seconds": round(list_wall, 2), "agent_cpu_seconds": round(list_cpu, 2)},
         "churn": {"events": args.churn, "wall_seconds": round(churn_wall, 2),
                   "agent_cpu_seconds": round(churn_cpu, 2),
@@ -113,6 +134,10 @@ def main() -> None:
     parser.add_argument("--churn", type=int, default=20_000)
     parser.add_argument("--page-size", type=int, default=500,
                         help="--watch-page-size (0: the list in one response)")
+    parser.add_argument("--local-workloads", type=int, default=0,
+                        help="every pod on the agent's node, owned by this many Deployments")
+    parser.add_argument("--workload-metrics", action=argparse.BooleanOptionalAction,
+                        default=True, help="the agent's --workload-metrics")
     args = parser.parse_args()
     with open(os.devnull, "w") as devnull:
         logs.configure("json", stream=devnull)

@@ -14,17 +14,21 @@ from observer.lab.apiserver.registry import WriteOptions
 from observer.lab.apiserver.server import ApiServer
 
 
-def slice_body(service: int, per_service: int, flipped: int | None = None) -> dict[str, Any]:
+def slice_body(service: int, per_service: int, flipped: int | None = None, *,
+               local: bool = False) -> dict[str, Any]:
+    """``local``: every endpoint's pod on node-0, the measured agent's node."""
     endpoints = []
     for e in range(per_service):
         terminating = e == flipped
         endpoints.append({
-            "addresses": [f"10.{service // 256 % 256}.{service % 256}.{e + 1}"],
+            "addresses": [address(service, e)],
             "conditions": {"ready": not terminating, "serving": True,
                            "terminating": terminating},
-            "nodeName": f"node-{e % 50}",
+            "nodeName": "node-0" if local else f"node-{e % 50}",
+            # Local pods are the API server's (their uids its own): the agent finds them by
+            # address.
             "targetRef": {"kind": "Pod", "namespace": "bench", "name": f"s{service}-{e}",
-                          "uid": f"uid-{service}-{e}"}})
+                          **({} if local else {"uid": f"uid-{service}-{e}"})}})
     return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": f"svc{service}-abcde", "namespace": "bench",
                          "labels": {"kubernetes.io/service-name": f"svc{service}"}},
@@ -33,13 +37,41 @@ def slice_body(service: int, per_service: int, flipped: int | None = None) -> di
             "endpoints": endpoints}
 
 
+def address(service: int, endpoint: int) -> str:
+    return f"10.{service // 256 % 256}.{service % 256}.{endpoint + 1}"
+
+
+def pod_body(service: int, endpoint: int, workloads: int) -> dict[str, Any]:
+    """A running pod on node-0 owned as a Deployment's pods are (one of ``workloads``)."""
+    deployment = f"app{service % workloads}"
+    ip = address(service, endpoint)
+    return {"metadata": {"name": f"s{service}-{endpoint}",
+                         "labels": {"app": deployment, "pod-template-hash": "5d8f7c"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": f"{deployment}-5d8f7c",
+                                              "uid": f"uid-rs-{deployment}",
+                                              "controller": True}]},
+            "spec": {"nodeName": "node-0", "containers": [{"name": "app", "image": "app:1"}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
 async def _serve(conn: multiprocessing.connection.Connection, services: int, per_service: int,
-                 churn: int, kubeconfig: Path) -> None:
+                 churn: int, kubeconfig: Path, workloads: int = 0) -> None:
+    """``workloads`` > 0: every pod on node-0 (each churn event a local episode) and owned by
+    one of that many Deployments."""
     server = ApiServer(clock=SystemClock(), history_limit=churn + 1000,
                        watcher_capacity=churn + 1000)
-    registry = server.registries["endpointslices"]
+    registry, pods = server.registries["endpointslices"], server.registries["pods"]
+    local = workloads > 0
     for s in range(services):
-        registry.create("bench", slice_body(s, per_service), WriteOptions())
+        registry.create("bench", slice_body(s, per_service, local=local), WriteOptions())
+        for e in range(per_service if local else 0):
+            body = pod_body(s, e, workloads)
+            created = pods.create("bench", body, WriteOptions())
+            pods.patch("bench", created["metadata"]["name"], {**created,
+                                                              "status": body["status"]},
+                       WriteOptions(), status=True)
     await server.start()
     server.write_kubeconfig(kubeconfig)
     conn.send("ready")
@@ -53,7 +85,7 @@ async def _serve(conn: multiprocessing.connection.Connection, services: int, per
             service, round_ = i % services, i // services
             # Store writes directly: the generator's speed is not what is measured.
             flipped = round_ % per_service if round_ % 2 == 0 else None
-            body = slice_body(service, per_service, flipped)
+            body = slice_body(service, per_service, flipped, local=local)
             current = server.store.get("endpointslices", ("bench", f"svc{service}-abcde"))
             assert current is not None
             server.store.put("endpointslices", {**body, "metadata": current["metadata"]})
@@ -64,7 +96,7 @@ async def _serve(conn: multiprocessing.connection.Connection, services: int, per
 
 
 def serve(conn: multiprocessing.connection.Connection, services: int, per_service: int,
-          churn: int, kubeconfig: str) -> None:
-    asyncio.run(_serve(conn, services, per_service, churn, Path(kubeconfig)))
+          churn: int, kubeconfig: str, workloads: int = 0) -> None:
+    asyncio.run(_serve(conn, services, per_service, churn, Path(kubeconfig), workloads))
 
 
