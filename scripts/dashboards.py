@@ -84,7 +84,7 @@ def _layout(panels: list[dict[str, Any]], widths: list[int], height: int = 8
     """Left to right, wrapping at Grafana's 24 columns; stats and text are short."""
     x = y = row_height = 0
     for number, (panel, width) in enumerate(zip(panels, widths, strict=True), start=1):
-        panel_height = {"stat": 4, "text": 4, "row": 1}.get(panel["type"], height)
+        panel_height = {"stat": 4, "text": 4, "row": 1, "table": 10}.get(panel["type"], height)
         if x + width > 24:
             x, y, row_height = 0, y + row_height, 0
         panel["id"] = number
@@ -108,6 +108,56 @@ def _dashboard(uid: str, title: str, description: str, variables: list[dict[str,
         "templating": {"list": [_datasource_variable(), *variables]},
         "panels": panels,
     }
+
+
+# Each workload's recommendation; below 20 of its deletions, the cluster-wide one (as
+# `observer report` falls back).
+_RECOMMENDED = (
+    "(namespace_workload:endpoint_propagation_prestop_recommendation_seconds"
+    " or on (namespace, workload)"
+    " (0 * namespace_workload:endpoint_propagation_workload_episodes:increase6h"
+    " + on () group_left endpoint_propagation:prestop_recommendation_seconds))")
+_CONFIGURED = "max by (namespace, workload) (endpoint_propagation_workload_prestop_seconds)"
+_WORKLOAD_COLUMNS = (
+    ("recommended preStop", _RECOMMENDED, "s"),
+    ("configured preStop", _CONFIGURED, "s"),
+    ("deletions (6h)", "namespace_workload:endpoint_propagation_workload_episodes:increase6h",
+     "short"),
+    ("unsafe terminations (6h)", "sum by (namespace, workload) (increase("
+     "endpoint_propagation_workload_unsafe_terminations_total[6h]))", "short"),
+    ("failed connections (6h)",
+     "namespace_workload:endpoint_propagation_workload_failed_connections:increase6h"
+     " or on (namespace, workload)"
+     " 0 * namespace_workload:endpoint_propagation_workload_episodes:increase6h", "short"),
+    ("waste per pod", f"clamp_min({_CONFIGURED} - on (namespace, workload) {_RECOMMENDED}, 0)",
+     "s"),
+)
+
+
+def _workloads_table() -> dict[str, Any]:
+    """One row per workload: its recommendation against what its pods had, what failed."""
+    targets = [{**_target(expr, "", chr(ord("A") + i), fmt="table"), "range": False,
+                "instant": True} for i, (_, expr, _) in enumerate(_WORKLOAD_COLUMNS)]
+    rename = {f"Value #{chr(ord('A') + i)}": name
+              for i, (name, _, _) in enumerate(_WORKLOAD_COLUMNS)}
+    panel = _panel(
+        "Workloads: recommended vs configured preStop",
+        "Per workload, across the nodes its pods ran on: its own recommendation (its "
+        "consumers' p99 last connection or the rules path, + 1 s; the cluster-wide number "
+        "below 20 of its deletions), the preStop its last deleted pod had, its deletions, "
+        "unsafe terminations and failed connections over 6h, and the preStop time each of "
+        "its pods spends beyond what it needs (waste). `observer report` says the same per "
+        "workload, with patches.", targets, kind="table", unit="short",
+        showHeader=True, sortBy=[{"displayName": "unsafe terminations (6h)", "desc": True}])
+    panel["transformations"] = [
+        {"id": "merge", "options": {}},
+        {"id": "organize", "options": {"excludeByName": {"Time": True},
+                                       "renameByName": rename}}]
+    panel["fieldConfig"]["overrides"] = [
+        {"matcher": {"id": "byName", "options": name},
+         "properties": [{"id": "unit", "value": unit}]}
+        for name, _, unit in _WORKLOAD_COLUMNS]
+    return panel
 
 
 def overview() -> dict[str, Any]:
@@ -135,12 +185,13 @@ def overview() -> dict[str, Any]:
               "by kube-proxy's fallback (Agent health dashboard). Below 80 % the "
               "recommendation rests on a biased sample: `observer report` warns.",
               unit="percentunit"),
-        {"type": "text", "title": "What workloads have configured",
-         "description": "Per-workload preStop and grace periods are not metrics.",
+        {"type": "text", "title": "Per workload",
+         "description": "Each workload's own preStop: the Per workload row below.",
          "options": {"mode": "markdown", "content":
-                     "Configured preStop hooks are in the workloads, not in Prometheus: run "
-                     "`observer report --prometheus <this Prometheus>` for a finding per "
-                     "workload (`no-prestop`, `at-risk`, `grace-too-short`, …)."}},
+                     "The slowest consumer belongs to the workload: the **Per workload** row "
+                     "below sizes each one by its own. `observer report --prometheus <this "
+                     "Prometheus> --patches -` turns the findings into `kubectl patch` "
+                     "commands."}},
         _quantiles("endpoint_propagation_duration_seconds", STAGE_SEL, "stage",
                    "Propagation by stage (p50, p90, p99)",
                    "controller: deletion → not-ready update (pod's node); dataplane: update → "
@@ -184,6 +235,9 @@ def overview() -> dict[str, Any]:
                  "[$__rate_interval]))", "{{node}}", "Connections cut at pod stop",
                  "Pod's node: TCP connections still open when the pod stopped; their clients' "
                  "next request on them fails. Apps that drain before they exit cut none."),
+        {"type": "row", "title": "Per workload: each workload's own preStop", "collapsed": False,
+         "panels": []},
+        _workloads_table(),
     ]
     return _dashboard(
         "observer-overview", "observer / Endpoint propagation",
@@ -193,7 +247,7 @@ def overview() -> dict[str, Any]:
          _query_variable("node", "Node", 'label_values(endpoint_propagation_build_info'
                                          '{proxy_mode=~"$proxy_mode"}, node)'),
          _cause_variable()],
-        _layout(panels, [4, 4, 4, 4, 4, 4, 12, 12, 12, 12, 12, 12, 24, 12, 12, 12, 12]))
+        _layout(panels, [4, 4, 4, 4, 4, 4, 12, 12, 12, 12, 12, 12, 24, 12, 12, 12, 12, 24, 24]))
 
 
 def node() -> dict[str, Any]:

@@ -5,8 +5,8 @@ balancer needs tens of seconds, an internal one a second or two — so the evide
 workload's preStop is kept per workload (``namespace``, ``workload`` = ``<kind>/<name>``,
 ``observer.kube.owners``): the last new connection its terminating pods saw, by source; the
 connections after removal, by what they came after; those cut at the stop; its unsafe
-terminations; how long its app took to exit after SIGTERM; how many of its deletions ended
-here. Only on the pod's node: only there does the agent see the pod (and every connection to
+terminations; how long its app took to exit after SIGTERM; the preStop its last deleted pod
+had; how many of its deletions ended here. Only on the pod's node: only there does the agent see the pod (and every connection to
 it crosses that node's netfilter).
 
 Cardinality is bounded on each node (docs/agent.md, "Per-workload metrics"): at most
@@ -68,6 +68,11 @@ class WorkloadMetrics(EpisodeObserver, TrafficObserver):
             "On the pod's node: how long the workload's app took to exit after SIGTERM (pod "
             "shutdown minus its preStop, when that is known).", labels,
             buckets=WORKLOAD_BUCKETS, registry=registry)
+        self.prestop = Gauge(
+            f"{_P}prestop_seconds",
+            "On the pod's node: the longest preStop hook of the workload's last pod deleted "
+            "here, as its spec says (absent while unknown: an httpGet or another exec).",
+            labels, registry=registry)
         self.folded = Counter(
             "endpoint_propagation_workloads_folded",
             "Episodes of workloads past --max-workloads, counted under workload=\"_other\".",
@@ -127,13 +132,15 @@ class WorkloadMetrics(EpisodeObserver, TrafficObserver):
             return
         key = self._labels(shutdown.workload)
         if key is not None:
+            self.prestop.labels(*key).set(shutdown.prestop)
             self.app_shutdown.labels(*key).observe(max(0.0, shutdown.seconds - shutdown.prestop))
 
     def expire(self, now: float) -> None:
         """Series of workloads with no episode for ``idle`` seconds go."""
         for key in [k for k, at in self._seen.items() if now - at > self.settings.idle]:
             del self._seen[key]
-            for family in (self.episodes, self.unsafe, self.cut, self.app_shutdown):
+            for family in (self.episodes, self.unsafe, self.cut, self.app_shutdown,
+                           self.prestop):
                 _remove(family, key)
             for origin in ORIGINS:
                 _remove(self.last_connection, (*key, origin))
@@ -162,7 +169,7 @@ class WorkloadMetrics(EpisodeObserver, TrafficObserver):
             self.cut.labels(*key).inc(traffic.cut)
 
 
-def _remove(family: Counter | Histogram, values: tuple[str, ...]) -> None:
+def _remove(family: Counter | Gauge | Histogram, values: tuple[str, ...]) -> None:
     """A series gone, if it was there (a no-op otherwise in prometheus_client 0.26, which its
     documentation does not promise)."""
     with contextlib.suppress(KeyError):
