@@ -29,8 +29,12 @@ from observer.episodes.observers import EpisodeObserver, TrafficObserver
 from observer.episodes.pods import Shutdown
 from observer.kube.owners import Workload
 
-# Coarse: a preStop is sized in seconds, and each bucket is a series of every workload.
-WORKLOAD_BUCKETS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+# A preStop is sized in whole seconds, and each bucket is a series of every workload: a second
+# apart up to 6 s (where kube-proxy and ingress controllers land; PromQL's interpolation puts a
+# p99 near its bucket's top, so a coarser bucket would cost every rollout step seconds), then
+# coarser up to the minutes cloud load balancers take.
+WORKLOAD_BUCKETS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0,
+                    300.0)
 OTHER = ("_other", "_other")
 _P = "endpoint_propagation_workload_"
 

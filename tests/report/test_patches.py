@@ -32,7 +32,7 @@ async def evidence(agents: Agents, slow: str = "statefulset/db") -> tuple[str, .
     fast = "deployment/web" if slow == "statefulset/db" else "statefulset/db"
     return (await agents.add(observations(
         controller=[0.2] * 50, dataplane=[0.3] * 50, app_shutdown=[2.0] * 25, workloads={
-            ("shop", slow): Own(episodes=25, last_connection={"forwarded": [6.0] * 25}),
+            ("shop", slow): Own(episodes=25, last_connection={"forwarded": [9.0] * 25}),
             ("shop", fast): Own(episodes=25)})),)
 
 
