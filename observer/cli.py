@@ -381,10 +381,15 @@ def _add_lab_flags(lab: argparse.ArgumentParser) -> None:
                           "exits at once), draining (no preStop, stops accepting at SIGTERM "
                           "and finishes what it serves); default "
                           + ",".join(defaults.workloads))
+    lab.add_argument("--ingress-workloads", type=lambda text: tuple(text.split(",")),
+                     default=defaults.ingress_workloads,
+                     help="the workloads the ingress-like client fronts (default: all); the "
+                          "others are reached through their Service addresses only")
     lab.add_argument("--verify", action="store_true",
-                     help="run twice: measure, then give every workload at least the "
-                          "recommended preStop and run again; both runs' failed requests "
-                          "side by side")
+                     help="run twice: measure, then apply `observer report --patches` (each "
+                          "workload's own preStop, and grace period where raised) to the "
+                          "lab's Deployments and run again; both runs per workload, and what "
+                          "one cluster-wide preStop would have cost")
     lab.add_argument("--terminal-pod-watch", action=argparse.BooleanOptionalAction,
                      default=defaults.terminal_pod_watch,
                      help="the agents watch terminal pods of every node (default: yes; "
@@ -409,7 +414,8 @@ def _lab(args: argparse.Namespace) -> int:
                          min_sync_period=args.min_sync_period, prestop=args.prestop,
                          app_exit=args.app_exit, dataplane=args.dataplane, seed=args.seed,
                          ingress_delay=args.ingress_delay, request_rate=args.request_rate,
-                         workloads=args.workloads, terminal_pod_watch=args.terminal_pod_watch)
+                         workloads=args.workloads, terminal_pod_watch=args.terminal_pod_watch,
+                         ingress_workloads=args.ingress_workloads)
     try:
         settings.check()
     except LabConfigError as error:

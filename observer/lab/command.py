@@ -1,14 +1,15 @@
-"""``observer lab``: one run of the scenario, or two with ``--verify`` (measure, apply the
-recommended preStop to the workloads that lack one or have a shorter one, run again), with the
-text or JSON result and progress while it runs."""
+"""``observer lab``: one run of the scenario, or two with ``--verify`` (measure; apply the
+patches `observer report --patches` wrote — each workload's own preStop, and grace period where
+raised — to the next run's Deployments; run again), with the text or JSON result and progress
+while it runs."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import json
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable
@@ -20,13 +21,15 @@ import structlog
 
 from observer.clock import SystemClock
 from observer.dataplane.commands import ERROR_REASONS
+from observer.kube.lifecycle import containers_of, known_prestop_seconds
 from observer.lab.apiserver.server import ApiServer
 from observer.lab.config import LabConfig
+from observer.lab.controller import NAMESPACE
 from observer.lab.report import render_svg, render_text, render_verify
 from observer.lab.results import compare, pair
 from observer.lab.scenario import Lab, LabRun
 from observer.report.command import report
-from observer.report.options import ReportOptions
+from observer.report.options import DEFAULT_MIN_EPISODES, ReportOptions
 from observer.tasks import cancel_and_wait, stop_on_signals
 from observer.traffic.source import ERROR_REASONS as TRAFFIC_ERROR_REASONS
 
@@ -108,23 +111,30 @@ async def lab_command(options: LabOptions, *, stop: asyncio.Event, out: TextIO =
     runs = 2 if options.verify else 1
     results: list[dict[str, Any]] = []
     config = options.config
-    for number in range(1, runs + 1):
-        progress = Progress(err, f"run {number} of {runs}: " if runs > 1 else "")
-        try:
-            code, result, advice = await _one(options, config, stop=stop, out=out, err=err,
-                                               progress=progress)
-        finally:
-            progress.done()
-        if code:
-            return code
-        results.append(result)
-        if number < runs:
-            applied = _applied(config, result)
-            if applied is None:
-                err.write("observer lab: --verify: no recommendation to apply (too few "
-                          "measured episodes)\n")
-                return 1
-            config = applied
+    patches: list[dict[str, Any]] = []
+    applied: dict[str, str] = {}  # workload -> what set the preStop its patch gave it
+    with tempfile.TemporaryDirectory(prefix="observer-lab-") as scratch:
+        for number in range(1, runs + 1):
+            progress = Progress(err, f"run {number} of {runs}: " if runs > 1 else "")
+            patch_dir = Path(scratch) / f"patches-{number}"
+            try:
+                code, result, advice = await _one(
+                    options, config, stop=stop, out=out, err=err, progress=progress,
+                    patches=patches, applied=applied, patch_dir=patch_dir)
+            finally:
+                progress.done()
+            if code:
+                return code
+            results.append(result)
+            if number < runs:
+                if result.get("cluster_wide") is None:
+                    err.write("observer lab: --verify: `observer report` recommended nothing "
+                              f"(too few measured episodes): {advice.strip()}\n")
+                    return 1
+                patches = read_patches(patch_dir)
+                applied = {w: row["recommendation"]["set_by"]
+                           for w, row in result["workloads"].items()
+                           if any(p["metadata"]["name"] == w for p in patches)}
     if options.as_json:
         out.write(json.dumps({"runs": results} if options.verify else results[0], indent=2)
                   + "\n")
@@ -138,13 +148,21 @@ async def lab_command(options: LabOptions, *, stop: asyncio.Event, out: TextIO =
     return 0
 
 
-def _applied(config: LabConfig, result: dict[str, Any]) -> LabConfig | None:
-    """The next run's settings: every workload's preStop at least the recommendation."""
-    seconds = result["recommendation"]["prestop_seconds"]
-    if seconds is None:
-        return None
-    return dataclasses.replace(config, prestop=max(config.prestop, float(seconds)),
-                               added_prestop=max(config.added_prestop, float(seconds)))
+def read_patches(directory: Path) -> list[dict[str, Any]]:
+    """The patch documents ``observer report --patches DIR`` wrote (comment lines, then
+    JSON)."""
+    if not directory.is_dir():
+        return []
+    return [json.loads("".join(line for line in path.read_text().splitlines(keepends=True)
+                               if not line.startswith("#")))
+            for path in sorted(directory.glob("*.yaml"))]
+
+
+def min_episodes(config: LabConfig) -> int:
+    """What the lab asks of `observer report`: its default, or half of each workload's
+    deletions when a run is shorter (tests run a dozen deletions)."""
+    per_workload = config.deletions // len(config.workloads)
+    return max(2, min(DEFAULT_MIN_EPISODES, per_workload // 2))
 
 
 def _agent_errors(run: LabRun) -> dict[str, dict[str, int]]:
@@ -169,20 +187,31 @@ def _announcer(options: LabOptions, out: TextIO, err: TextIO) -> Callable[[str],
 
 
 async def _one(options: LabOptions, config: LabConfig, *, stop: asyncio.Event, out: TextIO,
-               err: TextIO, progress: Progress) -> tuple[int, dict[str, Any], str]:
+               err: TextIO, progress: Progress, patches: list[dict[str, Any]],
+               applied: dict[str, str], patch_dir: Path) -> tuple[int, dict[str, Any], str]:
     lab = Lab(config, clock=SystemClock(), progress=progress,
-              announce=_announcer(options, out, err))
+              announce=_announcer(options, out, err), patches=patches)
     serving = asyncio.Event()
     advice, advice_problems = io.StringIO(), io.StringIO()
+    found: dict[str, Any] = {}
 
     async def serve(run: LabRun) -> None:
-        # What `observer report` makes of the lab (text report only): the agents' histograms
-        # over HTTP, the workloads from the lab's API server — the production path.
-        if not options.as_json and not options.verify:
-            await report(ReportOptions(
-                prometheus=None, agents=[n.agent.http.url for n in run.nodes if n.agent],
-                kubeconfig=str(run.kubeconfig), namespace=None),
+        # What `observer report` makes of the lab: the agents' histograms over HTTP, the
+        # workloads from the lab's API server — the production path. With --verify, as JSON,
+        # with the patches the next run applies.
+        agents = [n.agent.http.url for n in run.nodes if n.agent]
+        if options.verify:
+            code = await report(ReportOptions(
+                prometheus=None, agents=agents, kubeconfig=str(run.kubeconfig), namespace=None,
+                min_episodes=min_episodes(config), as_json=True, patches=str(patch_dir)),
                 out=advice, err=advice_problems)
+            if code == 0:
+                found["report"] = json.loads(advice.getvalue())
+        elif not options.as_json:
+            await report(ReportOptions(prometheus=None, agents=agents,
+                                       kubeconfig=str(run.kubeconfig), namespace=None),
+                         out=advice, err=advice_problems)
+        found["prestop"] = {w: _prestop(lab, w) for w in config.workloads}
         if not options.serve:
             return
         serving.set()
@@ -214,13 +243,62 @@ async def _one(options: LabOptions, config: LabConfig, *, stop: asyncio.Event, o
     result["lab"] = {"nodes": config.nodes, "deletions": config.deletions,
                      "dataplane": run.dataplane, "note": run.note,
                      "elapsed_seconds": round(run.elapsed, 2), "seed": config.seed,
-                     "prestop_seconds": {w: config.prestop if w == "careful"
-                                         else config.added_prestop for w in config.workloads},
+                     "prestop_seconds": found["prestop"],
                      "ingress_delay": str(config.ingress_delay),
+                     "ingress_workloads": list(config.fronted),
                      "terminal_pod_watch": config.terminal_pod_watch}
     result["traffic"] = run.traffic
     result["agent_errors"] = _agent_errors(run)
+    if options.verify:
+        result["workloads"] = per_workload(config, run, found["prestop"], found.get("report"),
+                                           applied)
+        result["cluster_wide"] = cluster_wide(run, found.get("report"))
     options.svg.parent.mkdir(parents=True, exist_ok=True)
     options.svg.write_text(render_svg(pair(measured, run.truth.episodes)[0]))
     result["timeline"] = str(options.svg.resolve())
     return 0, result, advice.getvalue() or advice_problems.getvalue()
+
+
+def _prestop(lab: Lab, workload: str) -> float:
+    """The preStop the workload's Deployment gives its pods now (0: none)."""
+    template = lab.server.registries["deployments"].get(NAMESPACE, workload)["spec"]["template"]
+    return known_prestop_seconds(containers_of(template.get("spec") or {})) or 0.0
+
+
+def per_workload(config: LabConfig, run: LabRun, prestop: dict[str, float],
+                 advised: dict[str, Any] | None, applied: dict[str, str]
+                 ) -> dict[str, dict[str, Any]]:
+    """``runs[i].workloads[<name>]`` (docs/lab.md): the preStop the workload ran with and what
+    set it (``configured``, or the set_by of the report whose patch gave it), its consumers,
+    its clients' requests and failures, its deletions and the preStop seconds they spent; and
+    what this run's `observer report` recommends for it."""
+    rows = {r["workload"]: r for r in (advised or {}).get("workloads", [])}
+    traffic = run.traffic or {}
+    out = {}
+    for w in config.workloads:
+        row = rows.get(f"deployment/{w}")
+        consumers = ["ingress"] if w in config.fronted else []
+        if run.dataplane != "cilium":
+            consumers = ["service", "keepalive", *consumers]
+        out[w] = {
+            "prestop_seconds": prestop[w], "set_by": applied.get(w, "configured"),
+            "consumers": consumers,
+            "requests": traffic.get("requests_by_workload", {}).get(w, 0),
+            "failed": traffic.get("failed_by_workload", {}).get(w, 0),
+            "deletions": run.deletions.get(w, 0),
+            "prestop_seconds_spent": round(run.prestop_spent.get(w, 0.0), 3),
+            "recommendation": None if row is None else {
+                "prestop_seconds": row["recommended_prestop_seconds"], "set_by": row["set_by"],
+                "episodes": row["episodes"], "findings": row["findings"],
+                "last_connection_seconds_by_source": row["last_connection_seconds_by_source"]},
+        }
+    return out
+
+
+def cluster_wide(run: LabRun, advised: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run costed with the one cluster-wide recommendation on every workload."""
+    if advised is None:
+        return None
+    seconds = advised["recommendation"]["prestop_seconds"]
+    return {"prestop_seconds": seconds, "set_by": advised["recommendation"]["set_by"],
+            "prestop_seconds_spent": seconds * sum(run.deletions.values())}

@@ -64,9 +64,6 @@ class LabConfig:
     proxy_delay: Delay = Delay(0.05, 0.4)  # kube-proxy's programming delay per sync
     min_sync_period: float = 1.0  # kube-proxy's minSyncPeriod (iptables default)
     prestop: float = 3.0  # the "careful" workload's preStop sleep
-    # The preStop of the workloads that have none (hasty, draining): none, unless --verify's
-    # second run gives them the recommendation.
-    added_prestop: float = 0.0
     workloads: tuple[str, ...] = ("careful", "hasty")
     app_exit: Delay = Delay(0.1, 0.5)  # SIGTERM to the app having stopped serving
     readiness_failure: float = 0.2  # SIGTERM to the readiness probe failing
@@ -86,6 +83,14 @@ class LabConfig:
     # the ingress-like client's delay in following the EndpointSlices.
     request_rate: float = 10.0
     ingress_delay: Delay = Delay(1.0, 2.0)
+    # The workloads the ingress-like client fronts (None: all of them); the others are reached
+    # through their Service addresses only.
+    ingress_workloads: tuple[str, ...] | None = None
+
+    @property
+    def fronted(self) -> tuple[str, ...]:
+        """The workloads behind the ingress-like client."""
+        return self.workloads if self.ingress_workloads is None else self.ingress_workloads
 
     def check(self) -> None:
         if self.nodes < 1:
@@ -104,9 +109,11 @@ class LabConfig:
         if not distinct or len(distinct) != len(self.workloads) or not distinct <= set(WORKLOADS):
             raise LabConfigError("--workloads is a list of distinct ones of "
                                  + ", ".join(WORKLOADS))
-        if max(self.prestop, self.added_prestop) + self.app_exit.high >= self.grace:
+        if self.ingress_workloads is not None and not set(self.ingress_workloads) <= distinct:
+            raise LabConfigError("--ingress-workloads names workloads of --workloads ("
+                                 + ",".join(self.workloads) + ")")
+        if self.prestop + self.app_exit.high >= self.grace:
             raise LabConfigError(
-                f"the preStop ({max(self.prestop, self.added_prestop):g} s) plus the longest "
-                f"--app-exit "
+                f"the preStop ({self.prestop:g} s) plus the longest --app-exit "
                 f"({self.app_exit.high:g} s) must end before the grace period ({self.grace} s)"
                 ": the kubelet would kill every pod")

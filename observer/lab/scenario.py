@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import json
 import random
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,9 @@ from observer.config import AgentConfig, DataplaneSettings, TrafficSettings, Wat
 from observer.dataplane.cilium import BPF_ROOT
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.memory import MemoryDataplane
+from observer.kube.lifecycle import containers_of, known_prestop_seconds
 from observer.kube.owners import TEMPLATE_HASH_LABEL
+from observer.lab.apiserver.patching import strategic_merge_patch
 from observer.lab.apiserver.registry import DeleteOptions, WriteOptions
 from observer.lab.apiserver.server import ApiServer
 from observer.lab.apps import PodRuntime, Sockets
@@ -55,7 +59,16 @@ log = structlog.get_logger("observer.lab")
 Hook = Callable[["LabRun"], Awaitable[None]]
 CLUSTER_IPS = {"careful": "172.30.0.10", "hasty": "172.30.0.11", "draining": "172.30.0.12"}
 POD_PORT = 8080
-_TEMPLATE_HASH = "5d8f7c9b6"
+_SAFE = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery/pkg/util/rand SafeEncodeString
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    """A pod template's hash as the deployment controller writes it: FNV-32a of the template
+    (``controller.ComputeHash``; here of its JSON), its decimal digits safe-encoded."""
+    digest = 0x811C9DC5
+    for byte in json.dumps(template, sort_keys=True).encode():
+        digest = ((digest ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return "".join(_SAFE[int(d) % len(_SAFE)] for d in str(digest))
 TRAFFIC_SLACK = 2.0  # seconds an endpoint is followed past the ingress' longest delay
 
 
@@ -82,13 +95,20 @@ class LabRun:
     elapsed: float = 0.0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     traffic: dict[str, Any] | None = None  # what the clients and the agents saw (real pods)
+    # Per workload: pods deleted, and the preStop seconds their specs made them wait.
+    deletions: dict[str, int] = field(default_factory=dict)
+    prestop_spent: dict[str, float] = field(default_factory=dict)
 
 
 class Lab:
     def __init__(self, config: LabConfig, *, clock: Clock,
                  announce: Callable[[str], None] = lambda _: None,
-                 progress: Callable[[str], None] = lambda _: None) -> None:
+                 progress: Callable[[str], None] = lambda _: None,
+                 patches: Sequence[dict[str, Any]] = ()) -> None:
         self.config = config
+        # Strategic-merge patches of the Deployments (``observer report --patches`` files,
+        # as documents), applied through the API server's own patching before any pod exists.
+        self.patches = patches
         self.clock = clock
         self.announce = announce
         self.progress = progress  # a line saying what is going on (observer.lab.command)
@@ -104,7 +124,8 @@ class Lab:
         self.backends: list[Backends] = []
         self._sockets: list[Sockets] = []
         self.workloads = config.workloads
-        self._owners: dict[str, dict[str, Any]] = {}  # workload → its ReplicaSet, as owner
+        # "<deployment>-<hash>" → its ReplicaSet as owner reference, and its template.
+        self._owners: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._pod_counter = 0
         self.deletions_done = 0  # pods really deleted (fast churn can find no victim)
         self._victims: set[str] = set()
@@ -164,47 +185,69 @@ class Lab:
         return Node(name, index, kubelet, kube_proxy, netns, memory, runtime)
 
     def _template(self, workload: str) -> dict[str, Any]:
+        """The Deployment's pod template as the lab creates it (``careful``: a preStop sleep of
+        ``--prestop``); what its pods run is whatever the Deployment's template says then."""
         app: dict[str, Any] = {"name": "app", "image": "app:1",
                                "ports": [{"containerPort": 8080}]}
-        prestop = self.config.prestop if workload == "careful" else self.config.added_prestop
-        if prestop > 0:
-            app["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", f"{prestop:g}"]}}}
+        if workload == "careful" and self.config.prestop > 0:
+            app["lifecycle"] = {"preStop": {"exec": {"command": [
+                "sleep", f"{self.config.prestop:g}"]}}}
         return {"metadata": {"labels": {"app": workload}},
                 "spec": {"terminationGracePeriodSeconds": self.config.grace,
                          "containers": [app]}}
 
     def _create_workload(self, workload: str, replicas: int) -> None:
-        """A Deployment and its ReplicaSet, named as the deployment controller names it."""
         spec = {"replicas": replicas, "selector": {"matchLabels": {"app": workload}},
                 "template": self._template(workload)}
-        deployment = self.server.registries["deployments"].create(NAMESPACE, {
+        self.server.registries["deployments"].create(NAMESPACE, {
             "metadata": {"name": workload}, "spec": spec}, WriteOptions())
-        owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": workload,
-                 "uid": deployment["metadata"]["uid"], "controller": True,
-                 "blockOwnerDeletion": True}
-        # The deployment controller labels the ReplicaSet, its selector and its pods
-        # pod-template-hash=<hash> and names it <deployment>-<hash> (observer/kube/owners.py).
-        labels = {"app": workload, TEMPLATE_HASH_LABEL: _TEMPLATE_HASH}
-        template = self._template(workload)
-        template["metadata"]["labels"] = labels
-        replica_set = self.server.registries["replicasets"].create(NAMESPACE, {
-            "metadata": {"name": f"{workload}-{_TEMPLATE_HASH}", "ownerReferences": [owner],
-                         "labels": labels},
-            "spec": {**spec, "selector": {"matchLabels": labels}, "template": template}},
-            WriteOptions())
-        self._owners[workload] = {**owner, "kind": "ReplicaSet",
-                                  "name": replica_set["metadata"]["name"],
-                                  "uid": replica_set["metadata"]["uid"]}
+
+    def _apply_patches(self) -> None:
+        """Each patch document onto its Deployment, merged as the server merges a
+        ``kubectl patch --type strategic`` (observer/lab/apiserver/patching.py)."""
+        deployments = self.server.registries["deployments"]
+        for document in self.patches:
+            meta = document["metadata"]
+            if document.get("kind") != "Deployment" or meta.get("namespace") != NAMESPACE:
+                continue
+            body = {k: v for k, v in document.items()
+                    if k not in ("apiVersion", "kind", "metadata")}
+            current = deployments.get(NAMESPACE, meta["name"])
+            deployments.update(NAMESPACE, meta["name"], strategic_merge_patch(current, body),
+                               WriteOptions())
+
+    def _replica_set(self, workload: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The ReplicaSet of the Deployment's current template, as the deployment controller
+        makes it (``<deployment>-<pod-template-hash>``, the hash label on it, its selector and
+        its template; observer/kube/owners.py): its owner reference and its template. A patched
+        template gets a ReplicaSet of its own, as a rollout does."""
+        deployment = self.server.registries["deployments"].get(NAMESPACE, workload)
+        template = copy.deepcopy(deployment["spec"]["template"])
+        digest = template_hash(template)
+        key = f"{workload}-{digest}"
+        if key not in self._owners:
+            labels = {**template["metadata"].get("labels", {}), TEMPLATE_HASH_LABEL: digest}
+            template["metadata"]["labels"] = labels
+            owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": workload,
+                     "uid": deployment["metadata"]["uid"], "controller": True,
+                     "blockOwnerDeletion": True}
+            replica_set = self.server.registries["replicasets"].create(NAMESPACE, {
+                "metadata": {"name": key, "ownerReferences": [owner], "labels": labels},
+                "spec": {"replicas": deployment["spec"].get("replicas", 1),
+                         "selector": {"matchLabels": labels}, "template": template}},
+                WriteOptions())
+            self._owners[key] = ({**owner, "kind": "ReplicaSet", "name": key,
+                                  "uid": replica_set["metadata"]["uid"]}, template)
+        return self._owners[key]
 
     def _create_pod(self, workload: str, node: str) -> str:
         self._pod_counter += 1
         name = f"{workload}-{self._pod_counter}"
-        template = self._template(workload)
+        owner, template = self._replica_set(workload)
         self.server.registries["pods"].create(NAMESPACE, {
-            "metadata": {"labels": {"app": workload, TEMPLATE_HASH_LABEL: _TEMPLATE_HASH},
-                         "name": name,
-                         "ownerReferences": [self._owners[workload]]},
-            "spec": {**template["spec"], "nodeName": node}}, WriteOptions())
+            "metadata": {"labels": dict(template["metadata"]["labels"]), "name": name,
+                         "ownerReferences": [owner]},
+            "spec": {**copy.deepcopy(template["spec"]), "nodeName": node}}, WriteOptions())
         return name
 
     def _running(self, workload: str) -> list[dict[str, Any]]:
@@ -352,6 +395,8 @@ class Lab:
     async def _workloads(self, run: LabRun) -> None:
         for workload in self.workloads:
             self._create_workload(workload, self.config.replicas * len(run.nodes))
+        self._apply_patches()
+        for workload in self.workloads:
             for replica in range(self.config.replicas * len(run.nodes)):
                 self._create_pod(workload, run.nodes[replica % len(run.nodes)].name)
         expected = self.config.replicas * len(run.nodes)
@@ -379,7 +424,7 @@ class Lab:
                                                           80))
         sockets = Sockets(self.network.fabric)
         self._sockets.append(sockets)
-        for workload in self.workloads:
+        for workload in self.config.fronted:
             backends = Backends(self.server, workload, self.config.ingress_delay,
                                 random.Random(self.rng.random()))
             self.backends.append(backends)
@@ -425,7 +470,7 @@ class Lab:
             for i in range(self.config.deletions):
                 workload = self.workloads[i % len(self.workloads)]
                 rolling = i % 4 != 3
-                task = asyncio.create_task(self._replace(workload, run.nodes, rolling))
+                task = asyncio.create_task(self._replace(workload, run, rolling))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
                 self.progress(f"deleting {i + 1}/{self.config.deletions}{self._so_far()}")
@@ -446,7 +491,8 @@ class Lab:
         await self._until(lambda: all(n.agent is not None and not n.agent.tracker.episodes
                                       for n in run.nodes), "agents done", 30)
 
-    async def _replace(self, workload: str, nodes: list[Node], rolling: bool) -> None:
+    async def _replace(self, workload: str, run: LabRun, rolling: bool) -> None:
+        nodes = run.nodes
         # A victim every node already routes to: its removal is an episode on every node.
         # (Under fast churn a new pod can be Running before any kube-proxy has it.)
         victims = [p for p in self._running(workload)
@@ -466,6 +512,9 @@ class Lab:
         self.server.registries["pods"].delete(NAMESPACE, name, DeleteOptions())
         self._victims.discard(name)  # deleting now: no longer Running for _running
         self.deletions_done += 1
+        run.deletions[workload] = run.deletions.get(workload, 0) + 1
+        run.prestop_spent[workload] = run.prestop_spent.get(workload, 0.0) + (
+            known_prestop_seconds(containers_of(victim.get("spec") or {})) or 0.0)
         self.truth.deleted(service=f"{NAMESPACE}/{workload}:http", ip=ip, port=8080, pod=name,
                            node=str(victim["spec"]["nodeName"]),
                            at=self.clock.monotonic())

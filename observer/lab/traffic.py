@@ -99,6 +99,7 @@ def traffic_result(requests: list[Request], attempts: dict[str, set[tuple[str, i
         "requests": len(requests), "failed": len(failed),
         "requests_by_client": dict(Counter(r.client for r in requests)),
         "failed_by_client": {c: dict(v) for c, v in by_client.items()},
+        "requests_by_workload": dict(Counter(r.workload for r in requests)),
         "failed_by_workload": dict(Counter(r.workload for r in failed)),
         "agents_connections_after_stop": sum(
             sum(n["agents_connections_after_stop"].values()) for n in out_nodes.values()),
