@@ -254,7 +254,8 @@ async def _one(options: LabOptions, config: LabConfig, *, stop: asyncio.Event, o
                                            applied)
         result["cluster_wide"] = cluster_wide(run, found.get("report"))
     options.svg.parent.mkdir(parents=True, exist_ok=True)
-    options.svg.write_text(render_svg(pair(measured, run.truth.episodes)[0]))
+    options.svg.write_text(render_svg(pair(measured, run.truth.episodes)[0],
+                                      workloads=result.get("workloads")))
     result["timeline"] = str(options.svg.resolve())
     return 0, result, advice.getvalue() or advice_problems.getvalue()
 

@@ -158,13 +158,16 @@ def render_verify(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def render_svg(pairs: list[Pair], *, limit: int = 12) -> str:
+def render_svg(pairs: list[Pair], *, limit: int = 12,
+               workloads: dict[str, dict[str, Any]] | None = None) -> str:
     """Horizontal bars per episode on the pod's node: deleted -> not_ready -> dataplane, and
-    the moment the pod stopped; unsafe ones in red."""
+    the moment the pod stopped; unsafe ones in red. With ``workloads`` (``--verify``), a line
+    per workload below: the preStop it ran with and what set it, its failed requests, the
+    preStop seconds its deletions spent."""
     chosen = [p for p in pairs if p.node == p.true.node and p.measured.deleted is not None
               and p.measured.dataplane is not None][:limit]
     width, left, row, scale = 900, 260, 30, 120.0
-    height = 85 + row * len(chosen)
+    height = 85 + row * len(chosen) + (30 + 18 * len(workloads) if workloads else 0)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              'font-family="sans-serif" font-size="12">',
              '<rect width="100%" height="100%" fill="white"/>',
@@ -205,5 +208,11 @@ def render_svg(pairs: list[Pair], *, limit: int = 12) -> str:
         parts.append(f'<line x1="{tick}" x2="{tick}" y1="{axis}" y2="{axis + 5}" '
                      'stroke="#999"/>')
         parts.append(f'<text x="{tick - 4}" y="{axis + 18}" fill="#555">{second} s</text>')
+    for i, (name, w) in enumerate((workloads or {}).items()):
+        prestop = f"{w['prestop_seconds']:g} s" if w["prestop_seconds"] else "none"
+        parts.append(f'<text x="10" y="{axis + 45 + 18 * i}">{escape(name)}: preStop {prestop} '
+                     f'({escape(w["set_by"])}), failed {w["failed"]} of {w["requests"]} '
+                     f'requests, preStop spent {w["prestop_seconds_spent"]:g} s over '
+                     f'{w["deletions"]} deletions</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

@@ -229,3 +229,7 @@ def test_verify_each_workloads_own_preStop_leaves_no_failed_request(
     assert spent < wide["prestop_seconds_spent"]
     for run in (first, second):
         assert run["traffic"]["unexplained"] == 0, run["traffic"]["nodes"]
+    # The picture says it per workload too (run 2's, the last written).
+    picture = Path(second["timeline"]).read_text()
+    two = second["workloads"]["hasty"]
+    assert f"hasty: preStop {two['prestop_seconds']:g} s ({rec['set_by']}), failed 0" in picture
