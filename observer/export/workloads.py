@@ -6,8 +6,8 @@ workload's preStop is kept per workload (``namespace``, ``workload`` = ``<kind>/
 ``observer.kube.owners``): the last new connection its terminating pods saw, by source; the
 connections after removal, by what they came after; those cut at the stop; its unsafe
 terminations; how long its app took to exit after SIGTERM; the preStop its last deleted pod
-had; how many of its deletions ended here. Only on the pod's node: only there does the agent see the pod (and every connection to
-it crosses that node's netfilter).
+had; how many of its deletions ended here. Only on the pod's node: only there does the agent
+see the pod (and every connection to it crosses that node's netfilter).
 
 Cardinality is bounded on each node (docs/agent.md, "Per-workload metrics"): at most
 ``max_workloads`` workloads have series at once; an episode of one more is counted under

@@ -17,8 +17,8 @@ from observer.kube.watch import ResourceWatch
 from observer.lab.apiserver.registry import WriteOptions
 from observer.lab.apiserver.server import ApiServer
 from tests.agent.harness import until
-from tests.apiserver.test_kubectl import Kubectl
 from tests.conftest import require_tool
+from tests.kubectl import Kubectl
 
 NS = "default"
 

@@ -120,8 +120,8 @@ async def test_patch_files_build_with_kustomize(
 
     # And the server takes them as they are (dry run: nothing changes).
     for name in files:
-        kind, obj = name.split(".")[1], name.split(".")[2]
-        await kubectl("patch", kind, obj, "--namespace", "shop", "--type", "strategic",
+        _, kind, target, _ = name.split(".")
+        await kubectl("patch", kind, target, "--namespace", "shop", "--type", "strategic",
                       "--patch-file", str(patches / name), "--dry-run=server")
     assert prestop(await kubectl.json("get", "statefulset", "db", "--namespace", "shop"),
                    "db") == {}  # db had no preStop, and still has none
