@@ -89,6 +89,7 @@ def test_a_deletion_on_this_node_counts_under_its_workload(clock: ManualClock) -
     # The app exited 1.5 s after SIGTERM (no preStop: its exit is the whole shutdown).
     assert node.value("app_shutdown_seconds_count", "deployment/web") == 1
     assert node.value("app_shutdown_seconds_sum", "deployment/web") == 1.5
+    assert node.value("prestop_seconds", "deployment/web") == 0  # none: known, 0 s
     assert node.registry.get_sample_value("endpoint_propagation_workloads") == 2
 
 
@@ -134,6 +135,7 @@ def test_a_workload_idle_for_long_loses_its_series_until_its_next_episode(
     node.tracker.expire()
     assert node.value("episodes_total", "deployment/web") is None
     assert node.value("app_shutdown_seconds_count", "deployment/web") is None
+    assert node.value("prestop_seconds", "deployment/web") is None
     assert node.value("episodes_total", "deployment/api") == 1
     assert node.registry.get_sample_value("endpoint_propagation_workloads") == 1
     node.delete("web")
