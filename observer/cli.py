@@ -285,12 +285,15 @@ def prometheus_duration(text: str) -> str:
 def _add_report(commands: Commands) -> None:
     defaults = ReportOptions(prometheus=None, agents=(), kubeconfig=None, namespace=None)
     report = commands.add_parser(
-        "report", help="recommend a preStop from the measurements and check every workload",
+        "report", help="recommend each workload's preStop from the measurements",
         description="Read the agents' histograms (through Prometheus, or from the agents "
-                    "directly), recommend a preStop — Q(controller) + the slowest node's "
-                    "Q(dataplane) + margin, rounded up — and check each workload's preStop "
-                    "and grace period against it. Exit codes: 0 report written, 2 bad flags, "
-                    "3 not enough data, 4 measurements unreadable, 5 workloads unreadable.")
+                    "directly), recommend a preStop per workload — the rules path "
+                    "(Q(controller) + the slowest node's Q(dataplane)) or its own consumers' "
+                    "last connection when slower, + margin, rounded up; the cluster-wide "
+                    "number below --min-episodes of its deletions — check its preStop and "
+                    "grace period against it, and with --patches write the fixes. Exit codes: "
+                    "0 report written, 2 bad flags, 3 not enough data, 4 measurements "
+                    "unreadable, 5 workloads unreadable.")
     source = report.add_mutually_exclusive_group(required=True)
     source.add_argument("--prometheus", metavar="URL",
                         help="read the histograms through this Prometheus (production)")
