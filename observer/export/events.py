@@ -105,7 +105,8 @@ class _Recorded:
     body: dict[str, Any]
     at: float  # monotonic: when it was last added to
     count: int = 1
-    created: bool = False
+    created: bool = False  # its create was sent
+    lost: bool = False  # its create failed: its series has nothing to go to
     sent_count: int = 1  # the count the API server has
     queued: bool = False
 
@@ -157,10 +158,11 @@ class EventRecorder(EpisodeObserver):
                 and episode.cause == "deletion" and episode.pod):
             return
         now = self.clock.monotonic()
-        recorded = self._by_pod.get(episode.pod_uid)
+        pod = episode.pod_uid or episode.pod
+        recorded = self._by_pod.get(pod)
         if recorded is None and self._bucket.take(now, self.settings.burst,
                                                   self.settings.refill):
-            recorded = self._new(episode, now)
+            recorded = self._new(episode, pod, now)
             self.results.labels("created").inc()
             self._queue(recorded)
             return
@@ -196,10 +198,16 @@ class EventRecorder(EpisodeObserver):
                 await self._write(recorded)
 
     async def _write(self, recorded: _Recorded) -> None:
+        if recorded.lost:
+            return
         try:
             if not recorded.created:
                 recorded.created = True  # once: a failed create is not retried
-                await self.api.create(recorded.namespace, recorded.body)
+                try:
+                    await self.api.create(recorded.namespace, recorded.body)
+                except EventWriteError:
+                    recorded.lost = True
+                    raise
             if recorded.count != recorded.sent_count:
                 count = recorded.count
                 await self.api.patch(recorded.namespace, recorded.name, {"series": {
@@ -230,7 +238,7 @@ class EventRecorder(EpisodeObserver):
         w = episode.workload
         return (w.namespace, w.label) if w is not None else None
 
-    def _new(self, episode: Episode, now: float) -> _Recorded:
+    def _new(self, episode: Episode, key: str, now: float) -> _Recorded:
         namespace, _, pod = episode.pod.partition("/")
         wall = self.clock.wall()
         name = f"{pod}.{math.floor(wall * 1e9):x}"  # as client-go names Events
@@ -246,7 +254,7 @@ class EventRecorder(EpisodeObserver):
             "note": note(episode),
         }
         recorded = _Recorded(namespace, name, body, now)
-        self._by_pod[episode.pod_uid] = recorded
+        self._by_pod[key] = recorded
         if (workload := self._workload_key(episode)) is not None:
             self._by_workload[workload] = recorded
         return recorded
