@@ -64,6 +64,7 @@ def traffic_result(requests: list[Request], attempts: dict[str, set[tuple[str, i
     clients: dict[str, Counter[str]] = {n: Counter() for n in nodes}
     early: dict[str, Counter[str]] = {n: Counter() for n in nodes}
     unmatched = 0
+    no_pod: list[dict[str, Any]] = []  # what the attempts that reached no pod were (at most 20)
     for r in requests:
         if r.attempt is None or r.connected:
             continue
@@ -71,6 +72,10 @@ def traffic_result(requests: list[Request], attempts: dict[str, set[tuple[str, i
         pod = reached.get((source, r.attempt.port)) if r.node else r.target
         if pod is None or pod not in pod_nodes:
             unmatched += 1  # reached no pod (timed out on the way): crossed only its node
+            if len(no_pod) < 20:
+                no_pod.append({"client": r.client, "node": r.node, "workload": r.workload,
+                               "target": r.target, "outcome": r.outcome,
+                               "sent": round(r.attempt.sent, 3)})
             if r.node:
                 clients[r.node]["local"] += 1
             continue
@@ -108,6 +113,7 @@ def traffic_result(requests: list[Request], attempts: dict[str, set[tuple[str, i
         "unexplained": sum(abs(v) for n in out_nodes.values()
                            for v in n["unexplained"].values()),
         "attempts_reaching_no_pod": unmatched,
+        "attempts_reaching_no_pod_detail": no_pod,
         "nodes": out_nodes,
         "ingress_delay_p99_seconds": round(quantile(delays, 0.99), 3) if delays else None,
     }

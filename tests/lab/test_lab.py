@@ -75,7 +75,7 @@ async def test_lab_with_real_rules(dataplane: str) -> None:
     # node's agent counted the failed connection attempts through it, every difference named.
     traffic = result["traffic"]
     assert traffic["failed_by_workload"].get("hasty", 0) > 0
-    assert traffic["attempts_reaching_no_pod"] == 0
+    assert traffic["attempts_reaching_no_pod"] == 0, traffic["attempts_reaching_no_pod_detail"]
     assert traffic["unexplained"] == 0, traffic["nodes"]
     for node in traffic["nodes"].values():
         for source in ("local", "forwarded"):
