@@ -40,6 +40,7 @@ from observer.config import EventSettings
 from observer.episodes.model import ORIGINS, Episode
 from observer.episodes.observers import EpisodeObserver
 from observer.kube.apitime import format_micro_time
+from observer.kube.owners import Workload
 
 log = structlog.get_logger("observer.export")
 
@@ -147,15 +148,15 @@ class EventRecorder(EpisodeObserver):
             self.results.labels(result)
         self._bucket = _Bucket(float(settings.burst), clock.monotonic())
         self._by_pod: dict[str, _Recorded] = {}
-        self._by_workload: dict[tuple[str, str], _Recorded] = {}
+        self._by_workload: dict[Workload, _Recorded] = {}
         self._pending = _Pending()
         self._said: set[str] = set()
 
     # EpisodeObserver -------------------------------------------------------------------------
 
     def final(self, episode: Episode) -> None:
-        if not (self.settings.enabled and episode.local and episode.unsafe
-                and episode.cause == "deletion" and episode.pod):
+        if not (episode.local and episode.unsafe and episode.cause == "deletion"
+                and episode.pod):
             return
         now = self.clock.monotonic()
         pod = episode.pod_uid or episode.pod
@@ -166,9 +167,8 @@ class EventRecorder(EpisodeObserver):
             self.results.labels("created").inc()
             self._queue(recorded)
             return
-        if recorded is None:
-            workload = self._workload_key(episode)
-            recorded = self._by_workload.get(workload) if workload else None
+        if recorded is None and episode.workload is not None:
+            recorded = self._by_workload.get(episode.workload)
         if recorded is None:
             self.results.labels("rate_limited").inc()
             return
@@ -233,11 +233,6 @@ class EventRecorder(EpisodeObserver):
 
     # the Event -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _workload_key(episode: Episode) -> tuple[str, str] | None:
-        w = episode.workload
-        return (w.namespace, w.label) if w is not None else None
-
     def _new(self, episode: Episode, key: str, now: float) -> _Recorded:
         namespace, _, pod = episode.pod.partition("/")
         wall = self.clock.wall()
@@ -255,8 +250,8 @@ class EventRecorder(EpisodeObserver):
         }
         recorded = _Recorded(namespace, name, body, now)
         self._by_pod[key] = recorded
-        if (workload := self._workload_key(episode)) is not None:
-            self._by_workload[workload] = recorded
+        if episode.workload is not None:
+            self._by_workload[episode.workload] = recorded
         return recorded
 
 
@@ -280,6 +275,6 @@ def note(episode: Episode) -> str:
     parts.append("its preStop: " + ("unknown" if prestop is None else
                                     "none" if prestop == 0 else f"{prestop:g} s"))
     parts.append("size it with `observer report` (per workload)")
-    text = ". ".join(parts[:1]) + ": " + "; ".join(parts[1:]) + "."
+    text = f"{parts[0]}: {'; '.join(parts[1:])}."
     return text.encode()[:_NOTE_LIMIT].decode(errors="ignore")
 

@@ -52,7 +52,8 @@ class WorkloadMetrics(EpisodeObserver, TrafficObserver):
         self.unsafe = Counter(
             f"{_P}unsafe_terminations",
             "On the pod's node: the workload's pods that stopped before this node's dataplane "
-            "stopped selecting them.", labels, registry=registry)
+            "stopped selecting them, or that new connections reached after they stopped.",
+            labels, registry=registry)
         self.last_connection = Histogram(
             f"{_P}last_connection_seconds",
             "On the pod's node: pod deletion seen to the last new connection that reached the "
@@ -87,20 +88,23 @@ class WorkloadMetrics(EpisodeObserver, TrafficObserver):
             "and _other).", registry=registry)
         self._seen: dict[tuple[str, str], float] = {}  # label values -> last episode (mono)
 
-    def _labels(self, workload: Workload | None) -> tuple[str, str] | None:
-        """The label values an event of ``workload`` goes under (None: not counted)."""
+    def _labels(self, workload: Workload | None, *, fold: bool = True
+                ) -> tuple[str, str] | None:
+        """The label values an event of ``workload`` goes under (None: not counted). Past the
+        cap a new workload's events go under ``_other`` (counted as folded), or, without
+        ``fold``, nowhere."""
         if workload is None or not self.settings.enabled:
             return None
         key = (workload.namespace, workload.label)
-        if key not in self._seen and not self._room():
+        if key not in self._seen and \
+                len(self._seen) - (OTHER in self._seen) >= self.settings.max_workloads:
+            if not fold:
+                return None
             self.folded.inc()
             key = OTHER
         self._seen[key] = self.now()
         self.tracked.set(len(self._seen))
         return key
-
-    def _room(self) -> bool:
-        return len(self._seen) - (OTHER in self._seen) < self.settings.max_workloads
 
     # EpisodeObserver -------------------------------------------------------------------------
 
@@ -108,13 +112,8 @@ class WorkloadMetrics(EpisodeObserver, TrafficObserver):
         """The workload's counters exist, at 0, from its deletion on: Prometheus' increase()
         does not count a series' first sample, so a counter born at 1 when the episode ends
         would lose that episode (when a scrape falls between the two)."""
-        workload = episode.workload
-        if not (self.settings.enabled and episode.local and workload is not None):
-            return
-        key = (workload.namespace, workload.label)
-        if key in self._seen or self._room():
-            self._seen[key] = self.now()
-            self.tracked.set(len(self._seen))
+        key = self._labels(episode.workload if episode.local else None, fold=False)
+        if key is not None:
             self.episodes.labels(*key)
             self.unsafe.labels(*key)
 

@@ -30,6 +30,7 @@ from observer.lab.results import compare, pair
 from observer.lab.scenario import Lab, LabRun
 from observer.report.command import report
 from observer.report.options import DEFAULT_MIN_EPISODES, ReportOptions
+from observer.report.patches import read as read_patches
 from observer.tasks import cancel_and_wait, stop_on_signals
 from observer.traffic.source import ERROR_REASONS as TRAFFIC_ERROR_REASONS
 
@@ -146,16 +147,6 @@ async def lab_command(options: LabOptions, *, stop: asyncio.Event, out: TextIO =
     out.write("\n`observer report` on the lab (the agents' histograms, the lab's workloads):\n")
     out.write(textwrap.indent(advice, "  "))
     return 0
-
-
-def read_patches(directory: Path) -> list[dict[str, Any]]:
-    """The patch documents ``observer report --patches DIR`` wrote (comment lines, then
-    JSON)."""
-    if not directory.is_dir():
-        return []
-    return [json.loads("".join(line for line in path.read_text().splitlines(keepends=True)
-                               if not line.startswith("#")))
-            for path in sorted(directory.glob("*.yaml"))]
 
 
 def min_episodes(config: LabConfig) -> int:

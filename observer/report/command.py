@@ -26,6 +26,8 @@ from observer.report.patches import has_sleep_action, plan, script, write
 from observer.report.per_workload import (
     CLUSTER_WIDE,
     CONNECTIONS,
+    DRAIN,
+    RULES,
     WORKLOAD_FINDINGS,
     WorkloadAdvice,
     advise_workloads,
@@ -177,12 +179,12 @@ def summary(rec: Recommendation, advice: Sequence[WorkloadAdvice]) -> str:
             counts[finding] = counts.get(finding, 0) + 1
     detail = ", ".join(f"{counts[f]} {f}" for f in WORKLOAD_FINDINGS if f in counts)
     set_by = {how: sum(a.sizing.set_by == how for a in advice)
-              for how in (CONNECTIONS, "kube-proxy", CLUSTER_WIDE)}
+              for how in (CONNECTIONS, RULES, CLUSTER_WIDE)}
     return (f"preStop of {rec.prestop_seconds} s recommended cluster-wide from {rec.episodes} "
             f"episodes; {len(flagged)} of {len(advice)} workloads need attention"
             + (f" ({detail})" if detail else "")
             + f"\n  per workload: {set_by[CONNECTIONS]} sized by their own consumers' "
-            f"connections, {set_by['kube-proxy']} by kube-proxy's rules, "
+            f"connections, {set_by[RULES]} by kube-proxy's rules, "
             f"{set_by[CLUSTER_WIDE]} on the cluster-wide number (fewer deletions measured than "
             "--min-episodes)")
 
@@ -214,7 +216,7 @@ def to_text(rec: Recommendation, advice: Sequence[WorkloadAdvice], evidence: Evi
             w = c.workload
             prestop = "none" if w.prestop.kind == "none" else (
                 f"{w.prestop.kind} {_seconds(w.prestop.seconds)}")
-            findings = [f for f in a.findings if f in c.findings or f == "drain"]
+            findings = [f for f in a.findings if f in c.findings or f == DRAIN]
             rows.append((a.namespace, a.workload, w.container, prestop,
                          _seconds(w.grace_seconds), _seconds(c.suggested_prestop_seconds),
                          a.sizing.set_by, str(a.sizing.episodes), ",".join(findings) or "ok"))

@@ -140,6 +140,16 @@ def write(patches: list[Patch], directory: Path) -> list[Path]:
     return written
 
 
+def read(directory: Path) -> list[dict[str, Any]]:
+    """The patch documents ``write`` left in ``directory`` (none if it is not there): each
+    file's JSON, after its comment lines."""
+    if not directory.is_dir():
+        return []
+    return [json.loads("".join(line for line in path.read_text().splitlines(keepends=True)
+                               if not line.startswith("#")))
+            for path in sorted(directory.glob("*.yaml"))]
+
+
 def script(patches: list[Patch]) -> str:
     """``kubectl patch`` commands, each after a comment saying what it is for."""
     lines = ["# observer report --patches -: review, then run (sh)"]
