@@ -41,12 +41,14 @@ class Source:
 
     changes: int = 0
     counts: list[Address] = field(default_factory=list)
+    since: list[float] = field(default_factory=list)
 
     def endpoints_changed(self) -> None:
         self.changes += 1
 
-    def count_open(self, address: Address) -> None:
+    def count_open(self, address: Address, since: float) -> None:
         self.counts.append(address)
+        self.since.append(since)
 
 
 @dataclass
@@ -132,9 +134,13 @@ def test_connections_before_the_episode_started_count_if_they_came_after_the_sto
 def test_the_open_connections_are_counted_once_when_the_pod_stops(clock: ManualClock) -> None:
     w = world(clock)
     w.listed()
+    clock.advance(1.0)
+    deletion_seen = clock.monotonic()
     w.removed()
+    clock.advance(2.0)
     w.stopped()
-    assert w.source.counts == [ADDRESS]
+    # Cut: open now, or closed by the pod since its end was first seen (the deletion).
+    assert (w.source.counts, w.source.since) == ([ADDRESS], [deletion_seen])
     w.book.cut_counted(ADDRESS, 3)
     (episode,) = w.tracker.finished
     assert episode.traffic is not None

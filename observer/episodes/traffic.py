@@ -7,8 +7,9 @@ consumer may keep sending for a while), at once when it was abandoned, or earlie
 address becomes Ready again for a new endpoint (a reused pod IP: what reaches it then is the
 new pod's). The book observes the tracker's episodes (``observer.episodes.observers``); the
 traffic source (``observer.traffic``) is told whenever the set changes (its kernel filter
-follows it) and, on the pod's node, when the pod stopped (it then counts the connections still
-open to it: cut); what the connections did goes to the book's own observers.
+follows it) and, on the pod's node, when the pod stopped (it then counts the connections the
+stop cut: still open, or closed by the pod since its end was first seen); what the connections
+did goes to the book's own observers.
 
 One connection is counted once in the metrics, whatever the number of episodes at its address
 (one pod port behind two service ports); each of those episodes records it.
@@ -49,7 +50,8 @@ HOLD = 0.5
 class _Early:
     """A pod address followed before any of its episodes started."""
 
-    expires: float  # monotonic
+    since: float  # monotonic: when the address began to be followed
+    expires: float
     held: list[Connection] = field(default_factory=list)
 
 
@@ -63,8 +65,9 @@ class TrafficListener(Protocol):
     def endpoints_changed(self) -> None:
         """The followed endpoints changed (``TrafficBook.endpoints``)."""
 
-    def count_open(self, address: Address) -> None:
-        """The pod at ``address`` stopped: count the connections still open to it, and hand
+    def count_open(self, address: Address, since: float) -> None:
+        """The pod at ``address`` stopped: count the connections it cut — still open, or
+        closed by the pod after ``since`` (monotonic: when its end was first seen) — and hand
         the count to ``TrafficBook.cut_counted``."""
 
 
@@ -95,7 +98,7 @@ class TrafficBook(EpisodeObserver):
         added = False
         for ip in ips:
             if ip not in self.early:
-                self.early[ip] = _Early(expires=now + EARLY_HOLD)
+                self.early[ip] = _Early(since=now, expires=now + EARLY_HOLD)
                 added = True
         if added:
             self.listener.endpoints_changed()
@@ -112,7 +115,8 @@ class TrafficBook(EpisodeObserver):
     def stopped(self, episode: Episode) -> None:
         """Connections held for its address since before the episode started that came after
         the stop are its first failures; those held for its stop count now; on the pod's
-        node, the TCP connections still open are counted (once per address)."""
+        node, the TCP connections it cut are counted (once per address): still open, or
+        closed by the pod since its end was first seen here."""
         if episode.traffic is None or episode.stopped is None:
             return
         address = address_of(episode)
@@ -126,9 +130,12 @@ class TrafficBook(EpisodeObserver):
         self._release(lambda _, episodes: episode in episodes)
         if not episode.local or address[2] != "TCP":
             return
-        if all(e is episode or e.stopped is None or not e.local
-               for e in self.following.get(address, ())):
-            self.listener.count_open(address)
+        followed = self.following.get(address, ())
+        if all(e is episode or e.stopped is None or not e.local for e in followed):
+            since = min(stamp.mono for e in (episode, *followed)
+                        for stamp in (e.deleted, e.not_ready) if stamp is not None)
+            self.listener.count_open(address, since if early is None else
+                                     min(since, early.since))
 
     def ended(self, episode: Episode, now: float) -> None:
         if episode.traffic is None:

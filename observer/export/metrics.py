@@ -172,8 +172,9 @@ class AgentMetrics(EpisodeObserver, TrafficObserver):
             ["source", "after"], registry=registry)
         self.connections_cut_total = Counter(
             f"{p}connections_cut",
-            "On the pod's node: TCP connections still open to an endpoint when its pod was seen "
-            "stopped.", registry=registry)
+            "On the pod's node: TCP connections an endpoint's pod cut when it stopped: still "
+            "open when the stop was seen, or closed by the pod since its end began.",
+            registry=registry)
         for origin in ORIGINS:
             self.last_connection.labels(origin)
         # Looked up once: one is incremented per connection followed.

@@ -66,8 +66,9 @@ class WorkloadMetrics(EpisodeObserver, TrafficObserver):
             [*labels, "after"], registry=registry)
         self.cut = Counter(
             f"{_P}connections_cut",
-            "On the pod's node: TCP connections still open to the workload's endpoints when "
-            "the pod was seen stopped.", labels, registry=registry)
+            "On the pod's node: TCP connections the workload's pods cut when they stopped "
+            "(still open, or closed by the pod since its end began).", labels,
+            registry=registry)
         self.app_shutdown = Histogram(
             f"{_P}app_shutdown_seconds",
             "On the pod's node: how long the workload's app took to exit after SIGTERM (pod "

@@ -28,7 +28,7 @@ import ctypes
 import ipaddress
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 from observer.dataplane.model import DataplaneParseError
@@ -41,23 +41,31 @@ MSG_NEW = (_SUBSYS_CTNETLINK << 8) | 0  # IPCTNL_MSG_CT_NEW: events of new flows
 _MSG_GET = (_SUBSYS_CTNETLINK << 8) | 1  # IPCTNL_MSG_CT_GET: a dump's request and its replies
 _NFGENMSG = struct.Struct("=BBH")  # family, version, resource id (big-endian, unused here)
 # enum ctattr_type, ctattr_tuple, ctattr_ip, ctattr_l4proto, ctattr_protoinfo(_tcp), filter
-_TUPLE_ORIG, _TUPLE_REPLY, _PROTOINFO, _FILTER, _TIMESTAMP_EVENT = 1, 2, 4, 25, 27
+_TUPLE_ORIG, _TUPLE_REPLY, _STATUS, _PROTOINFO, _TIMEOUT = 1, 2, 3, 4, 7
+_FILTER, _TIMESTAMP_EVENT = 25, 27
 _TUPLE_IP, _TUPLE_PROTO = 1, 2
 _IP_V4_SRC, _IP_V4_DST, _IP_V6_SRC, _IP_V6_DST = 1, 2, 3, 4
 _PROTO_NUM, _PROTO_SRC_PORT = 1, 2
-_PROTOINFO_TCP, _PROTOINFO_TCP_STATE = 1, 1
+_PROTOINFO_TCP, _PROTOINFO_TCP_STATE, _PROTOINFO_TCP_FLAGS_REPLY = 1, 1, 5
+_IPS_ASSURED = 1 << 2  # enum ip_conntrack_status: traffic seen both ways (a TCP handshake done)
+_TCP_CLOSE_INIT = 0x04  # IP_CT_TCP_FLAG_CLOSE_INIT: "this sender sent FIN first"
 _FILTER_REPLY_FLAGS = 2
 # CTA_FILTER_F_* (net/netfilter/nf_conntrack_netlink.c): which fields of the tuple to match.
 _FILTER_F_IP_SRC, _FILTER_F_PROTO_NUM, _FILTER_F_PROTO_SRC_PORT = 1 << 0, 1 << 3, 1 << 4
 # enum tcp_conntrack: a flow in one of these still has a connection both ends may use.
 _TCP_OPEN_STATES = frozenset({1, 2, 3, 4, 5})  # SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT,
 #                                               CLOSE_WAIT; not LAST_ACK, TIME_WAIT, CLOSE
+_TCP_CLOSE = 8
+# The closing states, by the sysctl (net.netfilter.nf_conntrack_tcp_timeout_<name>, seconds)
+# that sets how long a flow stays in each after entering it.
+TCP_CLOSING_STATES = {"last_ack": 6, "time_wait": 7, "close": _TCP_CLOSE}
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
 _U16 = struct.Struct(">H")
 _ATTR = struct.Struct("=HH")  # struct nlattr: length, type (with flags in the top bits)
 _TYPE_MASK = 0x3FFF
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct(">Q")
+_U32_BE = struct.Struct(">I")
 PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 _PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
 _OFFSET = HEADER.size + _NFGENMSG.size  # where a message's attributes start
@@ -259,10 +267,61 @@ def open_flows_request(ip: str, port: int, protocol: str, seq: int) -> bytes:
                        0) + body
 
 
-def is_open_tcp(data: bytes, start: int, end: int) -> bool:
-    """Whether one dumped flow (a ``_MSG_GET`` reply's payload) is a TCP connection still open:
-    set up or in use, not closed or closing on both sides."""
-    info = attributes(data, start + _NFGENMSG.size, end).get(_PROTOINFO)
-    tcp = attributes(data, *info).get(_PROTOINFO_TCP) if info is not None else None
-    state = attributes(data, *tcp).get(_PROTOINFO_TCP_STATE) if tcp is not None else None
-    return state is not None and data[state[0]] in _TCP_OPEN_STATES
+class TcpFlow(NamedTuple):
+    """A dumped TCP flow, as far as telling whether a pod's stop cut it goes."""
+
+    state: int  # enum tcp_conntrack
+    assured: bool  # IPS_ASSURED: traffic seen both ways (the handshake done)
+    reply_closed_first: bool  # the reply side (the endpoint: the pod) sent the first FIN
+    remaining: int  # CTA_TIMEOUT: whole seconds before it expires (rounded down)
+
+    @property
+    def open(self) -> bool:
+        """Set up or in use, not closed or closing on both sides."""
+        return self.state in _TCP_OPEN_STATES
+
+
+def dumped_tcp(data: bytes, start: int, end: int) -> TcpFlow | None:
+    """One dumped flow (a ``_MSG_GET`` reply's payload); None when it is not TCP."""
+    top = attributes(data, start + _NFGENMSG.size, end)
+    info = top.get(_PROTOINFO)
+    nest = attributes(data, *info).get(_PROTOINFO_TCP) if info is not None else None
+    tcp = attributes(data, *nest) if nest is not None else {}
+    state = tcp.get(_PROTOINFO_TCP_STATE)
+    if state is None:
+        return None
+    if state[1] - state[0] != 1:
+        raise DataplaneParseError("dumped conntrack flow with a TCP state not 1 byte long")
+    flags = tcp.get(_PROTOINFO_TCP_FLAGS_REPLY)  # struct nf_ct_tcp_flags: flags, mask
+    return TcpFlow(state=data[state[0]],
+                   assured=bool(_u32(data, top.get(_STATUS), "a status") & _IPS_ASSURED),
+                   reply_closed_first=flags is not None and flags[1] > flags[0]
+                   and bool(data[flags[0]] & _TCP_CLOSE_INIT),
+                   remaining=_u32(data, top.get(_TIMEOUT), "a timeout"))
+
+
+def cut(flow: TcpFlow, *, within: float, timeouts: Mapping[int, int]) -> bool:
+    """Whether the pod's stop cut ``flow``: still open, or an established one (``assured``)
+    the pod's side closed — its FIN first, or a reset from either side — that entered its
+    closing state less than ``within`` seconds ago. A streaming client sees the pod's FIN and
+    closes at once: by the time the stop is seen its flow is LAST_ACK or TIME_WAIT, gone from
+    the open states but cut all the same; a flow its client closed first was done with.
+
+    How long a flow has been in its state: ``timeouts[state]`` (the namespace's sysctl,
+    seconds) minus its countdown, which the kernel rounds down to a second
+    (``nf_ct_expires() / HZ``): a flow closed up to a second before ``within`` counts too. A
+    closing state without a timeout in ``timeouts`` is not counted."""
+    if flow.open:
+        return True
+    timeout = timeouts.get(flow.state)
+    if timeout is None or not flow.assured:
+        return False
+    if flow.state != _TCP_CLOSE and not flow.reply_closed_first:
+        return False
+    return timeout - flow.remaining - 1 < within
+
+
+def _u32(data: bytes, span: tuple[int, int] | None, what: str) -> int:
+    if span is None or span[1] - span[0] != 4:
+        raise DataplaneParseError(f"dumped conntrack flow without {what} of 4 bytes")
+    return int(_U32_BE.unpack_from(data, span[0])[0])

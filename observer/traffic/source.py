@@ -1,6 +1,6 @@
 """The traffic source: the kernel's conntrack NEW events for the endpoints in episodes, read in
-the node's network namespace (or ``--netns``), and the count of the connections still open to
-an endpoint when its pod stopped.
+the node's network namespace (or ``--netns``), and the count of the connections an endpoint's
+pod cut when it stopped (still open, or closed by the pod since its end began).
 
 Only the followed endpoints' events reach this process: the socket's kernel filter
 (``conntrack.endpoint_filter``) is rebuilt whenever the set changes — once per turn of the
@@ -98,6 +98,15 @@ class Settings:
             self.timestamps = (proc / "nf_conntrack_timestamp").read_text().strip() == "1"
         except FileNotFoundError:
             self.timestamps = False
+        # How long a TCP flow stays in each closing state (state number -> seconds): tells
+        # how long ago a dumped flow was closed. Missing or unreadable: not counted as cut.
+        self.closing_timeouts: dict[int, int] = {}
+        for name, state in conntrack.TCP_CLOSING_STATES.items():
+            try:
+                self.closing_timeouts[state] = int(
+                    (proc / f"nf_conntrack_tcp_timeout_{name}").read_text())
+            except (OSError, ValueError):
+                continue
 
 
 async def open_conntrack(netns: str | None, *, clock: Clock, errors: TrafficErrors,
@@ -145,7 +154,8 @@ async def _open(netns: str | None, *, clock: Clock, errors: TrafficErrors,
         raise TrafficError("failed", f"conntrack events: {error}") from None
     log.info("following connections to terminating endpoints", netns=netns,
              kernel_event_timestamps=settings.timestamps)
-    return ConntrackSource(events, dumps, clock=clock, errors=errors)
+    return ConntrackSource(events, dumps, clock=clock, errors=errors,
+                           closing_timeouts=settings.closing_timeouts)
 
 
 class ConntrackSource:
@@ -153,7 +163,7 @@ class ConntrackSource:
     their ``TrafficListener`` (``observer.episodes.traffic``)."""
 
     def __init__(self, events: socket.socket, dumps: socket.socket, *, clock: Clock,
-                 errors: TrafficErrors) -> None:
+                 errors: TrafficErrors, closing_timeouts: dict[int, int]) -> None:
         self.events = events
         self.dumps = dumps
         self.clock = clock
@@ -165,7 +175,8 @@ class ConntrackSource:
         self._buffer = bytearray(DATAGRAM)
         self._endpoints: Callable[[], list[tuple[str, int | None]]] = list
         self._refilter_due = False
-        self._counts: asyncio.Queue[Address] = asyncio.Queue()
+        self._counts: asyncio.Queue[tuple[Address, float]] = asyncio.Queue()
+        self._closing_timeouts = closing_timeouts
         self._seq = 0
         self._book: Connections | None = None
         self._retry: asyncio.Future[None] | None = None
@@ -181,8 +192,8 @@ class ConntrackSource:
             self._refilter_due = True
             asyncio.get_running_loop().call_soon(self._refilter)
 
-    def count_open(self, address: Address) -> None:
-        self._counts.put_nowait(address)
+    def count_open(self, address: Address, since: float) -> None:
+        self._counts.put_nowait((address, since))
 
     def _refilter(self) -> None:
         self._refilter_due = False
@@ -271,17 +282,18 @@ class ConntrackSource:
 
     async def _count_loop(self, book: Connections) -> None:
         while True:
-            address = await self._counts.get()
+            address, since = await self._counts.get()
             try:
-                count = await self._open_flows(*address)
+                count = await self._cut_flows(*address, within=self.clock.monotonic() - since)
             except (OSError, DataplaneParseError) as error:
                 self._error("failed", f"counting the connections open to a stopped pod: "
                             f"{error}")
                 continue
             book.cut_counted(address, count)
 
-    async def _open_flows(self, ip: str, port: int, protocol: str) -> int:
-        """The TCP flows to ``ip``:``port`` still open now (a dump filtered in the kernel)."""
+    async def _cut_flows(self, ip: str, port: int, protocol: str, *, within: float) -> int:
+        """The TCP flows to ``ip``:``port`` still open now, or closed by the pod's side in the
+        last ``within`` seconds (``conntrack.cut``; a dump filtered in the kernel)."""
         loop = asyncio.get_running_loop()
         self._seq += 1
         await loop.sock_sendall(self.dumps, conntrack.open_flows_request(ip, port, protocol,
@@ -300,7 +312,11 @@ class ConntrackSource:
                     return count
                 if kind == _NLMSG_DONE:
                     return count
-                if kind == conntrack.MSG_NEW and conntrack.is_open_tcp(data, start, end):
+                if kind != conntrack.MSG_NEW:
+                    continue
+                flow = conntrack.dumped_tcp(data, start, end)
+                if flow is not None and conntrack.cut(flow, within=within,
+                                                      timeouts=self._closing_timeouts):
                     count += 1
 
     def _error(self, reason: str, message: str) -> None:

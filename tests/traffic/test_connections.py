@@ -16,10 +16,13 @@ from structlog.testing import capture_logs
 from observer.agent import Agent, build_agent
 from observer.clock import SystemClock
 from observer.config import AgentConfig, DataplaneSettings, TrafficSettings
+from observer.dataplane.netlink import netlink_socket
+from observer.dataplane.nlwire import DATAGRAM, messages
 from observer.episodes.model import Episode
 from observer.lab.apiserver.server import ApiServer
 from observer.lab.clients import Connection
 from observer.lab.rules import ServicePortRules
+from observer.traffic import conntrack
 from observer.values import EndpointKey
 from tests.agent.harness import Cluster, Endpoint, key, until
 from tests.conftest import client_configuration
@@ -150,3 +153,73 @@ async def test_counts_equal_what_the_clients_recorded(apiserver: ApiServer, kube
     assert episode.workload is not None
     assert sample("endpoint_propagation_workload_unsafe_terminations_total", {
         "namespace": episode.workload.namespace, "workload": episode.workload.label}) == 1
+
+
+async def dumped(netns: str, ip: str, port: int) -> list[conntrack.TcpFlow]:
+    """The node's TCP flows to ``ip``:``port``, dumped as the agent dumps them."""
+    sock = await netlink_socket(netns, conntrack.NETLINK_NETFILTER)
+    loop = asyncio.get_running_loop()
+    found: list[conntrack.TcpFlow] = []
+    try:
+        await loop.sock_sendall(sock, conntrack.open_flows_request(ip, port, "TCP", 1))
+        while True:
+            data = await loop.sock_recv(sock, DATAGRAM)
+            for kind, _, start, end in messages(data):
+                if kind != conntrack.MSG_NEW:
+                    return found  # NLMSG_DONE (or an error: nothing more comes)
+                flow = conntrack.dumped_tcp(data, start, end)
+                if flow is not None:
+                    found.append(flow)
+    finally:
+        sock.close()
+
+
+async def test_streams_closed_after_the_pod_exited_are_cut_too(
+        apiserver: ApiServer, kubeconfig: Path, topology: Topology) -> None:
+    """A streaming client reads the pod's FIN and closes at once; the kubelet reports the stop
+    later. When the agent counts, those flows are closing (LAST_ACK, TIME_WAIT), no longer
+    open, and were cut all the same. A connection its client closed first is not."""
+    known: set[str] = set()
+    topology.program([web(POD, OTHER)], known=known, first=True)
+    servers = {ip: await topology.serve(ip) for ip in (POD, OTHER)}
+    cluster = Cluster(apiserver)
+    cluster.create_pod("web-4", "node-a", POD)
+    cluster.create_pod("web-5", "node-b", OTHER)
+    cluster.put_slice("web-1", "web", Endpoint(POD, "node-a", pod="web-4"),
+                      Endpoint(OTHER, "node-b", pod="web-5"))
+    fabric, node = topology.client, topology.node
+    async with running(apiserver, kubeconfig, topology, window=0.2) as agent:
+        source = agent.traffic
+        assert source is not None
+        streams = [await topology.connect(fabric, POD) for _ in range(3)]
+        done = await topology.connect(fabric, POD)
+        for conn in (*streams, done):
+            assert isinstance(conn, Connection)
+            assert await conn.ask() == "ok"
+        assert isinstance(done, Connection)
+        done.close()  # its client was done: closed first (TIME_WAIT, the client's FIN first)
+
+        cluster.delete_pod("web-4")
+        cluster.set_endpoint("web-1", POD, ready=False, serving=True, terminating=True)
+        await until(lambda: (POD, 8080) in source.filtered, "the kernel filter follows it")
+        topology.program([web(OTHER)], known=known)
+        await until(lambda: agent.tracker.episodes[KEY].dataplane is not None, "dataplane")
+        servers[POD].exit()
+        for conn in streams:  # each stream's client sees its connection end, and closes it
+            assert isinstance(conn, Connection)
+            assert await conn.ask() == "reset"
+            conn.close()
+
+        async def all_closing() -> bool:
+            flows = await dumped(node.name, POD, 8080)
+            return len(flows) == 4 and not any(flow.open for flow in flows)
+        while not await all_closing():  # noqa: ASYNC110 (the kernel's table: no event)
+            await asyncio.sleep(0.01)
+        cluster.pod_terminated("web-4")
+        await until(lambda: any(e.key == KEY for e in agent.tracker.finished), "stop seen")
+        traffic = finished(agent).traffic
+        assert traffic is not None
+        await until(lambda: traffic.closed, "traffic window closed")
+
+    assert traffic.cut == len(streams)
+    assert agent.registry.get_sample_value("endpoint_propagation_connections_cut_total") == 3

@@ -215,7 +215,8 @@ async def test_garbage_and_truncated_events_are_counted_and_the_next_one_read() 
     ours.setblocking(False)
     dumps, _ = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     dumps.setblocking(False)  # the count of open connections it asks for is never answered
-    source = ConntrackSource(ours, dumps, clock=SystemClock(), errors=errors)
+    source = ConntrackSource(ours, dumps, clock=SystemClock(), errors=errors,
+                             closing_timeouts={})
     book = TrafficBook(window=60.0, observers=Recorder(), listener=source)
     followed = episode(POD)
     book.started(followed, 0.0)
