@@ -382,7 +382,8 @@ def _add_lab_flags(lab: argparse.ArgumentParser) -> None:
                      default=defaults.workloads,
                      help="the workloads, of careful (a --prestop sleep), hasty (no preStop, "
                           "exits at once), draining (no preStop, stops accepting at SIGTERM "
-                          "and finishes what it serves); default "
+                          "and finishes what it serves), streaming (as hasty; its clients hold "
+                          "long-lived streams); default "
                           + ",".join(defaults.workloads))
     lab.add_argument("--ingress-workloads", type=lambda text: tuple(text.split(",")),
                      default=defaults.ingress_workloads,

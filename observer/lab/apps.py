@@ -5,12 +5,14 @@ other. So each namespace the lab sends or serves from has one ``Sockets`` thread
 it (``setns(2)``) and makes sockets on request — not a thread per connection — and every pod is
 a listening socket of this one process (``PodServer``), not a process of its own.
 
-The apps answer each request line with ``ok``. On SIGTERM (the kubelet's, after the preStop)
-they behave as their kind does: ``hasty`` and ``careful`` exit when the kubelet says the app
-stopped — every socket closed at once, as the kernel does when a process exits (the listener
-gone: new connections are refused; open ones are closed under their clients) — and
-``draining`` stops accepting at SIGTERM and closes each open connection after the request it is
-serving, then exits.
+The apps answer each request line with ``ok``, and a ``STREAM`` line with a stream of ``ok``
+lines, one every ``STREAM_INTERVAL`` seconds, for as long as the connection lasts (a watch, a
+server-sent event stream, a gRPC stream). On SIGTERM (the kubelet's, after the preStop) they
+behave as their kind does: ``hasty``, ``careful`` and ``streaming`` exit when the kubelet says
+the app stopped — every socket closed at once, as the kernel does when a process exits (the
+listener gone: new connections are refused; open ones, streams among them, are closed under
+their clients) — and ``draining`` stops accepting at SIGTERM and closes each open connection
+after the request it is serving, then exits.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from observer.dataplane.netlink import enter_namespace, settle
 from observer.lab.network import LabNetwork
 
 SOURCE_PORTS = (20000, 60000)  # the clients' own; pods listen on 8080, below
+STREAM_INTERVAL = 0.05  # seconds between two messages of a stream
 
 
 class Sockets:
@@ -116,8 +119,11 @@ class PodServer:
         self.accepted[peer[0] if peer else "?"] += 1
         self._connections[writer] = False
         try:
-            while not self._draining and await reader.readline():
+            while not self._draining and (line := await reader.readline()):
                 self._connections[writer] = True
+                if line == b"STREAM\n":
+                    await self._stream(writer)
+                    break
                 writer.write(b"ok\n")
                 await writer.drain()
                 self._connections[writer] = False
@@ -127,6 +133,14 @@ class PodServer:
             self._connections.pop(writer, None)
             self.handlers.discard(task)
             writer.close()
+
+    @staticmethod
+    async def _stream(writer: asyncio.StreamWriter) -> None:
+        """Until the connection is closed, by its client or by ``exit``."""
+        while not writer.is_closing():
+            writer.write(b"ok\n")
+            await writer.drain()
+            await asyncio.sleep(STREAM_INTERVAL)
 
     def sigterm(self) -> None:
         """A ``draining`` app stops accepting now and lets each connection finish the request

@@ -11,18 +11,31 @@ what traffic did.
 - ``ingress``: an ingress controller's view — its own list of backends, taken from the
   EndpointSlices after a delay of its own (``--ingress-delay``: a consumer slower than
   kube-proxy), requests sent straight to pod addresses, round robin.
+- ``stream``: for the ``streaming`` workload, on every node, ``STREAMS`` long-lived streams
+  through its service address (a watch, a gRPC stream): each opened with one request and
+  followed until it ends; a stream the pod ended is opened again at once, a failed attempt
+  again after a request's interval.
 
 Outcomes: ``ok`` (answered), ``refused`` (connection refused: nothing listens), ``reset``
 (the connection closed or reset before the answer), ``timeout`` (no answer within
 ``TIMEOUT``). Times are the lab's monotonic clock, the one the agents stamp with.
+
+Cut connections: every client, when it closes a connection, asks its kernel whether the
+server's end had closed it first (``TCP_INFO``: the socket in CLOSE_WAIT after the server's
+FIN, or CLOSE after its reset) — a connection the pod closed under its client, as the agents
+count them (``observer/traffic/conntrack.py``: open when the stop was seen, or closed by the
+pod first). A stream is always cut that way; a request's connection only when the pod closed it
+while the request was in flight or its answer on the way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import random
 import socket
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,9 +47,12 @@ from observer.lab.controller import NAMESPACE
 from observer.tasks import cancel_and_wait
 
 Outcome = Literal["ok", "refused", "reset", "timeout"]
-ClientKind = Literal["service", "keepalive", "ingress"]
-CLIENTS: tuple[ClientKind, ...] = ("service", "keepalive", "ingress")
+ClientKind = Literal["service", "keepalive", "ingress", "stream"]
+CLIENTS: tuple[ClientKind, ...] = ("service", "keepalive", "ingress", "stream")
 TIMEOUT = 1.0
+STREAMS = 2  # the stream client's streams, per node
+# <netinet/tcp.h>: struct tcp_info starts with tcpi_state (include/net/tcp_states.h)
+_TCP_INFO, _TCP_CLOSE, _TCP_CLOSE_WAIT = 11, 7, 8
 
 
 @dataclass(frozen=True)
@@ -75,18 +91,35 @@ class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
 
-    async def ask(self) -> Outcome:
+    async def ask(self, request: bytes = b"GET\n") -> Outcome:
         try:
             async with asyncio.timeout(TIMEOUT):
-                self.writer.write(b"GET\n")
+                self.writer.write(request)
                 await self.writer.drain()
                 line = await self.reader.readline()
         except (OSError, TimeoutError) as error:
             return _failure(error)
         return "ok" if line == b"ok\n" else "reset"
 
-    def close(self) -> None:
+    async def follow(self) -> None:
+        """Read a stream (after ``ask(b"STREAM\\n")``) until it ends."""
+        try:
+            while await self.reader.readline():
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> bool:
+        """Close it; whether the server had closed or reset it first: cut under us. (A reset
+        the transport read is its reader's error, the socket already gone.)"""
+        cut = isinstance(self.reader.exception(), ConnectionResetError | BrokenPipeError)
+        sock = self.writer.get_extra_info("socket")
+        if not cut and sock is not None:
+            with contextlib.suppress(OSError):  # closed by a reset: the check above
+                cut = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0] in (
+                    _TCP_CLOSE_WAIT, _TCP_CLOSE)
         self.writer.close()
+        return cut
 
 
 async def connect(sockets: Sockets, ip: str, port: int, clock: Clock
@@ -110,15 +143,18 @@ async def connect(sockets: Sockets, ip: str, port: int, clock: Clock
 
 
 async def request(sockets: Sockets, ip: str, port: int, clock: Clock
-                  ) -> tuple[Outcome, Attempt, bool]:
-    """One request on a new connection: its outcome, its attempt, and whether it connected."""
+                  ) -> tuple[Outcome, Attempt, bool, bool]:
+    """One request on a new connection: its outcome, its attempt, whether it connected, and
+    whether the server closed the connection first (cut)."""
     conn, attempt = await connect(sockets, ip, port, clock)
     if not isinstance(conn, Connection):
-        return conn, attempt, False
+        return conn, attempt, False, False
+    cut = False
     try:
-        return await conn.ask(), attempt, True
+        outcome = await conn.ask()
     finally:
-        conn.close()
+        cut = conn.close()
+    return outcome, attempt, True, cut
 
 
 class Clients:
@@ -129,6 +165,8 @@ class Clients:
         self.rate = rate  # requests a second, per client and service
         self.rng = rng
         self.requests: list[Request] = []
+        # Connections the server closed under their client, by client and workload.
+        self.cuts: Counter[tuple[ClientKind, str]] = Counter()
         self._tasks: list[asyncio.Task[None]] = []
 
     def record(self, client: ClientKind, node: str, workload: str, target: str, at: float,
@@ -146,8 +184,9 @@ class Clients:
     async def _new_connection(self, client: ClientKind, node: str, workload: str,
                               sockets: Sockets, ip: str, port: int) -> None:
         at = self.clock.monotonic()
-        outcome, attempt, connected = await request(sockets, ip, port, self.clock)
+        outcome, attempt, connected, cut = await request(sockets, ip, port, self.clock)
         self.record(client, node, workload, ip, at, outcome, attempt, connected=connected)
+        self.cuts[client, workload] += cut
 
     async def _paced(self, send: Callable[[], Any]) -> None:
         """``send()`` at ``rate`` a second, each started on time whatever the last took."""
@@ -186,7 +225,8 @@ class Clients:
                     if outcome == "ok":
                         self.record("keepalive", node, workload, vip, at, outcome, None)
                         continue
-                    conn.close()  # closed under it: retried once on a new connection
+                    # closed under it: retried once on a new connection
+                    self.cuts["keepalive", workload] += conn.close()
                     conn = None
                 made, attempt = await connect(sockets, vip, port, self.clock)
                 if not isinstance(made, Connection):
@@ -197,11 +237,32 @@ class Clients:
                 outcome = await conn.ask()
                 self.record("keepalive", node, workload, vip, at, outcome, attempt)
                 if outcome != "ok":
-                    conn.close()
+                    self.cuts["keepalive", workload] += conn.close()
                     conn = None
         finally:
             if conn is not None:
-                conn.close()
+                self.cuts["keepalive", workload] += conn.close()
+
+    async def stream(self, sockets: Sockets, node: str, workload: str, vip: str,
+                     port: int) -> None:
+        """One stream through ``vip`` at a time, followed until it ends (module docstring)."""
+        await asyncio.sleep(self.rng.uniform(0, 1 / self.rate))
+        while True:
+            at = self.clock.monotonic()
+            made, attempt = await connect(sockets, vip, port, self.clock)
+            if not isinstance(made, Connection):
+                self.record("stream", node, workload, vip, at, made, attempt, connected=False)
+                await asyncio.sleep(1 / self.rate)
+                continue
+            try:
+                outcome = await made.ask(b"STREAM\n")
+                self.record("stream", node, workload, vip, at, outcome, attempt)
+                if outcome == "ok":
+                    await made.follow()
+            finally:
+                self.cuts["stream", workload] += made.close()
+            if outcome != "ok":
+                await asyncio.sleep(1 / self.rate)
 
     async def ingress(self, sockets: Sockets, workload: str, port: int, backends: Backends
                       ) -> None:

@@ -262,8 +262,8 @@ def per_workload(config: LabConfig, run: LabRun, prestop: dict[str, float],
                  ) -> dict[str, dict[str, Any]]:
     """``runs[i].workloads[<name>]`` (docs/lab.md): the preStop the workload ran with and what
     set it (``configured``, or the set_by of the report whose patch gave it), its consumers,
-    its clients' requests and failures, its deletions and the preStop seconds they spent; and
-    what this run's `observer report` recommends for it."""
+    its clients' requests and failures, the connections its pods cut, its deletions and the
+    preStop seconds they spent; and what this run's `observer report` recommends for it."""
     rows = {r["workload"]: r for r in (advised or {}).get("workloads", [])}
     traffic = run.traffic or {}
     out = {}
@@ -271,17 +271,22 @@ def per_workload(config: LabConfig, run: LabRun, prestop: dict[str, float],
         row = rows.get(f"deployment/{w}")
         consumers = ["ingress"] if w in config.fronted else []
         if run.dataplane != "cilium":
-            consumers = ["service", "keepalive", *consumers]
+            consumers = ["service", "keepalive", *(["stream"] if w == "streaming" else []),
+                         *consumers]
         out[w] = {
             "prestop_seconds": prestop[w], "set_by": applied.get(w, "configured"),
             "consumers": consumers,
             "requests": traffic.get("requests_by_workload", {}).get(w, 0),
             "failed": traffic.get("failed_by_workload", {}).get(w, 0),
+            # Connections its pods closed under their clients: as the clients found them, as
+            # the agents counted them.
+            "cut": traffic.get("cut_by_workload", {}).get(w, {"clients": 0, "agents": 0}),
             "deletions": run.deletions.get(w, 0),
             "prestop_seconds_spent": round(run.prestop_spent.get(w, 0.0), 3),
             "recommendation": None if row is None else {
                 "prestop_seconds": row["recommended_prestop_seconds"], "set_by": row["set_by"],
                 "episodes": row["episodes"], "findings": row["findings"],
+                "cut_connections": row["cut_connections"],
                 "last_connection_seconds_by_source": row["last_connection_seconds_by_source"]},
         }
     return out

@@ -22,8 +22,9 @@ NOT_IN_THE_LAB = {
             "generic netlink stand-in in tests/agent/test_ipvs.py)",
 }
 # careful: a preStop sleep (--prestop), then exits at once; hasty: no preStop, exits at once;
-# draining: no preStop, stops accepting at SIGTERM and finishes the request it serves.
-WORKLOADS = ("careful", "hasty", "draining")
+# draining: no preStop, stops accepting at SIGTERM and finishes the request it serves;
+# streaming: as hasty, and its clients hold long-lived streams (observer/lab/clients.py).
+WORKLOADS = ("careful", "hasty", "draining", "streaming")
 
 
 class LabConfigError(ValueError):

@@ -8,10 +8,15 @@ holding the ingress-like client), and every pod in a namespace of its own on its
       ├── veth ── node-2 (192.168.0.2) …
       └── …
 
-A pod has a /32 and a device route to its node, which answers its ARP (``proxy_arp``), as
-Calico-style CNIs do; a node routes the other nodes' pod CIDRs (``10.(100+i)/16``, what the
-lab's kubelet assigns) over the fabric, and service addresses (``172.30/16``) out of its fabric
-interface, where kube-proxy's DNAT has rewritten them before they leave. Traffic between pods
+A pod has a /32 and a device route to its node, which answers its ARP (``proxy_arp``) at once
+(``proxy_delay`` 0), as Calico-style CNIs do — the kernel's default holds a proxied answer to a
+broadcast request up to 0.8 s (``arp_process`` in ``net/ipv4/arp.c`` queues it with
+``pneigh_enqueue``; Calico's felix and Weave set it to 0 on their interfaces): a new pod's first
+answers to each client would wait that long, which the lab saw as connections still being set
+up half a second after their SYN. A node routes the other nodes' pod CIDRs
+(``10.(100+i)/16``, what the lab's kubelet assigns) over the fabric, and service addresses
+(``172.30/16``) out of its fabric interface, where kube-proxy's DNAT has rewritten them before
+they leave. Traffic between pods
 of two nodes really crosses both nodes' netfilter. Each namespace is set up by one shell script
 (one process) of ``ip``/``sysctl`` commands; all are removed with the lab's namespaces.
 """
@@ -84,7 +89,8 @@ class LabNetwork:
         await self._script([
             f"ip -n {netns} link set lo up",
             f"ip -n {node_netns} link add {veth} type veth peer name eth0 netns {netns}",
-            f"ip netns exec {node_netns} sysctl -qw net.ipv4.conf.{veth}.proxy_arp=1",
+            f"ip netns exec {node_netns} sysctl -qw net.ipv4.conf.{veth}.proxy_arp=1 "
+            f"net.ipv4.neigh.{veth}.proxy_delay=0",
             f"ip -n {node_netns} link set {veth} up",
             f"ip -n {node_netns} route add {ip}/32 dev {veth}",
             f"ip -n {netns} addr add {ip}/32 dev eth0",

@@ -84,6 +84,10 @@ def _traffic_lines(traffic: dict[str, Any]) -> list[str]:
     by_workload = traffic["failed_by_workload"]
     lines.append("  failed by workload: " + (", ".join(f"{w} {n}" for w, n in
                                                        sorted(by_workload.items())) or "none"))
+    lines.append("connections the pods cut under their clients, by workload: what the clients "
+                 "found / what the agents counted (conntrack): " + (", ".join(
+                     f"{w} {n['clients']} / {n['agents']}"
+                     for w, n in traffic["cut_by_workload"].items()) or "none"))
     lines.append("connections that reached stopped pods, per node: the clients' failed "
                  "connection attempts through the node / what its agent counted (conntrack)")
     rows = [("node", "local", "forwarded", "differences")]
@@ -125,7 +129,7 @@ def render_verify(results: list[dict[str, Any]]) -> str:
         return f"{value:g} s" if value else "none"
 
     rows = [("workload", "consumers", "run 1: preStop, failed", "recommended (set by)",
-             "run 2: preStop, failed", "preStop spent 1 → 2")]
+             "run 2: preStop, failed", "preStop spent 1 → 2", "cut 1, 2")]
     for name, one in first["workloads"].items():
         two = second["workloads"][name]
         rec = one["recommendation"]
@@ -133,7 +137,8 @@ def render_verify(results: list[dict[str, Any]]) -> str:
                      f"{seconds(one['prestop_seconds'])}, {one['failed']} of {one['requests']}",
                      f"{rec['prestop_seconds']} s ({rec['set_by']})" if rec else "-",
                      f"{seconds(two['prestop_seconds'])}, {two['failed']} of {two['requests']}",
-                     f"{one['prestop_seconds_spent']:g} → {two['prestop_seconds_spent']:g} s"))
+                     f"{one['prestop_seconds_spent']:g} → {two['prestop_seconds_spent']:g} s",
+                     f"{one['cut']['clients']}, {two['cut']['clients']}"))
     wide = first["cluster_wide"]
     spent = sum(w["prestop_seconds_spent"] for w in second["workloads"].values())
     lines = [f"observer lab --verify: {lab['nodes']} nodes, {lab['deletions']} deletions per "
@@ -145,6 +150,16 @@ def render_verify(results: list[dict[str, Any]]) -> str:
              f"preStop seconds spent in run 2, each workload on its own: {spent:g} s; with the "
              f"one cluster-wide recommendation ({wide['prestop_seconds']} s, set by "
              f"{wide['set_by']}) on every deletion: {wide['prestop_seconds_spent']:g} s"]
+    drain = [name for name, one in first["workloads"].items() if one["recommendation"]
+             and "drain" in one["recommendation"]["findings"]]
+    if drain:
+        counted = ", ".join(f"{name} {one['cut']['agents']}, {two['cut']['agents']}"
+                            for (name, one), two in zip(first["workloads"].items(),
+                                                        second["workloads"].values(),
+                                                        strict=True))
+        lines.append(f"connections cut when their pods stopped (cut: as the clients found them; "
+                     f"the agents counted {counted}): no preStop helps them, the report says "
+                     f"to drain them: {', '.join(drain)}")
     traffic = second.get("traffic")
     if traffic is None:
         lines.append("\n(no real traffic: the in-memory dataplane has no pods to send to)")
@@ -163,7 +178,7 @@ def render_svg(pairs: list[Pair], *, limit: int = 12,
     """Horizontal bars per episode on the pod's node: deleted -> not_ready -> dataplane, and
     the moment the pod stopped; unsafe ones in red. With ``workloads`` (``--verify``), a line
     per workload below: the preStop it ran with and what set it, its failed requests, the
-    preStop seconds its deletions spent."""
+    connections its pods cut, the preStop seconds its deletions spent."""
     chosen = [p for p in pairs if p.node == p.true.node and p.measured.deleted is not None
               and p.measured.dataplane is not None][:limit]
     width, left, row, scale = 900, 260, 30, 120.0
@@ -212,7 +227,7 @@ def render_svg(pairs: list[Pair], *, limit: int = 12,
         prestop = f"{w['prestop_seconds']:g} s" if w["prestop_seconds"] else "none"
         parts.append(f'<text x="10" y="{axis + 45 + 18 * i}">{escape(name)}: preStop {prestop} '
                      f'({escape(w["set_by"])}), failed {w["failed"]} of {w["requests"]} '
-                     f'requests, preStop spent {w["prestop_seconds_spent"]:g} s over '
-                     f'{w["deletions"]} deletions</text>')
+                     f'requests, {w["cut"]["clients"]} connections cut, preStop spent '
+                     f'{w["prestop_seconds_spent"]:g} s over {w["deletions"]} deletions</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

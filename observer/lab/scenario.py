@@ -38,7 +38,7 @@ from observer.lab.apiserver.registry import DeleteOptions, WriteOptions
 from observer.lab.apiserver.server import ApiServer
 from observer.lab.apps import PodRuntime, Sockets
 from observer.lab.cilium import CiliumAgent, CiliumProgrammer
-from observer.lab.clients import Backends, Clients
+from observer.lab.clients import STREAMS, Backends, Clients
 from observer.lab.config import MODES, LabConfig
 from observer.lab.controller import NAMESPACE, EndpointSliceController
 from observer.lab.kubelet import Kubelet
@@ -57,7 +57,8 @@ from observer.tasks import cancel_and_wait
 
 log = structlog.get_logger("observer.lab")
 Hook = Callable[["LabRun"], Awaitable[None]]
-CLUSTER_IPS = {"careful": "172.30.0.10", "hasty": "172.30.0.11", "draining": "172.30.0.12"}
+CLUSTER_IPS = {"careful": "172.30.0.10", "hasty": "172.30.0.11", "draining": "172.30.0.12",
+               "streaming": "172.30.0.13"}
 POD_PORT = 8080
 _SAFE = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery/pkg/util/rand SafeEncodeString
 
@@ -408,8 +409,9 @@ class Lab:
                           "rules programmed", 30)
 
     async def _start_clients(self, run: LabRun) -> None:
-        """On every node, a client through each service address and a kept-alive one; in the
-        fabric, the ingress-like client, its backends from the EndpointSlices. Cilium's maps
+        """On every node, a client through each service address and a kept-alive one, and
+        the ``streaming`` workload's streams; in the fabric, the ingress-like client, its
+        backends from the EndpointSlices. Cilium's maps
         carry no traffic here (no BPF programs load them): with ``--dataplane cilium`` only
         the ingress-like client runs, straight to pod addresses."""
         assert self.network is not None
@@ -422,6 +424,9 @@ class Lab:
                 self.clients.start(self.clients.service(sockets, node.name, workload, vip, 80))
                 self.clients.start(self.clients.keepalive(sockets, node.name, workload, vip,
                                                           80))
+                for _ in range(STREAMS if workload == "streaming" else 0):
+                    self.clients.start(self.clients.stream(sockets, node.name, workload, vip,
+                                                           80))
         sockets = Sockets(self.network.fabric)
         self._sockets.append(sockets)
         for workload in self.config.fronted:
@@ -455,7 +460,7 @@ class Lab:
                 address=node_address(node.index), registry=node.agent.registry,
                 stops={e.key.ip: e.stopped.mono for e in episodes if e.stopped is not None})
         return traffic_result(self.clients.requests, attempts, pod_nodes, views,
-                              FABRIC_ADDRESS, self.backends)
+                              FABRIC_ADDRESS, self.backends, self.clients.cuts)
 
     def _so_far(self) -> str:
         requests = self.clients.requests

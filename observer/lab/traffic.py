@@ -13,21 +13,26 @@ An agent counts a connection ``after="stopped"`` when it arrived after the agent
 pod had stopped (the kubelet's status, a watch event away); an attempt that failed in between
 is counted ``after="not_ready"``. Each such difference is named (``before_stop_seen``), from the
 agent's own stop reading for that pod and the attempt's time: the rest must be zero.
+
+Cut connections — those a pod closed under their clients — are compared per workload: what the
+clients found when they closed their connections (``observer/lab/clients.py``) against what
+the agents on the pods' nodes counted (``workload_connections_cut_total``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from observer.lab.clients import CLIENTS, Backends, Request
+from observer.lab.clients import CLIENTS, Backends, ClientKind, Request
 from observer.lab.results import quantile
 
 _AFTER_REMOVAL = "endpoint_propagation_connections_after_removal_total"
+_WORKLOAD_CUT = "endpoint_propagation_workload_connections_cut_total"
 
 
 @dataclass(frozen=True)
@@ -51,11 +56,24 @@ def _agents(registry: CollectorRegistry) -> dict[str, int]:
     return out
 
 
+def _cuts(registries: Iterable[CollectorRegistry]) -> Counter[str]:
+    """The agents' cut connections by workload name (of the ``deployment/<name>`` label)."""
+    out: Counter[str] = Counter()
+    for registry in registries:
+        for family in registry.collect():
+            for sample in family.samples:
+                if sample.name == _WORKLOAD_CUT:
+                    out[sample.labels["workload"].partition("/")[2]] += int(sample.value)
+    return out
+
+
 def traffic_result(requests: list[Request], attempts: dict[str, set[tuple[str, int]]],
                    pod_nodes: dict[str, str], nodes: dict[str, NodeView], fabric: str,
-                   backends: Iterable[Backends]) -> dict[str, Any]:
+                   backends: Iterable[Backends], cuts: Mapping[tuple[ClientKind, str], int]
+                   ) -> dict[str, Any]:
     """``attempts``: pod address → the (source address, port) of every SYN that reached it;
-    ``pod_nodes``: pod address → its node."""
+    ``pod_nodes``: pod address → its node; ``cuts``: (client, workload) → connections the
+    clients found cut."""
     failed = [r for r in requests if r.outcome != "ok"]
     by_client: dict[str, Counter[str]] = {c: Counter() for c in CLIENTS}
     for r in failed:
@@ -100,6 +118,12 @@ def traffic_result(requests: list[Request], attempts: dict[str, set[tuple[str, i
             "before_stop_seen": {k: early[node][k] for k in counted},
             "unexplained": {k: counted[k] - (wanted[k] - early[node][k]) for k in counted}}
     delays = [d for b in backends for d in b.delays]
+    counted = _cuts(view.registry for view in nodes.values())
+    by_workload: Counter[str] = Counter()
+    cut_by_client: Counter[str] = Counter()
+    for (client, workload), n in cuts.items():
+        by_workload[workload] += n
+        cut_by_client[client] += n
     return {
         "requests": len(requests), "failed": len(failed),
         "requests_by_client": dict(Counter(r.client for r in requests)),
@@ -112,6 +136,9 @@ def traffic_result(requests: list[Request], attempts: dict[str, set[tuple[str, i
             sum(n["clients_failed_connections"].values()) for n in out_nodes.values()),
         "unexplained": sum(abs(v) for n in out_nodes.values()
                            for v in n["unexplained"].values()),
+        "cut_by_workload": {w: {"clients": by_workload[w], "agents": counted[w]}
+                            for w in sorted({*by_workload, *counted})},
+        "cut_by_client": dict(sorted(cut_by_client.items())),
         "attempts_reaching_no_pod": unmatched,
         "attempts_reaching_no_pod_detail": no_pod,
         "nodes": out_nodes,

@@ -301,20 +301,24 @@ def dumped_tcp(data: bytes, start: int, end: int) -> TcpFlow | None:
 
 
 def cut(flow: TcpFlow, *, within: float, timeouts: Mapping[int, int]) -> bool:
-    """Whether the pod's stop cut ``flow``: still open, or an established one (``assured``)
-    the pod's side closed — its FIN first, or a reset from either side — that entered its
-    closing state less than ``within`` seconds ago. A streaming client sees the pod's FIN and
-    closes at once: by the time the stop is seen its flow is LAST_ACK or TIME_WAIT, gone from
-    the open states but cut all the same; a flow its client closed first was done with.
+    """Whether the pod's stop cut ``flow``: an established connection (``assured``: a
+    connection still being set up is not one its client had; its attempt fails or succeeds
+    elsewhere) still open, or one the pod's side closed — its FIN first, or a reset from
+    either side — that entered its closing state less than ``within`` seconds ago. A streaming
+    client sees the pod's FIN and closes at once: by the time the stop is seen its flow is
+    LAST_ACK or TIME_WAIT, gone from the open states but cut all the same; a flow its client
+    closed first was done with.
 
     How long a flow has been in its state: ``timeouts[state]`` (the namespace's sysctl,
     seconds) minus its countdown, which the kernel rounds down to a second
     (``nf_ct_expires() / HZ``): a flow closed up to a second before ``within`` counts too. A
     closing state without a timeout in ``timeouts`` is not counted."""
+    if not flow.assured:
+        return False
     if flow.open:
         return True
     timeout = timeouts.get(flow.state)
-    if timeout is None or not flow.assured:
+    if timeout is None:
         return False
     if flow.state != _TCP_CLOSE and not flow.reply_closed_first:
         return False

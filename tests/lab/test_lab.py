@@ -82,6 +82,9 @@ async def test_lab_with_real_rules(dataplane: str) -> None:
             assert node["agents_connections_after_stop"][source] == (
                 node["clients_failed_connections"][source] - node["before_stop_seen"][source])
     assert traffic["agents_connections_after_stop"] > 0
+    # The connections the pods closed under their clients, as the agents counted them.
+    for workload, cut in traffic["cut_by_workload"].items():
+        assert cut["agents"] == cut["clients"], (workload, traffic["cut_by_client"])
     assert result["recommendation"]["set_by"] in ("kube-proxy", "ingress")
 
 
@@ -185,14 +188,18 @@ async def test_ctrl_c_while_serving_ends_normally() -> None:
 
 
 @pytest.mark.parametrize(("dataplane", "workloads", "fronted"), [
-    ("nftables", "hasty,draining", "hasty"), ("iptables", "careful,hasty,draining", "hasty"),
-    ("iptables-legacy", "hasty,draining", "hasty"), ("cilium", "hasty,draining", "hasty")])
+    ("nftables", "hasty,draining,streaming", "hasty"),
+    ("iptables", "careful,hasty,draining", "hasty"),
+    ("iptables-legacy", "hasty,streaming", "hasty"), ("cilium", "hasty,draining", "hasty")])
 def test_verify_each_workloads_own_preStop_leaves_no_failed_request(
         dataplane: str, workloads: str, fronted: str) -> None:
     """The ingress (2-3 s behind the EndpointSlices) fronts hasty only: run 1 fails hasty's
     requests, its own recommendation covers the ingress, the others' come from kube-proxy's
     pace; run 2, with the report's patches applied to the Deployments, fails none and spends
-    less preStop time than the one cluster-wide number would have."""
+    less preStop time than the one cluster-wide number would have. The connections the pods
+    cut are what their clients found cut, workload by workload; the streaming workload's are
+    the report's "drain" finding, to the connection. (Cilium's maps carry no service traffic
+    here: no streams.)"""
     require_root()
     done = observer("lab", "--verify", "--json", "--nodes", "2", "--deletions", "12",
                     "--dataplane", dataplane, "--ingress-delay", "2..3", "--prestop", "1",
@@ -229,6 +236,16 @@ def test_verify_each_workloads_own_preStop_leaves_no_failed_request(
     assert spent < wide["prestop_seconds_spent"]
     for run in (first, second):
         assert run["traffic"]["unexplained"] == 0, run["traffic"]["nodes"]
+        for name, w in run["workloads"].items():
+            assert w["cut"]["agents"] == w["cut"]["clients"], (name, run["traffic"])
+    if "streaming" in workloads:
+        streaming = first["workloads"]["streaming"]
+        assert "stream" in streaming["consumers"]
+        # Its 4 first pods are deleted in turn (the oldest first): each of the 2 nodes' 2
+        # streams is cut at least once.
+        assert streaming["cut"]["clients"] >= 2 * 2
+        assert "drain" in streaming["recommendation"]["findings"]
+        assert streaming["recommendation"]["cut_connections"] == streaming["cut"]["clients"]
     # The picture says it per workload too (run 2's, the last written).
     picture = Path(second["timeline"]).read_text()
     two = second["workloads"]["hasty"]

@@ -68,7 +68,7 @@ def flow(payload: bytes) -> TcpFlow:
     (dump(TIME_WAIT, original=CLOSE_INIT, remaining=119), False),  # its client closed first
     (dump(CLOSE, remaining=9), True),  # a reset of an established connection
     (dump(CLOSE, status=IPS_CONFIRMED, remaining=9), False),  # a refused SYN: never was up
-    (dump(SYN_SENT, status=IPS_CONFIRMED), True),  # still opening: cut as it stands
+    (dump(SYN_SENT, status=IPS_CONFIRMED), False),  # still opening: no connection to cut
 ])
 def test_cut_is_open_or_closed_by_the_pod_since_its_end(payload: bytes, is_cut: bool) -> None:
     assert cut(flow(payload), within=5.0, timeouts=TIMEOUTS) is is_cut

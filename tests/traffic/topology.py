@@ -65,7 +65,7 @@ class Topology:
 
     async def request(self, netns: Netns, ip: str, port: int = PORT) -> Outcome:
         """One request on a new connection from ``netns``."""
-        outcome, _, _ = await request(self.sockets(netns), ip, port, SystemClock())
+        outcome, _, _, _ = await request(self.sockets(netns), ip, port, SystemClock())
         return outcome
 
     def program(self, services: list[ServicePortRules], *, known: set[str],
