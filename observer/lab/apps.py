@@ -99,6 +99,7 @@ class PodServer:
         self._connections: dict[asyncio.StreamWriter, bool] = {}  # -> serving a request now
         self.handlers: set[asyncio.Task[None]] = set()
         self._draining = False
+        self._gone = False  # exit(): the process is gone
 
     async def start(self, sockets: Sockets, port: int) -> None:
         def listening() -> socket.socket:
@@ -112,6 +113,9 @@ class PodServer:
                                                   sock=await sockets.make(listening))
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._gone:  # accepted before the exit, handed to us after it: closed with it
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         assert task is not None
         self.handlers.add(task)
@@ -158,6 +162,7 @@ class PodServer:
     def exit(self) -> None:
         """The process is gone: every socket closed at once (each handler then ends on its
         own: its connection is lost)."""
+        self._gone = True
         if self._server is not None:
             self._server.close()
             self._server = None

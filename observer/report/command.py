@@ -233,9 +233,10 @@ def to_text(rec: Recommendation, advice: Sequence[WorkloadAdvice], evidence: Evi
     drain = [a for a in advice if a.evidence.cut]
     if drain:
         lines.append("")
-        lines.append("drain these: connections were open when their pods stopped (keep-alive or "
-                     "streaming clients); no preStop helps them — close them gracefully after "
-                     "SIGTERM, within the grace period:")
+        lines.append("drain these: their pods' termination closed connections under their "
+                     "clients (keep-alive or streaming); no preStop helps them — close them "
+                     "gracefully after SIGTERM (Connection: close, GOAWAY), within the grace "
+                     "period, and let the clients reconnect:")
         lines += [f"  {a.namespace} {a.workload}: {round(a.evidence.cut)} connections cut"
                   for a in drain]
     return "\n".join(lines) + "\n"

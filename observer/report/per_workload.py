@@ -17,9 +17,9 @@ families its pods' nodes export:
 
 A source counts with at least ``--min-episodes`` observations, as cluster-wide. The app's exit
 is the workload's own when any of its pods' shutdowns was measured, the cluster's otherwise.
-Connections cut when its pods stopped are a finding of their own (``drain``): no preStop
-length helps a connection the app closes at SIGTERM; the app must drain it (and the grace
-period cover that).
+Connections its pods' termination closed under their clients are a finding of their own
+(``drain``): no preStop length helps a connection the app closes at SIGTERM; the app must
+drain it (and the grace period cover that).
 
 The same preStop formula is the recording rule
 ``namespace_workload:endpoint_propagation_prestop_recommendation_seconds``.
@@ -36,7 +36,7 @@ from observer.report.evidence import WorkloadEvidence
 from observer.report.workloads import WorkloadContainer
 
 RULES, CONNECTIONS, CLUSTER_WIDE = "kube-proxy", "connections", "cluster-wide"
-DRAIN = "drain"  # connections were open when its pods stopped
+DRAIN = "drain"  # its pods' termination closed connections under their clients
 WORKLOAD_FINDINGS = (*FINDINGS[:3], DRAIN, *FINDINGS[3:])  # worst first
 FOLDED = ("_other", "_other")  # what agents past --max-workloads count under
 
