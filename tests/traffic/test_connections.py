@@ -141,7 +141,10 @@ async def test_counts_equal_what_the_clients_recorded(apiserver: ApiServer, kube
     assert (line["connections_after_not_ready"], line["connections_after_stopped"],
             line["connections_local"], line["connections_forwarded"],
             line["connections_cut"]) == (local[POD] + 6, 5, local[POD], 11, 3)
-    assert line["last_connection_seconds"] > line["total_seconds"]
+    # The last connection came after this node's rules had dropped the pod. (From the readings:
+    # on a busy machine the deletion's reading can be too uncertain for a total stage.)
+    assert episode.dataplane is not None
+    assert line["last_connection_seconds"] > episode.dataplane.mono - episode.deleted.mono
     # kube-proxy dropped the pod before it stopped (the rules say safe), yet 5 new connections
     # failed: unsafe means failed connections, whatever the rules say — counted once the
     # record was final, on the pod's node for its workload too.

@@ -558,7 +558,28 @@ def _workload(resource: str, kind: str, short: str) -> ResourceType:
         row=_workload_row)
 
 
+def _namespace_row(namespace: Obj, now: float) -> list[Any]:
+    return [namespace["metadata"]["name"], (namespace.get("status") or {}).get("phase", ""),
+            _age(namespace, now)]
+
+
+# What the chart's Pod Security check reads (its labels). Nothing here makes objects live in
+# one: the lab's namespaced objects need none, as before.
+NAMESPACES = ResourceType(
+    group="", version="v1", resource="namespaces", kind="Namespace", model="V1Namespace",
+    short_names=("ns",),
+    # namespaceStrategy.PrepareForCreate: status.phase Active.
+    has_status=True, initial_status=lambda _: {"phase": "Active"}, graceful_delete=False,
+    selectable={"metadata.name": lambda o: o["metadata"]["name"],
+                "status.phase": lambda o: (o.get("status") or {}).get("phase", "")},
+    default=lambda namespace: namespace, validate=lambda namespace: [],
+    validate_update=_no_update_rules,
+    columns=(_NAME_COLUMN,
+             Column("Status", "string", "", "The status of the namespace"), _AGE_COLUMN),
+    row=_namespace_row, namespaced=False)
+
 CORE_AND_APPS: tuple[ResourceType, ...] = (
-    PODS, ENDPOINT_SLICES, SERVICES, NODES, _workload("deployments", "Deployment", "deploy"),
+    PODS, ENDPOINT_SLICES, SERVICES, NODES, NAMESPACES,
+    _workload("deployments", "Deployment", "deploy"),
     _workload("statefulsets", "StatefulSet", "sts"), _workload("daemonsets", "DaemonSet", "ds"),
     _workload("replicasets", "ReplicaSet", "rs"))

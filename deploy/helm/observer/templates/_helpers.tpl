@@ -17,3 +17,12 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
+
+{{/* The agent's namespace: its own (namespace.create) or the release's. */}}
+{{- define "observer.namespace" -}}
+{{- if .Values.namespace.create -}}
+{{- required "namespace.name: the namespace to create for the agent" .Values.namespace.name -}}
+{{- else -}}
+{{- .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
