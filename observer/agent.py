@@ -119,7 +119,8 @@ async def build_agent(config: AgentConfig, *, api: client.ApiClient, clock: Cloc
     settings say); ``CommandError`` if it cannot, ``TrafficError`` if ``--traffic on`` cannot
     be honoured."""
     registry = registry if registry is not None else CollectorRegistry()
-    health = DataplaneHealth(registry)  # exported whatever the mode: zeros, not gaps
+    # exported whatever the mode: zeros, not gaps
+    health = DataplaneHealth(registry, config.histogram_buckets)
     traffic_health = TrafficHealth(registry)
     catalog = SliceView()
     source = await dataplane(DataplaneWiring(config.dataplane, clock, health, catalog))
@@ -149,12 +150,14 @@ class Agent:
         self.dataplane = dataplane
         self.proxy_mode: ProxyMode = dataplane.mode if dataplane is not None else "none"
         self.registry = registry
-        self.metrics = AgentMetrics(self.registry, proxy_mode=self.proxy_mode)
+        self.metrics = AgentMetrics(self.registry, proxy_mode=self.proxy_mode,
+                                    buckets=config.histogram_buckets)
         self.catalog = slices  # the merged slice view, as the dataplane readers see it
         self.traffic = traffic
         observers: list[EpisodeObserver] = [
             self.metrics, WorkloadMetrics(registry, settings=config.workloads,
-                                          now=clock.monotonic), EpisodeLog()]
+                                          now=clock.monotonic,
+                                          overrides=config.histogram_buckets), EpisodeLog()]
         # Unsafe terminations as Kubernetes Events on their pods (--events).
         self.events: EventRecorder | None = None
         if config.events.enabled:

@@ -207,6 +207,12 @@ def _add_run_limits(run: argparse.ArgumentParser, defaults: AgentConfig) -> None
                      help="record each unsafe termination as a Kubernetes Event on its pod "
                           "(events.k8s.io/v1, reason UnsafeTermination; rate-limited; needs "
                           "create and patch on events; default %(default)s)")
+    run.add_argument("--histogram-buckets", type=_histogram_buckets,
+                     default=_env("HISTOGRAM_BUCKETS", {}), metavar="FAMILY=B1,B2,...[;...]",
+                     help="a histogram family's buckets instead of its defaults, by its full "
+                          "name (endpoint_propagation_duration_seconds=0.1,0.5,1,2,5,30); "
+                          "families separated by ';'; upper bounds in seconds, positive, "
+                          "increasing, at most 60 (+Inf is added). docs/metrics.md, 'Buckets'")
     run.add_argument("--terminal-pod-watch", action=argparse.BooleanOptionalAction,
                      default=_env_flag("TERMINAL_POD_WATCH", defaults.terminal_pod_watch),
                      help="also watch terminal pods of every node, to learn when a pod on "
@@ -243,7 +249,8 @@ def _agent_settings(args: argparse.Namespace) -> AgentConfig:
         traffic=TrafficSettings(mode=args.traffic, window=args.traffic_window),
         workloads=WorkloadSettings(enabled=args.workload_metrics,
                                    max_workloads=args.max_workloads, idle=args.workload_idle),
-        events=EventSettings(enabled=args.events == "on"))
+        events=EventSettings(enabled=args.events == "on"),
+        histogram_buckets=args.histogram_buckets)
 
 
 def _add_dataplane(commands: Commands) -> None:
@@ -254,6 +261,14 @@ def _add_dataplane(commands: Commands) -> None:
     dump.add_argument("--netns", help="read this named network namespace instead")
     _add_mode_options(dump, environment=False)
     dump.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _histogram_buckets(text: str) -> dict[str, tuple[float, ...]]:
+    from observer.export.buckets import BucketsError, parse
+    try:
+        return parse(text)
+    except BucketsError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _delay(text: str) -> Any:

@@ -94,3 +94,6 @@ class AgentConfig:
     traffic: TrafficSettings = field(default_factory=TrafficSettings)
     workloads: WorkloadSettings = field(default_factory=WorkloadSettings)
     events: EventSettings = field(default_factory=EventSettings)
+    # Histogram families' buckets overriding the defaults (--histogram-buckets; checked by
+    # observer.export.buckets.parse), by the family's full name.
+    histogram_buckets: dict[str, tuple[float, ...]] = field(default_factory=dict)

@@ -8,7 +8,7 @@ discovery.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
@@ -31,17 +31,12 @@ from observer.episodes.model import (
 )
 from observer.episodes.observers import EpisodeObserver, TrafficObserver
 from observer.episodes.pods import Shutdown
+from observer.export.buckets import buckets
 from observer.kube.watch import RESTART_REASONS
 from observer.traffic.source import ERROR_REASONS as TRAFFIC_ERROR_REASONS
 
 log = structlog.get_logger("observer.export")
 
-# Dense below 2 s, where preStop delays are decided; up to 300 s for pathological cases.
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6,
-                    0.75, 0.9, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0,
-                    20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0)
-SHUTDOWN_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
-                    90.0, 120.0, 180.0, 300.0, 600.0)
 RESOURCES = ("pods", "terminal_pods", "endpointslices")
 INVALID_INPUT_REASONS = ("malformed", "malformed_event", "no_service_label",
                          "unsupported_address_type", "duplicate_endpoint", "no_target_ref",
@@ -58,13 +53,20 @@ def configure_exposition() -> None:
 class AgentMetrics(EpisodeObserver, TrafficObserver):
     """Counters and histograms the agent updates as things happen."""
 
-    def __init__(self, registry: CollectorRegistry, *, proxy_mode: str) -> None:
+    def __init__(self, registry: CollectorRegistry, *, proxy_mode: str,
+                 buckets: Mapping[str, tuple[float, ...]] | None = None) -> None:
+        """``buckets``: histogram families' buckets overriding the defaults
+        (``observer.export.buckets``)."""
         self.proxy_mode = proxy_mode
+        self._buckets = buckets or {}
         # Every bounded label value exists from the start: dashboards see zeros, not gaps.
         self._episode_families(registry)
         self._pod_families(registry)
         self._watch_families(registry)
         self._traffic_families(registry)
+
+    def _family(self, name: str) -> tuple[float, ...]:
+        return buckets(self._buckets, f"endpoint_propagation_{name}")
 
     def _episode_families(self, registry: CollectorRegistry) -> None:
         p = "endpoint_propagation_"
@@ -73,7 +75,8 @@ class AgentMetrics(EpisodeObserver, TrafficObserver):
             "Time an endpoint removal took to propagate, by stage: controller (pod deletion "
             "seen to not-ready slice update received), dataplane (not-ready update received to "
             "this node's dataplane no longer selecting the endpoint) and total.",
-            ["stage", "cause", "proxy_mode"], buckets=DURATION_BUCKETS, registry=registry)
+            ["stage", "cause", "proxy_mode"], buckets=self._family("duration_seconds"),
+            registry=registry)
         self.unsafe_total = Counter(
             f"{p}unsafe_terminations",
             "Endpoint removals in which the pod stopped serving before this node's dataplane "
@@ -82,11 +85,12 @@ class AgentMetrics(EpisodeObserver, TrafficObserver):
         self.unsafe_window = Histogram(
             f"{p}unsafe_window_seconds",
             "How long this node's dataplane kept selecting an endpoint whose pod had already "
-            "stopped serving.", buckets=DURATION_BUCKETS, registry=registry)
+            "stopped serving.", buckets=self._family("unsafe_window_seconds"), registry=registry)
         self.headroom = Histogram(
             f"{p}headroom_seconds",
             "How long a pod kept serving after this node's dataplane stopped selecting it: "
-            "preStop delay that was not needed.", buckets=DURATION_BUCKETS, registry=registry)
+            "preStop delay that was not needed.", buckets=self._family("headroom_seconds"),
+            registry=registry)
         self.episodes_total = Counter(
             f"{p}episodes",
             "Episodes that ended, by outcome: measured (every stage due was timed), partial "
@@ -122,12 +126,12 @@ class AgentMetrics(EpisodeObserver, TrafficObserver):
         self.pod_shutdown_seconds = Histogram(
             f"{p}pod_shutdown_seconds",
             "On the pod's node: pod deletion seen to all of its containers terminated.",
-            buckets=SHUTDOWN_BUCKETS, registry=registry)
+            buckets=self._family("pod_shutdown_seconds"), registry=registry)
         self.app_shutdown_seconds = Histogram(
             f"{p}app_shutdown_seconds",
             "On the pod's node, for deleted pods whose preStop time is known (a sleep, or "
             "none): pod shutdown minus the longest preStop, i.e. how long the app took to exit "
-            "after SIGTERM.", buckets=SHUTDOWN_BUCKETS, registry=registry)
+            "after SIGTERM.", buckets=self._family("app_shutdown_seconds"), registry=registry)
         self.pod_killed_total = Counter(
             f"{p}pod_killed",
             "On the pod's node: containers of deleted pods that ended by SIGKILL, i.e. were "
@@ -163,7 +167,7 @@ class AgentMetrics(EpisodeObserver, TrafficObserver):
             "it; forwarded: it arrived addressed to the pod — other nodes, ingress controllers, "
             "load balancers, meshes). Observed when the episode's traffic window closes; a low "
             "bound of that consumer's propagation (an idle endpoint shows nothing).",
-            ["source"], buckets=DURATION_BUCKETS, registry=registry)
+            ["source"], buckets=self._family("last_connection_seconds"), registry=registry)
         self.connections_after_removal = Counter(
             f"{p}connections_after_removal",
             "New connections that reached an endpoint after it was taken out of Ready, by "
@@ -250,13 +254,14 @@ class AgentMetrics(EpisodeObserver, TrafficObserver):
 class DataplaneHealth:
     """How the dataplane reads go; made before the reader, which it is handed to."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry,
+                 overrides: Mapping[str, tuple[float, ...]] | None = None) -> None:
         p = "endpoint_propagation_"
         self.dataplane_scan = Histogram(
             f"{p}dataplane_scan_duration_seconds",
             "How long one full read of this node's dataplane took (dump command and parse).",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                     10.0, 30.0), registry=registry)
+            buckets=buckets(overrides or {}, f"{p}dataplane_scan_duration_seconds"),
+            registry=registry)
         self.dataplane_errors_total = Counter(
             f"{p}dataplane_errors",
             "Failed dataplane reads, and lost change events, by reason (missing_tool, "

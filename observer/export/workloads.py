@@ -19,7 +19,7 @@ them off. Times come from the tracker's monotonic clock.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -27,21 +27,18 @@ from observer.config import WorkloadSettings
 from observer.episodes.model import AFTERS, ORIGINS, Episode
 from observer.episodes.observers import EpisodeObserver, TrafficObserver
 from observer.episodes.pods import Shutdown
+from observer.export.buckets import buckets
 from observer.kube.owners import Workload
 
-# A preStop is sized in whole seconds, and each bucket is a series of every workload: a second
-# apart up to 6 s (where kube-proxy and ingress controllers land; PromQL's interpolation puts a
-# p99 near its bucket's top, so a coarser bucket would cost every rollout step seconds), then
-# coarser up to the minutes cloud load balancers take.
-WORKLOAD_BUCKETS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0,
-                    300.0)
 OTHER = ("_other", "_other")
 _P = "endpoint_propagation_workload_"
 
 
 class WorkloadMetrics(EpisodeObserver, TrafficObserver):
     def __init__(self, registry: CollectorRegistry, *, settings: WorkloadSettings,
-                 now: Callable[[], float]) -> None:
+                 now: Callable[[], float],
+                 overrides: Mapping[str, tuple[float, ...]] | None = None) -> None:
+        """``overrides``: histogram families' buckets (``observer.export.buckets``)."""
         self.settings = settings
         self.now = now
         labels = ["namespace", "workload"]
@@ -58,7 +55,8 @@ class WorkloadMetrics(EpisodeObserver, TrafficObserver):
             f"{_P}last_connection_seconds",
             "On the pod's node: pod deletion seen to the last new connection that reached the "
             "workload's endpoint, by source (local, forwarded), when its traffic window closed.",
-            [*labels, "source"], buckets=WORKLOAD_BUCKETS, registry=registry)
+            [*labels, "source"], buckets=buckets(overrides or {}, f"{_P}last_connection_seconds"),
+            registry=registry)
         self.connections = Counter(
             f"{_P}connections_after_removal",
             "On the pod's node: new connections to the workload's endpoints after they left "
@@ -73,7 +71,7 @@ class WorkloadMetrics(EpisodeObserver, TrafficObserver):
             f"{_P}app_shutdown_seconds",
             "On the pod's node: how long the workload's app took to exit after SIGTERM (pod "
             "shutdown minus its preStop, when that is known).", labels,
-            buckets=WORKLOAD_BUCKETS, registry=registry)
+            buckets=buckets(overrides or {}, f"{_P}app_shutdown_seconds"), registry=registry)
         self.prestop = Gauge(
             f"{_P}prestop_seconds",
             "On the pod's node: the longest preStop hook of the workload's last pod deleted "

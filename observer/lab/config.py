@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 LabDataplane = Literal["nftables", "iptables", "iptables-legacy", "cilium", "memory"]
@@ -87,6 +87,9 @@ class LabConfig:
     # The workloads the ingress-like client fronts (None: all of them); the others are reached
     # through their Service addresses only.
     ingress_workloads: tuple[str, ...] | None = None
+    # The agents' --histogram-buckets (observer.export.buckets): other buckets than the
+    # defaults, for the tests of what reads them (recording rules, dashboards, the report).
+    histogram_buckets: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def fronted(self) -> tuple[str, ...]:

@@ -389,7 +389,8 @@ class Lab:
             # Connections are followed where there are real pods; long enough after an
             # episode's end for the ingress to have caught up.
             traffic=TrafficSettings(mode="on" if node.runtime is not None else "off",
-                                    window=self.config.ingress_delay.high + TRAFFIC_SLACK))
+                                    window=self.config.ingress_delay.high + TRAFFIC_SLACK),
+            histogram_buckets=self.config.histogram_buckets)
         return await build_agent(settings, api=api, clock=self.clock, dataplane=(
             given(node.memory) if node.memory is not None else open_dataplane))
 

@@ -26,3 +26,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- .Release.Namespace -}}
 {{- end -}}
 {{- end -}}
+
+{{/* agent.histogramBuckets as --histogram-buckets reads it: family=b1,b2;family=... */}}
+{{- define "observer.histogramBuckets" -}}
+{{- $families := list -}}
+{{- range $family, $bounds := .Values.agent.histogramBuckets -}}
+{{- $families = append $families (printf "%s=%s" $family (join "," $bounds)) -}}
+{{- end -}}
+{{- join ";" $families -}}
+{{- end -}}
