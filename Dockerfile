@@ -4,10 +4,14 @@
 # DaemonSet runs as UID 0 for them: docs/deploy.md. The root filesystem can be read-only (the
 # DaemonSet mounts /run and /tmp).
 #
-# Build: `docker build -t observer .`, or where there is no Docker engine, scripts/image.sh
-# (the base made with debootstrap, the same Dockerfile built by buildah, then run).
+# Build: `docker build -t observer .` (`docker buildx build --platform linux/amd64,linux/arm64`
+# for both architectures), or where there is no Docker engine, scripts/image.sh (the base made
+# with debootstrap for each architecture, the same Dockerfile built by buildah, then run).
 
-FROM debian:bookworm-slim AS build
+# The base of both stages: scripts/image.sh names its own per architecture.
+ARG BASE=debian:bookworm-slim
+
+FROM ${BASE} AS build
 # Python from Debian (the runtime stage has the same interpreter at the same path, so the
 # virtual environment made here runs there unchanged).
 RUN apt-get update \
@@ -28,7 +32,7 @@ RUN python3 -m venv /opt/observer \
     && rm -r /opt/observer/lib/python3*/site-packages/observer/lab \
         /opt/observer/lib/python3*/site-packages/observer/testing
 
-FROM debian:bookworm-slim
+FROM ${BASE}
 # python3: the interpreter the environment was made with; iptables: both backends
 # (iptables-legacy-save, iptables-nft-save); nftables: nft; iproute2: `ip netns exec` for
 # --netns. IPVS is read over netlink: no tool.

@@ -1,25 +1,44 @@
 #!/usr/bin/env bash
-# Build the container image where there is no Docker engine, and run it as a cluster would.
-# As root, on Debian:
-#   1. the base, debian:bookworm-slim, made locally by debootstrap (minimal variant, without
-#      the documentation, man pages and translations the official slim images leave out) and
-#      stored under the exact name the Dockerfile's FROM uses;
-#   2. the project's own Dockerfile built by buildah (vfs storage, chroot isolation: no daemon);
-#   3. the built image's entrypoint run three ways: `observer --version` (as the image's own
-#      non-root user); `observer dataplane --json` inside a network namespace holding
+# Build the container image where there is no Docker engine, for amd64 and arm64, and run it
+# as a cluster would. As root, on Debian; for each architecture (IMAGE_ARCHES, default this
+# machine's and the other of amd64/arm64):
+#   1. the base, Debian bookworm, made locally by debootstrap (minimal variant, without the
+#      documentation, man pages and translations the official slim images leave out), stored as
+#      localhost/debian:bookworm-slim-<arch>; a foreign architecture's runs under emulation
+#      (qemu-user-static, registered with binfmt_misc with the F flag: the interpreter is opened
+#      once, so it works in the chroots; unregistered at exit when this script registered it);
+#   2. the project's own Dockerfile built by buildah (vfs storage, chroot isolation: no daemon)
+#      on that base: localhost/observer:<version>-<arch>;
+#   3. its SBOM (CycloneDX, scripts/sbom.py, from the image's own dpkg status and Python
+#      environment) beside it: .image/observer-<version>-<arch>.cdx.json, schema-validated;
+#   4. this machine's image's entrypoint run three ways: `observer --version` (as the image's
+#      own non-root user); `observer dataplane --json` inside a network namespace holding
 #      kube-proxy's rules, as UID 0 with NET_ADMIN and NET_RAW (as the DaemonSet runs it); and
-#      `observer run` against the lab API server for a few seconds, its /metrics scraped.
-# Storage lives in .image/ (images kept for `buildah push`); a second run reuses the base.
-# The image: localhost/observer:<version>. Its size is printed (docs/deploy.md records it).
+#      `observer run` against the lab API server for a few seconds, its /metrics scraped. The
+#      other architecture's runs `observer --version` and `observer dataplane --help` under
+#      emulation;
+#   5. the manifest list localhost/observer:<version> naming both images.
+# Storage lives in .image/ (images kept for `buildah manifest push --all`); a second run reuses
+# the bases. Sizes are printed (docs/deploy.md records them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 [ "$(id -u)" -eq 0 ] || { echo "image: run as root (debootstrap and buildah need it)" >&2; exit 1; }
 bash scripts/setup.sh >&2  # the venv: the lab API server and the rule fixtures come from it
 
+NATIVE=$(dpkg --print-architecture)
+read -r -a ARCHES <<<"${IMAGE_ARCHES:-$NATIVE $([ "$NATIVE" = amd64 ] && echo arm64 || echo amd64)}"
+qemu_arch() { case "$1" in amd64) echo x86_64 ;; arm64) echo aarch64 ;; *) echo "$1" ;; esac; }
+
 need=()
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v buildah >/dev/null 2>&1 || need+=(buildah)
+for arch in "${ARCHES[@]}"; do
+  if [ "$arch" != "$NATIVE" ] && [ ! -e "/usr/lib/binfmt.d/qemu-$(qemu_arch "$arch").conf" ]; then
+    need+=(qemu-user-static)
+    break
+  fi
+done
 if [ ${#need[@]} -gt 0 ]; then
   echo "image: installing Debian packages: ${need[*]}"
   apt-get update -qq
@@ -28,21 +47,21 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 SUITE=bookworm
-BASE=docker.io/library/debian:$SUITE-slim
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 VERSION=$(.venv/bin/observer --version | awk '{print $2}')
-IMAGE=localhost/observer:$VERSION
+LIST=localhost/observer:$VERSION  # the manifest list; each architecture's image: $LIST-<arch>
 STATE=$PWD/.image
 export BUILDAH_ISOLATION=chroot  # `bud` and `run` alike: no OCI runtime, no daemon
 BUILDAH=("$(command -v buildah)" --root "$STATE/storage" --runroot "$STATE/run" --storage-driver vfs)
 buildah() { "${BUILDAH[@]}" "$@"; }
 
-containers=() pids=() netns=""
+containers=() pids=() netns="" registered=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   for ctr in "${containers[@]}"; do buildah rm "$ctr" >/dev/null 2>&1 || true; done
   [ -n "$netns" ] && ip netns del "$netns" 2>/dev/null || true
+  for entry in "${registered[@]}"; do echo -1 >"/proc/sys/fs/binfmt_misc/$entry" || true; done
   rm -rf "$STATE/rootfs" "$STATE/kube"
 }
 trap cleanup EXIT
@@ -50,12 +69,27 @@ trap 'exit 143' TERM
 trap 'exit 130' INT
 mkdir -p "$STATE"
 
+# Emulation for a foreign architecture: qemu-user-static's interpreter, registered with the
+# kernel's binfmt_misc (flag F: opened now, so chroots without it run its binaries too).
+emulate() {
+  local arch=$1 entry
+  entry=qemu-$(qemu_arch "$arch")
+  [ -e /proc/sys/fs/binfmt_misc/register ] \
+    || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  if [ ! -e "/proc/sys/fs/binfmt_misc/$entry" ]; then
+    cat "/usr/lib/binfmt.d/$entry.conf" >/proc/sys/fs/binfmt_misc/register
+    registered+=("$entry")
+  fi
+}
+
 # 1. The base ----------------------------------------------------------------------------------
-if ! buildah inspect --type image "$BASE" >/dev/null 2>&1; then
-  echo "image: making $BASE with debootstrap ($MIRROR)"
+base() {
+  local arch=$1 name=localhost/debian:$SUITE-slim-$1 ctr
+  buildah inspect --type image "$name" >/dev/null 2>&1 && return
+  echo "image: making $name with debootstrap ($MIRROR)"
   rm -rf "$STATE/rootfs"
-  debootstrap --variant=minbase "$SUITE" "$STATE/rootfs" "$MIRROR" >"$STATE/debootstrap.log" 2>&1 \
-    || { tail -20 "$STATE/debootstrap.log" >&2; exit 1; }
+  debootstrap --arch="$arch" --variant=minbase "$SUITE" "$STATE/rootfs" "$MIRROR" \
+    >"$STATE/debootstrap-$arch.log" 2>&1 || { tail -20 "$STATE/debootstrap-$arch.log" >&2; exit 1; }
   # What the slim images leave out, now and for every package installed later (dpkg's
   # path-exclude; copyright files stay, as Debian's licences ask).
   cat >"$STATE/rootfs/etc/dpkg/dpkg.cfg.d/slim" <<'EOF'
@@ -87,24 +121,77 @@ EOF
   containers+=("$ctr")
   tar -C "$STATE/rootfs" -c . | tar -C "$(buildah mount "$ctr")" -x
   buildah umount "$ctr" >/dev/null
-  buildah config --cmd bash --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    --created-by "scripts/image.sh: debootstrap --variant=minbase $SUITE, slimmed" "$ctr"
-  buildah commit -q "$ctr" "$BASE" >/dev/null
+  # The image's own architecture (a scratch container has this machine's).
+  buildah config --arch "$arch" --os linux --cmd bash \
+    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --created-by "scripts/image.sh: debootstrap --arch=$arch --variant=minbase $SUITE, slimmed" \
+    "$ctr"
+  buildah commit -q "$ctr" "$name" >/dev/null
   rm -rf "$STATE/rootfs"
-fi
+}
 
 # 2. The project's Dockerfile ------------------------------------------------------------------
-build=(bud --pull=false --layers=false -t "$IMAGE")
-# Behind a TLS-intercepting proxy the host's pip trusts its CA: so must the build's.
-ca=${PIP_CERT:-$(.venv/bin/python -m pip config get global.cert 2>/dev/null || true)}
-if [ -n "$ca" ] && [ -f "$ca" ]; then
-  build+=(--volume "$ca:/run/host-ca.pem:ro" --build-arg PIP_CERT=/run/host-ca.pem)
-fi
-echo "image: building $IMAGE from Dockerfile"
-buildah "${build[@]}" . >"$STATE/build.log" 2>&1 || { tail -30 "$STATE/build.log" >&2; exit 1; }
-buildah rmi --prune >/dev/null 2>&1 || true  # what an earlier build of the same tag left
+build() {
+  local arch=$1 ca
+  local args=(bud --pull=false --layers=false --arch "$arch" --os linux
+              --build-arg "BASE=localhost/debian:$SUITE-slim-$arch" -t "$LIST-$arch")
+  # Behind a TLS-intercepting proxy the host's pip trusts its CA: so must the build's.
+  ca=${PIP_CERT:-$(.venv/bin/python -m pip config get global.cert 2>/dev/null || true)}
+  if [ -n "$ca" ] && [ -f "$ca" ]; then
+    args+=(--volume "$ca:/run/host-ca.pem:ro" --build-arg PIP_CERT=/run/host-ca.pem)
+  fi
+  echo "image: building $LIST-$arch from Dockerfile$([ "$arch" = "$NATIVE" ] || echo ", emulated")"
+  buildah "${args[@]}" . >"$STATE/build-$arch.log" 2>&1 \
+    || { tail -30 "$STATE/build-$arch.log" >&2; exit 1; }
+}
 
-# 3. Run it ------------------------------------------------------------------------------------
+# 3. Its SBOM, beside it -----------------------------------------------------------------------
+bill() {
+  local arch=$1 ctr out=$STATE/observer-$VERSION-$1.cdx.json
+  ctr=$(buildah from --pull=false --arch "$arch" "$LIST-$arch")
+  containers+=("$ctr")
+  .venv/bin/python scripts/sbom.py --root "$(buildah mount "$ctr")" --name observer \
+    --version "$VERSION" --arch "$arch" >"$out"
+  buildah umount "$ctr" >/dev/null
+  .venv/bin/python - "$out" <<'EOF'
+import json, sys
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+text = open(sys.argv[1]).read()
+error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
+assert error is None, error
+names = {c["name"] for c in json.loads(text)["components"]}
+assert {"python3", "iptables", "nftables", "aiohttp", "observer"} <= names, sorted(names)
+print(f"image:   SBOM {sys.argv[1]}: {len(names)} components, valid CycloneDX 1.6")
+EOF
+}
+
+for arch in "${ARCHES[@]}"; do
+  [ "$arch" = "$NATIVE" ] || emulate "$arch"
+  base "$arch"
+  build "$arch"
+  bill "$arch"
+done
+buildah rmi --prune >/dev/null 2>&1 || true  # what an earlier build of the same tags left
+
+# 4. Run them ----------------------------------------------------------------------------------
+for arch in "${ARCHES[@]}"; do
+  [ "$arch" != "$NATIVE" ] || continue
+  echo "image: $LIST-$arch, emulated: observer --version, observer dataplane --help"
+  ctr=$(buildah from --pull=false --arch "$arch" "$LIST-$arch")
+  containers+=("$ctr")
+  machine=$(buildah run "$ctr" -- python3 -c 'import platform; print(platform.machine())')
+  [ "$machine" = "$(qemu_arch "$arch")" ] \
+    || { echo "image: the $arch image ran as $machine" >&2; exit 1; }
+  version=$(buildah run "$ctr" -- observer --version)
+  [ "$version" = "observer $VERSION" ] || { echo "image: $arch: --version said: $version" >&2; exit 1; }
+  buildah run "$ctr" -- observer dataplane --help >"$STATE/dataplane-help-$arch.txt"
+  grep -q -- "--mode" "$STATE/dataplane-help-$arch.txt" \
+    || { echo "image: $arch: observer dataplane --help has no --mode" >&2; exit 1; }
+  echo "image:   on $machine: $version; observer dataplane --help: $(wc -l <"$STATE/dataplane-help-$arch.txt") lines"
+done
+
+IMAGE=$LIST-$NATIVE
 ctr=$(buildah from --pull=false "$IMAGE")
 containers+=("$ctr")
 
@@ -198,4 +285,12 @@ if [ "$status" -ne 0 ] || ! grep -q '"agent stopped"' "$STATE/agent.log"; then
   echo "image: the agent did not stop cleanly on SIGTERM (exit $status)" >&2
   exit 1
 fi
-echo "image: $IMAGE passed, $(buildah images --format '{{.Size}}' "$IMAGE")"
+
+# 5. Both, as one name -------------------------------------------------------------------------
+buildah manifest rm "$LIST" >/dev/null 2>&1 || true
+buildah manifest create "$LIST" >/dev/null
+for arch in "${ARCHES[@]}"; do
+  buildah manifest add "$LIST" "containers-storage:$LIST-$arch" >/dev/null
+  echo "image: $LIST-$arch passed, $(buildah images --format '{{.Size}}' "$LIST-$arch")"
+done
+echo "image: $LIST: the manifest list of ${ARCHES[*]}"
