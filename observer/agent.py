@@ -176,6 +176,7 @@ class Agent:
             measure_dataplane=dataplane is not None,
             dataplane_selected=dataplane.selected if dataplane is not None else None,
             dataplane_expect=dataplane.expect if dataplane is not None else None,
+            dataplane_primed=dataplane.primed if dataplane is not None else None,
             ttl=config.episode_ttl, max_in_flight=config.max_in_flight,
             keep_finished=config.keep_finished,
             max_stage_uncertainty=config.max_stage_uncertainty)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
+
 from observer.dataplane.model import DataplaneChange
 from observer.episodes.model import AbandonReason, Episode
 from observer.episodes.observers import EpisodeObserver
@@ -318,3 +320,41 @@ def test_the_dataplane_is_told_what_the_slices_expect_of_it(clock: ManualClock) 
     t.slice_changed(eps(ready=False, serving=False, terminating=True, others=0),
                     t.now("slice_watch"))
     assert expected == [(KEY, False)]
+
+
+
+@pytest.mark.parametrize("in_the_first_read", [True, False])
+def test_an_episode_before_the_dataplanes_first_read_is_not_taken_for_never_selected(
+        clock: ManualClock, in_the_first_read: bool) -> None:
+    """An agent just started: its dataplane's first read is not in yet, so it knows no service
+    port. An episode starting then is timed from the removal reported after that read, or, if
+    that read does not select it, counted as never selected here — not before."""
+    rules: dict[EndpointKey, bool] = {}
+    primed = False
+    rec = Recorder()
+    t = EpisodeTracker(node_name="node-a", clock=clock, observers=[rec], measure_dataplane=True,
+                       dataplane_selected=lambda key: rules.get(key, False) if primed else None,
+                       dataplane_primed=lambda: primed)
+    t.slices_listed([eps()], t.now("slice_watch"), relist=False)
+    t.pods_listed([pod()], t.now("pod_watch"), relist=False)
+    t.pod_changed(pod(deleting=True), t.now("pod_watch"))
+    t.slice_changed(eps(ready=False, terminating=True), t.now("slice_watch"))
+    clock.advance(0.2)
+    t.expire()  # housekeeping before the first read: nothing decided
+    (episode,) = t.episodes.values()
+    assert not episode.dataplane_untracked
+    primed, rules = True, {KEY: in_the_first_read}  # the first read: the baseline
+    clock.advance(0.3)
+    t.pod_changed(pod(deleting=True, terminated=True), t.now("pod_watch"))
+    if in_the_first_read:  # its removal, reported after the baseline, times it
+        assert not rec.finished_episodes
+        t.dataplane_changed(DataplaneChange(KEY, False, t.now("dataplane")))
+        (done,) = rec.finished_episodes
+        assert done.stages["dataplane"] == pytest.approx(0.5)
+        assert not done.dataplane_untracked
+    else:  # not in the baseline: never selected here, decided at the next housekeeping
+        assert not rec.finished_episodes
+        t.expire()
+        (done,) = rec.finished_episodes
+        assert done.dataplane_untracked
+        assert done.unmeasured["dataplane"] == "untracked"

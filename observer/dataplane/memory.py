@@ -25,6 +25,10 @@ class MemoryDataplane:
             return False
         return None
 
+    def primed(self) -> bool:
+        """Always: it is told every change, from the start."""
+        return True
+
     def expect(self, key: EndpointKey, selected: bool) -> None:
         """Nothing to do: every change is noticed at once."""
 

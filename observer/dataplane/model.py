@@ -38,7 +38,10 @@ class DataplaneSource(Protocol):
 
     def selected(self, key: EndpointKey) -> bool | None:
         """Whether the endpoint is selected now; None when the dataplane does not know the
-        service port at all."""
+        service port at all (every one, until it is ``primed``)."""
+
+    def primed(self) -> bool:
+        """Whether its first full read is in: the baseline changes are reported against."""
 
     def expect(self, key: EndpointKey, selected: bool) -> None:
         """The slices say the endpoint should now be ``selected`` (``slices.routed``: Ready,

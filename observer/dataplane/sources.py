@@ -114,6 +114,9 @@ class ReadingSource:
     def selected(self, key: EndpointKey) -> bool | None:
         return self._selection.selected(key)
 
+    def primed(self) -> bool:
+        return self._selection.primed
+
     def expect(self, key: EndpointKey, selected: bool) -> None:
         """Nothing to do: every read of these sources reads everything."""
 

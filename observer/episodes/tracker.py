@@ -47,6 +47,7 @@ class EpisodeTracker:
                  observers: Sequence[EpisodeObserver], measure_dataplane: bool,
                  dataplane_selected: Callable[[EndpointKey], bool | None] | None = None,
                  dataplane_expect: Callable[[EndpointKey, bool], None] | None = None,
+                 dataplane_primed: Callable[[], bool] | None = None,
                  ttl: float = 600.0, max_in_flight: int = 10_000,
                  keep_finished: int = 500, max_stage_uncertainty: float = 0.05,
                  slices: SliceView | None = None) -> None:
@@ -58,6 +59,13 @@ class EpisodeTracker:
         self.observers = Observers(observers)
         self.measure_dataplane = measure_dataplane
         self.dataplane_selected = dataplane_selected
+        # Whether the dataplane's first read is in: before it, ``dataplane_selected`` knows
+        # nothing (None: no service port read yet), which must not be taken for "never
+        # selected here". (None: always.)
+        self.dataplane_primed = dataplane_primed or (lambda: True)
+        # Episodes that started before that first read, their "ever selected here?" still to
+        # be asked once it is in (``_check_unknown``).
+        self._unknown: set[EndpointKey] = set()
         # Told of every endpoint the slices now say should be (or no longer be) selected (a
         # source that reads by parts reads those service ports closely).
         self.dataplane_expect = dataplane_expect
@@ -167,12 +175,30 @@ class EpisodeTracker:
         dropped = self._recent_drops.pop(key, None)
         if dropped is not None:
             episode.dataplane = dropped
-        elif self.dataplane_selected is not None and not self.dataplane_selected(key):
-            # This node's dataplane does not select it now and no removal is on record: it
-            # was never programmed here (ready and gone within one kube-proxy sync, or a
-            # service port kube-proxy ignores). There is no removal to wait for.
-            episode.dataplane_untracked = True
+        elif self.dataplane_selected is not None:
+            if not self.dataplane_primed():
+                self._unknown.add(key)  # an agent just started: asked once it has read
+            elif not self.dataplane_selected(key):
+                # This node's dataplane does not select it now and no removal is on record: it
+                # was never programmed here (ready and gone within one kube-proxy sync, or a
+                # service port kube-proxy ignores). There is no removal to wait for.
+                episode.dataplane_untracked = True
         self._maybe_finish(episode)
+
+    def _check_unknown(self) -> None:
+        """Once the dataplane's first read is in, the episodes that started before it and have
+        seen no removal since: not selected now means never selected here (that read is the
+        baseline; a removal after it is reported as a change)."""
+        if not self._unknown or not self.dataplane_primed():
+            return
+        keys, self._unknown = self._unknown, set()
+        assert self.dataplane_selected is not None
+        for key in keys:
+            episode = self.episodes.get(key)
+            if episode is not None and episode.dataplane is None \
+                    and not self.dataplane_selected(key):
+                episode.dataplane_untracked = True
+                self._maybe_finish(episode)
 
     def _needs_dataplane(self, episode: Episode) -> bool:
         return (self.measure_dataplane and not episode.fallback
@@ -228,6 +254,7 @@ class EpisodeTracker:
 
     def _forget(self, episode: Episode) -> None:
         self.episodes.pop(episode.key, None)
+        self._unknown.discard(episode.key)
         keys = self._episodes_by_pod.get(episode.pod_uid)
         if keys is not None:
             keys.discard(episode.key)
@@ -293,15 +320,16 @@ class EpisodeTracker:
         episode = self.episodes.get(change.key)
         if episode is None:
             self._recent_drops[change.key] = change.at
-            return
-        if episode.dataplane is None:
+        elif episode.dataplane is None:
             episode.dataplane = change.at
             self._maybe_finish(episode)
+        self._check_unknown()
 
     # housekeeping ----------------------------------------------------------------------------
 
     def expire(self) -> None:
         """Abandon episodes past their TTL and forget old records; bounded memory."""
+        self._check_unknown()
         now = self.clock.monotonic()
         for episode in [e for e in self.episodes.values() if now - e.not_ready.mono > self.ttl]:
             self._abandon(episode, "ttl")

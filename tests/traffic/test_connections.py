@@ -51,6 +51,9 @@ async def running(apiserver: ApiServer, kubeconfig: Path, topology: Topology,
         task = asyncio.create_task(agent.run(stop))
         try:
             await until(agent.ready, "agent ready")
+            # Its dataplane's first read (the baseline removals are timed against) is in.
+            await until(lambda: agent.dataplane is not None and agent.dataplane.primed(),
+                        "the dataplane's first read")
             yield agent
         finally:
             stop.set()
