@@ -36,6 +36,10 @@ from observer.kube.watch import RESTART_REASONS
 from observer.traffic.source import ERROR_REASONS as TRAFFIC_ERROR_REASONS
 
 log = structlog.get_logger("observer.export")
+# The stages each cause of episode times (observer.episodes.stages): a deletion, on the pod's
+# node, all three; an endpoint only going not-ready, the dataplane stage.
+_TIMED = (("controller", "deletion"), ("dataplane", "deletion"), ("total", "deletion"),
+          ("dataplane", "not_ready"))
 
 RESOURCES = ("pods", "terminal_pods", "endpointslices")
 INVALID_INPUT_REASONS = ("malformed", "malformed_event", "no_service_label",
@@ -113,6 +117,11 @@ class AgentMetrics(EpisodeObserver, TrafficObserver):
             "Episodes in which kube-proxy kept a terminating endpoint because its service port "
             "had no Ready endpoint left; their dataplane stage is not reported.",
             registry=registry)
+        # Each stage a cause times, at 0 from the start: Prometheus' increase() and rate()
+        # take a series' first sample as its start, so a series born at its first observation
+        # loses that one from every window (an agent's first episodes, on a slow scrape).
+        for stage, cause in _TIMED:
+            self.duration.labels(stage, cause, self.proxy_mode)
         # Every episode ends through one of these: the children are looked up once, here.
         self._outcomes = {outcome: self.episodes_total.labels(outcome) for outcome in OUTCOMES}
         for stage in STAGES:

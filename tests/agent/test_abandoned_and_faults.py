@@ -45,7 +45,7 @@ async def test_relist_after_410_abandons_what_the_gap_hid(env: AgentEnv) -> None
     env.dataplane.set(key("web", "10.0.0.1"), False)
     await env.settle_finished(1)
     assert env.abandoned("watch_gap") == 2  # 10.0.0.1: its stop time is unknown
-    assert env.stage_count("dataplane") is None
+    assert env.stage_count("dataplane") == 0
     # After the gap, measurements go on as before.
     env.cluster.set_endpoint("web-abc", "10.0.0.3", ready=False, terminating=True,
                              serving=False)
@@ -79,7 +79,7 @@ async def test_dropped_stream_resumes_without_relisting(env: AgentEnv,
     assert env.abandoned("watch_gap") == 0
     (episode,) = env.agent.tracker.finished
     assert episode.not_ready.precision == 1.0
-    assert env.stage_count("dataplane") is None
+    assert env.stage_count("dataplane") == 0
     assert episode.unmeasured == {"dataplane": "uncertain"}  # its stop came live
     assert env.unmeasured("dataplane", "uncertain") == 1
     assert env.outcome("partial") == 1
