@@ -108,12 +108,16 @@ def compare(measured: list[tuple[str, Episode]], truth: dict[tuple[str, str], Tr
     local = [p for p in decidable if p.node == p.true.node]
     remote = [p for p in decidable if p.node != p.true.node]
     abandoned: dict[str, int] = {}
+    unmeasured: dict[str, int] = {}  # "stage/reason": stages due but not timed
     for _, episode in measured:
         if episode.abandoned:
             abandoned[episode.abandoned] = abandoned.get(episode.abandoned, 0) + 1
+        for stage, why in episode.unmeasured.items():
+            unmeasured[f"{stage}/{why}"] = unmeasured.get(f"{stage}/{why}", 0) + 1
     return {
         "measured": {"stages": {s: summary(v) for s, v in stages.items()},
                      "unsafe_terminations": detected, "abandoned": abandoned,
+                     "unmeasured": unmeasured,
                      "per_node": {n: {s: summary(v) for s, v in st.items()}
                                   for n, st in per_node.items()}},
         "truth": {"episodes": len(truth), "stages": {s: summary(v)

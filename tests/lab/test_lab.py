@@ -42,8 +42,8 @@ def namespaces() -> str:
 def check(result: dict[str, Any], settings: LabConfig) -> None:
     assert result["truth"]["episodes"] == settings.deletions
     assert result["measured"]["stages"]["controller"]["count"] == settings.deletions
-    assert result["measured"]["stages"]["dataplane"]["count"] == (settings.deletions
-                                                                   * settings.nodes)
+    assert result["measured"]["stages"]["dataplane"]["count"] == (
+        settings.deletions * settings.nodes), result["measured"]["unmeasured"]
     assert result["measured"]["abandoned"] == {}
     assert result["unmatched_measurements"] == 0
     for stage in ("controller", "dataplane", "total"):
