@@ -20,6 +20,7 @@ from observer.dataplane.netlink import netlink_socket
 from observer.dataplane.nlwire import DATAGRAM, messages
 from observer.episodes.model import Episode
 from observer.lab.apiserver.server import ApiServer
+from observer.lab.apps import PodServer
 from observer.lab.clients import Connection
 from observer.lab.rules import ServicePortRules
 from observer.traffic import conntrack
@@ -60,13 +61,11 @@ async def running(apiserver: ApiServer, kubeconfig: Path, topology: Topology,
             await asyncio.wait_for(task, 30)
 
 
-def finished(agent: Agent) -> Episode:
-    (episode,) = [e for e in agent.tracker.finished if e.key == KEY]
-    return episode
-
-
-async def test_counts_equal_what_the_clients_recorded(apiserver: ApiServer, kubeconfig: Path,
-                                                       topology: Topology) -> None:
+async def two_pods(apiserver: ApiServer, topology: Topology
+                   ) -> tuple[set[str], dict[str, PodServer], Cluster]:
+    """web's two pods, POD on this node and OTHER on another, serving, in kube-proxy's rules
+    and the slice: the endpoint chains known to the rules, the servers by address, the
+    cluster."""
     known: set[str] = set()
     topology.program([web(POD, OTHER)], known=known, first=True)
     servers = {ip: await topology.serve(ip) for ip in (POD, OTHER)}
@@ -75,6 +74,17 @@ async def test_counts_equal_what_the_clients_recorded(apiserver: ApiServer, kube
     cluster.create_pod("web-5", "node-b", OTHER)
     cluster.put_slice("web-1", "web", Endpoint(POD, "node-a", pod="web-4"),
                       Endpoint(OTHER, "node-b", pod="web-5"))
+    return known, servers, cluster
+
+
+def finished(agent: Agent) -> Episode:
+    (episode,) = [e for e in agent.tracker.finished if e.key == KEY]
+    return episode
+
+
+async def test_counts_equal_what_the_clients_recorded(apiserver: ApiServer, kubeconfig: Path,
+                                                       topology: Topology) -> None:
+    known, servers, cluster = await two_pods(apiserver, topology)
     fabric, node = topology.client, topology.node
     async with running(apiserver, kubeconfig, topology, window=0.5) as agent:
         source = agent.traffic
@@ -185,14 +195,7 @@ async def test_streams_closed_after_the_pod_exited_are_cut_too(
     """A streaming client reads the pod's FIN and closes at once; the kubelet reports the stop
     later. When the agent counts, those flows are closing (LAST_ACK, TIME_WAIT), no longer
     open, and were cut all the same. A connection its client closed first is not."""
-    known: set[str] = set()
-    topology.program([web(POD, OTHER)], known=known, first=True)
-    servers = {ip: await topology.serve(ip) for ip in (POD, OTHER)}
-    cluster = Cluster(apiserver)
-    cluster.create_pod("web-4", "node-a", POD)
-    cluster.create_pod("web-5", "node-b", OTHER)
-    cluster.put_slice("web-1", "web", Endpoint(POD, "node-a", pod="web-4"),
-                      Endpoint(OTHER, "node-b", pod="web-5"))
+    known, servers, cluster = await two_pods(apiserver, topology)
     fabric, node = topology.client, topology.node
     async with running(apiserver, kubeconfig, topology, window=0.2) as agent:
         source = agent.traffic
