@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import structlog
 
 log = structlog.get_logger("observer.tasks")
+T = TypeVar("T")
 
 
 async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
@@ -44,3 +46,17 @@ def stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+
+async def finish_in_thread(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` on a worker thread. A thread cannot be stopped: a cancellation of
+    the caller waits for it to end before it propagates, so that what the thread uses (a
+    socket) is closed only once it is done with it."""
+    future = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait({future})
+        if not future.cancelled():
+            future.exception()  # retrieved: the caller is gone, its result with it
+        raise

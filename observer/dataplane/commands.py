@@ -14,7 +14,7 @@ from observer.tasks import cancel_and_wait
 
 # Bounded label values for endpoint_propagation_dataplane_errors_total{reason}.
 ERROR_REASONS = ("missing_tool", "unavailable", "permission", "timeout", "failed", "too_large",
-                 "garbage", "events_lost")
+                 "garbage", "events_lost", "replaced")
 
 
 class CommandError(Exception):

@@ -27,11 +27,14 @@ import base64
 import contextlib
 import hashlib
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from observer.dataplane.commands import CommandRunner
+import structlog
+
+from observer.dataplane.commands import CommandError, CommandRunner
 from observer.dataplane.iptables_nft_events import JumpEvent, NftEvents, nft_events
 from observer.dataplane.mode import DataplaneMode, Detected, KnownServices, Probe, Wiring
 from observer.dataplane.model import (
@@ -45,9 +48,24 @@ from observer.dataplane.model import (
     either_family,
     merge_snapshots,
 )
+from observer.dataplane.netlink import in_namespace
 from observer.dataplane.nftables import CHAIN_LINE, JUMP_TARGET, RULE_HANDLE, nft_lines
-from observer.dataplane.sources import MonitorSource, PollingSource
+from observer.dataplane.sources import DataplaneMetrics, GlancingSource, MonitorSource
+from observer.dataplane.xtables import (
+    ENTRIES_HEADER,
+    FAMILIES,
+    DecodedTable,
+    Decoder,
+    TableGone,
+    TableInfo,
+    TableReader,
+    XtTable,
+    open_table,
+)
+from observer.tasks import finish_in_thread
 from observer.values import EndpointKey, Mode, ServicePort, join_host_port, split_host_port
+
+log = structlog.get_logger("observer.dataplane")
 
 _JUMP = re.compile(r" (?:-j|--jump) (\S+)")
 _COMMENT = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
@@ -95,13 +113,30 @@ class _Sep(NamedTuple):
         return _comment(self.rule)
 
 
+class _TableSep(NamedTuple):
+    """A SEP chain's DNAT rule in the kernel's table blob (``xtables``), read further only
+    when asked, like ``_Sep``."""
+
+    endpoint: ProgrammedEndpoint
+    table: TableReader
+    entry: int
+
+    @property
+    def protocol(self) -> str:
+        return self.table.protocol(self.entry) or "tcp"
+
+    @property
+    def service(self) -> str | None:
+        return self.table.comment(self.entry)
+
+
 @dataclass
 class ParsedSave:
     names: dict[str, str] = field(default_factory=dict)  # service hash -> name
     protocols: dict[str, str] = field(default_factory=dict)
     cluster_ips: dict[str, str] = field(default_factory=dict)
     targets: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (path, h) -> SEPs
-    seps: dict[str, _Sep] = field(default_factory=dict)
+    seps: dict[str, _Sep | _TableSep] = field(default_factory=dict)
 
 
 def _comment(rule: str) -> str | None:
@@ -160,9 +195,7 @@ class SaveParser:
             if sep not in seps:
                 seps.append(sep)
             if h not in parsed.names:
-                comment = _comment(rule)
-                if comment and " -> " in comment:
-                    parsed.names[h] = comment.split(" -> ", 1)[0]
+                _name_from_jump(parsed, h, _comment(rule))
         for chain, rule, destination in _SEP_DNAT.findall(text, start, end):
             try:
                 ip, port = split_host_port(destination)
@@ -174,6 +207,33 @@ class SaveParser:
         if self._in_nat and not self._committed:
             raise DataplaneParseError("the nat table has no COMMIT: the output is truncated")
         return self.parsed
+
+
+def parsed_table(table: DecodedTable) -> ParsedSave:
+    """What ``SaveParser`` makes of ``iptables-save``'s text, made of the kernel's blob: the
+    same rules applied to the same rules (KUBE-SERVICES first, as its chain comes first)."""
+    parsed, read = ParsedSave(), table.reader
+    for target, entry in table.services:
+        _service_target(parsed, target, read.comment(entry), read.protocol(entry),
+                        read.destination(entry))
+    for chain in table.chains:
+        parsed.targets.setdefault((_PATHS[chain[7]], chain[9:]), [])
+    for chain, sep, entry in table.jumps:
+        h = chain[9:]
+        seps = parsed.targets.setdefault((_PATHS[chain[7]], h), [])
+        if sep not in seps:
+            seps.append(sep)
+        if h not in parsed.names:
+            _name_from_jump(parsed, h, read.comment(entry))
+    for chain, (endpoint, entry) in table.seps.items():
+        parsed.seps[chain] = _TableSep(endpoint, read, entry)
+    return parsed
+
+
+def _name_from_jump(parsed: ParsedSave, h: str, comment: str | None) -> None:
+    """A SVC/SVL jump's comment, ``ns/svc:port -> ip:port``, names its service."""
+    if comment and " -> " in comment:
+        parsed.names[h] = comment.split(" -> ", 1)[0]
 
 
 def _read(text: str) -> ParsedSave:
@@ -189,18 +249,24 @@ def _service_rule(parsed: ParsedSave, rule: str) -> None:
     target = jump.group(1)
     if not target.startswith(("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-")):
         return
+    proto, dest = _PROTO.search(rule), _DEST.search(rule)
+    _service_target(parsed, target, _comment(rule), proto.group(1) if proto else None,
+                    dest.group(1).split("/")[0] if dest else None)
+
+
+def _service_target(parsed: ParsedSave, target: str, comment: str | None,
+                    protocol: str | None, destination: str | None) -> None:
+    """A KUBE-SERVICES rule jumping to service chain ``target``: what it says of the
+    service (its name in the comment, its protocol, its cluster IP)."""
     h = target.split("-", 2)[2]
-    comment = _comment(rule)
     if comment:
         for suffix in (" cluster IP", " external IP", " loadbalancer IP"):
             if comment.endswith(suffix):
                 parsed.names.setdefault(h, comment[: -len(suffix)])
-    proto = _PROTO.search(rule)
-    if proto:
-        parsed.protocols.setdefault(h, proto.group(1))
-    dest = _DEST.search(rule)
-    if dest and target.startswith(("KUBE-SVC-", "KUBE-SVL-")):
-        parsed.cluster_ips.setdefault(h, dest.group(1).split("/")[0])
+    if protocol:
+        parsed.protocols.setdefault(h, protocol)
+    if destination and target.startswith(("KUBE-SVC-", "KUBE-SVL-")):
+        parsed.cluster_ips.setdefault(h, destination)
 
 
 def _resolve_names(parsed: ParsedSave, candidates: set[str]) -> None:
@@ -262,7 +328,8 @@ def _selected(parsed: ParsedSave, seps: list[str] | None) -> tuple[ProgrammedEnd
                                   ) from None
 
 
-def _stale_owner(sep_name: str, sep: _Sep, parsed: ParsedSave, candidates: set[str]) -> str | None:
+def _stale_owner(sep_name: str, sep: _Sep | _TableSep, parsed: ParsedSave,
+                 candidates: set[str]) -> str | None:
     """The service hash an unreferenced SEP chain belongs to, from its comment or its name."""
     if sep.service:
         return service_hash(sep.service, sep.protocol)
@@ -458,6 +525,99 @@ class IptablesNftTables:
         return out, complete
 
 
+@dataclass(frozen=True)
+class TablesRead:
+    """One read of the legacy tables: the selection, the tables' shapes it was read at (what
+    ``glance`` compares with), and the CPU seconds it cost the worker thread."""
+
+    selection: dict[EndpointKey, bool]
+    shape: tuple[TableInfo | None, ...]
+    cpu: float
+
+
+class LegacyTables:
+    """The legacy backend's ``nat`` tables, both families, from the kernel (``xtables``):
+    ``glance`` (GET_INFO, microseconds) tells a replacement that changed the table's shape;
+    ``read`` copies and decodes the tables on a worker thread (a quarter of a second of kernel
+    time at 10,000 services: the event loop keeps timing watch events meanwhile). A blob the
+    decoder cannot read is counted (``garbage``) and that read is made by the text path
+    (``iptables-legacy-save``); a table replaced between its GET_INFO and its GET_ENTRIES is
+    asked for again, and a read that finds it replaced every time fails (``replaced``)."""
+
+    def __init__(self, runner: CommandRunner, known_services: KnownServices,
+                 metrics: DataplaneMetrics) -> None:
+        self.runner = runner
+        self.known_services = known_services
+        self.metrics = metrics
+        self.tables: list[tuple[XtTable, Decoder]] = []
+
+    async def open(self) -> None:
+        def make() -> list[XtTable]:
+            tables: list[XtTable] = []
+            try:
+                for family in FAMILIES:
+                    tables.append(open_table(family))
+            except BaseException:
+                for table in tables:
+                    table.close()
+                raise
+            return tables
+
+        netns = self.runner.netns
+        tables = make() if netns is None else await in_namespace(netns, make)
+        self.tables = [(table, Decoder(table.family)) for table in tables]
+
+    def close(self) -> None:
+        for table, _ in self.tables:
+            table.close()
+        self.tables = []
+
+    def glance(self) -> tuple[TableInfo | None, ...]:
+        return tuple(table.info() for table, _ in self.tables)
+
+    async def read(self) -> TablesRead:
+        known = set(self.known_services())
+        try:
+            return await finish_in_thread(self._read, known)
+        except DataplaneParseError as error:
+            self.metrics.error("garbage")
+            log.warning("legacy table blob unreadable: read as text this time", error=str(error))
+        shape = self.glance()  # before the dump: a replacement after it is seen again
+        saves = await read_saves(self.runner, "legacy")
+        selection = either_family(snapshot_of(parsed, backend="legacy", known_services=known
+                                              ).selection() for parsed in saves.values())
+        return TablesRead(selection, shape, 0.0)
+
+    def _read(self, known: set[str]) -> TablesRead:
+        """On a worker thread: each family's table copied and decoded."""
+        started = time.thread_time()
+        shape, parts = [], []
+        for table, decoder in self.tables:
+            for _ in range(_ATTEMPTS):
+                info = table.info()
+                if info is None:
+                    break
+                try:
+                    blob, _ = table.entries(info)
+                except TableGone:  # replaced since its GET_INFO: not an error, yet
+                    log.debug("legacy table replaced while read: reading it again",
+                              family=table.family.name)
+                    continue
+                parsed = parsed_table(decoder.decode(blob, ENTRIES_HEADER, info))
+                parts.append(snapshot_of(parsed, backend="legacy", known_services=known
+                                         ).selection())
+                del blob, parsed
+                break
+            else:
+                raise CommandError("replaced", f"the {table.family.name} nat table was "
+                                   f"replaced under each of {_ATTEMPTS} reads")
+            shape.append(info)
+        return TablesRead(either_family(parts), tuple(shape), time.thread_time() - started)
+
+
+_ATTEMPTS = 5  # reads of a table replaced under each, before this read gives up
+
+
 async def _detect(probe: Probe) -> Detected:
     backend, rules, ipvs = await probe.iptables_backend()
     if rules and not ipvs:
@@ -475,8 +635,9 @@ async def _source(wiring: Wiring) -> DataplaneSource:
     """The nf_tables backend announces its changes; the legacy one is polled."""
     clock, metrics = wiring.source_parts()
     if wiring.backend == "legacy":
-        return PollingSource(reader=_reader(wiring), clock=clock, metrics=metrics,
-                             interval=wiring.poll_interval, max_cpu=wiring.poll_max_cpu)
+        return GlancingSource(mode="iptables", clock=clock, metrics=metrics,
+                              tables=LegacyTables(wiring.runner, wiring.known_services, metrics),
+                              interval=wiring.poll_interval, max_cpu=wiring.poll_max_cpu)
     return MonitorSource(mode="iptables", runner=wiring.runner, clock=clock, metrics=metrics,
                          tables=IptablesNftTables(wiring.known_services),
                          max_cpu=wiring.poll_max_cpu)

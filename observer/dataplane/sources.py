@@ -257,6 +257,105 @@ class PollingSource(ReadingSource):
             await self.sleep(max(0.0, self.budget.period(self.interval) - (now - started)))
 
 
+class _Read(Protocol):
+    @property
+    def selection(self) -> dict[EndpointKey, bool]: ...
+
+    @property
+    def shape(self) -> object:
+        """What ``glance`` said of the tables as they were read."""
+
+    @property
+    def cpu(self) -> float:
+        """CPU seconds the read cost threads other than the event loop's."""
+
+
+class _Glanced(Protocol):
+    """Tables whose replacement can be told cheaply, though not always (iptables-legacy's
+    GET_INFO: a replacement of another size)."""
+
+    async def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def glance(self) -> object:
+        """The tables' shape, in microseconds; a change of content may leave it as it was."""
+
+    async def read(self) -> _Read:
+        """The whole selection (raises CommandError / DataplaneParseError)."""
+
+
+class GlancingSource(ReadingSource):
+    """Polling, where the tables' shape can be glanced at for next to nothing (iptables-legacy:
+    ``IPT_SO_GET_INFO``, ``observer.dataplane.iptables.LegacyTables``): a glance every
+    ``glance_interval`` (10 ms), and a full read as soon as the shape differs from the last
+    read's — or every ``interval`` when it does not, since a replacement of the same shape
+    (one endpoint swapped for another in one sync) changes no shape. Full reads spend at most
+    ``max_cpu`` of one core on average (``CpuAllowance``: after a quiet spell a change is read
+    at once; under steady churn reads wait their turn), the reads made only for same-shape
+    replacements at most half of it.
+
+    Stamps. A change a read shows happened after the previous read copied the tables and
+    before this one did. It is stamped with the first glance that saw the shape differ from
+    the previous read's (within a glance of the replacement, when it was that replacement),
+    or with this read's start when no glance did; its precision is the distance from the
+    stamp to the farther end of that interval — at a read after every replacement, the time
+    since the previous read; when replacements come faster than reads, or one of the same
+    shape came first, it is wider, and says so."""
+
+    def __init__(self, *, mode: Mode, clock: Clock, metrics: DataplaneMetrics,
+                 tables: _Glanced, interval: float, max_cpu: float = 0.1,
+                 glance_interval: float = 0.01, window: float = 10.0,
+                 cpu: Callable[[], float] = reading_cpu,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        super().__init__(mode=mode, clock=clock, metrics=metrics)
+        self.tables = tables
+        self.interval = interval
+        self.glance_interval = glance_interval
+        self.allowance = CpuAllowance(max_cpu, window)
+        self.budget = ReadBudget(max_cpu / 2, cpu)  # the same-shape reads' share
+        self.sleep = sleep
+
+    async def run(self, sink: ChangeSink) -> None:
+        await self._scan(self.tables.open(), full=False)  # failing: every read fails too
+        try:
+            await self._poll(sink)
+        finally:
+            self.tables.close()
+
+    async def _poll(self, sink: ChangeSink) -> None:
+        shape: object = None  # as the last read found the tables
+        read_at = noticed = None  # when the last read started; the first glance that differed
+        while True:
+            now = self.clock.monotonic()
+            try:
+                glanced = self.tables.glance()
+            except CommandError as error:
+                self.metrics.error(error.reason)
+                glanced = shape
+            if noticed is None and read_at is not None and glanced != shape:
+                noticed = now
+            due = read_at is None or noticed is not None or \
+                now - read_at >= self.budget.period(self.interval)
+            if due and self.allowance.due(now) <= now:
+                cpu = self.budget.cpu()
+                read = await self._scan(self.tables.read())
+                ended = self.clock.monotonic()
+                used = self.budget.cpu() - cpu + (read.cpu if read is not None else 0.0)
+                self.allowance.spend(ended, used)
+                if noticed is None:
+                    self.budget.record(used)
+                if read is not None:
+                    stamp = now if noticed is None else noticed
+                    precision = max(stamp - (read_at if read_at is not None else now),
+                                    ended - stamp)
+                    self._selection.replace(read.selection, self._at(stamp, precision), sink)
+                    shape, read_at, noticed = read.shape, now, None
+                del read
+                give_back()
+            await self.sleep(self.glance_interval)
+
+
 class _Events(Protocol[E]):
     async def burst(self) -> list[E]:
         """The events of the next burst (one transaction); cancelling loses nothing. Raises
