@@ -1,12 +1,16 @@
-"""Benchmark (issue 4): the dataplane readers at 10,000 services / 50,000 endpoints.
+"""Benchmark (issues 4, 35): the dataplane readers at 10,000 services / 50,000 endpoints.
 
-For each mode (iptables-legacy, iptables-nft, nftables), in a network namespace of its own:
+For each mode (iptables-legacy, iptables-nft, nftables; ``iptables-legacy-text``: the legacy
+backend as the agent read it before issue 35, polling ``iptables-legacy-save``), in a network
+namespace of its own:
 
 (a) one full read + parse, against the bare dump command's own time (target <= 1.5x);
 (b) detection latency: from the moment the rule-writing command returns (the commit is done
     by then) to the change reaching the sink, p50/p99 over repeated single-endpoint removals
     (target p99 <= 10 ms where the kernel announces changes; polling's is bounded by its
-    interval);
+    interval); for iptables-legacy also from the moment the kernel swapped the table in, as
+    ``bench.xt_swaps`` sees it from outside (the writer's own run, a second at this size,
+    precedes it);
 (c) the agent's CPU while kube-proxy-like partial syncs rewrite 1% of the endpoints every
     second (target <= 10% of one core): this process's own, and that of the commands it runs
     (the dumps, ``nft monitor``), but not the benchmark's rule writers;
@@ -14,7 +18,8 @@ For each mode (iptables-legacy, iptables-nft, nftables), in a network namespace 
     own rules text and (a)'s snapshot let go first.
 
     sudo .venv/bin/python -m bench.dataplane [--services 10000] [--per-service 5]
-        [--samples 100] [--churn-seconds 10] [--modes nftables iptables-nft iptables-legacy]
+        [--samples 100] [--churn-seconds 10]
+        [--modes nftables iptables-nft iptables-legacy iptables-legacy-text]
 
 Rule layouts are kube-proxy's, with its chain-name hashes (``observer/lab/rules.py``, which
 the lab's kube-proxy emulation uses too).
@@ -31,6 +36,7 @@ import platform
 import resource
 import statistics
 import subprocess
+import sys
 import time
 import uuid
 from functools import partial
@@ -39,10 +45,11 @@ from typing import Any
 
 from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
+from observer.dataplane.iptables import IptablesReader, LegacyTables
 from observer.dataplane.mode import Wiring
-from observer.dataplane.model import DataplaneChange
+from observer.dataplane.model import DataplaneChange, DataplaneSource, Reader
 from observer.dataplane.modes import named, open_source
-from observer.dataplane.sources import MonitorSource
+from observer.dataplane.sources import MonitorSource, PollingSource
 from observer.lab.rules import ServicePortRules, iptables_sync, nft_sync
 from observer.tasks import cancel_and_wait
 from observer.testing.rss import rss_mib
@@ -54,6 +61,11 @@ def service(s: int, per: int, *, drop_first: bool = False) -> ServicePortRules:
     return ServicePortRules(namespace=f"ns{s % 50}", name=f"svc{s}", port_name="http",
                             cluster_ip=f"172.30.{(s >> 8) & 255}.{s & 255}", port=80,
                             endpoints=endpoints)
+
+
+def backend_of(mode: str) -> str:
+    """``iptables-legacy-text`` writes and reads the legacy backend too."""
+    return mode.split("-")[1]
 
 
 class Rules:
@@ -96,7 +108,7 @@ class Netns:
         if mode == "nftables":
             argv = ["nft", "-f", "-"]
         else:
-            argv = [f"iptables-{mode.split('-')[1]}-restore"] + (["--noflush"] if noflush else [])
+            argv = [f"iptables-{backend_of(mode)}-restore"] + (["--noflush"] if noflush else [])
         writer = subprocess.Popen(["ip", "netns", "exec", self.name, *argv],
                                   stdin=subprocess.PIPE)
         assert writer.stdin is not None
@@ -112,7 +124,7 @@ class Netns:
 def dump_command(mode: str) -> list[str]:
     if mode == "nftables":
         return ["nft", "-a", "list", "table", "ip", "kube-proxy"]
-    return [f"iptables-{mode.split('-')[1]}-save", "-t", "nat"]
+    return [f"iptables-{backend_of(mode)}-save", "-t", "nat"]
 
 
 def cpu_seconds() -> float:
@@ -128,6 +140,60 @@ def cpu_seconds() -> float:
     return (time.process_time() + children.ru_utime + children.ru_stime
             + running / os.sysconf("SC_CLK_TCK"))
 
+
+
+class KernelRead:
+    """The legacy tables read from the kernel, as a one-shot reader for (a)."""
+
+    mode = "iptables"
+    backend = "legacy"
+
+    def __init__(self, tables: LegacyTables) -> None:
+        self.tables = tables
+
+    async def read(self) -> Any:
+        if not self.tables.tables:
+            await self.tables.open()
+        return Selection((await self.tables.read()).selection)
+
+
+class Selection:
+    def __init__(self, selection: dict[Any, bool]) -> None:
+        self._selection = selection
+
+    def selection(self) -> dict[Any, bool]:
+        return self._selection
+
+
+class SwapWatch:
+    """``bench.xt_swaps`` running in the namespace: when the kernel swapped tables in."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.seen: list[float] = []
+
+    @classmethod
+    async def start(cls, netns: str) -> SwapWatch:
+        process = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", netns, sys.executable, "-m", "bench.xt_swaps",
+            stdout=asyncio.subprocess.PIPE)
+        watch = cls(process)
+        await watch.after(0.0)  # its first line: the table as it is
+        return watch
+
+    async def after(self, moment: float) -> float:
+        """The first swap seen after ``moment`` (CLOCK_MONOTONIC, as time.monotonic)."""
+        while True:
+            later = [t for t in self.seen if t > moment]
+            if later:
+                return later[0]
+            assert self.process.stdout is not None
+            line = await asyncio.wait_for(self.process.stdout.readline(), 60)
+            self.seen.append(float(line.split()[0]))
+
+    async def stop(self) -> None:
+        self.process.kill()
+        await self.process.wait()
 
 
 class Health:
@@ -151,9 +217,12 @@ async def bench_mode(mode: str, services: int, per: int, samples: int,
         runner = CommandRunner(netns=netns.name, timeout=120)
         # (a) bare dump vs read + parse, best of 3 each
         bare, full = [], []
-        backend = None if mode == "nftables" else mode.split("-")[1]
-        reader = named("nftables" if mode == "nftables" else "iptables").reader(
+        backend = None if mode == "nftables" else backend_of(mode)
+        reader: Reader | KernelRead = named(
+            "nftables" if mode == "nftables" else "iptables").reader(
             Wiring(runner=runner, options={}, backend=backend))  # type: ignore[arg-type]
+        if mode == "iptables-legacy":  # the kernel's blob, decoded (the agent's read)
+            reader = KernelRead(LegacyTables(runner, tuple, Health()))
         for _ in range(3):
             t = time.monotonic()
             subprocess.run(runner.argv(dump_command(mode)),  # noqa: ASYNC221 - timed alone
@@ -170,13 +239,20 @@ async def bench_mode(mode: str, services: int, per: int, samples: int,
         assert len(snapshot.selection()) == services * per, len(snapshot.selection())
         probe = next(iter(snapshot.selection()))
         del snapshot  # the source below holds its own: out of (d)
+        if isinstance(reader, KernelRead):
+            reader.tables.close()
         result["read"] = {"bare_dump_seconds": round(min(bare), 3),
                           "read_and_parse_seconds": round(min(full), 3),
                           "ratio": round(min(full) / min(bare), 2)}
         # (b) latency and (d) RSS
         arrivals: asyncio.Queue[tuple[float, DataplaneChange]] = asyncio.Queue()
-        source = await open_source("nftables" if mode == "nftables" else "iptables", Wiring(
-            runner=runner, options={}, clock=SystemClock(), metrics=Health()))
+        source: DataplaneSource
+        if mode == "iptables-legacy-text":
+            source = PollingSource(reader=IptablesReader(runner, "legacy"), clock=SystemClock(),
+                                   metrics=Health(), interval=0.1, max_cpu=0.1)
+        else:
+            source = await open_source("nftables" if mode == "nftables" else "iptables", Wiring(
+                runner=runner, options={}, clock=SystemClock(), metrics=Health()))
         bursts: list[float] = []
         if isinstance(source, MonitorSource):
             # When a whole burst of events is in hand: the internal latency starts here (for
@@ -195,7 +271,8 @@ async def bench_mode(mode: str, services: int, per: int, samples: int,
             while source.selected(probe) is None:  # noqa: ASYNC110 - polled
                 await asyncio.sleep(0.05)
             result["rss_mib_after_first_read"] = round(rss_mib(), 1)
-            after_commit, from_start, internal = [], [], []
+            after_commit, from_start, internal, from_swap = [], [], [], []
+            swaps = await SwapWatch.start(netns.name) if backend == "legacy" else None
             for i in range(samples):
                 s = i % services
                 drop = (i // services) % 2 == 0
@@ -210,6 +287,9 @@ async def bench_mode(mode: str, services: int, per: int, samples: int,
                 from_start.append(arrived - begun)
                 if bursts and bursts[-1] >= begun:
                     internal.append(arrived - bursts[-1])
+                if swaps is not None:
+                    swapped = await swaps.after(begun)
+                    from_swap.append(arrived - swapped)
                 while not arrivals.empty():
                     arrivals.get_nowait()
 
@@ -219,9 +299,15 @@ async def bench_mode(mode: str, services: int, per: int, samples: int,
                         "p99": round(values[max(0, int(len(values) * 0.99) - 1)] * 1000, 2),
                         "max": round(values[-1] * 1000, 2)}
 
+            if swaps is not None:
+                await swaps.stop()
             result["latency_ms"] = {"samples": samples, "source": type(source).__name__,
                                     "after_writer_returned": quantiles(after_commit),
                                     "since_writer_started": quantiles(from_start)}
+            if from_swap:
+                result["latency_ms"]["since_the_kernel_swapped_the_table"] = quantiles(from_swap)
+                result["latency_ms"]["writer_start_to_swap"] = quantiles(
+                    [a - b for a, b in zip(from_start, from_swap, strict=True)])
             if internal:
                 result["latency_ms"]["whole_burst_to_sink"] = quantiles(internal)
             # (c) CPU under 1% churn per second
@@ -265,7 +351,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--churn-seconds", type=int, default=10)
     parser.add_argument("--modes", nargs="+", action="extend",
-                        help="default: nftables iptables-nft iptables-legacy")
+                        help="default: nftables iptables-nft iptables-legacy (and "
+                             "iptables-legacy-text: the text path the agent polled before)")
     args = parser.parse_args()
     args.modes = args.modes or ["nftables", "iptables-nft", "iptables-legacy"]
     print(json.dumps(asyncio.run(main_async(args)), indent=2))

@@ -6,6 +6,7 @@ what the decoder does not know, is refused (``DataplaneParseError``), never misr
 
 from __future__ import annotations
 
+import asyncio
 import random
 import struct
 import threading
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from observer.clock import SystemClock
 from observer.dataplane.commands import CommandRunner
 from observer.dataplane.iptables import (
     LegacyTables,
@@ -22,8 +24,11 @@ from observer.dataplane.iptables import (
     parsed_table,
     snapshot_of,
 )
+from observer.dataplane.mode import Wiring
 from observer.dataplane.model import DataplaneParseError, DataplaneSnapshot, merge_snapshots
+from observer.dataplane.modes import open_source
 from observer.dataplane.netlink import enter_namespace
+from observer.dataplane.sources import GlancingSource
 from observer.dataplane.xtables import (
     ENTRIES_HEADER,
     FAMILIES,
@@ -36,6 +41,7 @@ from observer.dataplane.xtables import (
     open_table,
 )
 from observer.lab.rules import ServicePortRules, iptables_sync
+from tests.agent.harness import until
 from tests.dataplane.edits import (
     IPTABLES_ADD_SVC1_EP9,
     IPTABLES_DROP_SVC4_EP4,
@@ -44,7 +50,7 @@ from tests.dataplane.edits import (
     IPTABLES_SVC2_LOCAL,
     without_endpoint_comments,
 )
-from tests.dataplane.test_netns import Health
+from tests.dataplane.test_netns import Health, Recorder, key
 from tests.netns import Netns
 
 
@@ -122,6 +128,34 @@ async def test_the_sources_reads_select_what_the_text_path_selects(netns: Netns)
         assert read.cpu > 0
     finally:
         tables.close()
+    assert health.errors == []
+
+
+async def test_a_removal_is_stamped_within_its_stated_precision(netns: Netns) -> None:
+    """The source on the real kernel: the change it reports happened, by its own stamp and
+    precision, at a moment that overlaps the writer's run (the commit is somewhere inside)."""
+    netns.restore("legacy", IPTABLES_RULES)
+    health, changes = Health(), Recorder()
+    clock = SystemClock()
+    source = await open_source("iptables", Wiring(
+        runner=CommandRunner(netns=netns.name), options={}, clock=clock, metrics=health,
+        poll_interval=0.05, poll_max_cpu=0.5))
+    assert isinstance(source, GlancingSource)
+    task = asyncio.create_task(source.run(changes))
+    try:
+        await until(lambda: source.selected(key(4, "10.180.0.4")) is True, "first read")
+        started = clock.monotonic()
+        await asyncio.to_thread(netns.restore, "legacy", IPTABLES_DROP_SVC4_EP4, noflush=True)
+        returned = clock.monotonic()
+        await changes.arrived.wait()
+        (change,) = changes.changes
+        assert (change.key, change.selected) == (key(4, "10.180.0.4"), False)
+        assert change.at.mono - change.at.precision <= returned
+        assert change.at.mono + change.at.precision >= started
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
     assert health.errors == []
 
 
@@ -226,18 +260,21 @@ async def test_a_table_replaced_after_its_size_was_read_is_asked_for_again(
         table.close()
 
 
-def entries(blob: bytearray, info: TableInfo) -> list[tuple[int, int, int]]:
-    """(offset, target offset, next offset) of each entry, walked as the kernel lays them."""
-    out, at = [], ENTRIES_HEADER
+def entries(blob: bytearray, info: TableInfo) -> list[tuple[int, int, int, str]]:
+    """(offset, target offset, next offset, chain) of each entry, walked as the kernel lays
+    them out."""
+    out, at, chain = [], ENTRIES_HEADER, ""
     while at < ENTRIES_HEADER + info.size:
         target, following = struct.unpack_from("=HH", blob, at + IP.offsets)
-        out.append((at, target, following))
+        if blob[at + target + 2:at + target + 8] == b"ERROR\0":
+            chain = bytes(blob[at + target + 32:at + following]).split(b"\0")[0].decode()
+        out.append((at, target, following, chain))
         at += following
     return out
 
 
 def dnat_targets(blob: bytearray, info: TableInfo) -> list[int]:
-    return [at + target for at, target, _ in entries(blob, info)
+    return [at + target for at, target, _, _ in entries(blob, info)
             if blob[at + target + 2:at + target + 7] == b"DNAT\0"]
 
 
@@ -252,10 +289,13 @@ def test_blobs_that_are_not_whole_are_refused(netns: Netns) -> None:
             Decoder(IP).decode(mutated, ENTRIES_HEADER, shape)
 
     refused(blob[:len(blob) // 2])  # truncated
+    refused(blob[:-8], TableInfo(info.valid_hooks, info.hook_entry, info.underflow,
+                                 info.num_entries, info.size - 8))  # its end cut off
     refused(blob, TableInfo(info.valid_hooks, info.hook_entry, info.underflow,
                             info.num_entries + 1, info.size))  # an entry missing
     walked = entries(blob, info)
-    at, _, following = walked[len(walked) // 2]
+    at, _, following, _ = next(e for e in walked if e[3].startswith("KUBE-SVC-")
+                               and blob[e[0] + e[1] + 2] == 0)
     for bad in (following + 4, 8, 0xFFF8):  # a next offset off the grid, too small, too far
         mutated = bytearray(blob)
         struct.pack_into("=H", mutated, at + IP.offsets + 2, bad)
@@ -269,14 +309,14 @@ def test_blobs_that_are_not_whole_are_refused(netns: Netns) -> None:
     struct.pack_into("=B", mutated, dnat + 32 + 4 + 16 + 3, 99)
     refused(mutated)
     # a chain without its foot: the RETURN turned into an ACCEPT
-    foot = next(at for at, target, following in walked
+    foot = next(at for at, target, following, _ in walked
                 if target == IP.entry_size and following == IP.entry_size + 40
                 and struct.unpack_from("=i", blob, at + target + 32)[0] == -5)
     mutated = bytearray(blob)
     struct.pack_into("=i", mutated, foot + IP.entry_size + 32, -2)
     refused(mutated)
     # a jump into the middle of a chain (the last jump: a service chain's, to an endpoint's)
-    verdict = [at + target + 32 for at, target, _ in walked
+    verdict = [at + target + 32 for at, target, _, _ in walked
                if blob[at + target + 2] == 0 and struct.unpack_from("=i", blob,
                                                                     at + target + 32)[0] > 0][-1]
     mutated = bytearray(blob)
