@@ -30,7 +30,6 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import structlog
 
@@ -95,48 +94,32 @@ def endpoint_hash(service: str, protocol: str, ip: str, port: int) -> str:
     return chain_hash(f"{service}{protocol}{join_host_port(ip, port)}")
 
 
-class _Sep(NamedTuple):
-    """A SEP chain's DNAT rule (a named tuple: cheap to build and to hold); its
-    protocol and comment are read from the rule only when asked (a stale chain's owner, a
-    service without a protocol of its own)."""
-
-    endpoint: ProgrammedEndpoint  # as a jump selects it
-    rule: str
-
-    @property
-    def protocol(self) -> str:
-        proto = _PROTO.search(self.rule)
-        return proto.group(1) if proto else "tcp"
-
-    @property
-    def service(self) -> str | None:
-        return _comment(self.rule)
-
-
-class _TableSep(NamedTuple):
-    """A SEP chain's DNAT rule in the kernel's table blob (``xtables``), read further only
-    when asked, like ``_Sep``."""
-
-    endpoint: ProgrammedEndpoint
-    table: TableReader
-    entry: int
-
-    @property
-    def protocol(self) -> str:
-        return self.table.protocol(self.entry) or "tcp"
-
-    @property
-    def service(self) -> str | None:
-        return self.table.comment(self.entry)
-
-
 @dataclass
 class ParsedSave:
     names: dict[str, str] = field(default_factory=dict)  # service hash -> name
     protocols: dict[str, str] = field(default_factory=dict)
     cluster_ips: dict[str, str] = field(default_factory=dict)
     targets: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (path, h) -> SEPs
-    seps: dict[str, _Sep | _TableSep] = field(default_factory=dict)
+    seps: dict[str, ProgrammedEndpoint] = field(default_factory=dict)  # SEP -> its DNAT's
+    # Each SEP chain's DNAT rule, read further only when asked (a stale chain's owner, a
+    # service without a protocol of its own): its text, or its entry in ``table``'s blob.
+    sep_rules: dict[str, str | int] = field(default_factory=dict)
+    table: TableReader | None = None
+
+    def sep_protocol(self, sep: str) -> str:
+        rule = self.sep_rules[sep]
+        if isinstance(rule, int):
+            assert self.table is not None
+            return self.table.protocol(rule) or "tcp"
+        proto = _PROTO.search(rule)
+        return proto.group(1) if proto else "tcp"
+
+    def sep_service(self, sep: str) -> str | None:
+        rule = self.sep_rules[sep]
+        if isinstance(rule, int):
+            assert self.table is not None
+            return self.table.comment(rule)
+        return _comment(rule)
 
 
 def _comment(rule: str) -> str | None:
@@ -201,7 +184,8 @@ class SaveParser:
                 ip, port = split_host_port(destination)
             except ValueError as error:
                 raise DataplaneParseError(str(error)) from None
-            parsed.seps[chain] = _Sep(ProgrammedEndpoint(ip, port, True), rule)
+            parsed.seps[chain] = ProgrammedEndpoint(ip, port, True)
+            parsed.sep_rules[chain] = rule
 
     def finish(self) -> ParsedSave:
         if self._in_nat and not self._committed:
@@ -218,15 +202,21 @@ def parsed_table(table: DecodedTable) -> ParsedSave:
                         read.destination(entry))
     for chain in table.chains:
         parsed.targets.setdefault((_PATHS[chain[7]], chain[9:]), [])
-    for chain, sep, entry in table.jumps:
+    for chain, jumps in table.jumps.items():
+        if not jumps:
+            continue
         h = chain[9:]
         seps = parsed.targets.setdefault((_PATHS[chain[7]], h), [])
-        if sep not in seps:
-            seps.append(sep)
-        if h not in parsed.names:
+        for sep, _ in jumps:
+            if sep not in seps:
+                seps.append(sep)
+        for _, entry in jumps:  # the first jump whose comment names the service
+            if h in parsed.names:
+                break
             _name_from_jump(parsed, h, read.comment(entry))
-    for chain, (endpoint, entry) in table.seps.items():
-        parsed.seps[chain] = _TableSep(endpoint, read, entry)
+    parsed.seps = {chain: endpoint for chain, (endpoint, _) in table.seps.items()}
+    parsed.sep_rules = {chain: entry for chain, (_, entry) in table.seps.items()}
+    parsed.table = read
     return parsed
 
 
@@ -295,12 +285,12 @@ def snapshot_of(parsed: ParsedSave, *, backend: Backend,
     hashes = {h for _, h in parsed.targets} | set(parsed.names)
     referenced = {sep for seps in parsed.targets.values() for sep in seps}
     stale: dict[str, list[ProgrammedEndpoint]] = {}
-    for sep_name, sep in parsed.seps.items():
+    for sep_name, endpoint in parsed.seps.items():
         if sep_name in referenced:
             continue
-        owner = _stale_owner(sep_name, sep, parsed, candidates)
+        owner = _stale_owner(sep_name, endpoint, parsed, candidates)
         if owner is not None:
-            stale.setdefault(owner, []).append(sep.endpoint._replace(selected=False))
+            stale.setdefault(owner, []).append(endpoint._replace(selected=False))
             hashes.add(owner)
     services = []
     for h in sorted(hashes):
@@ -309,7 +299,7 @@ def snapshot_of(parsed: ParsedSave, *, backend: Backend,
             continue  # named only by an external rule, with no chain of its own
         protocol = parsed.protocols.get(h)
         if protocol is None:
-            protocol = next((parsed.seps[s].protocol for s in (*(cluster or ()), *(local or ()))
+            protocol = next((parsed.sep_protocol(s) for s in (*(cluster or ()), *(local or ()))
                              if s in parsed.seps), "tcp")
         services.append(ProgrammedService(
             service=parsed.names.get(h, f"KUBE-SVC-{h}"), protocol=protocol,
@@ -322,22 +312,23 @@ def snapshot_of(parsed: ParsedSave, *, backend: Backend,
 def _selected(parsed: ParsedSave, seps: list[str] | None) -> tuple[ProgrammedEndpoint, ...]:
     """The endpoints a service chain's jumps select."""
     try:
-        return tuple([parsed.seps[sep].endpoint for sep in seps or ()])
+        return tuple([parsed.seps[sep] for sep in seps or ()])
     except KeyError as missing:
         raise DataplaneParseError(f"{missing.args[0]} is jumped to but has no DNAT rule"
                                   ) from None
 
 
-def _stale_owner(sep_name: str, sep: _Sep | _TableSep, parsed: ParsedSave,
+def _stale_owner(sep_name: str, endpoint: ProgrammedEndpoint, parsed: ParsedSave,
                  candidates: set[str]) -> str | None:
     """The service hash an unreferenced SEP chain belongs to, from its comment or its name."""
-    if sep.service:
-        return service_hash(sep.service, sep.protocol)
+    protocol, service = parsed.sep_protocol(sep_name), parsed.sep_service(sep_name)
+    if service:
+        return service_hash(service, protocol)
+    ip, port, _ = endpoint
     for name in set(parsed.names.values()) | candidates:
-        ip, port, _ = sep.endpoint
-        if f"KUBE-SEP-{endpoint_hash(name, sep.protocol, ip, port)}" == sep_name:
-            parsed.names.setdefault(service_hash(name, sep.protocol), name)
-            return service_hash(name, sep.protocol)
+        if f"KUBE-SEP-{endpoint_hash(name, protocol, ip, port)}" == sep_name:
+            parsed.names.setdefault(service_hash(name, protocol), name)
+            return service_hash(name, protocol)
     return None
 
 
@@ -391,13 +382,13 @@ class JumpState:
         for (_, h), seps in parsed.targets.items():
             name = parsed.names.get(h)
             for sep_name in seps:
-                sep = parsed.seps.get(sep_name)
-                if name is None or sep is None:
+                endpoint = parsed.seps.get(sep_name)
+                if name is None or endpoint is None:
                     continue
-                protocol = parsed.protocols.get(h) or sep.protocol
+                protocol = parsed.protocols.get(h) or parsed.sep_protocol(sep_name)
                 port = ProgrammedService(name, protocol, None, (), ()).service_port()
                 if port is not None:
-                    self.endpoints[sep_name] = (port, sep.endpoint.ip, sep.endpoint.port)
+                    self.endpoints[sep_name] = (port, endpoint.ip, endpoint.port)
                     self.ports[h] = port
 
     def selection(self) -> tuple[dict[EndpointKey, bool], bool]:

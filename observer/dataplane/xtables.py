@@ -264,7 +264,7 @@ class DecodedTable:
     reader: TableReader
     services: list[tuple[str, int]]  # KUBE-SERVICES jumps to a service chain: (chain, entry)
     chains: list[str]  # KUBE-SVC/SVL chains with rules
-    jumps: list[tuple[str, str, int]]  # SVC/SVL jumps to a SEP chain: (chain, SEP, entry)
+    jumps: dict[str, list[tuple[str, int]]]  # SVC/SVL chain -> its jumps to SEPs: (SEP, entry)
     seps: dict[str, tuple[ProgrammedEndpoint, int]]  # SEP chain -> last DNAT, its entry
 
 
@@ -302,7 +302,8 @@ class Decoder:
         dnats_seen: dict[bytes, ProgrammedEndpoint] = {}
         heads: dict[int, str] = {}  # offset of a user chain's first rule -> the chain
         services: list[tuple[int, int]] = []  # (entry, verdict) in KUBE-SERVICES
-        svc: list[tuple[str, int, int]] = []  # (chain, entry, verdict) in KUBE-SVC/SVL
+        svc: dict[str, list[tuple[int, int]]] = {}  # KUBE-SVC/SVL -> (entry, verdict)
+        rules: list[tuple[int, int]] = []  # those of the current chain
         chains: list[str] = []
         seps: dict[str, tuple[ProgrammedEndpoint, int]] = {}
         chain = ""  # "": the built-in chains, before the first user chain
@@ -329,10 +330,7 @@ class Decoder:
                     verdict = unpack_verdict(blob, target + _HEADER)[0]
                     if verdict >= 0 and verdict != following - base and \
                             not blob[entry + flags_at] & _F_GOTO:
-                        if kind == 1:
-                            services.append((entry, verdict))
-                        else:
-                            svc.append((chain, entry, verdict))
+                        (services if kind == 1 else rules).append((entry, verdict))
             elif tag == _E and blob.startswith(_ERROR, target + 2):
                 if chain:  # it ends with its foot (libiptc writes one, the kernel expects it)
                     if not (blob.startswith(foot, last + offsets_at)
@@ -347,6 +345,8 @@ class Decoder:
                 chain, kind = known
                 heads[following - base] = chain
                 first = following
+                if kind == 2:
+                    rules = svc[chain] = []
             elif tag == _D and kind == 3 and blob.startswith(_DNAT, target + 2):
                 raw = bytes(view[target:following])
                 endpoint = dnat_cache.get(raw) or reader.dnat(target, len(raw))
@@ -373,8 +373,9 @@ class Decoder:
             [(name, entry) for entry, verdict in services
              if (name := named(verdict)).startswith(_SERVICE_CHAINS)],
             chains,
-            [(chain, sep, entry) for chain, entry, verdict in svc
-             if (sep := named(verdict)).startswith("KUBE-SEP-")],
+            {chain: [(sep, entry) for entry, verdict in jumps
+                     if (sep := named(verdict)).startswith("KUBE-SEP-")]
+             for chain, jumps in svc.items()},
             seps)
 
 
