@@ -206,7 +206,7 @@ class Health:
 
 
 async def bench_mode(mode: str, services: int, per: int, samples: int,
-                     seconds: int) -> dict[str, Any]:
+                     seconds: int, gap: float = 0.0) -> dict[str, Any]:
     result: dict[str, Any] = {}
     with Netns() as netns:
         started = time.monotonic()
@@ -272,15 +272,21 @@ async def bench_mode(mode: str, services: int, per: int, samples: int,
                 await asyncio.sleep(0.05)
             result["rss_mib_after_first_read"] = round(rss_mib(), 1)
             after_commit, from_start, internal, from_swap = [], [], [], []
+            stamp_error: list[float] = []  # |the change's stamp - the swap|
+            stated: list[float] = []  # the stamp's stated precision
             swaps = await SwapWatch.start(netns.name) if backend == "legacy" else None
             for i in range(samples):
                 s = i % services
                 drop = (i // services) % 2 == 0
                 text = rules.partial([s], drop=drop)
+                if gap and i:
+                    await asyncio.sleep(gap)  # isolated removals: the budget refilled
+                    while not arrivals.empty():
+                        arrivals.get_nowait()
                 begun = time.monotonic()
                 await loop.run_in_executor(None, partial(netns.write, mode, text, noflush=True))
                 committed = time.monotonic()
-                arrived, _change = await asyncio.wait_for(arrivals.get(), 30)
+                arrived, change = await asyncio.wait_for(arrivals.get(), 30)
                 # The commit happens inside the writer, between these two readings: the
                 # latency lies between "after the writer returned" and "since it started".
                 after_commit.append(max(0.0, arrived - committed))
@@ -290,6 +296,8 @@ async def bench_mode(mode: str, services: int, per: int, samples: int,
                 if swaps is not None:
                     swapped = await swaps.after(begun)
                     from_swap.append(arrived - swapped)
+                    stamp_error.append(abs(change.at.mono - swapped))
+                    stated.append(change.at.precision)
                 while not arrivals.empty():
                     arrivals.get_nowait()
 
@@ -308,6 +316,8 @@ async def bench_mode(mode: str, services: int, per: int, samples: int,
                 result["latency_ms"]["since_the_kernel_swapped_the_table"] = quantiles(from_swap)
                 result["latency_ms"]["writer_start_to_swap"] = quantiles(
                     [a - b for a, b in zip(from_start, from_swap, strict=True)])
+                result["stamp_ms"] = {"error_from_the_swap": quantiles(stamp_error),
+                                      "stated_precision": quantiles(stated)}
             if internal:
                 result["latency_ms"]["whole_burst_to_sink"] = quantiles(internal)
             # (c) CPU under 1% churn per second
@@ -339,7 +349,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "services": args.services, "endpoints": args.services * args.per_service}
     for mode in args.modes:
         out[mode] = await bench_mode(mode, args.services, args.per_service, args.samples,
-                                     args.churn_seconds)
+                                     args.churn_seconds, args.sample_gap)
         print(json.dumps({mode: out[mode]}), flush=True)
     return out
 
@@ -350,6 +360,8 @@ def main() -> None:
     parser.add_argument("--per-service", type=int, default=5)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--churn-seconds", type=int, default=10)
+    parser.add_argument("--sample-gap", type=float, default=0.0,
+                        help="seconds between (b)'s removals (0: back to back)")
     parser.add_argument("--modes", nargs="+", action="extend",
                         help="default: nftables iptables-nft iptables-legacy (and "
                              "iptables-legacy-text: the text path the agent polled before)")

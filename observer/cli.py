@@ -129,8 +129,9 @@ def _add_run(commands: Commands) -> None:
     run.add_argument("--dataplane-poll-interval", type=positive_float,
                      default=_env("DATAPLANE_POLL_INTERVAL", dataplane.poll_interval),
                      help="seconds between reads where the kernel announces no changes "
-                          "(iptables-legacy, IPVS; Cilium: between reads of the service ports "
-                          "the slices say are changing; default %(default)s)")
+                          "(iptables-legacy: unless its table changed shape, read at once; "
+                          "IPVS; Cilium: between reads of the service ports the slices say "
+                          "are changing; default %(default)s)")
     run.add_argument("--dataplane-poll-max-cpu", type=positive_float,
                      default=_env("DATAPLANE_POLL_MAX_CPU", dataplane.poll_max_cpu),
                      help="at most this share of one core (with the dump commands) is spent "

@@ -20,8 +20,8 @@ Mode = Literal["iptables", "nftables", "ipvs", "cilium"]
 ProxyMode = Literal[Mode, "none"]
 
 # Where a timestamp came from. Watch receipts are when this process read the event off the
-# stream; dataplane times are when a reader noticed the change (precision: its poll interval,
-# or the netlink notification latency).
+# stream; dataplane times are when a reader noticed the change (precision: the time since its
+# previous read where it polls, or the netlink notification latency).
 # Connection times are when the kernel sent the conntrack event (its event timestamp, when
 # ``nf_conntrack_timestamp`` is on) or else when this process read it.
 Source = Literal["pod_watch", "slice_watch", "dataplane", "api", "conntrack"]

@@ -563,17 +563,26 @@ class LegacyTables:
             table.close()
         self.tables = []
 
-    def glance(self) -> tuple[TableInfo | None, ...]:
-        return tuple(table.info() for table, _ in self.tables)
+    def glance(self) -> tuple[TableInfo | None, ...] | None:
+        """Each family's table shape; None until the sockets are open (the first read opens
+        them) or when the kernel refuses (the next read will fail and be counted)."""
+        if not self.tables:
+            return None
+        try:
+            return tuple(table.info() for table, _ in self.tables)
+        except CommandError:
+            return None
 
     async def read(self) -> TablesRead:
+        if not self.tables:
+            await self.open()  # raises as the kernel answered: this read fails, counted
         known = set(self.known_services())
         try:
             return await finish_in_thread(self._read, known)
         except DataplaneParseError as error:
             self.metrics.error("garbage")
             log.warning("legacy table blob unreadable: read as text this time", error=str(error))
-        shape = self.glance()  # before the dump: a replacement after it is seen again
+        shape = tuple(table.info() for table, _ in self.tables)  # a later one is seen again
         saves = await read_saves(self.runner, "legacy")
         selection = either_family(snapshot_of(parsed, backend="legacy", known_services=known
                                               ).selection() for parsed in saves.values())

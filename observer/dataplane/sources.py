@@ -274,12 +274,11 @@ class _Glanced(Protocol):
     """Tables whose replacement can be told cheaply, though not always (iptables-legacy's
     GET_INFO: a replacement of another size)."""
 
-    async def open(self) -> None: ...
-
     def close(self) -> None: ...
 
     def glance(self) -> object:
-        """The tables' shape, in microseconds; a change of content may leave it as it was."""
+        """The tables' shape, in microseconds; a change of content may leave it as it was.
+        None when it cannot be told (a read will say why)."""
 
     async def read(self) -> _Read:
         """The whole selection (raises CommandError / DataplaneParseError)."""
@@ -290,23 +289,24 @@ class GlancingSource(ReadingSource):
     ``IPT_SO_GET_INFO``, ``observer.dataplane.iptables.LegacyTables``): a glance every
     ``glance_interval`` (10 ms), and a full read as soon as the shape differs from the last
     read's — or every ``interval`` when it does not, since a replacement of the same shape
-    (one endpoint swapped for another in one sync) changes no shape. Full reads spend at most
+    (one endpoint swapped for another in one sync) changes no shape; every other glance while
+    the slices say an endpoint is changing (``expect``). Full reads spend at most
     ``max_cpu`` of one core on average (``CpuAllowance``: after a quiet spell a change is read
     at once; under steady churn reads wait their turn), the reads made only for same-shape
     replacements at most half of it.
 
     Stamps. A change a read shows happened after the previous read copied the tables and
-    before this one did. It is stamped with the first glance that saw the shape differ from
-    the previous read's (within a glance of the replacement, when it was that replacement),
-    or with this read's start when no glance did; its precision is the distance from the
-    stamp to the farther end of that interval — at a read after every replacement, the time
-    since the previous read; when replacements come faster than reads, or one of the same
-    shape came first, it is wider, and says so."""
+    before this one did. It is stamped halfway between the glance that first saw the shape
+    differ from the previous read's and the glance before it (within half a glance of the
+    replacement, when it was that replacement), or, when no glance saw a change, halfway
+    through that whole interval; its precision is the distance from the stamp to the farther
+    end of the interval — the time since the previous read, about: a replacement of the same
+    shape may have come first, and replacements may come faster than reads."""
 
     def __init__(self, *, mode: Mode, clock: Clock, metrics: DataplaneMetrics,
                  tables: _Glanced, interval: float, max_cpu: float = 0.1,
                  glance_interval: float = 0.01, window: float = 10.0,
-                 cpu: Callable[[], float] = reading_cpu,
+                 expect_for: float = 10.0, cpu: Callable[[], float] = reading_cpu,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         super().__init__(mode=mode, clock=clock, metrics=metrics)
         self.tables = tables
@@ -314,10 +314,29 @@ class GlancingSource(ReadingSource):
         self.glance_interval = glance_interval
         self.allowance = CpuAllowance(max_cpu, window)
         self.budget = ReadBudget(max_cpu / 2, cpu)  # the same-shape reads' share
+        self.expect_for = expect_for
+        self.expected: dict[EndpointKey, tuple[bool, float]] = {}  # -> selected, until when
         self.sleep = sleep
 
+    def expect(self, key: EndpointKey, selected: bool) -> None:
+        """The slices say ``key`` is changing: until a read shows it (or ``expect_for``
+        seconds pass), a read is due every other glance — kube-proxy may make the change in
+        a replacement of the same shape (an endpoint swapped for another in one sync), which
+        no glance sees."""
+        if bool(self._selection.selected(key)) == selected:
+            self.expected.pop(key, None)
+        else:
+            self.expected[key] = (selected, self.clock.monotonic() + self.expect_for)
+
+    def _expecting(self, now: float) -> bool:
+        """Whether a change the slices announced is still to be seen (those seen, or waited
+        for too long, are forgotten)."""
+        for key, (selected, until) in list(self.expected.items()):
+            if until <= now or bool(self._selection.selected(key)) == selected:
+                del self.expected[key]
+        return bool(self.expected)
+
     async def run(self, sink: ChangeSink) -> None:
-        await self._scan(self.tables.open(), full=False)  # failing: every read fails too
         try:
             await self._poll(sink)
         finally:
@@ -325,18 +344,19 @@ class GlancingSource(ReadingSource):
 
     async def _poll(self, sink: ChangeSink) -> None:
         shape: object = None  # as the last read found the tables
-        read_at = noticed = None  # when the last read started; the first glance that differed
+        read_at: float | None = None  # when the last read started
+        # The glances before and at the first one that saw the shape differ.
+        previous = noticed = None
+        glanced_at = self.clock.monotonic()
         while True:
             now = self.clock.monotonic()
-            try:
-                glanced = self.tables.glance()
-            except CommandError as error:
-                self.metrics.error(error.reason)
-                glanced = shape
-            if noticed is None and read_at is not None and glanced != shape:
-                noticed = now
+            glanced = self.tables.glance()
+            if noticed is None and read_at is not None and glanced not in (shape, None):
+                previous, noticed = glanced_at, now
+            glanced_at = now
             due = read_at is None or noticed is not None or \
-                now - read_at >= self.budget.period(self.interval)
+                now - read_at >= self.budget.period(self.interval) or \
+                (now - read_at >= 2 * self.glance_interval and self._expecting(now))
             if due and self.allowance.due(now) <= now:
                 cpu = self.budget.cpu()
                 read = await self._scan(self.tables.read())
@@ -346,9 +366,12 @@ class GlancingSource(ReadingSource):
                 if noticed is None:
                     self.budget.record(used)
                 if read is not None:
-                    stamp = now if noticed is None else noticed
-                    precision = max(stamp - (read_at if read_at is not None else now),
-                                    ended - stamp)
+                    since = read_at if read_at is not None else now
+                    # The middle of where the change lies: between the two glances around
+                    # it, or, when no glance saw it, since the previous read.
+                    stamp = (since + ended) / 2 if noticed is None or previous is None \
+                        else (previous + noticed) / 2
+                    precision = max(stamp - since, ended - stamp)
                     self._selection.replace(read.selection, self._at(stamp, precision), sink)
                     shape, read_at, noticed = read.shape, now, None
                 del read

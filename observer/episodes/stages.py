@@ -12,9 +12,9 @@ its stream happened at some moment in that gap; a stage built on it is not obser
 bound — the sum of its watch readings' precisions — is wider than ``max_uncertainty``: counted
 as unmeasured (``uncertain``) instead of dragging the quantiles with a number that may be off by
 the gap (a deletion seen late made a 0 s controller stage once). The dataplane reading's
-precision is the mode's resolution (about one poll interval for iptables-legacy, a millisecond
-for the event-driven modes), stated per mode in docs/dataplane.md; it does not disqualify a
-stage.
+precision is the mode's resolution (for iptables-legacy the time since its previous read, a
+millisecond for the event-driven modes), stated per mode in docs/dataplane.md; it does not
+disqualify a stage.
 
 A stage whose two readings come from different watches can come out negative when one stream
 lags the other; it is recorded as 0 (the true value cannot be negative).

@@ -274,7 +274,8 @@ class DataplaneHealth:
         self.dataplane_errors_total = Counter(
             f"{p}dataplane_errors",
             "Failed dataplane reads, and lost change events, by reason (missing_tool, "
-            "unavailable, permission, timeout, failed, too_large, garbage, events_lost).",
+            "unavailable, permission, timeout, failed, too_large, garbage, events_lost, "
+            "replaced).",
             ["reason"], registry=registry)
         self.dataplane_drift_total = Counter(
             f"{p}dataplane_resync_drift",

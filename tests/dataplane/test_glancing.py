@@ -40,16 +40,16 @@ class ScriptedTables:
     cpu: float = 0.002
     fail: set[int] = field(default_factory=set)  # reads (by number) that fail
     reads: list[float] = field(default_factory=list)
+    glances: list[float] = field(default_factory=list)
 
     def _now(self) -> tuple[object, dict[EndpointKey, bool]]:
         _, shape, selection = [v for v in self.versions if v[0] <= self.clock.mono][-1]
         return shape, selection
 
-    async def open(self) -> None: ...
-
     def close(self) -> None: ...
 
     def glance(self) -> object:
+        self.glances.append(self.clock.mono)
         return self._now()[0]
 
     async def read(self) -> Read:
@@ -96,13 +96,15 @@ async def test_a_replacement_of_another_shape_is_stamped_at_the_glance_that_saw_
     changes, source = await run(tables, clock, until=START + 0.5)
     (change,) = changes
     assert (change.key, change.selected) == (A, False)
-    # glances every 10 ms (each after a read's 2 ms): the first after 1000.3051 is at 1000.310
-    seen = next(t for t in tables.reads if t > START + 0.3)
-    assert change.at.mono == pytest.approx(seen)
-    assert seen - (START + 0.3051) < 0.0101
-    # sound: the previous read copied the old tables at its start; this one ended 2 ms on
+    # stamped halfway between the glance that saw it and the one before
+    seen = next(t for t in tables.glances if t > START + 0.3051)
+    before = [t for t in tables.glances if t < seen][-1]
+    assert change.at.mono == pytest.approx((before + seen) / 2)
+    assert abs(change.at.mono - (START + 0.3051)) <= (seen - before) / 2
+    # sound: from the previous read's copy (its start) to this read's end, 2 ms on
     previous = [t for t in tables.reads if t < seen][-1]
-    assert change.at.precision == pytest.approx(max(seen - previous, 0.002))
+    assert change.at.precision == pytest.approx(max(change.at.mono - previous,
+                                                    seen + 0.002 - change.at.mono))
     assert source.selected(A) is False
     assert source.selected(B) is True
 
@@ -114,11 +116,44 @@ async def test_a_replacement_of_the_same_shape_waits_for_the_next_read() -> None
     (change,) = changes
     read = next(t for t in tables.reads if t > START + 0.3051)  # a periodic read
     previous = [t for t in tables.reads if t < read][-1]
-    assert change.at.mono == pytest.approx(read)
     assert read - previous == pytest.approx(0.1, abs=0.013)  # every interval (10 ms glances)
-    assert change.at.precision == pytest.approx(read - previous)
+    # no glance saw it: halfway between the previous read's copy and this read's end
+    assert change.at.mono == pytest.approx((previous + read + 0.002) / 2)
+    assert change.at.precision == pytest.approx((read + 0.002 - previous) / 2)
     # the stated interval holds the true moment
-    assert change.at.mono - change.at.precision <= START + 0.3051 <= change.at.mono
+    assert abs(change.at.mono - (START + 0.3051)) <= change.at.precision
+
+
+async def test_a_change_the_slices_announce_is_read_for_every_other_glance() -> None:
+    """A same-shape replacement while the slices say A is going: read within two glances
+    (not the interval's full second), its stamp as precise as the reads are close."""
+    clock = ManualClock()
+    tables = ScriptedTables(clock, [(0, "same", BOTH), (START + 0.3051, "same", ONLY_B)])
+    changes: list[DataplaneChange] = []
+    source = GlancingSource(mode="iptables", clock=clock, metrics=Health(), tables=tables,
+                            interval=1.0, max_cpu=0.5, cpu=lambda: 0.0)
+    done = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+        if clock.mono >= START + 0.25 and not source.expected and not changes:
+            source.expect(A, False)  # the slice update, before kube-proxy's sync
+        if clock.mono >= START + 0.6:
+            done.set()
+            await asyncio.Event().wait()
+
+    source.sleep = sleep
+    task = asyncio.create_task(source.run(changes.append))
+    await done.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (change,) = changes
+    read = next(t for t in tables.reads if t > START + 0.3051)
+    assert read - (START + 0.3051) <= 0.021 + 0.002  # two glances (and a read's 2 ms)
+    assert abs(change.at.mono - (START + 0.3051)) <= change.at.precision <= 0.013
+    assert not source.expected  # seen: reads go back to every interval
+    assert [t for t in tables.reads if t > read + 0.003] == []
 
 
 async def test_reads_keep_to_the_cpu_budget_and_the_precision_says_so() -> None:
@@ -149,6 +184,7 @@ async def test_a_failed_read_is_counted_and_the_next_one_tells() -> None:
     changes, _ = await run(tables, clock, until=START + 0.6, interval=1.0, health=health)
     assert health.errors == ["failed"]
     (change,) = changes
-    # the failed read started at the first glance that saw the change; the stamp stays there
-    assert change.at.mono == pytest.approx(tables.reads[1])
+    # the failed read started at the first glance that saw the change; the stamp stays by it
+    before = [t for t in tables.glances if t < tables.reads[1]][-1]
+    assert change.at.mono == pytest.approx((before + tables.reads[1]) / 2)
     assert change.at.mono - change.at.precision <= tables.reads[0]
