@@ -598,7 +598,7 @@ class LegacyTables:
                 if info is None:
                     break
                 try:
-                    blob, _ = table.entries(info)
+                    blob = table.entries(info)
                 except TableGone:  # replaced since its GET_INFO: not an error, yet
                     log.debug("legacy table replaced while read: reading it again",
                               family=table.family.name)

@@ -32,7 +32,6 @@ import errno
 import os
 import socket
 import struct
-import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -124,7 +123,7 @@ class XtTable:
     """One family's ``nat`` table through a raw socket (made by the caller, in the node's or
     a named network namespace: the socket reads the tables of the namespace it was made in).
     Calls block in the kernel (GET_ENTRIES: a quarter of a second at 10,000 services): the
-    caller runs them on a thread of its own, and ``cpu`` says what the last read cost."""
+    caller runs them on a thread of its own."""
 
     def __init__(self, sock: socket.socket, family: Family) -> None:
         self.sock = sock
@@ -154,13 +153,12 @@ class XtTable:
             raise _socket_error(error, f"{self.family.name} nat table info") from None
         return TableInfo.unpack(self._info.raw)
 
-    def entries(self, info: TableInfo) -> tuple[bytearray, float]:
-        """The table blob (``ENTRIES_HEADER`` bytes of request first), and the CPU seconds
-        the copy cost this thread. ``TableGone`` when the table no longer has that size."""
+    def entries(self, info: TableInfo) -> bytearray:
+        """The table blob (``ENTRIES_HEADER`` bytes of request first). ``TableGone`` when
+        the table no longer has that size."""
         buffer = bytearray(ENTRIES_HEADER + info.size)
         struct.pack_into("=32sI", buffer, 0, b"nat", info.size)
         view = (ctypes.c_char * len(buffer)).from_buffer(buffer)
-        started = time.thread_time()
         try:
             self._call(_GET_ENTRIES, view, len(buffer))
         except OSError as error:
@@ -169,7 +167,7 @@ class XtTable:
             raise _socket_error(error, f"{self.family.name} nat table entries") from None
         finally:
             del view  # the buffer may be resized or freed only once no view holds it
-        return buffer, time.thread_time() - started
+        return buffer
 
 
 def open_table(family: Family) -> XtTable:

@@ -78,7 +78,7 @@ def kernel_snapshot(netns: Netns, known: tuple[str, ...] = ()) -> DataplaneSnaps
             info = table.info()
             if info is None:
                 continue
-            blob, _ = table.entries(info)
+            blob = table.entries(info)
             decoded = Decoder(table.family).decode(blob, ENTRIES_HEADER, info)
             parts.append(snapshot_of(parsed_table(decoded), backend="legacy",
                                      known_services=known))
@@ -230,7 +230,7 @@ def loaded_blob(netns: Netns) -> tuple[XtTable, TableInfo, bytearray]:
     (table,) = tables_in(netns, (IP,))
     info = table.info()
     assert info is not None
-    blob, _ = table.entries(info)
+    blob = table.entries(info)
     return table, info, blob
 
 
