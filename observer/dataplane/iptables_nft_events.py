@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator
 from typing import NamedTuple
 
 from observer.dataplane.model import DataplaneParseError, EventsLost
-from observer.dataplane.netlink import netlink_error, netlink_socket
+from observer.dataplane.netlink import netlink_socket, socket_error
 from observer.dataplane.nlwire import DATAGRAM, attributes, elements, messages
 
 NETLINK_NETFILTER = 12  # <linux/netlink.h>
@@ -166,7 +166,7 @@ class NftEvents:
                 if error.errno == errno.ENOBUFS:
                     raise EventsLost("events_lost", "nf_tables events lost: the kernel's "
                                      "queue for this socket overflowed") from None
-                raise netlink_error(error, "nf_tables events") from None
+                raise socket_error(error, "nf_tables events") from None
             items: list[JumpEvent | None] = []
             try:
                 decode(bytes(self._buffer[:size]), items)
@@ -192,7 +192,7 @@ async def nft_events(netns: str | None) -> AsyncIterator[NftEvents]:
     try:
         sock = await netlink_socket(netns, NETLINK_NETFILTER)
     except OSError as error:
-        raise netlink_error(error, "nf_tables events") from None
+        raise socket_error(error, "nf_tables events") from None
     try:
         try:
             try:
@@ -201,7 +201,7 @@ async def nft_events(netns: str | None) -> AsyncIterator[NftEvents]:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             sock.setsockopt(_SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP, _NFNLGRP_NFTABLES)
         except OSError as error:
-            raise netlink_error(error, "nf_tables events") from None
+            raise socket_error(error, "nf_tables events") from None
         yield NftEvents(sock)
     finally:
         sock.close()

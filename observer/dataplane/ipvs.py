@@ -47,8 +47,8 @@ from observer.dataplane.names import FrontendNames
 from observer.dataplane.netlink import (
     NETLINK_GENERIC,
     GenericNetlink,
-    netlink_error,
     netlink_socket,
+    socket_error,
 )
 from observer.dataplane.nlwire import attribute, attributes
 from observer.dataplane.sources import PollingSource
@@ -204,7 +204,7 @@ async def ipvs_dump(netns: str | None) -> list[Virtual]:
 def _ipvs_error(error: OSError) -> CommandError:
     if error.errno == errno.ENOENT:
         return CommandError("unavailable", "the kernel has no IPVS (ip_vs module not loaded)")
-    return netlink_error(error, "IPVS netlink")
+    return socket_error(error, "IPVS netlink")
 
 
 @dataclass

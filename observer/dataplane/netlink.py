@@ -84,10 +84,11 @@ class GenericNetlink:
                 return replies
 
 
-def netlink_error(error: OSError, what: str) -> CommandError:
-    """A netlink failure as a dataplane error: ``permission`` or ``failed``."""
+def socket_error(error: OSError, what: str, *, needs: str = "CAP_NET_ADMIN") -> CommandError:
+    """A failure of a kernel socket (netlink, or iptables' raw socket) as a dataplane error:
+    ``permission`` (saying which capabilities it ``needs``) or ``failed``."""
     if error.errno in (errno.EPERM, errno.EACCES):
-        return CommandError("permission", f"{what}: {error} (needs CAP_NET_ADMIN)")
+        return CommandError("permission", f"{what}: {error} (needs {needs})")
     return CommandError("failed", f"{what}: {error}")
 
 

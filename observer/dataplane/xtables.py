@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 from observer.dataplane.commands import CommandError
 from observer.dataplane.model import DataplaneParseError, ProgrammedEndpoint
+from observer.dataplane.netlink import socket_error
 
 _GET_INFO, _GET_ENTRIES = 64, 65  # IPT_SO_GET_INFO / IP6T_SO_GET_INFO and _ENTRIES
 _INFO = struct.Struct("=32sI5I5III")  # ipt_getinfo: name, valid_hooks, hook_entry,
@@ -109,10 +110,7 @@ _getsockopt.restype = ctypes.c_int
 
 
 def _socket_error(error: OSError, what: str) -> CommandError:
-    if error.errno in (errno.EPERM, errno.EACCES):
-        return CommandError("permission", f"{what}: {error} (needs CAP_NET_RAW and "
-                                          "CAP_NET_ADMIN)")
-    return CommandError("failed", f"{what}: {error}")
+    return socket_error(error, what, needs="CAP_NET_RAW and CAP_NET_ADMIN")
 
 
 class TableGone(Exception):
