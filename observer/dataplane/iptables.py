@@ -583,10 +583,8 @@ class LegacyTables:
             self.metrics.error("garbage")
             log.warning("legacy table blob unreadable: read as text this time", error=str(error))
         shape = tuple(table.info() for table, _ in self.tables)  # a later one is seen again
-        saves = await read_saves(self.runner, "legacy")
-        selection = either_family(snapshot_of(parsed, backend="legacy", known_services=known
-                                              ).selection() for parsed in saves.values())
-        return TablesRead(selection, shape, 0.0)
+        text = IptablesReader(self.runner, "legacy", lambda: known)
+        return TablesRead((await text.read()).selection(), shape, 0.0)
 
     def _read(self, known: set[str]) -> TablesRead:
         """On a worker thread: each family's table copied and decoded."""

@@ -131,6 +131,26 @@ async def test_the_sources_reads_select_what_the_text_path_selects(netns: Netns)
     assert health.errors == []
 
 
+async def test_a_table_the_decoder_refuses_is_read_as_text(netns: Netns) -> None:
+    """A DNAT to a range of addresses (no kube-proxy writes one): the blob is refused,
+    counted as garbage, and that read is made by iptables-legacy-save."""
+    netns.restore("legacy", IPTABLES_RULES)
+    netns.restore("legacy", IPTABLES_ADD_SVC1_EP9.replace(
+        "--to-destination 10.180.0.9:80", "--to-destination 10.180.0.9-10.180.0.10:80"),
+        noflush=True)
+    health = Health()
+    tables = LegacyTables(CommandRunner(netns=netns.name), lambda: (), health)
+    await tables.open()
+    try:
+        read = await tables.read()
+        assert read.shape == tables.glance()
+    finally:
+        tables.close()
+    assert health.errors == ["garbage"]
+    assert read.selection == text_snapshot(netns).selection()
+    assert read.cpu == 0.0  # the text path's CPU is its commands', counted by the source
+
+
 async def test_a_removal_is_stamped_within_its_stated_precision(netns: Netns) -> None:
     """The source on the real kernel: the change it reports happened, by its own stamp and
     precision, at a moment that overlaps the writer's run (the commit is somewhere inside)."""
