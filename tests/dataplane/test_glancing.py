@@ -4,7 +4,6 @@ glance, read, stamp and precision is exact."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 import pytest
@@ -14,6 +13,7 @@ from observer.dataplane.model import DataplaneChange
 from observer.dataplane.sources import GlancingSource
 from observer.values import EndpointKey, ServicePort
 from tests.conftest import ManualClock
+from tests.dataplane.parking import Parking
 from tests.dataplane.test_netns import Health
 
 PORT = ServicePort("default", "web", "http", "TCP")
@@ -66,24 +66,11 @@ async def run(tables: ScriptedTables, clock: ManualClock, *, until: float,
               interval: float = 0.1, max_cpu: float = 0.5,
               health: Health | None = None) -> tuple[list[DataplaneChange], GlancingSource]:
     """The source, run until the clock reaches ``until``."""
-    changes: list[DataplaneChange] = []
-    done = asyncio.Event()
-
-    async def sleep(seconds: float) -> None:
-        clock.advance(seconds)
-        if clock.mono >= until:
-            done.set()
-            await asyncio.Event().wait()  # parked until cancelled
-
+    parking = Parking(clock, lambda: clock.mono >= until)
     source = GlancingSource(mode="iptables", clock=clock, metrics=health or Health(),
                             tables=tables, interval=interval, max_cpu=max_cpu,
-                            cpu=lambda: 0.0, sleep=sleep)
-    task = asyncio.create_task(source.run(changes.append))
-    await done.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    return changes, source
+                            cpu=lambda: 0.0, sleep=parking.sleep)
+    return await parking.changes(source.run), source
 
 
 BOTH = {A: True, B: True}
@@ -130,24 +117,16 @@ async def test_a_change_the_slices_announce_is_read_for_every_other_glance() -> 
     clock = ManualClock()
     tables = ScriptedTables(clock, [(0, "same", BOTH), (START + 0.3051, "same", ONLY_B)])
     changes: list[DataplaneChange] = []
-    source = GlancingSource(mode="iptables", clock=clock, metrics=Health(), tables=tables,
-                            interval=1.0, max_cpu=0.5, cpu=lambda: 0.0)
-    done = asyncio.Event()
 
-    async def sleep(seconds: float) -> None:
-        clock.advance(seconds)
+    def parked() -> bool:
         if clock.mono >= START + 0.25 and not source.expected and not changes:
             source.expect(A, False)  # the slice update, before kube-proxy's sync
-        if clock.mono >= START + 0.6:
-            done.set()
-            await asyncio.Event().wait()
+        return clock.mono >= START + 0.6
 
-    source.sleep = sleep
-    task = asyncio.create_task(source.run(changes.append))
-    await done.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    parking = Parking(clock, parked)
+    source = GlancingSource(mode="iptables", clock=clock, metrics=Health(), tables=tables,
+                            interval=1.0, max_cpu=0.5, cpu=lambda: 0.0, sleep=parking.sleep)
+    await parking.changes(source.run, into=changes)
     (change,) = changes
     read = next(t for t in tables.reads if t > START + 0.3051)
     assert read - (START + 0.3051) <= 0.021 + 0.002  # two glances (and a read's 2 ms)

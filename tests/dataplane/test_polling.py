@@ -5,7 +5,6 @@ selection, so the stamp, its precision and the polling period are exact."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import sys
 
@@ -23,6 +22,7 @@ from observer.dataplane.model import (
 from observer.dataplane.sources import PollingSource, reading_cpu
 from observer.values import Mode
 from tests.conftest import ManualClock
+from tests.dataplane.parking import Parking
 from tests.dataplane.test_netns import Health
 
 
@@ -58,25 +58,10 @@ def periods(starts: list[float]) -> list[float]:
 
 async def poll(reader: ScriptedReader, clock: ManualClock, *, interval: float, reads: int,
                max_cpu: float = 0.25) -> tuple[list[DataplaneChange], list[float]]:
-    changes: list[DataplaneChange] = []
-    sleeps: list[float] = []
-    done = asyncio.Event()
-
-    async def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-        clock.advance(seconds)
-        if len(reader.starts) >= reads:
-            done.set()
-            await asyncio.Event().wait()  # parked until cancelled
-
+    parking = Parking(clock, lambda: len(reader.starts) >= reads)
     source = PollingSource(reader=reader, clock=clock, metrics=Health(), interval=interval,
-                           max_cpu=max_cpu, cpu=lambda: reader.cpu, sleep=sleep)
-    task = asyncio.create_task(source.run(changes.append))
-    await done.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    return changes, sleeps
+                           max_cpu=max_cpu, cpu=lambda: reader.cpu, sleep=parking.sleep)
+    return await parking.changes(source.run), parking.sleeps
 
 
 async def test_a_change_is_stamped_at_the_start_of_the_read_that_shows_it() -> None:
