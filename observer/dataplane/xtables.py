@@ -293,7 +293,7 @@ class Decoder:
         unpack_offsets, unpack_verdict = _OFFSETS.unpack_from, _VERDICT.unpack_from
         head_cache, dnat_cache = self._heads, self._dnats
         view = memoryview(blob)
-        foot = _OFFSETS.pack(entry_size, entry_size + _HEADER + 8)  # the foot's offsets
+        foot = _OFFSETS.pack(entry_size, minimum)  # the foot's offsets: the smallest entry
         heads_seen: dict[bytes, tuple[str, int]] = {}
         dnats_seen: dict[bytes, ProgrammedEndpoint] = {}
         heads: dict[int, str] = {}  # offset of a user chain's first rule -> the chain
